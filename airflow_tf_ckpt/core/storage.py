@@ -1,0 +1,215 @@
+"""Storage access over fsspec: one small seam between the core and local disk, memory:// or gs://.
+
+Everything in the core takes a :class:`Location` (a filesystem plus a directory path) so that the
+same code serves a local dir, ``file://``, ``memory://`` and ``gs://`` (gcsfs).
+
+gcsfs 2026.x trap: ``gcsfs.GCSFileSystem`` is an experimental "extended" class that asks the
+endpoint for the bucket type over gRPC and retries for about a minute. Against an emulator
+(``STORAGE_EMULATOR_HOST`` or an ``endpoint_url`` storage option) every call would then take a
+minute, so where an emulator endpoint is configured we build the plain
+``gcsfs.core.GCSFileSystem`` ourselves. Real GCS keeps gcsfs's default class.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import posixpath
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from .errors import StorageError
+
+GCS_PROTOCOLS = ("gs", "gcs")
+
+
+def emulator_endpoint(storage_options: dict[str, Any] | None = None) -> str | None:
+    """The GCS emulator endpoint in force, if any (storage option first, then the environment)."""
+    opts = storage_options or {}
+    endpoint = opts.get("endpoint_url") or os.environ.get("STORAGE_EMULATOR_HOST", "")
+    if endpoint in ("", "default", None):
+        return None
+    if not endpoint.startswith(("http://", "https://")):
+        endpoint = f"http://{endpoint}"
+    return endpoint
+
+
+def filesystem_for(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Map a URL (or plain path) to ``(filesystem, path)`` with the emulator trap handled."""
+    opts = dict(storage_options or {})
+    protocol = url.split("://", 1)[0] if "://" in url else "file"
+    if protocol in GCS_PROTOCOLS:
+        endpoint = emulator_endpoint(opts)
+        if endpoint:
+            from gcsfs.core import GCSFileSystem  # the plain class: no gRPC bucket-type probe
+
+            opts["endpoint_url"] = endpoint
+            opts.setdefault("token", "anon")
+            opts.setdefault("project", "test")
+            fs = GCSFileSystem(**opts)
+            return fs, fs._strip_protocol(url)
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **opts)
+    except (ImportError, ValueError) as exc:
+        raise StorageError(f"cannot open storage for this URL: {exc}", url) from exc
+    return fs, path
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return isinstance(fs, LocalFileSystem)
+
+
+def protocol_of(fs: fsspec.AbstractFileSystem) -> str:
+    proto = fs.protocol
+    return proto[0] if isinstance(proto, (tuple, list)) else proto
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """One object of a directory listing."""
+
+    name: str  # basename
+    path: str  # full path as the filesystem knows it
+    size: int
+    mtime: float | None  # unix seconds, where the store reports it
+    is_dir: bool = False
+    is_link: bool = False
+
+
+def _mtime(info: dict[str, Any]) -> float | None:
+    for key in ("mtime", "updated", "LastModified", "last_modified", "created", "timeCreated"):
+        value = info.get(key)
+        if value is None:
+            continue
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, _dt.datetime):
+            if value.tzinfo is None:
+                value = value.replace(tzinfo=_dt.timezone.utc)
+            return value.timestamp()
+        if isinstance(value, str):
+            try:
+                return _dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                continue
+    return None
+
+
+@dataclass(frozen=True)
+class Location:
+    """A directory on some filesystem. ``url`` is what users typed; ``path`` what fsspec wants."""
+
+    fs: fsspec.AbstractFileSystem
+    path: str
+    url: str
+
+    @classmethod
+    def of(cls, url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None,
+           fs: fsspec.AbstractFileSystem | None = None) -> Location:
+        url = os.fspath(url)
+        if fs is not None:
+            path = fs._strip_protocol(url)
+        else:
+            fs, path = filesystem_for(url, storage_options)
+        path = path.rstrip("/") or "/"
+        return cls(fs=fs, path=path, url=url.rstrip("/") or url)
+
+    @property
+    def local(self) -> bool:
+        return is_local(self.fs)
+
+    @property
+    def protocol(self) -> str:
+        return protocol_of(self.fs)
+
+    def join(self, name: str) -> str:
+        return posixpath.join(self.path, name) if self.path != "/" else "/" + name
+
+    def display(self, name: str | None = None) -> str:
+        """A user-facing name for the dir or one of its files (a URL for object stores)."""
+        path = self.join(name) if name else self.path
+        if self.local:
+            return path
+        proto = self.protocol
+        return path if "://" in path else f"{proto}://{path.lstrip('/')}"
+
+    def listdir(self) -> dict[str, FileInfo]:
+        """All objects directly in the dir, in ONE listing call. Missing dir -> StorageError."""
+        try:
+            entries = self.fs.ls(self.path, detail=True, refresh=True) if not self.local else \
+                self.fs.ls(self.path, detail=True)
+        except FileNotFoundError as exc:
+            raise StorageError("directory does not exist", self.display()) from exc
+        except PermissionError as exc:
+            raise StorageError(f"permission denied: {exc}", self.display()) from exc
+        except NotADirectoryError as exc:
+            raise StorageError("not a directory", self.display()) from exc
+        except TypeError:
+            # some implementations have no ``refresh`` keyword
+            entries = self.fs.ls(self.path, detail=True)
+        out: dict[str, FileInfo] = {}
+        for info in entries:
+            full = info["name"].rstrip("/")
+            name = posixpath.basename(full)
+            if not name or full == self.path.rstrip("/"):
+                continue
+            out[name] = FileInfo(
+                name=name, path=full, size=int(info.get("size") or 0), mtime=_mtime(info),
+                is_dir=info.get("type") == "directory", is_link=bool(info.get("islink")),
+            )
+        return out
+
+    def exists(self, name: str | None = None) -> bool:
+        return self.fs.exists(self.join(name) if name else self.path)
+
+    def read_bytes(self, name: str, start: int | None = None, end: int | None = None) -> bytes:
+        path = self.join(name)
+        try:
+            return self.fs.cat_file(path, start=start, end=end)
+        except FileNotFoundError as exc:
+            raise StorageError("file does not exist", self.display(name)) from exc
+        except PermissionError as exc:
+            raise StorageError(f"permission denied: {exc}", self.display(name)) from exc
+        except IsADirectoryError as exc:
+            raise StorageError("is a directory, not a file", self.display(name)) from exc
+
+    def write_atomic(self, name: str, data: bytes) -> None:
+        """Write a whole file so readers see the old content or the new, never a mix.
+
+        Local: a temp file in the same dir, fsync, then ``os.replace`` (as TF's
+        ``atomic_write_string_to_file``). Object stores: one single-request put, which is atomic.
+        """
+        write_atomic(self.fs, self.join(name), data)
+
+
+def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    if is_local(fs):
+        directory = os.path.dirname(path) or "."
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        try:  # make the rename itself durable
+            dfd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError:
+            pass
+    else:
+        fs.pipe_file(path, data)
