@@ -1,0 +1,36 @@
+# One command each: `make test` and `make demo` bootstrap .venv by themselves on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+EXTRAS ?= airflow,tensorflow,gcs,test
+
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: install test test-long lint demo bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check uv
+	$(VENV)/bin/uv pip install --python $(PY) -e ".[$(EXTRAS)]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+lint: install
+	$(VENV)/bin/ruff check airflow_tf_ckpt dags tests bench scripts
+
+test: install lint
+	$(PY) -m pytest
+
+test-long: install
+	$(PY) -m pytest -m long -s
+
+demo: install
+	$(PY) scripts/demo.py
+
+bench: install
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) demo_output .pytest_cache .ruff_cache
