@@ -3,4 +3,5 @@
 pytest_plugins = [
     "tests.fixtures.gcs_emulator",
     "tests.fixtures.tf_checkpoints",
+    "tests.fixtures.airflow_env",
 ]
