@@ -1,0 +1,50 @@
+"""The provider's ``[tf_ckpt]`` options, read from Airflow's config with safe fallbacks.
+
+Airflow is imported inside each function, so importing this module (from the core, the CLI or a
+test that never touches Airflow) stays cheap and works where Airflow is not installed at all.
+Defaults are those declared in :mod:`airflow_tf_ckpt.get_provider_info`.
+"""
+
+from __future__ import annotations
+
+SECTION = "tf_ckpt"
+DEFAULT_GPU_QUEUE = "gpu"
+DEFAULT_POLL_INTERVAL = 30.0
+DEFAULT_SETTLE_SECONDS = 0.0
+
+
+def _conf():  # -> airflow.configuration.AirflowConfigParser | None
+    try:
+        from airflow.configuration import conf
+    except ImportError:
+        return None
+    return conf
+
+
+def gpu_queue() -> str:
+    """Queue for TensorFlow tasks (``[tf_ckpt] gpu_queue``, default ``gpu``)."""
+    conf = _conf()
+    if conf is None:
+        return DEFAULT_GPU_QUEUE
+    return conf.get(SECTION, "gpu_queue", fallback=DEFAULT_GPU_QUEUE) or DEFAULT_GPU_QUEUE
+
+
+def _float(option: str, default: float) -> float:
+    conf = _conf()
+    if conf is None:
+        return default
+    try:
+        value = conf.getfloat(SECTION, option, fallback=default)
+    except (TypeError, ValueError):  # a malformed value: the default, not a crash at DAG parse time
+        return default
+    return value if value >= 0 else default
+
+
+def poll_interval() -> float:
+    """Seconds between polls (``[tf_ckpt] poll_interval``, default 30)."""
+    return _float("poll_interval", DEFAULT_POLL_INTERVAL)
+
+
+def settle_seconds() -> float:
+    """Minimum age of a committed step (``[tf_ckpt] settle_seconds``, default 0)."""
+    return _float("settle_seconds", DEFAULT_SETTLE_SECONDS)

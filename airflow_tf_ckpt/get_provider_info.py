@@ -1,0 +1,111 @@
+"""Provider metadata for Airflow's ``apache_airflow_provider`` entry point (see pyproject.toml).
+
+Airflow's ProvidersManager calls :func:`get_provider_info` and validates the dict against
+``airflow/provider_info.schema.json``: ``name`` and ``description`` are required; ``triggers``
+items must hold exactly ``integration-name`` and ``python-modules``; every ``config`` option needs
+``description``, ``version_added``, ``type``, ``example`` and ``default`` (defaults are strings,
+as in Airflow's own config templates). ``versions`` is not in the schema but extra keys are allowed
+and it matches provider.yaml. This module must stay import-light: no Airflow, no TensorFlow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_tf_ckpt import __version__
+
+INTEGRATION = "TensorFlow Checkpoints"
+CONN_TYPE = "tf_ckpt_storage"
+
+
+def get_provider_info() -> dict[str, Any]:
+    return {
+        "package-name": "airflow-tf-ckpt",
+        "name": "TensorFlow Checkpoints",
+        "description": "Watch, validate, evaluate, garbage-collect and promote TensorFlow checkpoints "
+                       "on local disk or gs:// from Apache Airflow 3.",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": INTEGRATION,
+                "external-doc-url": "https://www.tensorflow.org/guide/checkpoint",
+                "tags": ["software"],
+            }
+        ],
+        "hooks": [
+            {"integration-name": INTEGRATION, "python-modules": ["airflow_tf_ckpt.hooks.storage"]},
+        ],
+        "sensors": [
+            {"integration-name": INTEGRATION, "python-modules": ["airflow_tf_ckpt.sensors.checkpoint"]},
+        ],
+        "triggers": [
+            {"integration-name": INTEGRATION, "python-modules": ["airflow_tf_ckpt.triggers.checkpoint"]},
+        ],
+        "operators": [
+            {
+                "integration-name": INTEGRATION,
+                "python-modules": [
+                    "airflow_tf_ckpt.operators.validate",
+                    "airflow_tf_ckpt.operators.tensorflow",
+                    "airflow_tf_ckpt.operators.retention",
+                    "airflow_tf_ckpt.operators.promote",
+                ],
+            }
+        ],
+        "connection-types": [
+            {
+                "hook-class-name": "airflow_tf_ckpt.hooks.storage.CheckpointStorageHook",
+                "hook-name": "TensorFlow checkpoint storage",
+                "connection-type": CONN_TYPE,
+                "ui-field-behaviour": {
+                    "hidden-fields": ["host", "schema", "login", "password", "port"],
+                    "relabeling": {},
+                    "placeholders": {},
+                },
+                "conn-fields": {
+                    "project": {"label": "Project Id", "schema": {"type": ["string", "null"]}},
+                    "key_path": {"label": "Keyfile Path", "schema": {"type": ["string", "null"]}},
+                    "keyfile_dict": {
+                        "label": "Keyfile JSON",
+                        "schema": {"type": ["string", "null"], "format": "password"},
+                    },
+                    "endpoint_url": {
+                        "label": "GCS endpoint URL (emulators only)",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                },
+            }
+        ],
+        "config": {
+            "tf_ckpt": {
+                "description": "TensorFlow checkpoint provider (airflow-tf-ckpt).",
+                "options": {
+                    "gpu_queue": {
+                        "description": "Executor queue that TensorFlow restore/evaluate tasks are sent to "
+                                       "(a Celery worker started with ``-q`` this queue on a GPU host).",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "gpu",
+                        "default": "gpu",
+                    },
+                    "poll_interval": {
+                        "description": "Seconds between two polls of a checkpoint dir by sensors and "
+                                       "triggers (each poll reads the state file; it lists the dir only "
+                                       "when the state file names a new step).",
+                        "version_added": "0.1.0",
+                        "type": "float",
+                        "example": "30",
+                        "default": "30",
+                    },
+                    "settle_seconds": {
+                        "description": "A committed step counts only once its newest file and its state "
+                                       "timestamp are at least this many seconds old.",
+                        "version_added": "0.1.0",
+                        "type": "float",
+                        "example": "60",
+                        "default": "0",
+                    },
+                },
+            }
+        },
+    }
