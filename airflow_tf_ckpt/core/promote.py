@@ -1,0 +1,809 @@
+"""Promote one checkpoint step to a destination dir, so that readers see it atomically.
+
+Destination layout (flat, so ``DEST`` is itself an ordinary checkpoint dir that TF and
+``tf-ckpt ls/validate`` understand)::
+
+    DEST/ckpt-500.data-00000-of-00001   the step's files, under the source prefix's name
+    DEST/ckpt-500.index
+    DEST/ckpt-500.meta                  the step's .meta, or the newest earlier one renamed
+    DEST/ckpt-500.metrics.json          the metrics sidecar, when the step has one
+    DEST/checkpoint                     state file naming ``ckpt-500`` (relative path)
+    DEST/PROMOTED.json                  the manifest: the commit point of a promotion
+    DEST/aliases/production.json        optional named pointers (``--alias``)
+    DEST/.promote.lock                  held while a promotion runs (exclusive create)
+
+Order of writes (the same idea as TF's own saves, where the state file is the commit signal):
+
+1. copy the data shards, then the sidecars, then the ``.index`` LAST;
+2. verify every copied file (size + CRC32C) against the source;
+3. write the state file (atomically), so ``tf.train.latest_checkpoint(DEST)`` names the step;
+4. write ``PROMOTED.json`` (atomically), the commit point for readers that check it;
+5. write the alias pointer, if any (atomically);
+6. delete files of older promotions that nothing references any more.
+
+Why a re-promotion is never a partial mix: the new step's files are written under names that no
+published pointer (manifest, state file, alias) references, so nothing a reader can reach changes
+until the single-object flips of steps 3-5. When the new files WOULD overwrite published ones
+(the same prefix with different bytes, e.g. step 500 re-promoted from another run), the
+promotion first UNPUBLISHES: it deletes ``PROMOTED.json`` and then the state file, so for a
+while the destination is "not promoted" (absent for TF), never a mix. Re-promoting identical
+bytes copies nothing and only rewrites the pointers. The previous promotion's files are kept for
+one more promotion (a reader that read the old manifest a moment ago can finish), and files an
+alias points at are kept until the alias moves. Only files that an earlier manifest recorded are
+ever deleted, and only directly inside ``DEST``.
+
+Between steps 3 and 4 a TF reader (state file) already sees the new step while a manifest reader
+still sees the old one: each sees one complete promotion.
+
+Copies: gs→gs (even across buckets) is a server-side copy (``fs.copy``: GCS rewrite), with no
+bytes through the worker, and the CRC32C comes from the server (``info()["crc32c"]``, base64
+big-endian, which is also the manifest's format). Local→local and cross-store copies stream in
+chunks and compute the CRC32C while copying, then re-check the written file.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import json
+import os
+import posixpath
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import google_crc32c
+
+from .discovery import CheckpointDir, CheckpointStep, StepStatus, discover
+from .errors import CheckpointError, StepNotFoundError, StorageError
+from .naming import META_SUFFIX, METRICS_SUFFIX, classify, parse_prefix
+from .state import STATE_FILENAME, StateFile, read_state, resolve_path, write_state
+from .storage import GCS_PROTOCOLS, Location, write_atomic
+
+MANIFEST_NAME = "PROMOTED.json"
+ALIASES_DIR = "aliases"
+LOCK_NAME = ".promote.lock"
+MANIFEST_FORMAT = "airflow-tf-ckpt/promotion"
+MANIFEST_VERSION = 1
+CHUNK = 8 << 20  # google_crc32c releases the GIL for bytes >= 1 MiB
+DEFAULT_LOCK_TTL = 6 * 3600.0
+
+# phase names passed to the ``hook`` callback (tests inspect the destination at each one)
+PHASES = ("locked", "unpublished", "copied", "state_written", "manifest_written", "alias_written",
+          "cleaned")
+
+ProgressFn = Callable[[int, int, str], None]  # (bytes_done, bytes_total, current file name)
+HookFn = Callable[[str, Location], None]  # (phase, destination)
+
+
+class PromotionError(CheckpointError):
+    """A promotion cannot be done (bad selector, unusable destination, a copy that differs)."""
+
+
+# --------------------------------------------------------------------------------------------
+# small value types
+
+
+def crc32c_b64(crc: int) -> str:
+    """A CRC32C as GCS spells it: base64 of the 4 big-endian bytes."""
+    return base64.b64encode((crc & 0xFFFFFFFF).to_bytes(4, "big")).decode("ascii")
+
+
+@dataclass(frozen=True)
+class PromotedFile:
+    """One file of a promotion: its name in DEST, where it came from, size and CRC32C."""
+
+    name: str
+    size: int
+    crc32c: str  # base64, big-endian (GCS format)
+    source: str = ""  # the source file's name (differs for a .meta taken from an earlier step)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "size": self.size, "crc32c": self.crc32c, "source": self.source}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PromotedFile:
+        return cls(name=str(d["name"]), size=int(d["size"]), crc32c=str(d["crc32c"]),
+                   source=str(d.get("source", "")))
+
+
+@dataclass
+class PromotionManifest:
+    """The content of ``PROMOTED.json`` (and, with ``alias`` set, of an alias pointer file)."""
+
+    promotion_id: str
+    source: str
+    source_prefix: str
+    prefix: str
+    base: str
+    step: int | None
+    files: list[PromotedFile]
+    promoted_at: str
+    promoted_at_unix: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+    alias: str | None = None
+    selector: str = ""
+    meta_from: str | None = None
+    # files of earlier promotions still kept in DEST (grace for readers, alias targets)
+    retained: dict[str, list[PromotedFile]] = field(default_factory=dict)
+
+    @property
+    def checkpoint_path(self) -> str:
+        """The prefix relative to DEST, as TF wants it (``DEST/<checkpoint_path>``)."""
+        return self.prefix
+
+    def file_names(self) -> set[str]:
+        return {f.name for f in self.files}
+
+    def all_file_names(self) -> set[str]:
+        names = self.file_names()
+        for files in self.retained.values():
+            names |= {f.name for f in files}
+        return names
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION,
+            "promotion_id": self.promotion_id, "source": self.source,
+            "source_prefix": self.source_prefix, "prefix": self.prefix, "base": self.base,
+            "step": self.step, "checkpoint_path": self.checkpoint_path,
+            "files": [f.to_dict() for f in self.files],
+            "promoted_at": self.promoted_at, "promoted_at_unix": self.promoted_at_unix,
+            "metrics": self.metrics, "alias": self.alias, "selector": self.selector,
+            "meta_from": self.meta_from,
+            "retained": {k: [f.to_dict() for f in v] for k, v in sorted(self.retained.items())},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PromotionManifest:
+        return cls(
+            promotion_id=str(d["promotion_id"]), source=str(d["source"]),
+            source_prefix=str(d.get("source_prefix", d["prefix"])), prefix=str(d["prefix"]),
+            base=str(d.get("base", parse_prefix(str(d["prefix"])).base)),
+            step=None if d.get("step") is None else int(d["step"]),
+            files=[PromotedFile.from_dict(f) for f in d["files"]],
+            promoted_at=str(d.get("promoted_at", "")),
+            promoted_at_unix=float(d.get("promoted_at_unix", 0.0)),
+            metrics=dict(d.get("metrics") or {}), alias=d.get("alias"),
+            selector=str(d.get("selector", "")), meta_from=d.get("meta_from"),
+            retained={str(k): [PromotedFile.from_dict(f) for f in v]
+                      for k, v in (d.get("retained") or {}).items()},
+        )
+
+
+@dataclass
+class PromotionResult:
+    """What :func:`promote` did."""
+
+    manifest: PromotionManifest
+    destination: str
+    copied: list[str]  # file names copied this time
+    reused: list[str]  # file names already in DEST with identical bytes
+    deleted: list[str]  # files of older promotions removed from DEST
+    bytes_copied: int
+    method: str  # "server-side" | "local" | "stream" | "none"
+    unpublished: bool  # the destination was "not promoted" for a while (same names, new bytes)
+    seconds: float
+    alias_path: str | None = None
+
+    @property
+    def step(self) -> int | None:
+        return self.manifest.step
+
+    @property
+    def prefix(self) -> str:
+        return self.manifest.prefix
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "destination": self.destination, "step": self.step, "prefix": self.prefix,
+            "checkpoint_path": self.manifest.checkpoint_path, "alias": self.manifest.alias,
+            "alias_path": self.alias_path, "source": self.manifest.source,
+            "selector": self.manifest.selector, "metrics": self.manifest.metrics,
+            "copied": self.copied, "reused": self.reused, "deleted": self.deleted,
+            "bytes_copied": self.bytes_copied, "method": self.method,
+            "unpublished": self.unpublished, "seconds": round(self.seconds, 3),
+            "manifest": self.manifest.to_dict(),
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# reading a destination (what readers do)
+
+
+def _read_json(loc: Location, name: str) -> dict[str, Any] | None:
+    if not loc.exists(name):
+        return None
+    raw = loc.read_bytes(name)
+    try:
+        data = json.loads(raw.decode("utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise PromotionError(f"malformed JSON: {exc}", loc.display(name)) from exc
+    return data
+
+
+def read_manifest(dest: Location | str, storage_options: dict[str, Any] | None = None,
+                  ) -> PromotionManifest | None:
+    """The destination's promotion, or ``None`` when it is not promoted (no ``PROMOTED.json``)."""
+    loc = dest if isinstance(dest, Location) else Location.of(dest, storage_options)
+    data = _read_json(loc, MANIFEST_NAME)
+    if data is None:
+        return None
+    if data.get("format") != MANIFEST_FORMAT:
+        raise PromotionError(f"not a promotion manifest (format={data.get('format')!r})",
+                             loc.display(MANIFEST_NAME))
+    try:
+        return PromotionManifest.from_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PromotionError(f"malformed promotion manifest: {exc!r}", loc.display(MANIFEST_NAME)) from exc
+
+
+def alias_name_ok(alias: str) -> bool:
+    """Alias names are file names: letters, digits, ``._-``, not starting with a dot."""
+    return bool(alias) and len(alias) <= 128 and not alias.startswith(".") and all(
+        c.isalnum() or c in "._-" for c in alias)
+
+
+def read_alias(dest: Location | str, alias: str, storage_options: dict[str, Any] | None = None,
+               ) -> PromotionManifest | None:
+    """The promotion an alias points at (``DEST/aliases/<alias>.json``), or ``None``."""
+    if not alias_name_ok(alias):
+        raise PromotionError(f"invalid alias name {alias!r} (use letters, digits, '.', '_', '-')")
+    loc = dest if isinstance(dest, Location) else Location.of(dest, storage_options)
+    data = _read_json(loc, f"{ALIASES_DIR}/{alias}.json")
+    if data is None:
+        return None
+    try:
+        return PromotionManifest.from_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PromotionError(f"malformed alias file: {exc!r}",
+                             loc.display(f"{ALIASES_DIR}/{alias}.json")) from exc
+
+
+def list_aliases(dest: Location | str, storage_options: dict[str, Any] | None = None,
+                 ) -> dict[str, PromotionManifest]:
+    """Every alias of a destination, by name."""
+    loc = dest if isinstance(dest, Location) else Location.of(dest, storage_options)
+    try:
+        names = loc.fs.ls(loc.join(ALIASES_DIR), detail=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    out: dict[str, PromotionManifest] = {}
+    for full in names:
+        base = posixpath.basename(str(full).rstrip("/"))
+        if base.endswith(".json") and alias_name_ok(base[: -len(".json")]):
+            m = read_alias(loc, base[: -len(".json")])
+            if m is not None:
+                out[base[: -len(".json")]] = m
+    return out
+
+
+def check_promotion(dest: Location | str, storage_options: dict[str, Any] | None = None, *,
+                    deep: bool = False) -> list[str]:
+    """Problems with a promoted destination ([] when it is complete). ``deep`` re-reads CRCs."""
+    loc = dest if isinstance(dest, Location) else Location.of(dest, storage_options)
+    manifest = read_manifest(loc)
+    if manifest is None:
+        return [f"{loc.display()}: not promoted (no {MANIFEST_NAME})"]
+    listing = loc.listdir()
+    problems: list[str] = []
+    for f in manifest.files:
+        info = listing.get(f.name)
+        if info is None:
+            problems.append(f"{loc.display(f.name)}: missing")
+        elif info.size != f.size:
+            problems.append(f"{loc.display(f.name)}: size {info.size}, manifest says {f.size}")
+        elif deep:
+            got = _crc_of(loc, f.name)
+            if got != f.crc32c:
+                problems.append(f"{loc.display(f.name)}: crc32c {got}, manifest says {f.crc32c}")
+    state = read_state(loc)
+    if state is None or state.model_checkpoint_path != manifest.checkpoint_path:
+        problems.append(f"{loc.display(STATE_FILENAME)}: does not name {manifest.checkpoint_path!r}")
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
+# selecting the step
+
+
+def _metrics_by_prefix(cdir: CheckpointDir) -> dict[str, dict[str, Any]]:
+    from .metrics import metrics_for  # helper module; imported here to keep this one light
+
+    return {k: dict(v) for k, v in metrics_for(cdir).items() if v}
+
+
+def _usable(s: CheckpointStep) -> bool:
+    return s.status is StepStatus.COMMITTED and not s.quarantined
+
+
+def select_step(cdir: CheckpointDir, selector: int | str, *, prefix: str | None = None,
+                metric: str | None = None, mode: str = "min") -> CheckpointStep:
+    """Pick a step: a number (or prefix name), ``latest``, or ``best`` by ``metric`` (``mode``).
+
+    ``latest`` and ``best`` consider committed, unquarantined steps only. An explicit step may
+    also be an orphan (complete files that the state file no longer names, e.g. one TF kept with
+    ``keep_checkpoint_every_n_hours``); an incomplete or quarantined step is refused.
+    """
+    where = cdir.location.display()
+    sel = str(selector).strip()
+    if sel == "latest":
+        steps = [s for s in cdir.select(prefix) if _usable(s)]
+        if not steps:
+            raise StepNotFoundError("no committed checkpoint step to promote"
+                                    + (f" with prefix {prefix!r}" if prefix else ""), where)
+        latest = cdir.latest(prefix)
+        if latest is not None and _usable(latest):
+            return latest
+        return max(steps, key=lambda s: (-1 if s.step is None else s.step, s.timestamp or 0.0))
+    if sel == "best":
+        if not metric:
+            raise PromotionError("--step best needs a metric name (--metric NAME)")
+        if mode not in ("min", "max"):
+            raise PromotionError(f"mode must be 'min' or 'max', not {mode!r}")
+        steps = [s for s in cdir.select(prefix) if _usable(s)]
+        if not steps:
+            raise StepNotFoundError("no committed checkpoint step to promote", where)
+        by_prefix = _metrics_by_prefix(cdir)
+        scored: list[tuple[float, CheckpointStep]] = []
+        for s in steps:
+            value = by_prefix.get(s.prefix, {}).get(metric)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if value != value:  # NaN never wins
+                continue
+            scored.append((float(value), s))
+        if not scored:
+            known = sorted({k for s in steps for k in by_prefix.get(s.prefix, {})})
+            raise StepNotFoundError(
+                f"no committed step has metric {metric!r}"
+                + (f" (metrics found: {', '.join(known)})" if known else " (no metrics sidecars)"),
+                where)
+        sign = 1.0 if mode == "min" else -1.0
+        # ties: the newer step wins (it has seen more data)
+        return min(scored, key=lambda t: (sign * t[0], -(t[1].step or 0)))[1]
+    try:
+        number: int | str = int(sel)
+    except ValueError:
+        number = sel
+    s = cdir.get(number, prefix)
+    if s.status is StepStatus.INCOMPLETE:
+        raise PromotionError("step is incomplete (missing " + ", ".join(s.missing[:3]) + "); refusing",
+                             cdir.location.display(s.prefix))
+    if s.quarantined:
+        raise PromotionError("step is quarantined as corrupt; refusing", cdir.location.display(s.prefix))
+    return s
+
+
+def _meta_for(cdir: CheckpointDir, step: CheckpointStep) -> str | None:
+    """The ``.meta`` to ship with a step: its own, else the newest one of the same base at or
+    before the step (``write_meta_graph=False`` writes it only on the first save)."""
+    own = f"{step.prefix}{META_SUFFIX}"
+    if own in cdir.listing:
+        return own
+    if step.step is None:
+        return None
+    best: tuple[int, str] | None = None
+    for name in cdir.listing:
+        role = classify(name)
+        if role is None or role.role != "meta":
+            continue
+        pn = parse_prefix(role.prefix)
+        if pn.base == step.base and pn.step is not None and pn.step <= step.step:
+            if best is None or pn.step > best[0]:
+                best = (pn.step, name)
+    return best[1] if best else None
+
+
+# --------------------------------------------------------------------------------------------
+# copying
+
+
+def _same_gcs(src: Location, dst: Location) -> bool:
+    if src.protocol not in GCS_PROTOCOLS or dst.protocol not in GCS_PROTOCOLS:
+        return False
+    if src.fs is dst.fs:
+        return True
+    ep = [getattr(fs, "_endpoint", None) or getattr(fs, "endpoint_url", None) for fs in (src.fs, dst.fs)]
+    return ep[0] == ep[1]
+
+
+def copy_method(src: Location, dst: Location) -> str:
+    if _same_gcs(src, dst):
+        return "server-side"
+    if src.local and dst.local:
+        return "local"
+    return "stream"
+
+
+def _server_crc(loc: Location, name: str) -> tuple[int, str | None]:
+    info = loc.fs.info(loc.join(name))
+    return int(info.get("size") or 0), info.get("crc32c")
+
+
+def _crc_of(loc: Location, name: str) -> str:
+    """CRC32C (GCS base64) of a file: the server's where it keeps one, else by reading it."""
+    if loc.protocol in GCS_PROTOCOLS:
+        _, crc = _server_crc(loc, name)
+        if crc:
+            return crc
+    crc = 0
+    with loc.fs.open(loc.join(name), "rb") as fh:
+        while True:
+            chunk = fh.read(CHUNK)
+            if not chunk:
+                break
+            crc = google_crc32c.extend(crc, bytes(chunk))
+    return crc32c_b64(crc)
+
+
+def _stream_copy(src: Location, sname: str, dst: Location, dname: str,
+                 on_bytes: Callable[[int], None]) -> tuple[int, str]:
+    """Copy in chunks, computing the CRC32C of the bytes as they pass; ``(size, crc)``.
+
+    A local destination is written under a temp name and renamed into place, so a reader that
+    has the old file open keeps reading the old bytes. Object stores publish an object only when
+    its upload completes, so they are written in place.
+    """
+    crc = 0
+    size = 0
+    target = dst.join(dname)
+    out = target
+    if dst.local:
+        os.makedirs(dst.path, exist_ok=True)
+        out = dst.join(f".{dname}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with src.fs.open(src.join(sname), "rb") as fin, dst.fs.open(out, "wb") as fout:
+            while True:
+                chunk = fin.read(CHUNK)
+                if not chunk:
+                    break
+                chunk = bytes(chunk)
+                crc = google_crc32c.extend(crc, chunk)
+                fout.write(chunk)
+                size += len(chunk)
+                on_bytes(len(chunk))
+            if dst.local:
+                fout.flush()
+                os.fsync(fout.fileno())
+        if out != target:
+            os.replace(out, target)
+    except BaseException:
+        if out != target:
+            try:
+                os.unlink(out)
+            except OSError:
+                pass
+        raise
+    return size, crc32c_b64(crc)
+
+
+def _copy_one(method: str, src: Location, sname: str, dst: Location, dname: str,
+              on_bytes: Callable[[int], None]) -> PromotedFile:
+    """Copy one file and check the copy; the returned record holds the SOURCE's size and CRC."""
+    where = dst.display(dname)
+    try:
+        if method == "server-side":
+            size, crc = _server_crc(src, sname)
+            fs = src.fs if src.fs is dst.fs else dst.fs
+            fs.copy(src.join(sname), dst.join(dname))
+            on_bytes(size)
+            if not crc:  # a store that keeps no CRC32C: read the source once to learn it
+                crc = _crc_of(src, sname)
+        else:
+            size, crc = _stream_copy(src, sname, dst, dname, on_bytes)
+            if src.protocol in GCS_PROTOCOLS:  # catch corruption in transit
+                _, server = _server_crc(src, sname)
+                if server and server != crc:
+                    raise PromotionError(f"read {crc} but the server has crc32c {server}",
+                                         src.display(sname))
+    except FileNotFoundError as exc:
+        raise StorageError(f"vanished while promoting: {exc}", src.display(sname)) from exc
+    except PermissionError as exc:
+        raise StorageError(f"permission denied: {exc}", where) from exc
+    _check_copy(dst, dname, size, crc)
+    return PromotedFile(name=dname, size=size, crc32c=crc, source=sname)
+
+
+def _check_copy(dst: Location, dname: str, size: int, crc: str) -> None:
+    """The file in DEST has exactly ``size`` bytes with CRC32C ``crc`` (else PromotionError)."""
+    where = dst.display(dname)
+    got_size = int(dst.fs.info(dst.join(dname)).get("size") or 0)
+    if got_size != size:
+        raise PromotionError(f"copy has {got_size} bytes, source has {size}", where)
+    got_crc = _crc_of(dst, dname)
+    if got_crc != crc:
+        raise PromotionError(f"copy has crc32c {got_crc}, source has {crc}", where)
+
+
+# --------------------------------------------------------------------------------------------
+# the destination lock
+
+
+def _lock_path(dst: Location) -> str:
+    return dst.join(LOCK_NAME)
+
+
+def _acquire_lock(dst: Location, ttl: float) -> str:
+    """Create ``DEST/.promote.lock`` exclusively; break it when it is older than ``ttl``."""
+    token = uuid.uuid4().hex
+    body = json.dumps({"token": token, "host": socket.gethostname(), "pid": os.getpid(),
+                       "created": time.time(), "ttl": ttl}).encode()
+    path = _lock_path(dst)
+    for _attempt in range(2):
+        try:
+            if dst.local:
+                os.makedirs(dst.path, exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(body)
+            elif dst.protocol in GCS_PROTOCOLS:
+                dst.fs.pipe_file(path, body, mode="create")  # ifGenerationMatch=0
+            else:
+                if dst.fs.exists(path):
+                    raise FileExistsError(path)
+                dst.fs.pipe_file(path, body)
+            return token
+        except FileExistsError:
+            try:
+                held = json.loads(dst.fs.cat_file(path))
+                age = time.time() - float(held.get("created", 0))
+                stale = age > float(held.get("ttl", ttl))
+            except (OSError, ValueError, TypeError):
+                held, stale = {}, True
+            if not stale:
+                raise PromotionError(
+                    f"another promotion holds the lock (host {held.get('host')}, pid {held.get('pid')}, "
+                    f"{int(age)} s ago); remove {LOCK_NAME} if it is dead", dst.display()) from None
+            try:
+                dst.fs.rm_file(path)
+            except FileNotFoundError:
+                pass
+    raise PromotionError("could not take the promotion lock", dst.display())
+
+
+def _release_lock(dst: Location, token: str) -> None:
+    path = _lock_path(dst)
+    try:
+        held = json.loads(dst.fs.cat_file(path))
+        if held.get("token") == token:
+            dst.fs.rm_file(path)
+    except (OSError, ValueError):
+        pass
+
+
+# --------------------------------------------------------------------------------------------
+# promotion
+
+
+def _same_dir(a: Location, b: Location) -> bool:
+    if a.protocol != b.protocol and not ({a.protocol, b.protocol} <= set(GCS_PROTOCOLS)):
+        return False
+    if a.local:
+        return os.path.realpath(a.path) == os.path.realpath(b.path)
+    return a.path.strip("/") == b.path.strip("/")
+
+
+def _now_iso(ts: float) -> str:
+    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _rm(dst: Location, names: list[str]) -> list[str]:
+    gone = []
+    for name in names:
+        if "/" in name or name in ("", ".", ".."):  # never outside DEST: manifests hold basenames
+            continue
+        try:
+            dst.fs.rm_file(dst.join(name))
+            gone.append(name)
+        except FileNotFoundError:
+            pass
+    return gone
+
+
+def promote(source: Location | str, dest: Location | str, step: int | str = "latest", *,
+            prefix: str | None = None, metric: str | None = None, mode: str = "min",
+            alias: str | None = None, storage_options: dict[str, Any] | None = None,
+            dest_storage_options: dict[str, Any] | None = None, keep_previous: bool = True,
+            record: bool = True, lock_ttl: float = DEFAULT_LOCK_TTL,
+            progress: ProgressFn | None = None, hook: HookFn | None = None) -> PromotionResult:
+    """Promote one step of ``source`` to ``dest``; see the module docstring for the scheme.
+
+    ``step``: a step number, a prefix name, ``"latest"`` or ``"best"`` (with ``metric`` and
+    ``mode``). ``prefix`` restricts the source to one base name. ``alias`` also writes
+    ``DEST/aliases/<alias>.json``. ``record`` calls :func:`retention.record_promotion` on the
+    source so retention keeps promoted steps. ``progress(done, total, file)`` reports bytes;
+    ``hook(phase, dest)`` is called after each phase in :data:`PHASES` (for tests and logs).
+    """
+    t0 = time.monotonic()
+    src = source if isinstance(source, Location) else Location.of(source, storage_options)
+    dst = dest if isinstance(dest, Location) else Location.of(
+        dest, dest_storage_options if dest_storage_options is not None else storage_options)
+    if alias is not None and not alias_name_ok(alias):
+        raise PromotionError(f"invalid alias name {alias!r} (use letters, digits, '.', '_', '-')")
+    if _same_dir(src, dst):
+        raise PromotionError("destination is the source dir itself; promote into a dedicated dir",
+                             dst.display())
+
+    cdir = discover(src, prefix)
+    chosen = select_step(cdir, step, prefix=prefix, metric=metric, mode=mode)
+    selector = f"best:{metric}:{mode}" if str(step) == "best" else str(step)
+    metrics: dict[str, Any] = {}
+    try:
+        metrics = _metrics_by_prefix(cdir).get(chosen.prefix, {})
+    except ImportError:  # pragma: no cover - metrics module missing in a partial install
+        metrics = {}
+
+    # (source name, DEST name): data shards first, sidecars, the .index last (as TF saves)
+    plan: list[tuple[str, str]] = []
+    index = [f.name for f in chosen.files if f.name.endswith(".index")]
+    plan += [(f.name, f.name) for f in chosen.files if f.name not in index]
+    meta = _meta_for(cdir, chosen)
+    if meta is not None:
+        plan.append((meta, f"{chosen.prefix}{META_SUFFIX}"))
+    metrics_name = f"{chosen.prefix}{METRICS_SUFFIX}"
+    if metrics_name in cdir.listing:
+        plan.append((metrics_name, metrics_name))
+    plan += [(n, n) for n in index]
+    sizes = {n: cdir.listing[n].size for n, _ in plan if n in cdir.listing}
+    total = sum(sizes.values())
+
+    method = copy_method(src, dst)
+    token = _acquire_lock(dst, lock_ttl)
+    try:
+        try:
+            dst.fs.invalidate_cache(dst.path)  # another process may have promoted meanwhile
+        except (AttributeError, TypeError):
+            pass
+        if hook:
+            hook("locked", dst)
+        old = read_manifest(dst)
+        aliases = list_aliases(dst)
+        dest_listing = dst.listdir()
+        dest_state = read_state(dst) if STATE_FILENAME in dest_listing else None
+
+        # what we know about files already in DEST, and which of them a reader can reach now
+        known: dict[str, PromotedFile] = {}
+        reachable: set[str] = set()
+        pinned: dict[str, str] = {}  # file -> another alias that points at it
+        if old is not None:
+            for files in old.retained.values():
+                known.update({f.name: f for f in files})
+            known.update({f.name: f for f in old.files})
+            reachable |= old.file_names()
+        for name, am in aliases.items():
+            for f in am.files:
+                known.setdefault(f.name, f)
+                reachable.add(f.name)
+                if name != alias:
+                    pinned.setdefault(f.name, name)
+        if dest_state is not None and dest_state.model_checkpoint_path:
+            r = resolve_path(dst, dest_state.model_checkpoint_path)
+            if r.name:
+                reachable |= {n for n in dest_listing if n == r.name or n.startswith(r.name + ".")}
+
+        # a target name that exists already: identical bytes are reused; different bytes under
+        # a reachable name must not be overwritten while a pointer can reach them
+        reused: list[PromotedFile] = []
+        differ: list[str] = []
+        for sname, dname in plan:
+            if dname not in dest_listing:
+                continue
+            rec = known.get(dname)
+            if rec is not None and rec.size == sizes.get(sname) == dest_listing[dname].size \
+                    and rec.crc32c == _crc_of(src, sname) == _crc_of(dst, dname):
+                reused.append(PromotedFile(dname, rec.size, rec.crc32c, sname))
+            elif dname in reachable:
+                differ.append(dname)
+        unpublished = False
+        old_for_cleanup = old
+        if differ:
+            held = [d for d in differ if d in pinned]
+            if held:
+                raise PromotionError(
+                    f"{held[0]} in the destination has different bytes and alias "
+                    f"{pinned[held[0]]!r} points at it; move or remove that alias first", dst.display())
+            # unpublish: the manifest first (readers check it), then the alias we are about to
+            # move when it reaches these names, then the state file (TF)
+            doomed = [MANIFEST_NAME]
+            if alias is not None and alias in aliases and set(differ) & aliases[alias].file_names():
+                doomed.append(f"{ALIASES_DIR}/{alias}.json")
+                aliases.pop(alias)
+            doomed.append(STATE_FILENAME)
+            for name in doomed:
+                try:
+                    dst.fs.rm_file(dst.join(name))
+                except FileNotFoundError:
+                    pass
+            unpublished = True
+            old = None
+            if hook:
+                hook("unpublished", dst)
+
+        reused_names = {f.name for f in reused}
+        done = sum(f.size for f in reused)
+        if progress:
+            progress(done, total, "")
+        copied: list[PromotedFile] = []
+        for sname, dname in plan:
+            if dname in reused_names:
+                continue
+
+            def on_bytes(n: int, _name: str = dname) -> None:
+                nonlocal done
+                done += n
+                if progress:
+                    progress(done, total, _name)
+
+            copied.append(_copy_one(method, src, sname, dst, dname, on_bytes))
+        by_name = {f.name: f for f in reused + copied}
+        files = [by_name[d] for _, d in plan]
+        if hook:
+            hook("copied", dst)
+
+        now = time.time()
+        manifest = PromotionManifest(
+            promotion_id=f"{_dt.datetime.fromtimestamp(now, _dt.timezone.utc):%Y%m%dT%H%M%SZ}-"
+                         f"{uuid.uuid4().hex[:8]}",
+            source=src.display(), source_prefix=chosen.prefix, prefix=chosen.prefix,
+            base=chosen.base, step=chosen.step, files=files, promoted_at=_now_iso(now),
+            promoted_at_unix=now, metrics=metrics, alias=alias, selector=selector,
+            meta_from=meta if meta and meta != f"{chosen.prefix}{META_SUFFIX}" else None,
+        )
+        new_names = manifest.file_names()
+        # kept in DEST: the previous promotion for one more round, and every other alias target
+        if keep_previous and old is not None and old.prefix != chosen.prefix:
+            kept = [f for f in old.files if f.name not in new_names]
+            if kept:
+                manifest.retained[f"previous:{old.prefix}"] = kept
+        for name, am in aliases.items():
+            if name != alias:
+                kept = [f for f in am.files if f.name not in new_names]
+                if kept:
+                    manifest.retained[f"alias:{name}"] = kept
+
+        write_state(dst, StateFile(model_checkpoint_path=chosen.prefix,
+                                   all_model_checkpoint_paths=[chosen.prefix],
+                                   all_model_checkpoint_timestamps=[chosen.timestamp or now],
+                                   last_preserved_timestamp=0.0))
+        if hook:
+            hook("state_written", dst)
+        dst.write_atomic(MANIFEST_NAME, (json.dumps(manifest.to_dict(), indent=1) + "\n").encode())
+        if hook:
+            hook("manifest_written", dst)
+        alias_path = None
+        if alias is not None:
+            pointer = PromotionManifest.from_dict(manifest.to_dict())
+            pointer.retained = {}
+            write_atomic(dst.fs, dst.join(f"{ALIASES_DIR}/{alias}.json"),
+                         (json.dumps(pointer.to_dict(), indent=1) + "\n").encode())
+            alias_path = dst.display(f"{ALIASES_DIR}/{alias}.json")
+            if hook:
+                hook("alias_written", dst)
+
+        # delete what only older promotions referenced (never a file no manifest recorded)
+        candidates = old_for_cleanup.all_file_names() if old_for_cleanup is not None else set()
+        keep = manifest.all_file_names()
+        for am in list_aliases(dst).values():
+            keep |= am.file_names()
+        deleted = _rm(dst, sorted(candidates - keep))
+        if hook:
+            hook("cleaned", dst)
+    finally:
+        _release_lock(dst, token)
+
+    if record:
+        from .retention import record_promotion
+
+        record_promotion(src, chosen.prefix, dst.display(), alias)
+
+    return PromotionResult(
+        manifest=manifest, destination=dst.display(), copied=[f.name for f in copied],
+        reused=sorted(reused_names), deleted=deleted, bytes_copied=sum(f.size for f in copied),
+        method=method if copied else "none", unpublished=unpublished,
+        seconds=time.monotonic() - t0, alias_path=alias_path)
