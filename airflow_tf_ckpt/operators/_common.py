@@ -1,0 +1,164 @@
+"""What every checkpoint operator shares: dir + connection → Location, and the ``step`` argument.
+
+The operators are thin adapters over the core; everything that decides anything lives there.
+``step`` is templated, so it usually comes from an upstream task, for example the sensor::
+
+    step="{{ ti.xcom_pull(task_ids='wait')['checkpoint'] }}"  # the step's prefix, e.g. ckpt-500
+    step="{{ ti.xcom_pull(task_ids='wait')['step'] }}"        # a step number
+    step="latest"                                             # the newest committed step
+
+(The sensor's ``prefix`` key is the BASE name, ``ckpt``; pass it as ``prefix=`` if you like.)
+
+It also accepts the sensor's whole XCom dict (or its ``str()``, which is what Jinja renders
+without ``render_template_as_native_obj``) and a full prefix URL/path.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import json
+import posixpath
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+from airflow_tf_ckpt.core.discovery import CheckpointDir, CheckpointStep, StepStatus, discover
+from airflow_tf_ckpt.core.errors import StepNotFoundError
+from airflow_tf_ckpt.core.storage import Location
+
+StepArg = int | str | dict[str, Any] | None
+
+
+def parse_step_arg(value: StepArg) -> int | str:
+    """Normalise the ``step`` argument to a step number, a prefix name, or ``"latest"``/``"best"``."""
+    if value is None:
+        return "latest"
+    if isinstance(value, bool):
+        raise ValueError(f"step must be a number, a prefix name, 'latest' or 'best', not {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, dict):
+        # the sensor's payload: "checkpoint" is the step's prefix (ckpt-500); its "prefix" is the
+        # BASE name (ckpt), so it is never used as a step here
+        for key in ("checkpoint", "step", "path"):
+            if value.get(key) not in (None, ""):
+                return parse_step_arg(value[key])
+        raise ValueError(f"step dict has none of 'checkpoint', 'step', 'path': {sorted(value)}")
+    text = str(value).strip()
+    if not text or text.lower() in ("none", "latest"):
+        return "latest"
+    if text.lower() == "best":
+        return "best"
+    if text[0] in "{[":
+        parsed: Any = None
+        for loader in (json.loads, ast.literal_eval):
+            try:
+                parsed = loader(text)
+                break
+            except (ValueError, SyntaxError):
+                continue
+        if isinstance(parsed, dict):
+            return parse_step_arg(parsed)
+        raise ValueError(f"cannot read a step from {text[:80]!r}")
+    if re.fullmatch(r"-?\d+", text):
+        return int(text)
+    if "/" in text:  # a prefix URL or path: its basename is the prefix
+        return posixpath.basename(text.rstrip("/"))
+    return text
+
+
+def load_callable(ref: Callable[..., Any] | str, what: str) -> Callable[..., Any]:
+    """A callable, or one named by a dotted path (``pkg.module.func`` or ``pkg.module:func``)."""
+    if callable(ref):
+        return ref
+    if not isinstance(ref, str) or not ref.strip():
+        raise TypeError(f"{what} must be a callable or a dotted path string, not {type(ref).__name__}")
+    text = ref.strip()
+    module_name, sep, attr = text.partition(":") if ":" in text else text.rpartition(".")
+    if not sep or not module_name or not attr:
+        raise ImportError(f"{what} {ref!r} is not a dotted path like 'package.module.function'")
+    try:
+        fn: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            fn = getattr(fn, part)
+    except (ImportError, AttributeError) as exc:
+        raise ImportError(f"cannot import {what} {ref!r}: {exc}") from exc
+    if not callable(fn):
+        raise TypeError(f"{what} {ref!r} is not callable")
+    return fn
+
+
+class BaseCheckpointOperator(BaseOperator):
+    """Base of the checkpoint operators: a dir URL (local path or ``gs://``), a connection, a step.
+
+    :param ckpt_dir: the checkpoint dir (templated).
+    :param step: which step to act on (templated); see the module docstring.
+    :param prefix: the checkpoint base name (``ckpt``, ``model.ckpt``) when several jobs share a
+        dir; ``None`` considers every base name.
+    :param conn_id: Airflow connection with the gs:// credentials (see ``CheckpointStorageHook``);
+        ``None`` means application default credentials, or anonymous against an emulator.
+    """
+
+    template_fields: Sequence[str] = ("ckpt_dir", "step", "prefix")
+    ui_color = "#ffd8b1"
+
+    def __init__(self, *, ckpt_dir: str, step: StepArg = "latest", prefix: str | None = None,
+                 conn_id: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.ckpt_dir = ckpt_dir
+        self.step = step
+        self.prefix = prefix
+        self.conn_id = conn_id
+
+    def get_hook(self) -> Any:
+        from airflow_tf_ckpt.hooks.storage import CheckpointStorageHook
+
+        return CheckpointStorageHook(conn_id=self.conn_id)
+
+    def get_location(self, url: str | None = None) -> Location:
+        return self.get_hook().get_location(str(url or self.ckpt_dir))
+
+    def discover(self, loc: Location) -> CheckpointDir:
+        return discover(loc, self.prefix or None)
+
+    def resolve_step(self, cdir: CheckpointDir, value: StepArg | None = None) -> CheckpointStep:
+        """The step the ``step`` argument names; ``latest`` is the newest committed step.
+
+        A named step that is not committed is refused with what is wrong with it (an evaluator
+        must never act on a half-written step).
+        """
+        sel = parse_step_arg(self.step if value is None else value)
+        where = cdir.location.display()
+        if sel == "latest":
+            latest = cdir.latest(self.prefix or None)
+            if latest is None:
+                raise StepNotFoundError("no committed checkpoint step yet", where)
+            return latest
+        if sel == "best":
+            raise ValueError("step='best' is only meaningful for PromoteCheckpointOperator")
+        step = cdir.get(sel, self.prefix or None)
+        if step.status is StepStatus.INCOMPLETE:
+            raise StepNotFoundError(
+                f"step {step.prefix} is incomplete (missing {', '.join(step.missing[:5])})", where)
+        return step
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain-text table for task logs (no colour codes: logs are read in a browser)."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def human_bytes(n: int | float) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
