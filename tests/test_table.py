@@ -134,6 +134,21 @@ def test_crc_mask_roundtrip_and_known_value() -> None:
     assert mask(0) == 0xA282EAD8
 
 
+def test_extend_buffer_matches_for_every_buffer_kind() -> None:
+    import os
+
+    from airflow_tf_ckpt.core.crc import extend, extend_buffer
+
+    raw = os.urandom(70_000)
+    buf = bytearray(raw)
+    for s, e in [(0, 0), (0, 10), (3, 5000), (100, 70_000)]:
+        want = extend(5, raw[s:e])
+        assert extend_buffer(5, raw[s:e]) == want
+        assert extend_buffer(5, memoryview(buf)[s:e]) == want
+        assert extend_buffer(5, memoryview(raw)[s:e]) == want  # read-only: copied, same answer
+        assert extend_buffer(5, bytearray(raw[s:e])) == want
+
+
 def test_varints() -> None:
     for v in (0, 1, 127, 128, 300, 2**32 - 1, 2**63, 2**64 - 1):
         enc = encode_varint(v)

@@ -52,26 +52,19 @@ from .bundle import (
     is_slice_key,
     key_text,
 )
+from .crc import extend_buffer as _extend
 from .crc import unmask
-from .crc import value as crc_value
 from .errors import CheckpointError, StorageError
 from .naming import v1_shard_name
 from .protos import BUNDLE_BIG_ENDIAN, BUNDLE_LITTLE_ENDIAN, DT_STRING, SavedTensorSlices
 from .storage import Location
-from .table import FOOTER_SIZE, Table, TableCorruption, decode_varint
-
-try:  # the C extension directly: crc.extend() adds a type check per call we do not need here
-    from google_crc32c import extend as _extend
-except ImportError:  # pragma: no cover - google_crc32c is a hard dependency
-    from .crc import extend as _extend
+from .table import Table, TableCorruption
 
 DT_VARIANT = 21
 MAX_SHARDS = 100_000  # far beyond any real checkpoint; a larger count is a corrupt header
 TENSOR_BUNDLE_VERSION = 1  # kTensorBundleVersion: what TF 2.x reads and writes
 MAX_PROBLEMS_PER_FILE = 100
-# Segments at least this long are read as whole buffers and handed to the CRC as-is: no copy,
-# and the C extension releases the GIL (it does so for ``bytes`` >= 1 MiB only).
-_DIRECT_MIN = 1 << 20
+_LOCAL_READ = 2 << 20
 
 # Fixed element sizes (tensorflow/core/framework/types.proto): a plain entry's size must be
 # num_elements * itemsize, or TF refuses it ("Invalid size in bundle entry").
@@ -181,7 +174,7 @@ class _RawCrc:
         self.entry = entry
         self.crc = 0
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: memoryview) -> None:
         self.crc = _extend(self.crc, data)
 
     def finish(self) -> str | None:
@@ -223,7 +216,7 @@ class _StringCrc:
         self.error = msg
         self._phase = 3
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: memoryview) -> None:
         i, n = 0, len(data)
         if self._phase == 0:
             fmt32, fmt64 = (">I", ">Q") if self.big_endian else ("<I", "<Q")
@@ -267,7 +260,7 @@ class _StringCrc:
                 self.crc = _extend(self.crc, bytes(self._cksum))
                 self._phase = 2
         if self._phase == 2 and i < n:
-            self.crc = _extend(self.crc, data if i == 0 else data[i:])
+            self.crc = _extend(self.crc, data[i:] if i else data)
             self.raw_bytes += n - i
 
     def finish(self) -> str | None:
@@ -302,7 +295,7 @@ class _VariantCrc:
         if not self._remaining:
             self._phase = 3
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: memoryview) -> None:
         i, n = 0, len(data)
         while i < n:
             if self._phase == 0:
@@ -325,7 +318,7 @@ class _VariantCrc:
                 self._phase = 1 if self._elem_left else 2
             elif self._phase == 1:
                 take = min(self._elem_left, n - i)
-                self.crc = _extend(self.crc, data if (i == 0 and take == n) else data[i:i + take])
+                self.crc = _extend(self.crc, data[i:i + take])
                 i += take
                 self._elem_left -= take
                 if not self._elem_left:
@@ -396,14 +389,35 @@ def _read_exact(f: Any, n: int) -> bytes:
     return b"".join(parts)
 
 
+def _readinto_exact(f: Any, view: memoryview) -> int:
+    """Fill ``view`` from ``f``; returns the bytes read (less only at end of file)."""
+    n = view.nbytes
+    got = 0
+    readinto = getattr(f, "readinto", None)
+    while got < n:
+        if readinto is not None:
+            k = readinto(view[got:])
+        else:
+            chunk = f.read(n - got)
+            k = len(chunk)
+            view[got:got + k] = chunk
+        if not k:
+            break
+        got += k
+    return got
+
+
 class _Stream:
-    """Streams one shard once, feeding each entry's accumulator the bytes of its range."""
+    """Streams one shard once, feeding each entry's accumulator the bytes of its range.
+
+    The shard is read sequentially into ONE reusable buffer of ``chunk_size`` bytes; each entry
+    gets ``memoryview`` slices of it (no copies; the CRC runs on the buffer in place). Gaps of at
+    least a chunk between entries are skipped with a seek.
+    """
 
     def __init__(self, accs: list[Any], chunk_size: int, on_bytes: Callable[[int], None]) -> None:
         self.accs = accs
         self.chunk_size = max(int(chunk_size), 1)
-        # tiny chunks (tests) also take the direct path, so boundaries fall everywhere
-        self.direct_min = min(_DIRECT_MIN, self.chunk_size)
         self.on_bytes = on_bytes
         starts: dict[int, list[Any]] = defaultdict(list)
         ends: dict[int, list[Any]] = defaultdict(list)
@@ -419,21 +433,10 @@ class _Stream:
         cuts = self.cuts
         active: dict[int, Any] = {}
         done: set[int] = set()
-        if len(cuts) < 2:  # only empty entries
-            for a in self.accs:
-                done.add(id(a))
-            return done, None
-        pos = cuts[0]
-        f.seek(pos)
-        k = 0
-        last = len(cuts) - 1
 
         def at_cut(c: int) -> None:
             for a in self.ends.get(c, ()):
-                if id(a) in active:
-                    del active[id(a)]
-                    done.add(id(a))
-                elif a.entry.size == 0:
+                if active.pop(id(a), None) is not None or a.entry.size == 0:
                     done.add(id(a))
             for a in self.starts.get(c, ()):
                 if a.entry.size:
@@ -441,49 +444,45 @@ class _Stream:
                 else:
                     done.add(id(a))
 
-        while k < last:
-            at_cut(cuts[k])
-            seg_end = cuts[k + 1]
-            if not active:
-                if seg_end - pos >= self.chunk_size:
-                    f.seek(seg_end)
-                    pos = seg_end
+        at_cut(cuts[0])
+        if len(cuts) < 2:
+            return done, None
+        last = len(cuts) - 1
+        end_all = cuts[last]
+        buf = bytearray(min(self.chunk_size, end_all - cuts[0]))
+        view = memoryview(buf)
+        pos = cuts[0]
+        f.seek(pos)
+        k = 0  # current segment: [cuts[k], cuts[k + 1])
+        try:
+            while k < last:
+                if not active and cuts[k + 1] - pos >= self.chunk_size:
+                    pos = cuts[k + 1]
+                    f.seek(pos)
                     k += 1
+                    at_cut(cuts[k])
                     continue
-            if active and seg_end - pos >= self.direct_min:
-                while pos < seg_end:
-                    n = min(self.chunk_size, seg_end - pos)
-                    data = _read_exact(f, n)
-                    if len(data) != n:
-                        return done, f"file ended at byte {pos + len(data)} while reading (truncated while verifying?)"
-                    for a in active.values():
-                        a.feed(data)
-                    pos += n
-                    self.on_bytes(n)
-                k += 1
-                continue
-            # A run of small segments: one read, sliced per segment.
-            j = k + 1
-            while j < last and cuts[j + 1] - cuts[j] < self.direct_min and cuts[j + 1] - pos <= self.chunk_size:
-                j += 1
-            batch_end = cuts[j]
-            data = _read_exact(f, batch_end - pos)
-            if len(data) != batch_end - pos:
-                return done, f"file ended at byte {pos + len(data)} while reading (truncated while verifying?)"
-            base = pos
-            while True:
-                s, e = cuts[k], cuts[k + 1]
-                if active:
-                    piece = data[s - base:e - base] if (s != base or e != batch_end) else data
-                    for a in active.values():
-                        a.feed(piece)
-                    self.on_bytes(e - s)
-                k += 1
-                if k >= j:
-                    break
-                at_cut(cuts[k])
-            pos = batch_end
-        at_cut(cuts[last])
+                n = min(self.chunk_size, end_all - pos)
+                got = _readinto_exact(f, view[:n])
+                if got != n:
+                    return done, (f"file ended at byte {pos + got} while reading "
+                                  "(truncated while verifying?)")
+                cpos, end = pos, pos + n
+                while cpos < end:
+                    seg_end = cuts[k + 1]
+                    stop = seg_end if seg_end < end else end
+                    if active:
+                        piece = view[cpos - pos:stop - pos]
+                        for a in active.values():
+                            a.feed(piece)
+                        self.on_bytes(stop - cpos)
+                    cpos = stop
+                    if stop == seg_end:
+                        k += 1
+                        at_cut(cuts[k])
+                pos = end
+        finally:
+            view.release()
         return done, None
 
 
@@ -613,10 +612,9 @@ class _Tally:
     def add(self, n: int) -> None:
         if self.progress is None:
             return
-        with self._lock:
+        with self._lock:  # calls are serialized, so the callback sees a monotonic count
             self.done += n
-            done = self.done
-        self.progress(done, self.total)
+            self.progress(self.done, self.total)
 
 
 def _union_length(entries: list[BundleEntry]) -> int:
@@ -666,7 +664,10 @@ def _verify_shard(location: Location, job: _ShardJob, big_endian: bool, chunk_si
         counted[0] += n
         tally.add(n)
 
-    stream = _Stream(accs, chunk_size, on_bytes)
+    # Local files: reads of at most _LOCAL_READ so the CRC runs while the bytes are still in the
+    # CPU cache (measured: 2 MiB reads verify ~1.6x faster than 16 MiB ones on a warm page cache).
+    # Object stores: chunk_size per request (fewer, larger requests).
+    stream = _Stream(accs, min(chunk_size, _LOCAL_READ) if location.local else chunk_size, on_bytes)
     try:
         with _open(location, job.name, chunk_size) as f:
             done, err = stream.run(f)
@@ -879,5 +880,5 @@ def verify_step(location: Location | str, prefix: str, *, progress: ProgressFn |
         raise
 
 
-__all__ = ["MAX_SHARDS", "Problem", "ProgressFn", "VerifyReport", "crc_value", "decode_varint",
-           "detect_format", "verify_step", "verify_v1", "verify_v2", "FOOTER_SIZE"]
+__all__ = ["MAX_SHARDS", "Problem", "ProgressFn", "VerifyReport", "detect_format", "verify_step",
+           "verify_v1", "verify_v2"]
