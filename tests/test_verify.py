@@ -354,3 +354,54 @@ def test_fuzz_damage_never_raises(tf_checkpoints, target: str, cut: int | None,
             assert not r.ok and all(p.file.startswith("memory://") for p in r.problems)
     finally:
         fs.rm(root, recursive=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# synthetic layouts TF does not write but a hostile or odd file may: overlaps, gaps, empties
+
+
+def _string_layout(elems: list[bytes]) -> tuple[bytes, int]:
+    """DT_STRING bytes + unmasked tensor crc, per tensor_bundle.cc WriteStringTensor."""
+    from airflow_tf_ckpt.core.crc import extend, mask
+    from airflow_tf_ckpt.core.table import encode_varint
+
+    crc = 0
+    for e in elems:
+        crc = extend(crc, len(e).to_bytes(4, "little"))
+    cks = mask(crc).to_bytes(4, "little")
+    crc = extend(crc, cks)
+    for e in elems:
+        crc = extend(crc, e)
+    return b"".join(encode_varint(len(e)) for e in elems) + cks + b"".join(elems), crc
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 64, 4096, 8 << 20])
+def test_overlapping_gapped_and_empty_entries(tmp_path: Path, chunk_size: int) -> None:
+    import os as _os
+
+    from airflow_tf_ckpt.core.crc import mask, value
+
+    blob = bytearray(_os.urandom(20_000))
+    sdata, scrc = _string_layout([b"a" * 200, b"", b"xyz" * 50])
+    blob[12_000:12_000 + len(sdata)] = sdata
+    spans = {b"a": (0, 400), b"b": (200, 800), b"c": (5_000, 5_040), b"d": (300, 300),
+             b"e": (19_000, 20_000), b"same1": (6_000, 6_400), b"same2": (6_000, 6_400)}
+    entries = {}
+    for k, (s, e) in spans.items():
+        p = BundleEntryProto(dtype=4, offset=s, size=e - s, crc32c=mask(value(bytes(blob[s:e]))))
+        p.shape.dim.add(size=e - s)
+        entries[k] = p.SerializeToString()
+    ps = BundleEntryProto(dtype=7, offset=12_000, size=len(sdata), crc32c=mask(scrc))
+    ps.shape.dim.add(size=3)
+    entries[b"s"] = ps.SerializeToString()
+    (tmp_path / "x-1.index").write_bytes(bundle_index(entries))
+    (tmp_path / "x-1.data-00000-of-00001").write_bytes(bytes(blob))
+    r = verify_step(str(tmp_path), "x-1", chunk_size=chunk_size)
+    assert r.ok, r.summary()
+    assert r.tensors_checked == len(entries)
+    blob[6_100] ^= 4  # inside both same1 and same2
+    blob[12_000 + len(sdata) - 1] ^= 4  # last byte of the string tensor
+    blob[250] ^= 4  # inside a and b
+    (tmp_path / "x-1.data-00000-of-00001").write_bytes(bytes(blob))
+    r = verify_step(str(tmp_path), "x-1", chunk_size=chunk_size)
+    assert {p.tensor for p in r.problems} == {"a", "b", "same1", "same2", "s"}

@@ -54,7 +54,7 @@ from .bundle import (
 )
 from .crc import extend_buffer as _extend
 from .crc import unmask
-from .errors import CheckpointError, StorageError
+from .errors import StorageError
 from .naming import v1_shard_name
 from .protos import BUNDLE_BIG_ENDIAN, BUNDLE_LITTLE_ENDIAN, DT_STRING, SavedTensorSlices
 from .storage import Location
@@ -870,14 +870,11 @@ def verify_step(location: Location | str, prefix: str, *, progress: ProgressFn |
     """
     loc = location if isinstance(location, Location) else Location.of(location, storage_options)
     fmt = format or detect_format(loc, prefix)
-    try:
-        if fmt == "v1":
-            return verify_v1(loc, prefix, progress=progress, chunk_size=chunk_size)
-        if fmt != "v2":
-            raise ValueError(f"unknown checkpoint format {fmt!r}")
-        return verify_v2(loc, prefix, progress=progress, concurrency=concurrency, chunk_size=chunk_size)
-    except CheckpointError:
-        raise
+    if fmt == "v1":
+        return verify_v1(loc, prefix, progress=progress, chunk_size=chunk_size)
+    if fmt != "v2":
+        raise ValueError(f"unknown checkpoint format {fmt!r}")
+    return verify_v2(loc, prefix, progress=progress, concurrency=concurrency, chunk_size=chunk_size)
 
 
 __all__ = ["MAX_SHARDS", "Problem", "ProgressFn", "VerifyReport", "detect_format", "verify_step",
