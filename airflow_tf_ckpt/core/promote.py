@@ -188,6 +188,7 @@ class PromotionResult:
     unpublished: bool  # the destination was "not promoted" for a while (same names, new bytes)
     seconds: float
     alias_path: str | None = None
+    recorded: bool = False  # the source dir's PROMOTIONS.json names it (retention keeps the step)
 
     @property
     def step(self) -> int | None:
@@ -205,8 +206,8 @@ class PromotionResult:
             "selector": self.manifest.selector, "metrics": self.manifest.metrics,
             "copied": self.copied, "reused": self.reused, "deleted": self.deleted,
             "bytes_copied": self.bytes_copied, "method": self.method,
-            "unpublished": self.unpublished, "seconds": round(self.seconds, 3),
-            "manifest": self.manifest.to_dict(),
+            "unpublished": self.unpublished, "recorded": self.recorded,
+            "seconds": round(self.seconds, 3), "manifest": self.manifest.to_dict(),
         }
 
 
@@ -610,14 +611,16 @@ def promote(source: Location | str, dest: Location | str, step: int | str = "lat
             prefix: str | None = None, metric: str | None = None, mode: str = "min",
             alias: str | None = None, storage_options: dict[str, Any] | None = None,
             dest_storage_options: dict[str, Any] | None = None, keep_previous: bool = True,
-            record: bool = True, lock_ttl: float = DEFAULT_LOCK_TTL,
+            record: bool = True, lease: bool = True, lock_ttl: float = DEFAULT_LOCK_TTL,
             progress: ProgressFn | None = None, hook: HookFn | None = None) -> PromotionResult:
     """Promote one step of ``source`` to ``dest``; see the module docstring for the scheme.
 
     ``step``: a step number, a prefix name, ``"latest"`` or ``"best"`` (with ``metric`` and
     ``mode``). ``prefix`` restricts the source to one base name. ``alias`` also writes
     ``DEST/aliases/<alias>.json``. ``record`` calls :func:`retention.record_promotion` on the
-    source so retention keeps promoted steps. ``progress(done, total, file)`` reports bytes;
+    source so retention keeps promoted steps. ``lease`` holds a lease on the source step while it
+    is copied (GC does not delete a leased step; a read-only source is copied without one).
+    ``progress(done, total, file)`` reports bytes;
     ``hook(phase, dest)`` is called after each phase in :data:`PHASES` (for tests and logs).
     """
     t0 = time.monotonic()
@@ -633,11 +636,7 @@ def promote(source: Location | str, dest: Location | str, step: int | str = "lat
     cdir = discover(src, prefix)
     chosen = select_step(cdir, step, prefix=prefix, metric=metric, mode=mode)
     selector = f"best:{metric}:{mode}" if str(step) == "best" else str(step)
-    metrics: dict[str, Any] = {}
-    try:
-        metrics = _metrics_by_prefix(cdir).get(chosen.prefix, {})
-    except ImportError:  # pragma: no cover - metrics module missing in a partial install
-        metrics = {}
+    metrics: dict[str, Any] = _metrics_by_prefix(cdir).get(chosen.prefix, {})
 
     # (source name, DEST name): data shards first, sidecars, the .index last (as TF saves)
     plan: list[tuple[str, str]] = []
@@ -654,6 +653,42 @@ def promote(source: Location | str, dest: Location | str, step: int | str = "lat
     total = sum(sizes.values())
 
     method = copy_method(src, dst)
+    owner = _lease_source(src, chosen, lock_ttl) if lease else None
+    try:
+        return _promote_locked(src, dst, chosen, plan, sizes, total, method, meta, metrics, selector,
+                               alias=alias, keep_previous=keep_previous, record=record,
+                               lock_ttl=lock_ttl, progress=progress, hook=hook, t0=t0)
+    finally:
+        if owner is not None:
+            from .leases import release_lease
+
+            try:
+                release_lease(src, chosen.prefix, owner)
+            except OSError:
+                pass  # it expires on its own
+
+
+def _lease_source(src: Location, step: CheckpointStep, ttl: float) -> str | None:
+    """Lease the source step so GC leaves it alone while it is copied; ``None`` if read-only."""
+    from .leases import LeaseConflictError, LeaseError, acquire_lease
+
+    owner = f"promote-{uuid.uuid4().hex[:8]}"
+    try:
+        acquire_lease(src, step.prefix, owner, ttl)
+    except LeaseConflictError as exc:
+        raise PromotionError(f"step is being deleted by a GC run; not promoted ({exc})",
+                             src.display(step.prefix)) from exc
+    except (OSError, LeaseError, StorageError):
+        return None  # a source we may not write to: copy without a lease
+    return owner
+
+
+def _promote_locked(src: Location, dst: Location, chosen: CheckpointStep, plan: list[tuple[str, str]],
+                    sizes: dict[str, int], total: int, method: str, meta: str | None,
+                    metrics: dict[str, Any], selector: str, *, alias: str | None, keep_previous: bool,
+                    record: bool, lock_ttl: float, progress: ProgressFn | None, hook: HookFn | None,
+                    t0: float) -> PromotionResult:
+    """The part of :func:`promote` that runs under the destination lock."""
     token = _acquire_lock(dst, lock_ttl)
     try:
         try:
@@ -797,13 +832,18 @@ def promote(source: Location | str, dest: Location | str, step: int | str = "lat
     finally:
         _release_lock(dst, token)
 
-    if record:
+    recorded = False
+    if record:  # while the source lease still holds
         from .retention import record_promotion
 
-        record_promotion(src, chosen.prefix, dst.display(), alias)
+        try:
+            record_promotion(src, chosen.prefix, dst.display(), alias)
+            recorded = True
+        except (OSError, StorageError):
+            pass  # a read-only source: the promotion stands, retention there is not ours to run
 
     return PromotionResult(
         manifest=manifest, destination=dst.display(), copied=[f.name for f in copied],
         reused=sorted(reused_names), deleted=deleted, bytes_copied=sum(f.size for f in copied),
         method=method if copied else "none", unpublished=unpublished,
-        seconds=time.monotonic() - t0, alias_path=alias_path)
+        seconds=time.monotonic() - t0, alias_path=alias_path, recorded=recorded)
