@@ -1,0 +1,574 @@
+"""``tf-ckpt``: list, validate, garbage-collect and promote TensorFlow checkpoints.
+
+Works on local dirs and on any fsspec URL (``gs://`` with gcsfs; ``STORAGE_EMULATOR_HOST`` points
+it at an emulator). It imports neither TensorFlow nor Airflow, so it runs on any box.
+
+Exit codes: 0 all good; 1 a problem was found (a corrupt or incomplete step, nothing to
+promote); 2 usage or input error (bad option, a dir that does not exist, an unknown step). An
+error is ONE line on stderr, never a traceback (set ``TF_CKPT_DEBUG=1`` to see one). With
+``--json`` stdout holds one JSON document and nothing else; tables, progress bars and messages
+for humans go to stdout only without ``--json`` (progress always goes to stderr).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+from typer.exceptions import Abort as TyperAbort
+from typer.exceptions import TyperException
+
+from .core.discovery import CheckpointDir, CheckpointStep, StepStatus, discover
+from .core.errors import CheckpointError, StepNotFoundError, StorageError
+from .core.storage import Location
+
+if TYPE_CHECKING:
+    from .core.retention import RetentionPlan
+
+EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+
+app = typer.Typer(
+    name="tf-ckpt", add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]},
+    help="Inspect, validate, garbage-collect and promote TensorFlow checkpoints (local or gs://).",
+)
+
+
+class CliError(Exception):
+    """Stop with one line on stderr and an exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _out() -> Console:
+    # soft_wrap off + a generous width when piped, so paths in tables are not chopped at 80
+    width = None if sys.stdout.isatty() else 160
+    return Console(width=width, highlight=False)
+
+
+def _err() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def _emit_json(doc: Any) -> None:
+    sys.stdout.write(json.dumps(doc, indent=1, default=str) + "\n")
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------------------------------------
+# common options
+
+
+PrefixOpt = Annotated[str | None, typer.Option("--prefix", "-p", help="Only checkpoints of this base "
+                                               "name (e.g. 'ckpt', 'model.ckpt').")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, nothing else.")]
+StorageOpt = Annotated[list[str] | None, typer.Option(
+    "--storage-option", "-o", metavar="KEY=VALUE",
+    help="fsspec storage option (repeatable), e.g. -o project=my-proj -o token=anon.")]
+
+
+def _parse_kv(items: list[str] | None, what: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise CliError(f"{what} {item!r} is not KEY=VALUE")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise CliError(f"{what} {item!r} has an empty key")
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        out[key] = value
+    return out
+
+
+def _location(url: str, storage_options: list[str] | None) -> Location:
+    return Location.of(url, _parse_kv(storage_options, "--storage-option") or None)
+
+
+def _discover(url: str, prefix: str | None, storage_options: list[str] | None) -> CheckpointDir:
+    loc = _location(url, storage_options)
+    return discover(loc, prefix)
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _metrics(cdir: CheckpointDir) -> dict[str, dict[str, Any]]:
+    from .core.metrics import metrics_for
+
+    return {k: dict(v) for k, v in metrics_for(cdir).items() if v}
+
+
+def _fmt_metrics(m: dict[str, Any]) -> str:
+    parts = []
+    for k, v in sorted(m.items()):
+        parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
+    return " ".join(parts)
+
+
+@contextmanager
+def _progress(enabled: bool, description: str, total: int) -> Iterator[Any]:
+    """A rich progress bar on stderr (only on a terminal); yields ``update(done, total, name)``."""
+    console = _err()
+    if not enabled or not console.is_terminal:
+        yield lambda done, total_=None, name="": None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=True) as bar:
+        task = bar.add_task(description, total=total or None)
+
+        def update(done: int, total_: int | None = None, name: str = "") -> None:
+            kw: dict[str, Any] = {"completed": done}
+            if total_:
+                kw["total"] = total_
+            if name:
+                kw["description"] = f"{description} {name}"
+            bar.update(task, **kw)
+
+        yield update
+
+
+# ---------------------------------------------------------------------------------------------
+# ls
+
+
+@app.command("ls")
+def ls_cmd(
+    directory: Annotated[str, typer.Argument(metavar="DIR", help="Checkpoint dir: a path or URL.")],
+    prefix: PrefixOpt = None,
+    as_json: JsonOpt = False,
+    storage_option: StorageOpt = None,
+) -> int:
+    """List the steps of a checkpoint dir with status, size, time and metrics."""
+    cdir = _discover(directory, prefix, storage_option)
+    metrics = _metrics(cdir)
+    if as_json:
+        doc = cdir.to_dict()
+        for s in doc["steps"]:
+            s["metrics"] = metrics.get(s["prefix"], {})
+        _emit_json(doc)
+        return EXIT_OK
+    out = _out()
+    if not cdir.steps:
+        out.print(f"no checkpoints in {escape(cdir.location.display())}"
+                  + (f" with prefix {prefix!r}" if prefix else ""))
+    else:
+        table = Table(title=escape(cdir.location.display()), title_justify="left")
+        for col, kw in (("step", {"justify": "right"}), ("prefix", {}), ("status", {}), ("fmt", {}),
+                        ("shards", {"justify": "right"}), ("size", {"justify": "right"}),
+                        ("saved (UTC)", {}), ("metrics", {}), ("notes", {})):
+            table.add_column(col, **kw)
+        for s in cdir.steps:
+            notes = []
+            if s.latest:
+                notes.append("latest")
+            if s.has_meta:
+                notes.append("meta")
+            if s.quarantined:
+                notes.append("quarantined")
+            if s.leases:
+                notes.append(f"{len(s.leases)} lease(s)")
+            style = {"committed": "green", "orphan": "yellow", "incomplete": "red"}[s.status.value]
+            table.add_row("-" if s.step is None else str(s.step), escape(s.prefix),
+                          f"[{style}]{s.status.value}[/{style}]", s.format,
+                          "-" if s.num_shards is None else str(s.num_shards), _size(s.size),
+                          _when(s.timestamp), escape(_fmt_metrics(metrics.get(s.prefix, {}))),
+                          ", ".join(notes))
+        out.print(table)
+        total = sum(s.size for s in cdir.steps)
+        committed = sum(1 for s in cdir.steps if s.committed)
+        out.print(f"{len(cdir.steps)} step(s), {committed} committed, {_size(total)}")
+    for p in cdir.problems + [f"{s.prefix}: {p}" for s in cdir.steps for p in s.problems]:
+        out.print(f"[yellow]warning:[/yellow] {escape(p)}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
+# validate
+
+
+def _select_for_validate(cdir: CheckpointDir, step: str, prefix: str | None) -> list[CheckpointStep]:
+    sel = step.strip().lower()
+    if sel == "all":
+        return list(cdir.steps)
+    if sel == "latest":
+        latest = cdir.latest(prefix)
+        return [latest] if latest is not None else []
+    try:
+        number: int | str = int(sel)
+    except ValueError:
+        number = step
+    return [cdir.get(number, prefix)]
+
+
+@app.command("validate")
+def validate_cmd(
+    directory: Annotated[str, typer.Argument(metavar="DIR", help="Checkpoint dir: a path or URL.")],
+    step: Annotated[str, typer.Option("--step", "-s", metavar="N|latest|all",
+                                      help="Which step(s) to verify.")] = "latest",
+    prefix: PrefixOpt = None,
+    as_json: JsonOpt = False,
+    storage_option: StorageOpt = None,
+) -> int:
+    """Verify every checksum TF checks on restore, without TF. Exit 1 names what is broken."""
+    from .core.verify import verify_step
+
+    cdir = _discover(directory, prefix, storage_option)
+    loc = cdir.location
+    chosen = _select_for_validate(cdir, step, prefix)
+    results: list[dict[str, Any]] = []
+    problems_total = 0
+    # a state-file path that resolves to nothing here breaks TF's restore: a problem; one that
+    # was re-homed by basename (the dir was moved) is only a warning
+    refused = {f"{loc.display(cdir.state_filename)}: {r.raw!r}: {r.problem}"
+               for r in cdir.resolved if r.how == "refused"}
+    dir_problems = [p for p in cdir.problems if p in refused]
+    warnings = [p for p in cdir.problems if p not in refused]
+    if not chosen:
+        incomplete = [s for s in cdir.steps if s.status is StepStatus.INCOMPLETE]
+        dir_problems.append("no committed checkpoint step" + (f" with prefix {prefix!r}" if prefix else "")
+                            + (f" ({len(incomplete)} incomplete)" if incomplete else ""))
+        chosen = incomplete
+    total_bytes = sum(s.size for s in chosen)
+    done_before = 0
+    with _progress(not as_json, "verifying", total_bytes) as update:
+        for s in chosen:
+            base = done_before
+
+            def on_progress(done: int, _total: int, _base: int = base, _name: str = s.prefix) -> None:
+                update(_base + done, total_bytes, _name)
+
+            if s.status is StepStatus.INCOMPLETE and not any(
+                    f.name.endswith(".index") for f in s.files) and s.format == "v2":
+                # no index to read: report the missing files directly
+                probs = [{"file": loc.display(m), "tensor": None, "kind": "missing_file",
+                          "message": "file is missing (step incomplete)", "expected": None,
+                          "actual": None} for m in s.missing]
+                entry = {"prefix": s.prefix, "step": s.step, "status": s.status.value, "ok": False,
+                         "format": s.format, "problems": probs, "tensors_checked": 0,
+                         "bytes_checked": 0, "seconds": 0.0}
+            else:
+                report = verify_step(loc, s.prefix, progress=on_progress, format=s.format)
+                entry = report.to_dict()
+                entry.update({"step": s.step, "status": s.status.value})
+                if s.status is StepStatus.INCOMPLETE:
+                    known = {p["file"] for p in entry["problems"]}
+                    for m in s.missing:
+                        if loc.display(m) not in known and "?" not in m:
+                            entry["problems"].append({
+                                "file": loc.display(m), "tensor": None, "kind": "missing_file",
+                                "message": "file is missing (step incomplete)", "expected": None,
+                                "actual": None})
+                    entry["ok"] = False
+            done_before += s.size
+            problems_total += len(entry["problems"])
+            results.append(entry)
+    ok = problems_total == 0 and not dir_problems
+    if as_json:
+        _emit_json({"dir": loc.display(), "ok": ok, "steps": results, "problems": dir_problems,
+                    "warnings": warnings})
+        return EXIT_OK if ok else EXIT_PROBLEM
+    out = _out()
+    table = Table(title=escape(f"validate {loc.display()}"), title_justify="left")
+    for col, kw in (("step", {"justify": "right"}), ("prefix", {}), ("status", {}), ("result", {}),
+                    ("tensors", {"justify": "right"}), ("checked", {"justify": "right"}),
+                    ("secs", {"justify": "right"})):
+        table.add_column(col, **kw)
+    for r in results:
+        res = "[green]OK[/green]" if r["ok"] else f"[red]{len(r['problems'])} problem(s)[/red]"
+        table.add_row("-" if r["step"] is None else str(r["step"]), escape(r["prefix"]), r["status"], res,
+                      str(r["tensors_checked"]), _size(r["bytes_checked"]), f"{r['seconds']:.2f}")
+    if results:
+        out.print(table)
+    for r in results:
+        for p in r["problems"]:
+            where = f"{p['file']}: tensor {p['tensor']}" if p["tensor"] else p["file"]
+            extra = (f" (expected {p['expected']}, got {p['actual']})"
+                     if p.get("expected") or p.get("actual") else "")
+            line = f"{where}: [{p['kind']}] {p['message']}{extra}"
+            out.print(f"[red]CORRUPT[/red] {escape(line)}", soft_wrap=True)
+    for p in dir_problems:
+        out.print(f"[red]PROBLEM[/red] {escape(loc.display())}: {escape(p)}", soft_wrap=True)
+    for w in warnings:
+        out.print(f"[yellow]warning:[/yellow] {escape(w)}", soft_wrap=True)
+    out.print("[green]all good[/green]" if ok else
+              f"[red]{problems_total + len(dir_problems)} problem(s) found[/red]")
+    return EXIT_OK if ok else EXIT_PROBLEM
+
+
+# ---------------------------------------------------------------------------------------------
+# gc
+
+
+@app.command("gc")
+def gc_cmd(
+    directory: Annotated[str, typer.Argument(metavar="DIR", help="Checkpoint dir: a path or URL.")],
+    prefix: PrefixOpt = None,
+    keep_last: Annotated[int | None, typer.Option("--keep-last", min=0, help="Keep the N newest steps.")] = None,
+    keep_every_hours: Annotated[float | None, typer.Option(
+        "--keep-every-hours", min=0.0, help="Keep one step per H hours (like TF's keep_checkpoint_every_n_hours).")] = None,
+    keep_every_steps: Annotated[int | None, typer.Option(
+        "--keep-every-steps", min=1, help="Keep steps that are multiples of S.")] = None,
+    keep_best: Annotated[int | None, typer.Option("--keep-best", min=0, help="Keep the K best by --metric.")] = None,
+    metric: Annotated[str | None, typer.Option("--metric", help="Metric name for --keep-best.")] = None,
+    mode: Annotated[str, typer.Option("--mode", help="min or max: which metric values are best.")] = "min",
+    pin: Annotated[list[int] | None, typer.Option("--pin", metavar="STEP", help="Never delete this step (repeatable).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="Show the plan; delete nothing.")] = False,
+    as_json: JsonOpt = False,
+    storage_option: StorageOpt = None,
+) -> int:
+    """Delete checkpoint steps that no retention policy keeps (the state file is rewritten first)."""
+    from .core.gc import apply_plan
+    from .core.retention import plan_retention, policies_from_options
+
+    if mode not in ("min", "max"):
+        raise CliError(f"--mode must be 'min' or 'max', not {mode!r}")
+    if keep_best and not metric:
+        raise CliError("--keep-best needs --metric NAME")
+    policies = policies_from_options(keep_last=keep_last, keep_every_hours=keep_every_hours,
+                                     keep_every_steps=keep_every_steps, keep_best=keep_best,
+                                     metric=metric, mode=mode, pins=list(pin or []))
+    if not policies:
+        raise CliError("no retention policy given: pass --keep-last/--keep-every-hours/"
+                       "--keep-every-steps/--keep-best/--pin (deleting everything is not an option)")
+    loc = _location(directory, storage_option)
+    plan = plan_retention(loc, policies, prefix=prefix)
+    result = apply_plan(plan, dry_run=dry_run)
+    code = EXIT_OK if result.ok else EXIT_PROBLEM
+    if as_json:
+        _emit_json({"dry_run": dry_run, "plan": result.plan.to_dict(), "result": result.to_dict()})
+        return code
+    out = _out()
+    _print_plan(out, result.plan)
+    out.print(escape(result.plan.summary()), soft_wrap=True)
+    for r in result.plan.refused:
+        out.print(f"[yellow]refused:[/yellow] {escape(str(r.to_dict()))}", soft_wrap=True)
+    for p in result.plan.problems:
+        out.print(f"[yellow]warning:[/yellow] {escape(p)}", soft_wrap=True)
+    if dry_run:
+        out.print("[yellow]dry run: nothing deleted[/yellow]")
+    else:
+        out.print(escape(result.summary()), soft_wrap=True)
+    return code
+
+
+def _print_plan(out: Console, plan: RetentionPlan) -> None:
+    if not plan.decisions:
+        out.print(f"no checkpoints in {escape(plan.location.display())}")
+        return
+    table = Table(title=escape(f"retention plan {plan.location.display()}"), title_justify="left")
+    for col in ("step", "prefix", "status", "size", "action", "why"):
+        table.add_column(col, justify="right" if col in ("step", "size") else "left")
+    for d in plan.decisions:
+        style = "green" if d.keep else "red"
+        table.add_row("-" if d.step is None else str(d.step), escape(d.prefix), d.status, _size(d.size),
+                      f"[{style}]{escape(d.action)}[/{style}]", escape("; ".join(d.reasons)))
+    out.print(table)
+
+
+# ---------------------------------------------------------------------------------------------
+# promote
+
+
+@app.command("promote")
+def promote_cmd(
+    directory: Annotated[str, typer.Argument(metavar="DIR", help="Source checkpoint dir: a path or URL.")],
+    to: Annotated[str, typer.Option("--to", metavar="DEST", help="Destination dir or URL.")],
+    step: Annotated[str, typer.Option("--step", "-s", metavar="N|latest|best",
+                                      help="Which step: a number, latest, or best by --metric.")] = "latest",
+    metric: Annotated[str | None, typer.Option("--metric", help="Metric for --step best.")] = None,
+    mode: Annotated[str, typer.Option("--mode", help="min or max: which metric values are best.")] = "min",
+    alias: Annotated[str | None, typer.Option("--alias", help="Also point DEST/aliases/NAME.json at it.")] = None,
+    prefix: PrefixOpt = None,
+    no_record: Annotated[bool, typer.Option("--no-record", help="Do not record the promotion in the "
+                                            "source dir (retention then may delete the step).")] = False,
+    as_json: JsonOpt = False,
+    storage_option: StorageOpt = None,
+) -> int:
+    """Copy one step to DEST atomically: data, index, state file, then PROMOTED.json last."""
+    from .core.promote import promote
+
+    if mode not in ("min", "max"):
+        raise CliError(f"--mode must be 'min' or 'max', not {mode!r}")
+    if step == "best" and not metric:
+        raise CliError("--step best needs --metric NAME")
+    opts = _parse_kv(storage_option, "--storage-option") or None
+    src = Location.of(directory, opts)
+    dst = Location.of(to, opts)
+    with _progress(not as_json, "promoting", 0) as update:
+        result = promote(src, dst, step, prefix=prefix, metric=metric, mode=mode, alias=alias,
+                         record=not no_record, progress=update)
+    if as_json:
+        _emit_json(result.to_dict())
+        return EXIT_OK
+    out = _out()
+    m = result.manifest
+    table = Table(title=escape(f"promoted to {result.destination}"), title_justify="left", show_header=False)
+    table.add_column("key")
+    table.add_column("value")
+    rows = [("step", "-" if m.step is None else str(m.step)), ("prefix", m.prefix),
+            ("selected by", m.selector), ("source", m.source), ("metrics", _fmt_metrics(m.metrics) or "-"),
+            ("copied", f"{len(result.copied)} file(s), {_size(result.bytes_copied)} ({result.method})"),
+            ("reused", f"{len(result.reused)} file(s)"), ("deleted", ", ".join(result.deleted) or "-"),
+            ("alias", f"{m.alias} -> {result.alias_path}" if m.alias else "-"),
+            ("manifest", f"{result.destination}/PROMOTED.json"), ("time", f"{result.seconds:.2f} s")]
+    for k, v in rows:
+        table.add_row(k, escape(v))
+    out.print(table)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics
+
+
+@app.command("metrics")
+def metrics_cmd(
+    directory: Annotated[str, typer.Argument(metavar="DIR", help="Checkpoint dir: a path or URL.")],
+    step: Annotated[str | None, typer.Option("--step", "-s", metavar="N|latest",
+                                             help="The step to show or set.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", metavar="NAME=VALUE",
+                                                   help="Write a numeric metric into the step's sidecar (repeatable).")] = None,
+    prefix: PrefixOpt = None,
+    as_json: JsonOpt = False,
+    storage_option: StorageOpt = None,
+) -> int:
+    """Show the metrics sidecars of a dir, or write metrics for one step (--set loss=0.25)."""
+    from .core.metrics import read_metrics, write_metrics
+
+    cdir = _discover(directory, prefix, storage_option)
+    loc = cdir.location
+    if set_:
+        if step is None:
+            raise CliError("--set needs --step N")
+        target = _select_for_validate(cdir, step, prefix)
+        if not target:
+            raise CliError(f"no committed step in {loc.display()}")
+        s = target[0]
+        new = _parse_kv(set_, "--set")
+        for k, v in new.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise CliError(f"--set {k}={v!r}: a metric value must be a number")
+        merged = dict(read_metrics(loc, s.prefix) or {})
+        merged.update(new)
+        write_metrics(loc, s.prefix, merged)
+        doc: Any = {"prefix": s.prefix, "step": s.step, "metrics": merged}
+        if as_json:
+            _emit_json(doc)
+        else:
+            _out().print(f"{escape(loc.display(s.prefix))}: {escape(_fmt_metrics(merged))}")
+        return EXIT_OK
+    metrics = _metrics(cdir)
+    steps = _select_for_validate(cdir, step, prefix) if step else cdir.steps
+    rows = [{"prefix": s.prefix, "step": s.step, "metrics": metrics.get(s.prefix, {})} for s in steps]
+    if as_json:
+        _emit_json({"dir": loc.display(), "steps": rows})
+        return EXIT_OK
+    out = _out()
+    names = sorted({k for r in rows for k in r["metrics"]})
+    table = Table(title=escape(f"metrics {loc.display()}"), title_justify="left")
+    table.add_column("step", justify="right")
+    table.add_column("prefix")
+    for n in names:
+        table.add_column(escape(n), justify="right")
+    for r in rows:
+        vals = [r["metrics"].get(n) for n in names]
+        table.add_row("-" if r["step"] is None else str(r["step"]), escape(r["prefix"]),
+                      *["-" if v is None else (f"{v:.6g}" if isinstance(v, float) else escape(str(v)))
+                        for v in vals])
+    out.print(table)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
+# entry point
+
+
+def _one_line(msg: str) -> str:
+    return " ".join(str(msg).split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns the exit code (0 ok, 1 problem found, 2 usage/input)."""
+    def fail(msg: str, code: int = EXIT_USAGE) -> int:
+        sys.stdout.flush()
+        sys.stderr.write(f"tf-ckpt: error: {_one_line(msg)}\n")
+        sys.stderr.flush()
+        return code
+
+    debug = os.environ.get("TF_CKPT_DEBUG", "") not in ("", "0")
+    try:
+        rv = app(args=argv, prog_name="tf-ckpt", standalone_mode=False)
+    except TyperException as exc:  # usage errors (typer vendors its own click)
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            sys.stderr.write(ctx.get_help() + "\n")
+            return EXIT_USAGE
+        code = int(getattr(exc, "exit_code", EXIT_USAGE) or EXIT_USAGE)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        return fail(f"{exc.format_message()}{hint}", EXIT_USAGE if code == 1 else code)
+    except TyperAbort:
+        return fail("aborted", 130)
+    except CliError as exc:
+        return fail(str(exc), exc.code)
+    except (StepNotFoundError, StorageError) as exc:
+        if debug:
+            raise
+        return fail(str(exc), EXIT_USAGE)
+    except CheckpointError as exc:
+        if debug:
+            raise
+        # a checkpoint that cannot be read (malformed state file, a bad promotion manifest):
+        # the input is unusable as given
+        return fail(str(exc), EXIT_USAGE)
+    except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+        if debug:
+            raise
+        return fail(f"{exc.strerror or type(exc).__name__}: {exc.filename or exc}", EXIT_USAGE)
+    except Exception as exc:  # noqa: BLE001 - one line, never a traceback (TF_CKPT_DEBUG=1 shows it)
+        if debug:
+            raise
+        return fail(f"{type(exc).__name__}: {exc}", EXIT_USAGE)
+    if isinstance(rv, int):
+        return rv
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
