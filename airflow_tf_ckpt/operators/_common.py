@@ -124,11 +124,13 @@ class BaseCheckpointOperator(BaseOperator):
     def discover(self, loc: Location) -> CheckpointDir:
         return discover(loc, self.prefix or None)
 
-    def resolve_step(self, cdir: CheckpointDir, value: StepArg | None = None) -> CheckpointStep:
+    def resolve_step(self, cdir: CheckpointDir, value: StepArg | None = None, *,
+                     allow_incomplete: bool = False) -> CheckpointStep:
         """The step the ``step`` argument names; ``latest`` is the newest committed step.
 
-        A named step that is not committed is refused with what is wrong with it (an evaluator
-        must never act on a half-written step).
+        A named step with missing files is refused with what is missing (an evaluator must never
+        act on a half-written step), unless ``allow_incomplete`` (the validator, whose job is to
+        report exactly that).
         """
         sel = parse_step_arg(self.step if value is None else value)
         where = cdir.location.display()
@@ -140,7 +142,7 @@ class BaseCheckpointOperator(BaseOperator):
         if sel == "best":
             raise ValueError("step='best' is only meaningful for PromoteCheckpointOperator")
         step = cdir.get(sel, self.prefix or None)
-        if step.status is StepStatus.INCOMPLETE:
+        if step.status is StepStatus.INCOMPLETE and not allow_incomplete:
             raise StepNotFoundError(
                 f"step {step.prefix} is incomplete (missing {', '.join(step.missing[:5])})", where)
         return step

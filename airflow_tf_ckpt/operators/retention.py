@@ -18,16 +18,6 @@ from airflow_tf_ckpt.operators._common import BaseCheckpointOperator, format_tab
 MAX_XCOM_STEPS = 1000  # deleted step numbers listed in the XCom (the count is always exact)
 
 
-def _as_dict(obj: Any) -> dict[str, Any]:
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()
-    import dataclasses
-
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    return dict(obj) if isinstance(obj, dict) else {}
-
-
 def _opt_int(value: Any) -> int | None:
     return None if value in (None, "", "None") else int(value)
 
@@ -50,8 +40,9 @@ class CheckpointRetentionOperator(BaseCheckpointOperator):
     :param dry_run: log the plan, delete nothing.
 
     At least one policy is required: "delete everything" is never what a retention run means.
-    Returns (XCom): ``dry_run``, ``kept``, ``deleted``, ``deleted_steps`` (at most 1000 numbers),
-    ``bytes_freed``.
+    Returns (XCom): ``dry_run``, ``kept``, ``deleted`` (counts), ``deleted_steps`` (at most 1000 step
+    numbers; with ``dry_run``, the steps that WOULD go), ``bytes_freed`` / ``bytes_to_free``,
+    ``state_file_rewritten``.
     """
 
     template_fields: Sequence[str] = ("ckpt_dir", "prefix", "keep_last", "keep_every_hours",
@@ -101,39 +92,37 @@ class CheckpointRetentionOperator(BaseCheckpointOperator):
         plan = plan_retention(loc, self.policies(), prefix=self.prefix or None)
         self.log.info("Retention plan for %s:\n%s", loc.display(), self.plan_table(plan))
         self.log.info("%s", plan.summary())
+        for problem in plan.problems:
+            self.log.warning("plan problem: %s", problem)
         result = apply_plan(plan, dry_run=dry_run)
+        self.log.info("%s", result.summary())
+        for name, why in result.skipped.items():
+            self.log.info("not deleted: %s (%s)", name, why)
         out = self.small_result(plan, result, dry_run)
-        if dry_run:
-            self.log.info("DRY RUN: nothing deleted; %d step(s) would be deleted: %s", out["deleted"],
-                          out["deleted_steps"])
-        else:
-            self.log.info("Deleted %d step(s) %s, freed %s; kept %d", out["deleted"], out["deleted_steps"],
-                          human_bytes(out["bytes_freed"]), out["kept"])
+        if result.errors:
+            from airflow.sdk.exceptions import AirflowException
+
+            raise AirflowException(f"retention of {loc.display()} failed to delete "
+                                   f"{len(result.errors)} file(s):\n" + "\n".join(result.errors[:50]))
         return out
 
     @staticmethod
     def plan_table(plan: Any) -> str:
-        d = _as_dict(plan)
-        rows = d.get("steps") or d.get("decisions") or []
-        table_rows = []
-        for r in rows:
-            action = str(r.get("action") or ("keep" if r.get("keep") else "delete"))
-            why = r.get("reasons") or r.get("why") or r.get("reason") or ""
-            if isinstance(why, (list, tuple)):
-                why = ", ".join(str(x) for x in why)
-            table_rows.append(["-" if r.get("step") is None else r.get("step"), r.get("prefix", ""),
-                               action, human_bytes(r.get("size") or 0), why])
-        return format_table(["step", "prefix", "action", "size", "why"], table_rows) if table_rows \
-            else "(no steps)"
+        rows = [["-" if d.step is None else d.step, d.prefix, d.action, human_bytes(d.size),
+                 "; ".join(d.reasons)] for d in plan.decisions]
+        return format_table(["step", "prefix", "action", "size", "why"], rows) if rows else "(no steps)"
 
     @staticmethod
     def small_result(plan: Any, result: Any, dry_run: bool) -> dict[str, Any]:
-        d = _as_dict(plan)
-        rows = d.get("steps") or d.get("decisions") or []
-        deleted_rows = [r for r in rows
-                        if not str(r.get("action") or ("keep" if r.get("keep") else "delete")).startswith("keep")]
-        kept = len(rows) - len(deleted_rows)
-        deleted_steps = [r.get("step") if r.get("step") is not None else r.get("prefix") for r in deleted_rows]
-        bytes_freed = sum(int(r.get("size") or 0) for r in deleted_rows)
-        return {"dry_run": dry_run, "kept": kept, "deleted": len(deleted_rows),
-                "deleted_steps": deleted_steps[:MAX_XCOM_STEPS], "bytes_freed": 0 if dry_run else bytes_freed}
+        """Counts and step numbers only (never the file lists: they can be huge)."""
+        if dry_run:
+            gone = [d.prefix for d in plan.deleted]
+        else:
+            gone = list(result.deleted_steps)
+        numbers = {d.prefix: d.step for d in plan.decisions}
+        deleted_steps = [numbers.get(p) if numbers.get(p) is not None else p for p in gone]
+        return {"dry_run": dry_run, "kept": len(plan.decisions) - len(gone), "deleted": len(gone),
+                "deleted_steps": deleted_steps[:MAX_XCOM_STEPS],
+                "bytes_freed": 0 if dry_run else int(result.bytes_freed),
+                "bytes_to_free": int(plan.bytes_to_free) if dry_run else 0,
+                "state_file_rewritten": bool(result.state_written)}

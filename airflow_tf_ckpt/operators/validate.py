@@ -73,7 +73,7 @@ class ValidateCheckpointOperator(BaseCheckpointOperator):
 
         loc = self.get_location()
         cdir = self.discover(loc)
-        step = self.resolve_step(cdir)
+        step = self.resolve_step(cdir, allow_incomplete=True)  # missing files are problems to report
         url = loc.display(step.prefix)
         self.log.info("Validating %s (step %s, %s, %d file(s), %s)", url, step.step, step.format,
                       len(step.files), human_bytes(step.size))
