@@ -73,11 +73,10 @@ def _train_child(ckpt_dir: str) -> None:
     def on_save(step: int, prefix_url: str, train_loss: float) -> None:
         restored = build_checkpoint()
         restored.restore(prefix_url).expect_partial()
-        metrics = evaluate(restored, step)
-        metrics["train_loss"] = train_loss
-        write_metrics(loc, os.path.basename(prefix_url), metrics)
-        print(f"  saved {os.path.basename(prefix_url)}: eval loss {metrics['loss']:.4f}, "
-              f"mae {metrics['mae']:.4f}", flush=True)
+        metrics = evaluate(restored, step)  # held-out loss and mae
+        write_metrics(loc, os.path.basename(prefix_url), metrics, extra={"train_loss": train_loss})
+        print(f"  saved {os.path.basename(prefix_url)}: train loss {train_loss:.4f}, "
+              f"eval loss {metrics['loss']:.4f}, mae {metrics['mae']:.4f}", flush=True)
 
     train(ckpt_dir, steps=TRAIN_STEPS, save_every=SAVE_EVERY, max_to_keep=None, on_save=on_save)
 
