@@ -60,8 +60,9 @@ class CliError(Exception):
 
 
 def _out() -> Console:
-    # soft_wrap off + a generous width when piped, so paths in tables are not chopped at 80
-    width = None if sys.stdout.isatty() else 160
+    # piped (no terminal): a generous width, so paths in tables are not chopped at rich's default
+    # of 80 columns; $COLUMNS still wins
+    width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
     return Console(width=width, highlight=False)
 
 

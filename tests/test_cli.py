@@ -269,3 +269,18 @@ def test_gs_ls_validate_corrupt(tf_checkpoints, gcs_emulator, copy_variant):
     assert p.returncode == 1
     assert f"gs://{bucket}/bad/{data_file}" in p.stdout and tensor in p.stdout
     assert_one_line_error(run("ls", f"gs://{bucket}/nothing-here", env=env), 2, "does not exist")
+
+
+def test_empty_dir(tmp_path):
+    assert "no checkpoints" in run("ls", str(tmp_path)).stdout
+    p = run("validate", str(tmp_path))
+    assert p.returncode == 1 and "no committed checkpoint step" in p.stdout
+
+
+def test_cli_imports_neither_tensorflow_nor_airflow():
+    code = ("import sys, airflow_tf_ckpt.cli, airflow_tf_ckpt.core.promote, airflow_tf_ckpt.core.verify, "
+            "airflow_tf_ckpt.core.gc; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'airflow', 'keras')]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert p.returncode == 0, p.stdout + p.stderr
