@@ -473,3 +473,16 @@ def test_source_step_is_leased_while_copied(copy_variant, tmp_path):
     with pytest.raises(PromotionError, match="being deleted by a GC run"):
         promote(src, tmp_path / "dest2", 4)
     assert not (tmp_path / "dest2" / MANIFEST_NAME).exists()
+
+
+def test_orphan_step_is_verified_before_promotion(copy_variant, tmp_path):
+    """A step the state file does not name may be a save in progress: promote it only if it verifies."""
+    src = copy_variant("tf2_manager")
+    (src / "checkpoint").write_text('model_checkpoint_path: "ckpt-4"\nall_model_checkpoint_paths: "ckpt-4"\n')
+    assert discover(src).get(5).status.value == "orphan"
+    data = bytearray((src / "ckpt-5.index").read_bytes())
+    (src / "ckpt-5.index").write_bytes(bytes(data[: len(data) // 2]))  # index half written
+    with pytest.raises(PromotionError, match="does not verify"):
+        promote(src, tmp_path / "dest", 5)
+    assert not (tmp_path / "dest" / MANIFEST_NAME).exists()
+    assert promote(src, tmp_path / "dest", 3).prefix == "ckpt-3"  # an orphan that verifies is fine

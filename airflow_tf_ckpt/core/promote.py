@@ -638,6 +638,15 @@ def promote(source: Location | str, dest: Location | str, step: int | str = "lat
     cdir = discover(src, prefix)
     chosen = select_step(cdir, step, prefix=prefix, metric=metric, mode=mode)
     selector = f"best:{metric}:{mode}" if str(step) == "best" else str(step)
+    if chosen.status is StepStatus.ORPHAN:
+        # complete by its file names but not committed by the state file: possibly a save still
+        # being written (its .index half there), so check every checksum before shipping it
+        from .verify import verify_step
+
+        report = verify_step(src, chosen.prefix, format=chosen.format)
+        if not report.ok:
+            raise PromotionError("step is not named by the state file and does not verify: "
+                                 + str(report.problems[0]), src.display(chosen.prefix))
     metrics: dict[str, Any] = _metrics_by_prefix(cdir).get(chosen.prefix, {})
 
     # (source name, DEST name): data shards first, sidecars, the .index last (as TF saves)
