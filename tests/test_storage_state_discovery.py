@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from airflow_tf_ckpt.core.discovery import StepStatus, discover
@@ -128,3 +130,30 @@ def test_discover_on_gcs(gcs_emulator, gcs_bucket, tmp_path):
     assert d.location.display("checkpoint") == f"gs://{gcs_bucket}/run/checkpoint"
     write_state(loc, StateFile("ckpt-5", ["ckpt-5"], [2.0], 0.0))
     assert discover(loc).get(5).timestamp == 2.0
+
+
+@pytest.mark.tf
+def test_discovery_matches_tf_on_real_variants(tf_checkpoints):
+    """Every real TF layout (incl. the sharded V1 ``model.ckpt-7-?????-of-00001`` state path)
+    is listed as committed, and the latest is what ``tf.train.latest_checkpoint`` says."""
+    from tests.fixtures.tf_checkpoints import tf_batch
+
+    names = sorted(tf_checkpoints.names())
+    latest = tf_batch([("latest_checkpoint", [str(tf_checkpoints[n].dir)]) for n in names])
+    for name, tf_latest in zip(names, latest, strict=True):
+        v = tf_checkpoints[name]
+        d = discover(v.dir)
+        assert not d.problems, (name, d.problems)
+        assert [s.prefix for s in d.steps] == list(v.prefixes), name
+        assert all(s.status is StepStatus.COMMITTED for s in d.steps), name
+        assert d.latest().prefix == os.path.basename(tf_latest).removesuffix("-?????-of-00001"), name
+
+
+def test_atomic_write_mode_follows_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        Location.of(tmp_path).write_atomic("checkpoint", b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "checkpoint").stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint"]

@@ -19,6 +19,7 @@ header's ``num_shards`` is checked by ``verify``; ``deep=True`` here reads it to
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -28,6 +29,8 @@ from .errors import CheckpointError, StepNotFoundError
 from .naming import classify, parse_prefix, v1_shard_name, v2_data_name
 from .state import STATE_FILENAME, ResolvedPath, StateFile, read_state, resolve_path
 from .storage import FileInfo, Location
+
+_V1_SHARD_PATTERN = re.compile(r"^(.+)-\?{5}-of-\d{5}$")
 
 
 class StepStatus(str, Enum):
@@ -194,6 +197,9 @@ def discover(target: Location | str | os.PathLike[str], prefix: str | None = Non
         names = set(listing)
         for raw in raws:
             r = resolve_path(loc, raw, names)
+            m = _V1_SHARD_PATTERN.match(r.name or "")
+            if m:  # a sharded V1 Saver names ``model.ckpt-7-?????-of-00002``: the prefix is before
+                r = ResolvedPath(r.raw, m.group(1), r.how, r.problem)
             resolved.append(r)
             if r.problem:
                 problems.append(f"{loc.display(state_filename)}: {raw!r}: {r.problem}")
