@@ -70,9 +70,10 @@ class GcResult:
     new_state: StateFile | None = None
     deleted: list[str] = field(default_factory=list)  # files removed (paths / URLs)
     deleted_steps: list[str] = field(default_factory=list)
+    dropped_from_state: list[str] = field(default_factory=list)  # named by the state file, no files left
     would_delete: list[str] = field(default_factory=list)  # dry run
     missing: list[str] = field(default_factory=list)  # already gone when GC got there
-    refused: list[Refusal] = field(default_factory=list)
+    refused: list[Refusal] = field(default_factory=list)  # the plan's refusals, then apply-time ones
     skipped: dict[str, str] = field(default_factory=dict)  # prefix/name -> why it was not deleted
     errors: list[str] = field(default_factory=list)
     bytes_freed: int = 0
@@ -91,7 +92,8 @@ class GcResult:
                 "model_checkpoint_path": st.model_checkpoint_path,
                 "all_model_checkpoint_paths": st.all_model_checkpoint_paths,
                 "last_preserved_timestamp": st.last_preserved_timestamp},
-            "deleted": self.deleted, "deleted_steps": self.deleted_steps, "would_delete": self.would_delete,
+            "deleted": self.deleted, "deleted_steps": self.deleted_steps,
+            "dropped_from_state": self.dropped_from_state, "would_delete": self.would_delete,
             "missing": self.missing, "refused": [r.to_dict() for r in self.refused],
             "skipped": self.skipped, "errors": self.errors, "bytes_freed": self.bytes_freed,
             "seconds": round(self.seconds, 3),
@@ -106,6 +108,8 @@ class GcResult:
         parts = [head, "state file " + ("rewritten" if self.state_written else "unchanged")]
         if self.replans:
             parts.append(f"re-planned {self.replans}x ({'; '.join(self.conflicts[:3])})")
+        if self.dropped_from_state:
+            parts.append(f"{len(self.dropped_from_state)} missing step(s) dropped from the state file")
         if self.missing:
             parts.append(f"{len(self.missing)} already gone")
         if self.skipped:
@@ -240,6 +244,7 @@ def apply_plan(plan: RetentionPlan, *, dry_run: bool = False, batch_size: int = 
         result.replans += 1
     assert fresh is not None
     result.plan = current
+    result.refused = list(current.refused)
     new_state = state_to_write(current, fresh)
     result.new_state = new_state
     state_changes = new_state is not None and new_state != fresh.state
@@ -303,7 +308,7 @@ def apply_plan(plan: RetentionPlan, *, dry_run: bool = False, batch_size: int = 
                 shown = {deleter.display(p) for p in ps}
                 if shown & bad:
                     result.skipped[label] = "some files were refused at deletion time"
-                elif label in step_labels or not ps:
+                elif label in step_labels:
                     result.deleted_steps.append(label)
                     result.bytes_freed += size
             batch.clear()
@@ -313,7 +318,7 @@ def apply_plan(plan: RetentionPlan, *, dry_run: bool = False, batch_size: int = 
         for label, paths, size in groups:
             if not paths:  # a state-file entry with no files: dropping it from the state was all
                 if state_changes:
-                    result.deleted_steps.append(label)
+                    result.dropped_from_state.append(label)
                 continue
             bad = deleter.precheck(paths)
             if bad:
@@ -329,7 +334,9 @@ def apply_plan(plan: RetentionPlan, *, dry_run: bool = False, batch_size: int = 
         else:
             flush()
 
-    for base in sorted(intents):
+    # Ours, and any left by a GC run that died on this base (one GC per base at a time).
+    leftovers = {d.base for d in current.decisions if gc_intent_name(d.base) in fresh.listing}
+    for base in sorted(intents | leftovers):
         call("clear_intent", gc_intent_name(base))
         clear_gc_intent(loc, base)
     result.seconds = time.monotonic() - t0
