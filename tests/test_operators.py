@@ -305,3 +305,22 @@ best >> not_best
     # the alias produced an event for the destination itself (a URI known only at run time)
     alias_events = [e for e in _asset_events(f"file://{dest}")]
     assert alias_events and alias_events[-1]["step"] == 4
+
+
+def test_a_step_being_deleted_by_gc_is_skipped_not_validated(dag_runner, copy_variant) -> None:
+    """GC's intent names the step: the lease is refused, the task SKIPS (no quarantine of a step
+    whose files are disappearing)."""
+    import time
+
+    from airflow_tf_ckpt.core.leases import write_gc_intent
+    from airflow_tf_ckpt.core.storage import Location
+
+    d = copy_variant("tf2_manager")
+    now = time.time()
+    write_gc_intent(Location.of(str(d)), "ckpt", ["ckpt-3"], ttl_s=300, started=now, now=now)
+    r = dag_runner(_dag("op_lease_conflict", f"""
+ValidateCheckpointOperator(task_id="v", ckpt_dir={str(d)!r}, step=3, quarantine=True)
+"""), "op_lease_conflict")
+    assert r.task_states == {"v": "skipped"}, r
+    assert not (d / "ckpt-3.quarantine.json").exists()
+    assert not [n for n in os.listdir(d) if ".lease-" in n]

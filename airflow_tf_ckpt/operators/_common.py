@@ -16,14 +16,16 @@ without ``render_template_as_native_obj``) and a full prefix URL/path.
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib
 import json
 import posixpath
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowSkipException
 
 from airflow_tf_ckpt.core.discovery import CheckpointDir, CheckpointStep, StepStatus, discover
 from airflow_tf_ckpt.core.errors import StepNotFoundError
@@ -91,6 +93,18 @@ def load_callable(ref: Callable[..., Any] | str, what: str) -> Callable[..., Any
     return fn
 
 
+_OWNER_BAD = re.compile(r"[^A-Za-z0-9_.@-]+")
+
+
+def lease_owner(context: Any) -> str:
+    """A lease owner name for this task try (file-name safe: ``[A-Za-z0-9_.@-]``)."""
+    ti = context.get("ti") if hasattr(context, "get") else None
+    parts = [getattr(ti, "dag_id", None) or "dag", getattr(ti, "task_id", None) or "task",
+             getattr(ti, "run_id", None) or "run", str(getattr(ti, "map_index", -1)),
+             str(getattr(ti, "try_number", 0) or 0)]
+    return ".".join(_OWNER_BAD.sub("_", str(p)) for p in parts)[:200]
+
+
 class BaseCheckpointOperator(BaseOperator):
     """Base of the checkpoint operators: a dir URL (local path or ``gs://``), a connection, a step.
 
@@ -146,6 +160,33 @@ class BaseCheckpointOperator(BaseOperator):
             raise StepNotFoundError(
                 f"step {step.prefix} is incomplete (missing {', '.join(step.missing[:5])})", where)
         return step
+
+    @contextlib.contextmanager
+    def hold(self, context: Any, loc: Location, step: CheckpointStep, ttl_s: float, *,
+             allow_incomplete: bool = False) -> Iterator[CheckpointStep]:
+        """Lease ``step`` for the block (retention never deletes a leased step) and yield it afresh.
+
+        The step is looked up again once the lease is held: a retention run may have deleted it
+        between our listing and the lease. When a retention run is deleting it right now (its
+        intent names the step), the task is SKIPPED: the step is going away, nothing to do.
+        """
+        from airflow_tf_ckpt.core.leases import LeaseConflictError, leased
+
+        owner = lease_owner(context)
+        url = loc.display(step.prefix)
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(leased(loc, step.prefix, owner, float(ttl_s)))
+            except LeaseConflictError as exc:
+                raise AirflowSkipException(f"{exc}; skipping") from exc
+            self.log.info("Leased %s as %r (GC keeps it until the lease is released)", url, owner)
+            try:
+                fresh = self.discover(loc).get(step.prefix)
+            except StepNotFoundError:
+                raise StepNotFoundError("step was deleted before it could be leased", url) from None
+            if fresh.status is StepStatus.INCOMPLETE and not allow_incomplete:
+                raise StepNotFoundError(f"step lost files before it could be leased: {fresh.missing[:5]}", url)
+            yield fresh
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

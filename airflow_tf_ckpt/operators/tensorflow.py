@@ -16,16 +16,14 @@ evaluation (what happens to Keras' SidecarEvaluator when the trainer's ``max_to_
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_tf_ckpt.core.discovery import CheckpointStep
-from airflow_tf_ckpt.core.errors import StepNotFoundError
 from airflow_tf_ckpt.core.storage import Location
-from airflow_tf_ckpt.operators._common import BaseCheckpointOperator, StepArg, load_callable
+from airflow_tf_ckpt.operators._common import BaseCheckpointOperator, StepArg, lease_owner, load_callable
 
 FORMATS = ("tf2", "tf1")
 
@@ -53,6 +51,8 @@ class RestoreCheckpointOperator(BaseCheckpointOperator):
     :param fn: optional ``fn(restored, step)`` run after the restore; its return value (JSON-able)
         is returned in the XCom under ``result``.
     :param require_gpu: fail (no retry) when TensorFlow sees no GPU.
+    :param lease_ttl: the step is leased while it is read (retention keeps it); seconds after
+        which a lease left by a crashed worker expires.
     :param queue: defaults to ``[tf_ckpt] gpu_queue``.
     """
 
@@ -63,7 +63,7 @@ class RestoreCheckpointOperator(BaseCheckpointOperator):
                  build_fn: Callable[[], Any] | str | None = None, format: str = "tf2",
                  match: str = "existing", meta_graph: str | None = None,
                  fn: Callable[[Any, int | None], Any] | str | None = None, require_gpu: bool = False,
-                 **kwargs: Any) -> None:
+                 lease_ttl: float = 6 * 3600.0, **kwargs: Any) -> None:
         if kwargs.get("queue") is None:
             kwargs["queue"] = _gpu_queue()
         super().__init__(ckpt_dir=ckpt_dir, step=step, **kwargs)
@@ -78,6 +78,7 @@ class RestoreCheckpointOperator(BaseCheckpointOperator):
         self.meta_graph = meta_graph
         self.fn = fn
         self.require_gpu = require_gpu
+        self.lease_ttl = lease_ttl
 
     # -- the restore itself ------------------------------------------------------------------
 
@@ -108,27 +109,16 @@ class RestoreCheckpointOperator(BaseCheckpointOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         loc = self.get_location()
         step = self.resolve_step(self.discover(loc))
-        restored = self.restore(loc, step)
-        try:
-            out = self._summary(loc, step, restored)
-            if self.fn is not None:
-                out["result"] = load_callable(self.fn, "fn")(restored, step.step)
-        finally:
-            restored.close()
+        with self.hold(context, loc, step, self.lease_ttl) as step:
+            restored = self.restore(loc, step)
+            try:
+                out = self._summary(loc, step, restored)
+                if self.fn is not None:
+                    out["result"] = load_callable(self.fn, "fn")(restored, step.step)
+            finally:
+                restored.close()
         self.log.info("Restored %s on %s", out["url"], out["device"])
         return out
-
-
-_OWNER_BAD = re.compile(r"[^A-Za-z0-9_.@-]+")
-
-
-def lease_owner(context: Any) -> str:
-    """A lease owner name for this task try (file-name safe: ``[A-Za-z0-9_.@-]``)."""
-    ti = context.get("ti") if hasattr(context, "get") else None
-    parts = [getattr(ti, "dag_id", None) or "dag", getattr(ti, "task_id", None) or "task",
-             getattr(ti, "run_id", None) or "run", str(getattr(ti, "try_number", 0) or 0)]
-    name = ".".join(_OWNER_BAD.sub("_", str(p)) for p in parts)
-    return name[:200]
 
 
 def clean_metrics(raw: Any, where: str) -> dict[str, float]:
@@ -195,7 +185,6 @@ class EvaluateCheckpointOperator(RestoreCheckpointOperator):
         ``tf.train.Checkpoint(model=...)``; a ``RestoredGraph`` with ``.session`` for TF1) and the
         step number.
     :param write_sidecar: write the metrics sidecar (default True).
-    :param lease_ttl: seconds after which a lease left by a crashed worker expires.
 
     Returns (XCom): ``prefix``, ``step``, ``url``, ``metrics``, ``device``.
     """
@@ -203,30 +192,19 @@ class EvaluateCheckpointOperator(RestoreCheckpointOperator):
     ui_color = "#ff9f40"
 
     def __init__(self, *, eval_fn: Callable[[Any, int | None], dict[str, float]] | str,
-                 write_sidecar: bool = True, lease_ttl: float = 6 * 3600.0, **kwargs: Any) -> None:
+                 write_sidecar: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.eval_fn = eval_fn
         self.write_sidecar = write_sidecar
-        self.lease_ttl = lease_ttl
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from airflow_tf_ckpt.core.leases import leased
         from airflow_tf_ckpt.core.metrics import write_metrics
 
         evaluate = load_callable(self.eval_fn, "eval_fn")
         loc = self.get_location()
         step = self.resolve_step(self.discover(loc))
         url = loc.display(step.prefix)
-        owner = lease_owner(context)
-        with leased(loc, step.prefix, owner, float(self.lease_ttl)):
-            self.log.info("Leased %s as %r for the evaluation", url, owner)
-            # GC may have deleted the step between our listing and the lease: look again
-            fresh = self.discover(loc)
-            try:
-                step = fresh.get(step.prefix)
-            except StepNotFoundError:
-                raise StepNotFoundError("step was deleted before the evaluation could lease it",
-                                        url) from None
+        with self.hold(context, loc, step, self.lease_ttl) as step:
             restored = self.restore(loc, step)
             try:
                 raw = evaluate(restored, step.step)
@@ -236,7 +214,7 @@ class EvaluateCheckpointOperator(RestoreCheckpointOperator):
             metrics = clean_metrics(raw, url)
             if self.write_sidecar:
                 write_metrics(loc, step.prefix, metrics, step=step.step,
-                              extra={"evaluator": owner, "device": device})
+                              extra={"evaluator": lease_owner(context), "device": device})
         self.log.info("Metrics of %s: %s", url, ", ".join(f"{k}={v:.6g}" for k, v in metrics.items()))
         if not all(math.isfinite(v) for v in metrics.values()):
             self.log.warning("Non-finite metric(s) for %s: %s", url, metrics)

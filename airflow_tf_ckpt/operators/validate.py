@@ -53,6 +53,8 @@ class ValidateCheckpointOperator(BaseCheckpointOperator):
         the last good step, and retention keeps it for inspection.
     :param progress_interval: seconds between progress lines (there is also one per 10%).
     :param concurrency: shards verified in parallel.
+    :param lease_ttl: the step is leased while it is verified, so a concurrent retention run cannot
+        delete it under the verifier (which would then report -- and quarantine -- "missing" files).
 
     Returns (XCom) a small dict: ``prefix``, ``step``, ``url``, ``ok``, ``tensors_checked``,
     ``bytes_checked``, ``seconds``.
@@ -62,11 +64,13 @@ class ValidateCheckpointOperator(BaseCheckpointOperator):
     ui_color = "#c1e1c1"
 
     def __init__(self, *, ckpt_dir: str, step: StepArg = "latest", quarantine: bool = False,
-                 progress_interval: float = 10.0, concurrency: int = 4, **kwargs: Any) -> None:
+                 progress_interval: float = 10.0, concurrency: int = 4, lease_ttl: float = 3600.0,
+                 **kwargs: Any) -> None:
         super().__init__(ckpt_dir=ckpt_dir, step=step, **kwargs)
         self.quarantine = quarantine
         self.progress_interval = progress_interval
         self.concurrency = concurrency
+        self.lease_ttl = lease_ttl
 
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_tf_ckpt.core.verify import verify_step
@@ -75,31 +79,32 @@ class ValidateCheckpointOperator(BaseCheckpointOperator):
         cdir = self.discover(loc)
         step = self.resolve_step(cdir, allow_incomplete=True)  # missing files are problems to report
         url = loc.display(step.prefix)
-        self.log.info("Validating %s (step %s, %s, %d file(s), %s)", url, step.step, step.format,
-                      len(step.files), human_bytes(step.size))
-        report = verify_step(loc, step.prefix, progress=_ProgressLog(self.log, step.prefix,
-                                                                     self.progress_interval),
-                             concurrency=self.concurrency, format=step.format)
-        summary = {"prefix": step.prefix, "step": step.step, "url": url, "ok": report.ok,
-                   "tensors_checked": report.tensors_checked, "bytes_checked": report.bytes_checked,
-                   "seconds": round(report.seconds, 3)}
-        if report.ok:
-            self.log.info("%s is valid: %d tensors, %s checked in %.2f s", url, report.tensors_checked,
-                          human_bytes(report.bytes_checked), report.seconds)
-            return summary
-        problems = [str(p) for p in report.problems]
-        for p in problems:
-            self.log.error("problem: %s", p)
-        quarantined = ""
-        if _truthy(self.quarantine):
-            from airflow_tf_ckpt.core.quarantine import quarantine_step
+        with self.hold(context, loc, step, self.lease_ttl, allow_incomplete=True) as step:
+            self.log.info("Validating %s (step %s, %s, %d file(s), %s)", url, step.step, step.format,
+                          len(step.files), human_bytes(step.size))
+            report = verify_step(loc, step.prefix, progress=_ProgressLog(self.log, step.prefix,
+                                                                         self.progress_interval),
+                                 concurrency=self.concurrency, format=step.format)
+            if report.ok:
+                self.log.info("%s is valid: %d tensors, %s checked in %.2f s", url, report.tensors_checked,
+                              human_bytes(report.bytes_checked), report.seconds)
+                return {"prefix": step.prefix, "step": step.step, "url": url, "ok": True,
+                        "tensors_checked": report.tensors_checked, "bytes_checked": report.bytes_checked,
+                        "seconds": round(report.seconds, 3)}
+            problems = [str(p) for p in report.problems]
+            for p in problems:
+                self.log.error("problem: %s", p)
+            quarantined = ""
+            if _truthy(self.quarantine):
+                # still under the lease: retention cannot delete the step before it is marked
+                from airflow_tf_ckpt.core.quarantine import quarantine_step
 
-            q = quarantine_step(loc, step.prefix, f"validation failed with {len(problems)} problem(s)",
-                                report.to_dict())
-            quarantined = (f"\n{step.prefix} was QUARANTINED: dropped from the state file (TF's "
-                           f"latest_checkpoint now names {q.new_latest or 'no step'}) and kept for "
-                           "inspection; retention will not delete it.")
-            self.log.warning("Quarantined %s; the state file's latest is now %s", url, q.new_latest)
+                q = quarantine_step(loc, step.prefix, f"validation failed with {len(problems)} problem(s)",
+                                    report.to_dict())
+                quarantined = (f"\n{step.prefix} was QUARANTINED: dropped from the state file (TF's "
+                               f"latest_checkpoint now names {q.new_latest or 'no step'}) and kept for "
+                               "inspection; retention will not delete it.")
+                self.log.warning("Quarantined %s; the state file's latest is now %s", url, q.new_latest)
         raise AirflowFailException(
             f"checkpoint {url} failed validation with {len(problems)} problem(s):\n"
             + "\n".join(f"  - {p}" for p in problems) + quarantined)
