@@ -113,7 +113,9 @@ def quarantine_step(target: CheckpointDir | Location | str | os.PathLike[str],
     if before is None:
         return result
     raws = list(dict.fromkeys(before.all_model_checkpoint_paths + [before.model_checkpoint_path]))
-    resolved = {raw: resolve_path(loc, raw, names).name for raw in raws if raw}
+    # discovery's resolution first (it knows V1 shard patterns like ``model.ckpt-7-?????-of-00002``)
+    known = {r.raw: r.name for r in cdir.resolved}
+    resolved = {raw: known[raw] if raw in known else resolve_path(loc, raw, names).name for raw in raws if raw}
     drop = {raw for raw, n in resolved.items() if n == name}
     if not drop:
         return result

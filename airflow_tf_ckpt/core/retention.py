@@ -359,9 +359,10 @@ def _check_int(what: str, n: Any, minimum: int) -> None:
 def policies_from_options(keep_last: int | None = None, keep_every_hours: float | None = None,
                           keep_every_steps: int | None = None, keep_best: int | None = None,
                           metric: str | None = None, mode: str = "min", pins: Iterable[int | str] = (),
-                          keep_promoted: bool = True) -> list[RetentionPolicy]:
+                          keep_promoted: bool = True, unevaluated: str = "keep") -> list[RetentionPolicy]:
     """Policies from CLI / operator options. Raises :class:`RetentionError` on nonsense.
 
+    ``unevaluated`` is :class:`KeepBestK`'s mode for steps without the metric (keep|newer|drop).
     Returns ``[]`` when no retention option is given (``keep_promoted`` alone is not a retention
     policy: with it alone GC would delete every unpromoted step but the newest), so callers can
     refuse to run.
@@ -378,7 +379,7 @@ def policies_from_options(keep_last: int | None = None, keep_every_hours: float 
     if keep_best is not None:
         if not metric:
             raise RetentionError("keep_best needs a metric name (which metric ranks the steps?)")
-        out.append(KeepBestK(keep_best, metric, mode))
+        out.append(KeepBestK(keep_best, metric, mode, unevaluated))
     elif metric:
         raise RetentionError(f"metric {metric!r} given without keep_best: it would have no effect")
     pins = list(pins or ())
