@@ -35,7 +35,7 @@ def _float(option: str, default: float) -> float:
         return default
     try:
         value = conf.getfloat(SECTION, option, fallback=default)
-    except (TypeError, ValueError):  # a malformed value: the default, not a crash at DAG parse time
+    except Exception:  # noqa: BLE001 - AirflowConfigException & co: the default, not a DAG parse crash
         return default
     return value if value >= 0 else default
 
