@@ -113,8 +113,10 @@ def train(ckpt_dir: str, *, steps: int = 5, start: int | None = None, save_every
     ``on_save(step, prefix_url, loss)`` is called after each save is committed.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
     import tensorflow as tf
 
+    keras.utils.set_random_seed(seed)  # same initial weights and batches on every machine
     local = _is_local(ckpt_dir)
     work_dir = ckpt_dir.removeprefix("file://") if local else tempfile.mkdtemp(prefix="tf_ckpt_train_")
     os.makedirs(work_dir, exist_ok=True)
