@@ -207,8 +207,7 @@ def discover(target: Location | str | os.PathLike[str], prefix: str | None = Non
                 by_name.setdefault(r.name, r)
                 if raw == state.model_checkpoint_path:
                     latest_name = r.name
-                elif raw not in state.all_model_checkpoint_paths:
-                    pass
+    state_times = state.timestamps_by_path() if state is not None else {}
     groups = _group(listing, by_name)
     for name in by_name:  # named by the state file but with no file at all: gone or never written
         groups.setdefault(name, {})
@@ -291,7 +290,7 @@ def discover(target: Location | str | os.PathLike[str], prefix: str | None = Non
             status = StepStatus.COMMITTED if in_state else StepStatus.ORPHAN
         ts, source = None, None
         if in_state and state is not None:
-            ts = state.timestamp_of(r.raw)
+            ts = state_times.get(r.raw)
             source = "state" if ts is not None else None
         if ts is None:
             mtimes = [f.mtime for f in files if f.mtime is not None]

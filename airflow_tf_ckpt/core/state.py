@@ -48,6 +48,12 @@ class StateFile:
         # TF writes one timestamp per path; older files may have none.
         return ts[i] if len(ts) == len(self.all_model_checkpoint_paths) else None
 
+    def timestamps_by_path(self) -> dict[str, float]:
+        """Every recorded save time by raw path (one pass: discovery of 100k steps stays linear)."""
+        if len(self.all_model_checkpoint_timestamps) != len(self.all_model_checkpoint_paths):
+            return {}
+        return dict(zip(self.all_model_checkpoint_paths, self.all_model_checkpoint_timestamps, strict=True))
+
     def retained(self, keep_raw: set[str]) -> StateFile:
         """A copy that names only ``keep_raw`` paths (order, timestamps and latest kept in step)."""
         paths, stamps = [], []
@@ -141,6 +147,13 @@ def _strip_scheme(p: str) -> tuple[str | None, str]:
     return None, p
 
 
+def _has_twin(name: str, existing_names: set[str]) -> bool:
+    """Some file of prefix ``name`` is in the listing (set lookups only: no scan per path)."""
+    first_shard = name.replace("?????", "00000")  # sharded V1 state paths are glob patterns
+    return any(c in existing_names for c in (
+        name, f"{name}.index", f"{name}.meta", first_shard, f"{name}.data-00000-of-00001"))
+
+
 def resolve_path(loc: Location, raw: str, existing_names: set[str] | None = None) -> ResolvedPath:
     """Resolve one state-file path against the dir, as TF would, but never out of it.
 
@@ -171,8 +184,7 @@ def resolve_path(loc: Location, raw: str, existing_names: set[str] | None = None
     there = posixpath.normpath("/" + posixpath.dirname(body).strip("/"))
     if same_scheme and here == there:
         return ResolvedPath(raw, name, "absolute")
-    if existing_names is not None and any(n == name or n.startswith(name + ".") or
-                                          n.startswith(name + "-") for n in existing_names):
+    if existing_names is not None and _has_twin(name, existing_names):
         return ResolvedPath(raw, name, "moved",
                             f"absolute path points outside this dir ({posixpath.dirname(raw)}); "
                             f"resolved by basename to {name!r} here")
