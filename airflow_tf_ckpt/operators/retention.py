@@ -36,7 +36,10 @@ class CheckpointRetentionOperator(BaseCheckpointOperator):
     :param keep_every_steps: keep steps whose number is a multiple of S.
     :param keep_best: keep the K best steps by ``metric`` (from the metrics sidecars).
     :param metric: metric name for ``keep_best``; ``mode`` ``min`` or ``max`` says which is best.
+    :param unevaluated: ``keep_best``'s treatment of steps with no metric yet: ``keep`` (default:
+        an evaluator may still be coming), ``newer`` or ``drop``.
     :param pins: step numbers never to delete.
+    :param keep_promoted: keep the steps recorded as promoted in the dir (default True).
     :param dry_run: log the plan, delete nothing.
 
     At least one policy is required: "delete everything" is never what a retention run means.
@@ -52,7 +55,8 @@ class CheckpointRetentionOperator(BaseCheckpointOperator):
     def __init__(self, *, ckpt_dir: str, prefix: str | None = None, keep_last: int | None = None,
                  keep_every_hours: float | None = None, keep_every_steps: int | None = None,
                  keep_best: int | None = None, metric: str | None = None, mode: str = "min",
-                 pins: Sequence[int] | None = None, dry_run: bool = False, **kwargs: Any) -> None:
+                 pins: Sequence[int] | None = None, unevaluated: str = "keep", keep_promoted: bool = True,
+                 dry_run: bool = False, **kwargs: Any) -> None:
         super().__init__(ckpt_dir=ckpt_dir, step=None, prefix=prefix, **kwargs)
         self.keep_last = keep_last
         self.keep_every_hours = keep_every_hours
@@ -61,6 +65,8 @@ class CheckpointRetentionOperator(BaseCheckpointOperator):
         self.metric = metric
         self.mode = mode
         self.pins = list(pins or [])
+        self.unevaluated = unevaluated
+        self.keep_promoted = keep_promoted
         self.dry_run = dry_run
         if keep_best and not metric:
             raise ValueError("keep_best needs metric=NAME")
@@ -73,10 +79,14 @@ class CheckpointRetentionOperator(BaseCheckpointOperator):
         pins = self.pins
         if isinstance(pins, str):  # a templated list renders to text
             pins = [p for p in pins.strip("[]() ").replace(",", " ").split() if p]
+        keep_best = _opt_int(self.keep_best)
         policies = policies_from_options(
             keep_last=_opt_int(self.keep_last), keep_every_hours=_opt_float(self.keep_every_hours),
-            keep_every_steps=_opt_int(self.keep_every_steps), keep_best=_opt_int(self.keep_best),
-            metric=self.metric or None, mode=str(self.mode), pins=[int(p) for p in pins])
+            keep_every_steps=_opt_int(self.keep_every_steps), keep_best=keep_best,
+            # a metric only means something with keep_best (the core refuses it alone)
+            metric=(self.metric or None) if keep_best is not None else None, mode=str(self.mode),
+            pins=[int(p) for p in pins], keep_promoted=bool(self.keep_promoted),
+            unevaluated=str(self.unevaluated))
         if not policies:
             raise ValueError("no retention policy given: set keep_last, keep_every_hours, "
                              "keep_every_steps, keep_best or pins (deleting everything is not an option)")
