@@ -26,8 +26,11 @@ test: install lint
 test-long: install
 	$(PY) -m pytest -m long -s
 
+# The main job: the core demo (tf-ckpt on real checkpoints), then the Airflow demo (embedded
+# Airflow on SQLite runs the example DAGs with dag.test(): every step evaluated, GC, promotion).
 demo: install
 	$(PY) scripts/demo.py
+	$(PY) scripts/airflow_demo.py
 
 bench: install
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
