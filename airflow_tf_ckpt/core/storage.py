@@ -151,6 +151,10 @@ class Location:
         except TypeError:
             # some implementations have no ``refresh`` keyword
             entries = self.fs.ls(self.path, detail=True)
+        if len(entries) == 1 and entries[0].get("type") == "file" and \
+                entries[0]["name"].rstrip("/") == self.path.rstrip("/"):
+            # fsspec lists a FILE as itself: that is not an (empty) checkpoint dir
+            raise StorageError("not a directory (it is a file)", self.display())
         out: dict[str, FileInfo] = {}
         for info in entries:
             full = info["name"].rstrip("/")
