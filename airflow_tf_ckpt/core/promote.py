@@ -712,6 +712,15 @@ def _promote_locked(src: Location, dst: Location, chosen: CheckpointStep, plan: 
         aliases = list_aliases(dst)
         dest_listing = dst.listdir()
         dest_state = read_state(dst) if STATE_FILENAME in dest_listing else None
+        if dst.local:  # temp files of a copy that was killed; under the lock nobody else writes them
+            targets = {d for _, d in plan}
+            for n in [n for n in dest_listing if n.startswith(".") and n.endswith(".tmp")]:
+                if n[1:].rsplit(".", 2)[0] in targets:
+                    try:
+                        os.unlink(dst.join(n))
+                    except FileNotFoundError:
+                        pass
+                    dest_listing.pop(n)
 
         # what we know about files already in DEST, and which of them a reader can reach now
         known: dict[str, PromotedFile] = {}
@@ -744,6 +753,11 @@ def _promote_locked(src: Location, dst: Location, chosen: CheckpointStep, plan: 
             if rec is not None and rec.size == sizes.get(sname) == dest_listing[dname].size \
                     and rec.crc32c == _crc_of(src, sname) == _crc_of(dst, dname):
                 reused.append(PromotedFile(dname, rec.size, rec.crc32c, sname))
+            elif rec is None and sizes.get(sname) == dest_listing[dname].size \
+                    and (crc := _crc_of(src, sname)) == _crc_of(dst, dname):
+                # no manifest records it (a promotion killed after its copy or its state file):
+                # the same bytes all the same, so reuse it rather than unpublish to overwrite it
+                reused.append(PromotedFile(dname, dest_listing[dname].size, crc, sname))
             elif dname in reachable:
                 differ.append(dname)
         unpublished = False
