@@ -555,6 +555,10 @@ def _acquire_lock(dst: Location, ttl: float) -> str:
         except FileExistsError:
             try:
                 held = json.loads(dst.fs.cat_file(path))
+                if held.get("token") == token:
+                    # our own create: it took effect but the answer was lost, and the client's
+                    # retry then found the object it had just written
+                    return token
                 age = time.time() - float(held.get("created", 0))
                 stale = age > float(held.get("ttl", ttl))
             except (OSError, ValueError, TypeError):
