@@ -223,7 +223,9 @@ def _view(dest: Location, old: str, new: str, where: str) -> dict[str, str | Non
     return out
 
 
-def _promote_crash_every_point(variant: str, kind: str, tf_checkpoints, tmp_path: Path, request) -> None:
+def _promote_crash_every_point(variant: str, kind: str, tf_checkpoints, tmp_path: Path, request,
+                               first: bool = False) -> None:
+    """Re-promotion over an old promotion (``first``: into an empty destination)."""
     store = store_for(kind, tmp_path, request)
     v = tf_checkpoints[variant]
     old, new = v.prefixes[-2], v.prefixes[-1]
@@ -232,7 +234,8 @@ def _promote_crash_every_point(variant: str, kind: str, tf_checkpoints, tmp_path
     def setup(sub: str) -> tuple[str, str]:
         src = store.put_dir(v.dir, f"{sub}-src")
         dest = store.url(f"{sub}-dest")
-        promote(src, dest, int(step_of[old]), alias="prod")
+        if not first:
+            promote(src, dest, int(step_of[old]), alias="prod")
         return src, dest
 
     src, dest = setup("ref")
@@ -251,7 +254,10 @@ def _promote_crash_every_point(variant: str, kind: str, tf_checkpoints, tmp_path
         loc = Location.of(dest)
         where = f"{variant}/{kind} promotion killed at {k}/{len(points)} ({points[k - 1]})"
         view = _view(loc, old, new, where)
-        assert view["manifest"] is not None and view["state"] is not None, (where, view)
+        if first:
+            assert old not in view.values(), (where, view)
+        else:
+            assert view["manifest"] is not None and view["state"] is not None, (where, view)
         seen.add(tuple(view.values()))
         snap = store.snapshot(dest, f"p{k}")
         requests += [("read_all", [str(snap / p)]) for p in sorted({p for p in view.values() if p})]
@@ -276,14 +282,19 @@ def _promote_crash_every_point(variant: str, kind: str, tf_checkpoints, tmp_path
     bad = [(r[1][0], res) for r, res in zip(requests, results, strict=True) if not res["ok"]]
     assert not bad, bad
     # the kills really landed in between: readers saw the old view, a mixed-pointer view and the new one
-    assert len(seen) >= 3, seen
-    print(f"\n[crash promote {variant}/{kind}] {len(points)} kill points {points}; views {sorted(seen)}; "
+    assert len(seen) >= 3, seen  # old, mixed pointers (each complete), new
+    print(f"\n[crash promote {variant}/{kind}] {len(points)} kill points {points}; views {sorted(seen, key=str)}; "
           f"{len(requests)} TF restores ok")
 
 
 @pytest.mark.parametrize("variant", ["tf2_manager", "tf1_saver"])
 def test_promote_sigkill_at_every_point(variant, tf_checkpoints, tmp_path, request):
     _promote_crash_every_point(variant, "local", tf_checkpoints, tmp_path, request)
+
+
+def test_first_promotion_sigkill_at_every_point(tf_checkpoints, tmp_path, request):
+    """Into an empty destination: not promoted at all, or the new promotion complete."""
+    _promote_crash_every_point("tf2_manager", "local", tf_checkpoints, tmp_path, request, first=True)
 
 
 @pytest.mark.long
