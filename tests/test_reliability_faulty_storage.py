@@ -22,6 +22,7 @@ from airflow_tf_ckpt.core.state import read_state
 from airflow_tf_ckpt.core.storage import Location
 from airflow_tf_ckpt.core.verify import verify_step
 from tests.faulty_proxy import FaultyProxy
+from tests.test_dags import example_dags  # noqa: F401 - the DAG-chain fixture, reused below
 
 pytestmark = pytest.mark.gcs
 
@@ -131,9 +132,42 @@ def test_lost_answer_to_the_lock_create_is_not_someone_elses_lock(proxy, tf_chec
 @pytest.mark.long
 def test_core_chain_through_faults_many_seeds(proxy, tf_checkpoints, gcs_emulator):
     total: dict[str, int] = {}
-    seeds = range(100, 120)
+    seeds = range(100, 112)
     for seed in seeds:
         for k, v in _run(proxy, tf_checkpoints, gcs_emulator, ("503", "reset", "reset_after"), seed).items():
             total[k] = total.get(k, 0) + v
     print(f"\n[faulty storage, {len(seeds)} seeds, all kinds] faults {total}")
     assert total.get("reset_after", 0) >= 5 and total.get("503", 0) >= 5 and total.get("reset", 0) >= 5
+
+
+# ---------------------------------------------------------------------------------------------
+# the full DAG chain (train -> sensor -> validate -> evaluate -> promote-if-best, then GC) via
+# dag.test(), with every gs:// request of the run going through the proxy
+
+
+@pytest.mark.long
+@pytest.mark.airflow
+def test_dag_chain_through_faults(proxy, gcs_emulator, request, monkeypatch, capfd):
+    from tests.test_dags import _chain
+
+    run = request.getfixturevalue("example_dags")
+    bucket = "faulty-dag-chain"
+    gcs_emulator.fs().mkdir(bucket)
+    root = f"gs://{bucket}/demo"
+    monkeypatch.setenv("TF_CKPT_DEMO_DIR", root)
+    proxy.seed, proxy.rate = 11, 0.10
+    proxy.stats.clear()
+    proxy.enabled = True
+    t0 = time.monotonic()
+    try:
+        # _chain asserts the fault-free expectation: every step evaluated once and in order, the
+        # promoted step is the real argmin of the losses, GC keeps exactly {newest, best}
+        out = _chain(run, root, capfd)
+    finally:
+        proxy.enabled = False
+    faults = {k: v for k, v in proxy.stats.items() if k != "requests"}
+    print(f"\n[faulty DAG chain seed 11] {proxy.stats['requests']} requests, faults {faults}, "
+          f"{time.monotonic() - t0:.0f} s; losses {out['losses']}, promoted {out['promoted']}")
+    d = Location.of(f"{root}/promoted")
+    assert check_promotion(d, deep=True) == []
+    assert sum(faults.values()) >= 5
