@@ -171,6 +171,16 @@ _AUTH_CACHE: dict[str, GcsAuth] = {}
 _AUTH_LOCK = threading.Lock()
 
 
+def _auth_key(conn_id: str | None, extras: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps([conn_id, extras], sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _peek_auth(conn_id: str | None, extras: Mapping[str, Any]) -> GcsAuth | None:
+    """The cached :class:`GcsAuth` of this connection content, if already built (no I/O)."""
+    with _AUTH_LOCK:
+        return _AUTH_CACHE.get(_auth_key(conn_id, extras))
+
+
 def _cached_auth(conn_id: str | None, extras: Mapping[str, Any]) -> GcsAuth:
     """One :class:`GcsAuth` per connection content, shared by every hook of the process.
 
@@ -178,7 +188,7 @@ def _cached_auth(conn_id: str | None, extras: Mapping[str, Any]) -> GcsAuth:
     (one token refresh an hour, not 1000) and one aiohttp session. Keyed by a hash: no secret is
     kept in the key.
     """
-    key = hashlib.sha256(json.dumps([conn_id, extras], sort_keys=True, default=str).encode()).hexdigest()
+    key = _auth_key(conn_id, extras)
     with _AUTH_LOCK:
         auth = _AUTH_CACHE.get(key)
     if auth is None:
@@ -302,9 +312,10 @@ class CheckpointStorageHook(BaseHook):
             if self.conn_id:
                 conn = await self.aget_connection(self.conn_id)
                 extras = await conn.aextra_dejson() if hasattr(conn, "aextra_dejson") else conn.extra_dejson
-            # google-auth may read a key file: not on the event loop
-            auth = await asyncio.to_thread(_cached_auth, self.conn_id, extras)
-            await self._amask(auth)
+            auth = _peek_auth(self.conn_id, extras)
+            if auth is None:  # google-auth may read a key file: not on the event loop
+                auth = await asyncio.to_thread(_cached_auth, self.conn_id, extras)
+                await self._amask(auth)
             self._auth = auth
         return self._auth
 
@@ -342,7 +353,12 @@ class CheckpointStorageHook(BaseHook):
             opts = self._finish(await self._agcs_auth())
         else:
             opts = dict(self._storage_options)
-        return await asyncio.to_thread(Location.of, url, opts)
+        key = _SharedAsyncFs._key({"url-protocol": url_protocol(url), **opts})
+        fs = _SYNC_FS.get(key)
+        if fs is None:  # building one may do I/O (application default credentials): in a thread
+            fs = (await asyncio.to_thread(Location.of, url, opts)).fs
+            _SYNC_FS[key] = fs
+        return Location.of(url, fs=fs)
 
     @asynccontextmanager
     async def aopen(self, url: str | os.PathLike[str]) -> AsyncIterator[AsyncCheckpointDir]:
@@ -618,6 +634,9 @@ def _make_async_gcsfs(loop: asyncio.AbstractEventLoop, opts: dict[str, Any]) -> 
 
 
 _SHARED = _SharedAsyncFs()
+# Sync filesystems already built for async callers, by options (fsspec caches them too, but its
+# constructor may do I/O the first time, so the event loop asks here first).
+_SYNC_FS: dict[str, Any] = {}
 
 __all__ = ["AsyncCheckpointDir", "CheckpointDirReader", "CheckpointStorageHook", "GcsAuth",
            "StorageCredentialsError", "snapshot_location",

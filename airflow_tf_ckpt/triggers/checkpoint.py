@@ -41,6 +41,7 @@ import hashlib
 import logging
 import math
 import posixpath
+import random
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -119,7 +120,13 @@ class Poller:
         self._candidates: list[Candidate] = []
         self._stamps: dict[str, float] = {}
         self._first_seen: dict[str, float] = {}
-        self.requests = 0  # storage calls made (for tests and the benchmark)
+        self.requests = 0  # storage calls made by this poller (tests)
+
+    requests_total = 0  # by all pollers of the process (the benchmark)
+
+    def _count(self, n: int) -> None:
+        self.requests += n
+        Poller.requests_total += n
 
     # ------------------------------------------------------------------ the state file
 
@@ -284,7 +291,7 @@ class Poller:
     async def apoll(self, adir: AsyncCheckpointDir, after: int | None, pick: str,
                     warn: Any = None) -> tuple[list[StepCheck], float | None]:
         """Async poll: the state file, then (only if it names steps after ``after``) their files."""
-        self.requests += 1
+        self._count(1)
         data = await adir.read(self.state_filename)
         if data is None:
             return [], None
@@ -296,7 +303,7 @@ class Poller:
         if not cands:
             return [], None
         plan = self.listing_plan(cands)
-        self.requests += len(plan)
+        self._count(len(plan))
         listings = list(await asyncio.gather(*(adir.list(p) for p in plan)))
         if len(cands) > 2 * JUDGE_CHUNK or sum(len(x) for x in listings) > INLINE_LISTING_ENTRIES:
             return await _on_cpu_thread(self.select, adir, listings, cands, pick, warn)
@@ -305,7 +312,7 @@ class Poller:
     def poll(self, reader: Any, after: int | None, pick: str,
              warn: Any = None) -> tuple[list[StepCheck], float | None]:
         """Blocking twin of :meth:`apoll` (for a sensor's ``poke``)."""
-        self.requests += 1
+        self._count(1)
         data = reader.read(self.state_filename)
         if data is None:
             return [], None
@@ -313,7 +320,7 @@ class Poller:
         if not cands:
             return [], None
         plan = self.listing_plan(cands)
-        self.requests += len(plan)
+        self._count(len(plan))
         return self.select(reader, [reader.list(p) for p in plan], cands, pick, warn)
 
 
@@ -370,7 +377,17 @@ class _CheckpointTriggerBase:
         return [poller.payload(self.dir, adir.location, ch) for ch in ready], wait
 
     def next_sleep(self, wait: float | None) -> float:
-        return self.poll_interval if wait is None else max(0.01, min(self.poll_interval, wait + 0.05))
+        """Seconds to the next poll: the poll interval, shorter when a step is about to settle.
+
+        The first sleep of a trigger is a random fraction of the interval: triggers deferred at
+        the same moment (a triggerer restart, a backfill) would otherwise all poll in the same
+        instant, in bursts of hundreds of requests, forever. The period stays ``poll_interval``.
+        """
+        interval = self.poll_interval
+        if not getattr(self, "_phased", False):
+            self._phased = True
+            interval = random.uniform(0.0, interval)
+        return interval if wait is None else max(0.01, min(interval, wait + 0.05))
 
 
 class CheckpointTrigger(_CheckpointTriggerBase, BaseTrigger):
