@@ -214,8 +214,11 @@ def summary(name: str, times: list[float]) -> float:
     return med
 
 
-def verdict(promise: str, measured: str, baseline: str, ratio: float | None, target: str, ok: bool) -> bool:
-    r = "-" if ratio is None else f"{ratio:,.1f}x"
+def verdict(promise: str, measured: str, baseline: str, ratio: float | None, target: str,
+            ok: bool | None) -> bool | None:
+    """One result line; ``ok=None`` for a figure with no target (reported only: INFO)."""
+    r = "-" if ratio is None else f"{ratio:,.2f}x" if ratio < 10 else f"{ratio:,.0f}x"
+    word = "INFO" if ok is None else "PASS" if ok else "MISS"
     print(f"RESULT | {promise} | target {target} | measured {measured} | baseline {baseline} | "
-          f"ratio {r} | {'PASS' if ok else 'MISS'}", flush=True)
+          f"ratio {r} | {word}", flush=True)
     return ok
