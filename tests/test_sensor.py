@@ -245,3 +245,64 @@ def test_sensor_parse_time_validation():
             CheckpointSensor(task_id="v", dir="/x", **bad)
     with pytest.raises(ValueError, match="automatic watermark"):
         CheckpointSensor(task_id="w", dir="/x").commit_task()
+
+
+def test_event_trigger_watermark_in_the_real_asset_state_store(dag_runner, tmp_path):
+    """CheckpointEventTrigger with Airflow's own AssetStateStoreAccessors (what the triggerer
+    injects), persisting through the Execution API into the metadata DB: a restarted trigger
+    resumes after the stored watermark. (dag.test()'s in-process comms have no ``asend``; the test
+    maps it onto ``send``. The triggerer's comms have it.)"""
+    d = tmp_path / "run"
+    for n in (1, 2):
+        make_step(d, n)
+    commit(d, [1, 2])
+    source = f'''
+        import asyncio
+        from datetime import datetime
+        from pathlib import Path
+        from airflow.sdk import DAG, Asset, task
+        from airflow.sdk.execution_time.context import AssetStateStoreAccessors
+        from airflow_tf_ckpt.triggers.checkpoint import CheckpointEventTrigger
+        from tests.test_triggers import commit, make_step
+
+        CKPTS = Asset(name="tf-ckpt-event-watermark", uri="x-tf-ckpt://file{d}")
+        D = Path({str(d)!r})
+
+        async def drive(n_events):
+            trig = CheckpointEventTrigger(dir=str(D), poll_interval=0.05)
+            trig.persist_delay = 0.05
+            trig.asset_state_store = AssetStateStoreAccessors(inlets=[CKPTS])  # as the triggerer does
+            steps = []
+            gen = trig.run()
+            while len(steps) < n_events:
+                steps.append((await gen.__anext__()).payload["step"])
+            await asyncio.sleep(0.5)  # let the watermark reach the store
+            task = asyncio.ensure_future(gen.__anext__())
+            await asyncio.sleep(0.3)
+            task.cancel()
+            return steps, trig.watermark_key()
+
+        with DAG("event_watermark", schedule=None, start_date=datetime(2024, 1, 1)):
+            @task(inlets=[CKPTS])
+            def watch(asset_state_store=None):
+                from airflow.sdk.execution_time import task_runner
+
+                comms = task_runner.SUPERVISOR_COMMS
+                if not hasattr(comms, "asend"):  # dag.test()'s in-process comms lack the async half
+                    async def asend(self, msg):
+                        return self.send(msg)
+
+                    type(comms).asend = asend  # a slotted attrs class: patch the class
+                first, key = asyncio.run(drive(2))
+                stored = asset_state_store[CKPTS].get(key)
+                make_step(D, 3)
+                commit(D, [1, 2, 3])
+                second, _ = asyncio.run(drive(1))  # a "restarted triggerer": resumes after 2
+                return {{"first": first, "second": second, "stored": stored["step"],
+                         "final": asset_state_store[CKPTS].get(key)["step"]}}
+
+            watch()
+    '''
+    res = dag_runner(source, "event_watermark")
+    assert res.ok, res
+    assert res.xcoms["watch"] == {"first": [1, 2], "second": [3], "stored": 2, "final": 3}

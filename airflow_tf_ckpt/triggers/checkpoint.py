@@ -3,9 +3,13 @@
 **The state file is the commit signal.** TF writes the ``checkpoint`` state file last, atomically, so
 a poll first reads only that file (one GET on gs://, O(1) whatever the number of steps). Only when it
 names a step newer than the watermark does the poll list anything, and then only the files of that
-step (a name-prefix listing on gs://; a listing of the dir on local disk), and runs the core's
-``discover`` over what it fetched (in a worker thread: CPU work must not stall the loop either).
-Network I/O is gcsfs's async API on the triggerer's loop; local disk I/O runs in threads.
+step (a name-prefix listing; the whole dir only when more than four steps are new), and judges the
+step with the core's ``discover`` over just those files. Network I/O is gcsfs's async API on the
+triggerer's loop (one shared session); local disk I/O runs in threads; parsing a big state file and
+judging many steps run on one dedicated CPU thread, so the loop is never stalled by them. A poll that
+finds nothing new costs one request and no parsing (the parsed state file is cached by digest).
+Polls start at a random phase of the interval, so that triggers created together don't poll
+together.
 
 A step is *ready* when the state file names it, it is newer than the watermark, all of its files are
 there (``require_complete``; an index plus every ``.data-NNNNN-of-MMMMM`` shard, or the V1 files), and
