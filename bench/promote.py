@@ -128,6 +128,7 @@ def local_bench(src_dir: Path, prefix: str, files: list[Path], rounds: int) -> N
         (src / p.name).hardlink_to(p)
     (src / "checkpoint").write_bytes(C.state_text([prefix]))
     tb: list[float] = []
+    ts: list[float] = []
     to: list[float] = []
     try:
         for r in range(rounds):
@@ -136,19 +137,29 @@ def local_bench(src_dir: Path, prefix: str, files: list[Path], rounds: int) -> N
                 dst.mkdir()
                 subprocess.run(["cp", *[str(src / p.name) for p in files], str(dst)], check=True)
 
+            def durable(r: int = r) -> None:  # cp, then fsync the copies (promote fsyncs too)
+                dst = work / f"cps-{r}"
+                dst.mkdir()
+                subprocess.run(["cp", *[str(src / p.name) for p in files], str(dst)], check=True)
+                subprocess.run(["sync", *[str(dst / p.name) for p in files]], check=True)
+
             def ours(r: int = r) -> None:
                 promote(str(src), str(work / f"ours-{r}"), "latest")
 
-            for fn, sink in (((baseline, tb), (ours, to)) if r % 2 == 0 else ((ours, to), (baseline, tb))):
+            order = [(baseline, tb), (durable, ts), (ours, to)]
+            for fn, sink in (order if r % 2 == 0 else order[::-1]):
                 sink.append(C.timed(fn)[0])
-            shutil.rmtree(work / f"cp-{r}")
-            shutil.rmtree(work / f"ours-{r}")
+            for d in ("cp", "cps", "ours"):
+                shutil.rmtree(work / f"{d}-{r}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\nlocal->local promote of {prefix} ({total / C.GiB:.2f} GiB), {rounds} rounds interleaved")
     t_b = C.summary("baseline: cp of the step's files", tb)
+    t_s = C.summary("baseline: cp + sync of the copies", ts)
     t_o = C.summary("ours: promote (fsync'd, checked, manifest)", to)
     C.verdict("promote 1 GiB local->local vs cp", C.fmt_s(t_o), C.fmt_s(t_b), t_b / t_o,
+              "none (reported)", None)
+    C.verdict("promote 1 GiB local->local vs cp + sync", C.fmt_s(t_o), C.fmt_s(t_s), t_s / t_o,
               "none (reported)", None)
 
 
