@@ -441,6 +441,13 @@ def validate_cmd(
                                 "message": "file is missing (step incomplete)", "expected": None,
                                 "actual": None})
                     entry["ok"] = False
+            # what discovery saw beside the files the index names (stray shards, a state file
+            # naming a step whose files are gone) is a problem of the step too
+            entry["problems"] += [{"file": loc.display(s.prefix), "tensor": None, "kind": "layout",
+                                   "message": p, "expected": None, "actual": None}
+                                  for p in s.problems
+                                  if not (s.status is StepStatus.INCOMPLETE and "files are missing" in p)]
+            entry["ok"] = entry["ok"] and not entry["problems"]
             done_before += s.size
             problems_total += len(entry["problems"])
             results.append(entry)

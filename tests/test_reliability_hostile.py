@@ -390,12 +390,7 @@ def hostile(copy_variant, tmp_path):
 
 
 # Known product bugs: the test states the right behaviour and is expected to fail until fixed.
-XFAIL = {
-    "shard-stray": "discovery takes a step's shard count from the largest -of-MMMMM among its file "
-                   "names: one stray ckpt-5.data-00007-of-00009 beside a sound 1-shard step makes "
-                   "validate report 8 'missing' shards of 9, and it never names the stray file nor "
-                   "what the index says (discovery's 'data shards disagree' problem is not printed)",
-}
+XFAIL: dict[str, str] = {}
 
 
 def _params(cases: list[Case]) -> list:

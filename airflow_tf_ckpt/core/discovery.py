@@ -236,12 +236,17 @@ def discover(target: Location | str | os.PathLike[str], prefix: str | None = Non
                     num_shards = int(read_bundle_header(loc, pfx).num_shards)
                 except CheckpointError as exc:
                     step_problems.append(str(exc))
+            have = {i.name for i, _ in data}
             if num_shards is None and len(counts) == 1:
                 num_shards = counts.pop()
             elif num_shards is None and len(counts) > 1:
-                step_problems.append(f"data shards disagree on the shard count: {sorted(counts)}")
-                num_shards = max(counts)
-            have = {i.name for i, _ in data}
+                # A stray shard (left by another save, or copied in by hand) must not make a sound
+                # step look incomplete: prefer a shard count whose shards are all present.
+                whole = [n for n in counts if 0 < n <= 100_000 and all(
+                    v2_data_name(pfx, k, n) in have for k in range(n))]
+                num_shards = max(whole) if whole else max(counts)
+                step_problems.append(f"data shards disagree on the shard count: {sorted(counts)}; "
+                                     f"judged by {num_shards}")
             files += [i for i, _ in sorted(data, key=lambda x: x[1].shard or 0)]
             if num_shards is None:
                 missing.append(f"{pfx}.data-?????-of-?????")
