@@ -171,6 +171,7 @@ class CheckpointSensor(BaseSensorOperator):
         self._after: int | None = None
         self._poller: Any = None
         self._reader: Any = None
+        self._hook: CheckpointStorageHook | None = None
         self._errors = 0
 
     # ------------------------------------------------------------------ the watermark
@@ -261,7 +262,9 @@ class CheckpointSensor(BaseSensorOperator):
         trig = self._trigger(self._after)
         if self._poller is None:
             self._poller = trig.make_poller()
-        hook = CheckpointStorageHook(self.conn_id)
+        if self._hook is None:
+            self._hook = CheckpointStorageHook(self.conn_id)
+        hook = self._hook  # the one that knows the connection's secrets, to redact them
         try:
             if self._reader is None:
                 self._reader = hook.open(str(self.dir))
