@@ -436,6 +436,7 @@ class CheckpointTrigger(_CheckpointTriggerBase, BaseTrigger):
             async with hook.aopen(self.dir) as adir:
                 while True:
                     wait: float | None = None
+                    started = time.monotonic()
                     try:
                         fire, wait = await self.apoll(poller, adir, self.after_step)
                         errors = 0
@@ -450,7 +451,8 @@ class CheckpointTrigger(_CheckpointTriggerBase, BaseTrigger):
                         fire = []
                     if fire:
                         return fire[0]
-                    await asyncio.sleep(self.next_sleep(wait))
+                    # fixed rate: the time the poll took counts towards the interval
+                    await asyncio.sleep(max(0.0, self.next_sleep(wait) - (time.monotonic() - started)))
         except _Fatal as exc:
             return {"status": "error", "dir": self.dir, "prefix": self.prefix, "message": str(exc)}
         except StorageCredentialsError as exc:
@@ -584,6 +586,7 @@ class CheckpointEventTrigger(_CheckpointTriggerBase, BaseEventTrigger):
                                          self.watermark, _describe(exc, hook))
                         persist_at = now + self.poll_interval
                 if now >= next_poll:
+                    started = now
                     fire: list[dict[str, Any]] = []
                     wait: float | None = None
                     try:
@@ -601,5 +604,5 @@ class CheckpointEventTrigger(_CheckpointTriggerBase, BaseEventTrigger):
                         yield TriggerEvent(payload)
                         self.watermark = payload["step"]
                         persist_at = time.monotonic() + self.persist_delay
-                    next_poll = time.monotonic() + self.next_sleep(wait)
+                    next_poll = started + self.next_sleep(wait)  # fixed rate
                 await asyncio.sleep(max(0.0, min(next_poll, persist_at) - time.monotonic()))
