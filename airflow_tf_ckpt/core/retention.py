@@ -641,7 +641,6 @@ def plan_retention(target: CheckpointDir | Location | str | os.PathLike[str],
         raise RetentionError(f"{prefix!r} names one step; pass its base name "
                              f"({parse_prefix(prefix).base!r}) to manage that job's steps")
     problems = list(cdir.problems)
-    bases = {s.base for s in steps}
 
     metrics: dict[str, dict[str, float]] = {}
     if any(p.needs_metrics for p in ps):
@@ -653,8 +652,12 @@ def plan_retention(target: CheckpointDir | Location | str | os.PathLike[str],
     if promo_policies and PROMOTIONS_FILENAME in cdir.listing:
         promotions = current_promotions(read_promotions(cdir.location),
                                         any(p.include_superseded for p in promo_policies))
-    lease_names = [n for n in cdir.listing if LEASE_INFIX in n and (r := classify(n)) is not None
-                   and r.role == "lease" and parse_prefix(r.prefix).base in bases]
+    lease_roles = [(n, r) for n in cdir.listing if LEASE_INFIX in n and (r := classify(n)) is not None
+                   and r.role == "lease"]
+    lease_names: list[str] = []
+    if lease_roles:  # the managed bases are only needed when the dir holds leases at all
+        bases = {s.base for s in steps}
+        lease_names = [n for n, r in lease_roles if parse_prefix(r.prefix).base in bases]
     leases = read_leases(cdir.location, lease_names, listing=cdir.listing) if lease_names else {}
     return compute_plan(cdir, steps, ps, now=t, prefix=prefix, metrics=metrics, promotions=promotions,
                         leases=leases, purge_quarantined=purge_quarantined, meta_guard=meta_guard,
@@ -703,6 +706,10 @@ def compute_plan(cdir: CheckpointDir, steps: Sequence[CheckpointStep], policies:
     protected_meta: dict[str, str] = {}
     lp_candidates: list[float | None] = []
     deleted_in_state: set[str] = set()
+    prefix_path = root + "/" if root else "/"
+    delete_files: list[str] = []  # the step files, in decision order (sidecars appended at the end)
+    deleted_orphans: set[str] = set()  # deleted steps outside the state file (see ``lost`` below)
+    orphan_status = StepStatus.ORPHAN
 
     for base, bsteps in by_base.items():
         newest_i = -1
@@ -804,11 +811,15 @@ def compute_plan(cdir: CheckpointDir, steps: Sequence[CheckpointStep], policies:
                            "later steps (saved without one) need for import_meta_graph"]
             else:
                 reasons = [why or _NOT_KEPT]
+            names = tuple(map(_NAME, infos))
             decisions.append(StepDecision(s.prefix, s.base, s.step, _STATUS_VALUE[s.status], DELETE, reasons,
                                           s.in_state, s.timestamp, sum(map(_SIZE, s.files)),
-                                          tuple(map(_NAME, infos)), tuple(kept_files)))
+                                          names, tuple(kept_files)))
+            delete_files += [prefix_path + n for n in names]
             if s.in_state:
                 deleted_in_state.add(s.prefix)
+            elif s.status is orphan_status:
+                deleted_orphans.add(s.prefix)
 
         for name, pfx, role, _, info in sorted(orphan_sidecars, key=lambda o: o[0]):
             action, reason = DELETE, "sidecar of a step whose checkpoint files are gone"
@@ -841,8 +852,12 @@ def compute_plan(cdir: CheckpointDir, steps: Sequence[CheckpointStep], policies:
         advanced = [x for x in lp_candidates if x is not None]
         if len(advanced) == len(lp_candidates):
             lp_after = max(min(advanced), lp_before or 0.0)
+    for r in cdir.resolved:  # one pass: the state-file spellings to drop and the paths not followed
+        if r.how == "refused":
+            refused.append(Refusal(r.raw, f"state-file path not followed: {r.problem}"))
+        if state is not None and r.name is not None and r.name in deleted_in_state:
+            drop_paths.append(r.raw)
     if state is not None:
-        drop_paths = [r.raw for r in cdir.resolved if r.name is not None and r.name in deleted_in_state]
         if drop_paths:
             all_raw = set(state.all_model_checkpoint_paths)
             if state.model_checkpoint_path:
@@ -854,20 +869,14 @@ def compute_plan(cdir: CheckpointDir, steps: Sequence[CheckpointStep], policies:
         new_state.last_preserved_timestamp = lp_after if lp_after is not None else 0.0
     state_changed = new_state is not None and new_state != state
 
-    for r in cdir.resolved:
-        if r.how == "refused":
-            refused.append(Refusal(r.raw, f"state-file path not followed: {r.problem}"))
-    if hours is None and lp_known is not None:
-        doomed = {d.prefix for d in decisions if d.action == DELETE}
-        lost = [s.prefix for s in steps if s.prefix in doomed and not s.in_state
+    if hours is None and lp_known is not None and deleted_orphans:
+        lost = [s.prefix for s in steps if s.prefix in deleted_orphans and not s.in_state
                 and s.status is StepStatus.ORPHAN and s.timestamp is not None and s.timestamp <= lp_known]
         if lost:
             problems.append(f"{len(lost)} step(s) look preserved by TF's keep_checkpoint_every_n_hours "
                             f"(saved at or before last_preserved_timestamp) and no keep_every_hours policy "
                             f"keeps them: {', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''}")
 
-    prefix_path = root + "/" if root else "/"
-    delete_files = [prefix_path + n for d in decisions if d.action == DELETE for n in d.delete_files]
     delete_files += [prefix_path + sc.name for sc in sidecar_decisions if sc.action == DELETE]
 
     return RetentionPlan(
@@ -918,7 +927,7 @@ def _orphan_sidecars(cdir: CheckpointDir, text: str, bases: set[str],
     """Sidecars (``.meta``, metrics, leases, quarantine records) whose step has no checkpoint
     files, by base: ``(name, prefix, role, step, info)``. One regex scan over the joined listing
     finds the sidecar names (a 100k-step dir lists 300k names, nearly all index/data files)."""
-    known = {s.prefix for s in cdir.steps}
+    known: set[str] | None = None  # built on the first sidecar found (most dirs have none)
     out: dict[str, list[tuple[str, str, str, int, FileInfo]]] = {}
     for m in _SIDECAR_END.finditer(text):
         name = text[text.rfind("\n", 0, m.start()) + 1: m.end()]
@@ -929,6 +938,8 @@ def _orphan_sidecars(cdir: CheckpointDir, text: str, bases: set[str],
         if role_info is None or role_info.role not in ("meta", "metrics", "quarantine", "lease"):
             continue
         pfx = role_info.prefix
+        if known is None:
+            known = {s.prefix for s in cdir.steps}
         if pfx in known or not pfx:
             continue
         pn = parse_prefix(pfx)
