@@ -352,9 +352,6 @@ def test_false_fire_detector_catches_a_premature_state_file(tf_checkpoints, tmp_
     assert counters["false_fires"] == 1
 
 
-@pytest.mark.xfail(strict=True, reason="hooks/storage.py CheckpointStorageHook.aopen gives every non-gs URL a "
-                   "_LocalAsyncDir that reads the path from LOCAL disk: a CheckpointTrigger on memory:// (or any "
-                   "other fsspec scheme) silently never fires instead of failing")
 async def test_trigger_on_memory_url_fires(tf_checkpoints, tmp_path) -> None:
     from airflow_tf_ckpt.hooks.storage import CheckpointStorageHook
     from airflow_tf_ckpt.triggers.checkpoint import CheckpointTrigger

@@ -365,8 +365,12 @@ class CheckpointStorageHook(BaseHook):
         """An :class:`AsyncCheckpointDir` for ``url``, released on exit (for triggers)."""
         url = os.fspath(url)
         location = await self.aget_location(url)
-        if not is_gcs_url(url):
+        if location.local:
             yield _LocalAsyncDir(location, self)
+            return
+        if not is_gcs_url(url):
+            # memory://, s3://, ... : any other fsspec scheme, its blocking calls kept off the loop
+            yield _ThreadedAsyncDir(location, self)
             return
         opts = self._finish(await self._agcs_auth())
         loop = asyncio.get_running_loop()
@@ -470,6 +474,20 @@ class _LocalAsyncDir(AsyncCheckpointDir):
 
     async def list(self, prefix: str = "") -> list[dict[str, Any]]:
         return await asyncio.to_thread(_scan_local, self.location.path, prefix)
+
+
+class _ThreadedAsyncDir(AsyncCheckpointDir):
+    """Any fsspec filesystem without an async API we use: the blocking reader, in a thread."""
+
+    def __init__(self, location: Location, hook: CheckpointStorageHook) -> None:
+        super().__init__(location, hook)
+        self._reader = CheckpointDirReader(location, hook)
+
+    async def read(self, name: str) -> bytes | None:
+        return await asyncio.to_thread(self._reader.read, name)
+
+    async def list(self, prefix: str = "") -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self._reader.list, prefix)
 
 
 def _scan_local(path: str, prefix: str = "") -> list[dict[str, Any]]:
