@@ -37,7 +37,9 @@ still sees the old one: each sees one complete promotion.
 
 Copies: gs→gs (even across buckets) is a server-side copy (``fs.copy``: GCS rewrite), with no
 bytes through the worker, and the CRC32C comes from the server (``info()["crc32c"]``, base64
-big-endian, which is also the manifest's format). Local→local and cross-store copies stream in
+big-endian, which is also the manifest's format); the data shards are rewritten up to
+``COPY_CONCURRENCY`` at a time, and all of them are copied and checked before the sidecars and
+the ``.index``. Local→local and cross-store copies stream in
 chunks and compute the CRC32C while copying, then re-check the written file.
 """
 
@@ -49,9 +51,11 @@ import json
 import os
 import posixpath
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -513,6 +517,31 @@ def _copy_one(method: str, src: Location, sname: str, dst: Location, dname: str,
     return PromotedFile(name=dname, size=size, crc32c=crc, source=sname)
 
 
+#: at most this many server-side copies (GCS rewrites) of one promotion's data shards at a time
+COPY_CONCURRENCY = 8
+
+
+def _is_data_shard(name: str) -> bool:
+    role = classify(name)
+    return role is not None and role.role == "data"
+
+
+def _copy_concurrently(method: str, src: Location, dst: Location, pairs: list[tuple[str, str]],
+                       on_bytes_of: Callable[[str], Callable[[int], None]]) -> list[PromotedFile]:
+    """:func:`_copy_one` for each pair, ``COPY_CONCURRENCY`` at a time; returns once every copy
+    has been made AND checked (records in ``pairs`` order), or raises the first failure in
+    ``pairs`` order (copies not yet started are cancelled)."""
+    if len(pairs) <= 1:
+        return [_copy_one(method, src, s, dst, d, on_bytes_of(d)) for s, d in pairs]
+    pool = ThreadPoolExecutor(max_workers=min(COPY_CONCURRENCY, len(pairs)),
+                              thread_name_prefix="tf-ckpt-promote")
+    try:
+        futures = [pool.submit(_copy_one, method, src, s, dst, d, on_bytes_of(d)) for s, d in pairs]
+        return [f.result() for f in futures]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _check_copy(dst: Location, dname: str, size: int, crc: str) -> None:
     """The file in DEST has exactly ``size`` bytes with CRC32C ``crc`` (else PromotionError)."""
     where = dst.display(dname)
@@ -793,18 +822,27 @@ def _promote_locked(src: Location, dst: Location, chosen: CheckpointStep, plan: 
         done = sum(f.size for f in reused)
         if progress:
             progress(done, total, "")
-        copied: list[PromotedFile] = []
-        for sname, dname in plan:
-            if dname in reused_names:
-                continue
+        progress_lock = threading.Lock()  # server-side copies of data shards report from threads
 
-            def on_bytes(n: int, _name: str = dname) -> None:
+        def on_bytes_of(name: str) -> Callable[[int], None]:
+            def on_bytes(n: int) -> None:
                 nonlocal done
-                done += n
-                if progress:
-                    progress(done, total, _name)
+                with progress_lock:
+                    done += n
+                    if progress:
+                        progress(done, total, name)
 
-            copied.append(_copy_one(method, src, sname, dst, dname, on_bytes))
+            return on_bytes
+
+        todo = [(sname, dname) for sname, dname in plan if dname not in reused_names]
+        # server-side: the data shards are rewritten concurrently, and ALL of them are copied and
+        # checked before the sidecars and the .index (copied one by one after them, in plan order)
+        shards = [(s, d) for s, d in todo if method == "server-side" and _is_data_shard(d)]
+        copied = _copy_concurrently(method, src, dst, shards, on_bytes_of)
+        in_shards = set(shards)
+        for sname, dname in todo:
+            if (sname, dname) not in in_shards:
+                copied.append(_copy_one(method, src, sname, dst, dname, on_bytes_of(dname)))
         by_name = {f.name: f for f in reused + copied}
         files = [by_name[d] for _, d in plan]
         if hook:
