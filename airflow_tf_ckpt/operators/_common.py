@@ -22,14 +22,16 @@ import json
 import posixpath
 import re
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowSkipException
 
-from airflow_tf_ckpt.core.discovery import CheckpointDir, CheckpointStep, StepStatus, discover
 from airflow_tf_ckpt.core.errors import StepNotFoundError
 from airflow_tf_ckpt.core.storage import Location
+
+if TYPE_CHECKING:  # core.discovery pulls core.state and protobuf: imported when a task runs, not at parse
+    from airflow_tf_ckpt.core.discovery import CheckpointDir, CheckpointStep
 
 StepArg = int | str | dict[str, Any] | None
 
@@ -136,6 +138,8 @@ class BaseCheckpointOperator(BaseOperator):
         return self.get_hook().get_location(str(url or self.ckpt_dir))
 
     def discover(self, loc: Location) -> CheckpointDir:
+        from airflow_tf_ckpt.core.discovery import discover
+
         return discover(loc, self.prefix or None)
 
     def resolve_step(self, cdir: CheckpointDir, value: StepArg | None = None, *,
@@ -146,6 +150,8 @@ class BaseCheckpointOperator(BaseOperator):
         act on a half-written step), unless ``allow_incomplete`` (the validator, whose job is to
         report exactly that).
         """
+        from airflow_tf_ckpt.core.discovery import StepStatus
+
         sel = parse_step_arg(self.step if value is None else value)
         where = cdir.location.display()
         if sel == "latest":
@@ -170,6 +176,7 @@ class BaseCheckpointOperator(BaseOperator):
         between our listing and the lease. When a retention run is deleting it right now (its
         intent names the step), the task is SKIPPED: the step is going away, nothing to do.
         """
+        from airflow_tf_ckpt.core.discovery import StepStatus
         from airflow_tf_ckpt.core.leases import LeaseConflictError, leased
 
         owner = lease_owner(context)
