@@ -330,6 +330,10 @@ def counted_gcs(monkeypatch):
     from gcsfs.core import GCSFileSystem
 
     io: dict[str, list[str]] = {"read": [], "write": [], "copy": []}
+    # fsspec binds an instance's sync methods (cp_file, cat_file...) to the async methods it had
+    # when it was created, and caches instances: drop the ones earlier tests made so that the
+    # filesystems this test gets are built after the spies are in place
+    GCSFileSystem.clear_instance_cache()
 
     def wrap(name: str, kind: str, path_arg: int = 0):
         real = getattr(GCSFileSystem, name)
@@ -352,7 +356,8 @@ def counted_gcs(monkeypatch):
         return real_open(self, path, mode, *args, **kwargs)
 
     monkeypatch.setattr(GCSFileSystem, "_open", open_spy)
-    return io
+    yield io
+    GCSFileSystem.clear_instance_cache()  # no spied instance outlives the test
 
 
 def _is_ckpt_data(path: str) -> bool:
