@@ -22,7 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,27 +56,11 @@ def airflow_home() -> str:
 # the emulator
 
 
-@contextlib.contextmanager
-def emulator(root: Path) -> Iterator[Any]:
+def emulator(root: Path) -> contextlib.AbstractContextManager[Any]:
     """fake-gcs-server on ``root`` (filesystem backend); ``STORAGE_EMULATOR_HOST`` set meanwhile."""
-    from tests.fixtures.gcs_emulator import start_emulator
+    from tests.fixtures.gcs_emulator import running_emulator
 
-    root.mkdir(parents=True, exist_ok=True)
-    emu = start_emulator(root)
-    old = os.environ.get("STORAGE_EMULATOR_HOST")
-    os.environ["STORAGE_EMULATOR_HOST"] = emu.url
-    try:
-        yield emu
-    finally:
-        if old is None:
-            os.environ.pop("STORAGE_EMULATOR_HOST", None)
-        else:
-            os.environ["STORAGE_EMULATOR_HOST"] = old
-        emu.process.terminate()
-        try:
-            emu.process.wait(timeout=5)
-        except Exception:  # noqa: BLE001
-            emu.process.kill()
+    return running_emulator(root)
 
 
 def ensure_bucket(emu: Any, root: Path, bucket: str) -> None:
