@@ -13,6 +13,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+import cramjam
+
 from airflow_tf_ckpt.core.bundle import parse_bundle_index
 from airflow_tf_ckpt.core.crc import mask, value
 from airflow_tf_ckpt.core.protos import BundleHeaderProto
@@ -72,20 +74,24 @@ def footer(meta_handle: bytes, index_handle: bytes) -> bytes:
         "<II", TABLE_MAGIC & 0xFFFFFFFF, TABLE_MAGIC >> 32)
 
 
-def write_table(entries: list[tuple[bytes, bytes]], block_size: int = 4096,
-                index_handles: list[bytes] | None = None) -> bytes:
-    """Serialize sorted (key, value) pairs as a leveldb table.
+def write_table(entries: list[tuple[bytes, bytes]], block_size: int = 4096, restart_interval: int = 16,
+                snappy: bool = False, index_handles: list[bytes] | None = None) -> bytes:
+    """Serialize sorted (key, value) pairs as a leveldb table (the tests' one table writer).
 
-    ``index_handles`` replaces the encoded data-block handles of the index block (to craft loops,
-    overlaps and handles past the end); blocks are still written as usual.
+    ``snappy`` compresses the data blocks (type byte 1). ``index_handles`` replaces the encoded
+    data-block handles of the index block (to craft loops, overlaps and handles past the end);
+    blocks are still written as usual.
     """
     out = bytearray()
     index: list[tuple[bytes, bytes]] = []
 
     def flush(block_entries: list[tuple[bytes, bytes]]) -> None:
-        contents = _block(block_entries)
+        contents = _block(block_entries, restart_interval)
+        ctype = 0
+        if snappy:
+            contents, ctype = bytes(cramjam.snappy.compress_raw(contents)), 1
         handle = encode_varint(len(out)) + encode_varint(len(contents))
-        out.extend(contents + _trailer(contents))
+        out.extend(contents + _trailer(contents, ctype))
         index.append((block_entries[-1][0], handle))
 
     pending: list[tuple[bytes, bytes]] = []

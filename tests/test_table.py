@@ -1,8 +1,8 @@
 """leveldb table reader (core/table.py), slice keys and bundle parsing (core/bundle.py).
 
 Hostile input must only ever raise TableError (naming the file); real TF files must parse.
-``write_table`` below is a small leveldb table writer for synthetic and fuzzed tables; other
-test modules import it.
+Synthetic and fuzzed tables come from the tests' one leveldb table writer,
+``tests.reliability_helpers.write_table``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-import cramjam
 import fsspec
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -43,73 +42,13 @@ from airflow_tf_ckpt.core.table import (
     scan_table,
     verify_table_blocks,
 )
+from tests.reliability_helpers import _block, _trailer, write_table
 
 PATH = "mem://x/test.index"
 
 
 # ---------------------------------------------------------------------------------------------
 # a minimal leveldb table writer (what TF's TableBuilder does, minus filters)
-
-
-def _block(entries: list[tuple[bytes, bytes]], restart_interval: int = 16) -> bytes:
-    out = bytearray()
-    restarts = [0]
-    last = b""
-    for i, (k, v) in enumerate(entries):
-        if i and i % restart_interval == 0:
-            restarts.append(len(out))
-            shared = 0
-        else:
-            shared = 0
-            while shared < min(len(last), len(k)) and last[shared] == k[shared]:
-                shared += 1
-        out += encode_varint(shared) + encode_varint(len(k) - shared) + encode_varint(len(v))
-        out += k[shared:] + v
-        last = k
-    for r in restarts:
-        out += struct.pack("<I", r)
-    out += struct.pack("<I", len(restarts))
-    return bytes(out)
-
-
-def _trailer(contents: bytes, ctype: int) -> bytes:
-    return bytes([ctype]) + struct.pack("<I", mask(value(contents + bytes([ctype]))))
-
-
-def write_table(entries: list[tuple[bytes, bytes]], block_size: int = 4096, restart_interval: int = 16,
-                snappy: bool = False) -> bytes:
-    """Serialize sorted (key, value) pairs as a leveldb table."""
-    out = bytearray()
-    index: list[tuple[bytes, bytes]] = []
-
-    def flush(block_entries: list[tuple[bytes, bytes]]) -> None:
-        contents = _block(block_entries, restart_interval)
-        ctype = 0
-        if snappy:
-            contents, ctype = bytes(cramjam.snappy.compress_raw(contents)), 1
-        handle = encode_varint(len(out)) + encode_varint(len(contents))
-        out.extend(contents + _trailer(contents, ctype))
-        index.append((block_entries[-1][0], handle))
-
-    pending: list[tuple[bytes, bytes]] = []
-    size = 0
-    for k, v in entries:
-        pending.append((k, v))
-        size += len(k) + len(v) + 3
-        if size >= block_size:
-            flush(pending)
-            pending, size = [], 0
-    if pending:
-        flush(pending)
-    meta = _block([])
-    meta_handle = encode_varint(len(out)) + encode_varint(len(meta))
-    out += meta + _trailer(meta, 0)
-    idx = _block(index, 1)
-    idx_handle = encode_varint(len(out)) + encode_varint(len(idx))
-    out += idx + _trailer(idx, 0)
-    footer = (meta_handle + idx_handle).ljust(40, b"\0")
-    footer += struct.pack("<II", TABLE_MAGIC & 0xFFFFFFFF, TABLE_MAGIC >> 32)
-    return bytes(out + footer)
 
 
 def bundle_index(entries: dict[bytes, bytes], num_shards: int = 1, **kw: object) -> bytes:
