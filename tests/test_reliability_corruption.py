@@ -110,6 +110,27 @@ def _excluded(t: Target, name: str, damaged: bytes, op: str, offset: int) -> boo
     return False
 
 
+def _check_damage(t, name: str, orig: bytes, damaged: bytes, offset: int) -> str | None:
+    """Put ``damaged`` in place of file ``name``, verify, restore the file; ``None`` when the damage
+    is detected with the file named (and the tensor whose byte range holds ``offset``, if any),
+    else what was missed."""
+    t.loc.fs.pipe_file(t.loc.join(name), damaged)
+    try:
+        report = verify_step(t.loc, t.prefix)
+    finally:
+        t.loc.fs.pipe_file(t.loc.join(name), orig)
+    display = t.loc.display(name)
+    problems = [str(p) for p in report.problems]
+    if report.ok:
+        return "not detected"
+    if not any(p.file == display for p in report.problems):
+        return f"file not named: {problems}"
+    hit = [tensor for lo, hi, tensor in t.ranges.get(name, []) if lo <= offset < hi]
+    if hit and not any(p.tensor in hit for p in report.problems if p.file == display):
+        return f"tensor {hit} not named: {problems}"
+    return None
+
+
 def run_drill(tf_checkpoints, cases: int, seed: int) -> dict[str, int]:
     rng = random.Random(seed)
     targets = _targets(tf_checkpoints)
@@ -134,21 +155,9 @@ def run_drill(tf_checkpoints, cases: int, seed: int) -> dict[str, int]:
         if _excluded(t, name, damaged, op, offset):
             excluded += 1
             continue
-        t.loc.fs.pipe_file(t.loc.join(name), damaged)
-        try:
-            report = verify_step(t.loc, t.prefix)
-        finally:
-            t.loc.fs.pipe_file(t.loc.join(name), orig)
-        display = t.loc.display(name)
-        if report.ok:
-            misses.append(f"{what}: not detected")
-            continue
-        if not any(p.file == display for p in report.problems):
-            misses.append(f"{what}: file not named: {[str(p) for p in report.problems]}")
-            continue
-        hit = [tensor for lo, hi, tensor in t.ranges.get(name, []) if lo <= offset < hi]
-        if hit and not any(p.tensor in hit for p in report.problems if p.file == display):
-            misses.append(f"{what}: tensor {hit} not named: {[str(p) for p in report.problems]}")
+        miss = _check_damage(t, name, orig, damaged, offset)
+        if miss:
+            misses.append(f"{what}: {miss}")
             continue
         detected += 1
         per_file[f"{t.variant}/{name}"] = per_file.get(f"{t.variant}/{name}", 0) + 1
@@ -190,16 +199,9 @@ def test_every_byte_of_a_small_shard_and_index(tf_checkpoints) -> None:
             if _excluded(t, name, damaged, op, offset):
                 excluded += 1
                 continue
-            t.loc.fs.pipe_file(t.loc.join(name), damaged)
-            try:
-                report = verify_step(t.loc, t.prefix)
-            finally:
-                t.loc.fs.pipe_file(t.loc.join(name), orig)
-            hit = [tensor for lo, hi, tensor in t.ranges.get(name, []) if lo <= offset < hi]
-            named_file = any(p.file == t.loc.display(name) for p in report.problems)
-            named_tensor = not hit or any(p.tensor in hit for p in report.problems)
-            if report.ok or not named_file or not named_tensor:
-                misses.append(f"{name} {op}@{offset}: {[str(p) for p in report.problems]}")
+            miss = _check_damage(t, name, orig, damaged, offset)
+            if miss:
+                misses.append(f"{name} {op}@{offset}: {miss}")
             else:
                 detected += 1
     print(f"\nexhaustive tf1_saver: tried {tried}, excluded {excluded}, detected {detected}")
