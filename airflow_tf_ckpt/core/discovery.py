@@ -175,15 +175,17 @@ def _group(listing: dict[str, FileInfo], state_names: Iterable[str]) -> dict[str
 
 def discover(target: Location | str | os.PathLike[str], prefix: str | None = None, *,
              state_filename: str = STATE_FILENAME, storage_options: dict[str, Any] | None = None,
-             deep: bool = False) -> CheckpointDir:
+             deep: bool = False, listing: dict[str, FileInfo] | None = None) -> CheckpointDir:
     """List the steps of a checkpoint dir with their status, sizes and timestamps.
 
     ``prefix`` keeps only one base name (e.g. ``ckpt``), so two jobs can share a dir.
     ``deep=True`` also reads each V2 index header to learn ``num_shards`` (one small read per
     step); the default judges completeness from file names alone.
+    ``listing`` (name -> FileInfo) replaces the listing call: GC passes one it assembled itself.
     """
     loc = target if isinstance(target, Location) else Location.of(target, storage_options)
-    listing = loc.listdir()
+    if listing is None:
+        listing = loc.listdir()
     problems: list[str] = []
     state: StateFile | None = None
     if state_filename in listing:
