@@ -541,6 +541,9 @@ class RetentionPlan:
     purge_quarantined: bool = False
     meta_guard: str = "file"
     root_realpath: str | None = None
+    # the listing the plan was made from: GC re-lists only the sidecars on object stores and
+    # takes the step files from here (see gc.apply_plan)
+    listing: Mapping[str, FileInfo] | None = field(default=None, repr=False, compare=False)
 
     @property
     def fingerprint(self) -> dict[str, frozenset[str]]:
@@ -885,7 +888,7 @@ def compute_plan(cdir: CheckpointDir, steps: Sequence[CheckpointStep], policies:
         state_changed=state_changed, drop_paths=drop_paths, delete_files=delete_files,
         protected_meta=protected_meta, last_preserved_before=lp_before, last_preserved_after=lp_after,
         refused=refused, problems=problems, purge_quarantined=purge_quarantined, meta_guard=meta_guard,
-        root_realpath=real_root)
+        root_realpath=real_root, listing=cdir.listing)
 
 
 _STATUS_VALUE = {st: st.value for st in StepStatus}
