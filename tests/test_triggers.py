@@ -187,6 +187,21 @@ def test_serialized_kwargs_roundtrip_and_stay_small(tmp_path):
     assert "watermark" not in json.dumps(ev_kwargs)  # the hash of a watcher must not change
 
 
+def test_parse_time_defaults_agree_with_the_core():
+    """The trigger module repeats the state file's name so that importing it (at DAG parse) does
+    not import core.state and protobuf; the default and the serialized kwargs are unchanged."""
+    from airflow_tf_ckpt.core import state
+    from airflow_tf_ckpt.sensors import checkpoint as sensor_mod
+    from airflow_tf_ckpt.triggers import checkpoint as trigger_mod
+
+    assert trigger_mod.STATE_FILENAME == sensor_mod.STATE_FILENAME == state.STATE_FILENAME
+    assert CheckpointTrigger(dir="/x").serialize() == (
+        "airflow_tf_ckpt.triggers.checkpoint.CheckpointTrigger",
+        {"dir": "/x", "prefix": None, "after_step": None, "require_complete": True, "settle_seconds": 0.0,
+         "poll_interval": 30.0, "conn_id": None, "state_filename": "checkpoint", "max_errors": 10,
+         "pick": "newest"})
+
+
 async def test_quiet_polls_read_only_the_state_file(tmp_path):
     d = tmp_path / "many"
     d.mkdir()

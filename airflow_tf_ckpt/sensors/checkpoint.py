@@ -37,15 +37,16 @@ import os
 import time
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, BaseOperator, BaseSensorOperator, PokeReturnValue, conf
 from airflow.sdk.exceptions import AirflowException
 
 from airflow_tf_ckpt import config
-from airflow_tf_ckpt.core.state import STATE_FILENAME
-from airflow_tf_ckpt.hooks.storage import CheckpointStorageHook, StorageCredentialsError, url_protocol
-from airflow_tf_ckpt.triggers.checkpoint import PICK_CHOICES, CheckpointTrigger
+from airflow_tf_ckpt.triggers.checkpoint import PICK_CHOICES, STATE_FILENAME, CheckpointTrigger
+
+if TYPE_CHECKING:  # the hook imports the storage core: only when the sensor runs, not at DAG parse
+    from airflow_tf_ckpt.hooks.storage import CheckpointStorageHook
 
 COMMIT_CHOICES = ("downstream", "on_success")
 ERRORS_KEY = "tf_ckpt.poll_errors"
@@ -58,11 +59,12 @@ def watermark_asset_for(dir: str) -> Asset:
     training DAG may already declare for the dir itself (``gs://...``).
     """
     dir = str(dir)
-    if "://" in dir:
-        path = dir.split("://", 1)[1]
+    if "://" in dir:  # the scheme as hooks.storage.url_protocol names it (not imported at parse time)
+        scheme, path = dir.split("://", 1)
+        scheme = scheme.lower()
     else:
-        path = os.path.abspath(os.path.expanduser(dir))
-    uri = f"x-tf-ckpt://{url_protocol(dir)}/{path.strip('/')}"
+        scheme, path = "file", os.path.abspath(os.path.expanduser(dir))
+    uri = f"x-tf-ckpt://{scheme}/{path.strip('/')}"
     return Asset(name=uri, uri=uri)
 
 
@@ -259,6 +261,8 @@ class CheckpointSensor(BaseSensorOperator):
 
     def _check(self, context: Any) -> dict[str, Any] | None:
         """One poll: the payload of the step to return, or None. Tolerates ``max_errors`` errors."""
+        from airflow_tf_ckpt.hooks.storage import CheckpointStorageHook, StorageCredentialsError
+
         trig = self._trigger(self._after)
         if self._poller is None:
             self._poller = trig.make_poller()

@@ -50,15 +50,24 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseEventTrigger, BaseTrigger, TriggerEvent
 
-from airflow_tf_ckpt.core.discovery import CheckpointStep, StepStatus, discover
-from airflow_tf_ckpt.core.naming import classify, parse_prefix
-from airflow_tf_ckpt.core.state import STATE_FILENAME, StateFile, format_state, parse_state, resolve_path
-from airflow_tf_ckpt.core.storage import Location
-from airflow_tf_ckpt.hooks.storage import AsyncCheckpointDir, CheckpointStorageHook, StorageCredentialsError
+if TYPE_CHECKING:
+    from airflow_tf_ckpt.core.discovery import CheckpointStep
+    from airflow_tf_ckpt.core.state import StateFile
+    from airflow_tf_ckpt.core.storage import Location
+    from airflow_tf_ckpt.hooks.storage import AsyncCheckpointDir, CheckpointStorageHook
+
+# This module is imported when a DAG file is parsed (a CheckpointEventTrigger is built for its
+# AssetWatcher; the sensor builds its CheckpointTrigger from here): it imports only Airflow's trigger
+# base classes. The core (discovery, the state file and with it protobuf) and the storage hook are
+# imported by the methods that poll, which run in the triggerer or the worker.
+
+# = airflow_tf_ckpt.core.state.STATE_FILENAME (TF's name for it), repeated so that the constructors'
+# default does not import core.state and protobuf; tests/test_triggers.py checks that they agree.
+STATE_FILENAME = "checkpoint"
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +147,8 @@ class Poller:
         """The ordered steps the state file names (cached while the file is unchanged)."""
         digest = hashlib.blake2b(data, digest_size=16).digest()
         if digest != self._state_digest:
+            from airflow_tf_ckpt.core.state import parse_state
+
             state = parse_state(data, location.display(self.state_filename))
             self._candidates = self._named_steps(location, state)
             paths, stamps = state.all_model_checkpoint_paths, state.all_model_checkpoint_timestamps
@@ -146,6 +157,9 @@ class Poller:
         return self._candidates
 
     def _named_steps(self, location: Location, state: StateFile) -> list[Candidate]:
+        from airflow_tf_ckpt.core.naming import parse_prefix
+        from airflow_tf_ckpt.core.state import resolve_path
+
         raws = list(dict.fromkeys(state.all_model_checkpoint_paths + (
             [state.model_checkpoint_path] if state.model_checkpoint_path else [])))
         out: dict[str, Candidate] = {}
@@ -175,6 +189,8 @@ class Poller:
     def _group(self, location: Location, listings: list[list[dict[str, Any]]],
                names: set[str]) -> dict[str, list[dict[str, Any]]]:
         """Listing entries by the checkpoint prefix they belong to (only candidates' prefixes)."""
+        from airflow_tf_ckpt.core.naming import classify
+
         groups: dict[str, list[dict[str, Any]]] = {}
         seen: set[str] = set()
         for entries in listings:
@@ -192,6 +208,9 @@ class Poller:
 
     def _judge_chunk(self, reader: Any, groups: dict[str, list[dict[str, Any]]],
                      chunk: list[Candidate]) -> dict[str, StepCheck]:
+        from airflow_tf_ckpt.core.discovery import StepStatus, discover
+        from airflow_tf_ckpt.core.state import StateFile, format_state
+
         location: Location = reader.location
         raws = [c.raw for c in chunk]
         stamps = [self._stamps[r] for r in raws] if all(r in self._stamps for r in raws) else []
@@ -429,6 +448,8 @@ class CheckpointTrigger(_CheckpointTriggerBase, BaseTrigger):
                 {**self._common_kwargs(), "pick": self.pick})
 
     async def _wait_for_event(self) -> dict[str, Any]:
+        from airflow_tf_ckpt.hooks.storage import CheckpointStorageHook, StorageCredentialsError
+
         hook = CheckpointStorageHook(self.conn_id)
         poller = self.make_poller()
         errors = 0
@@ -566,6 +587,8 @@ class CheckpointEventTrigger(_CheckpointTriggerBase, BaseEventTrigger):
     # ------------------------------------------------------------------ run
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        from airflow_tf_ckpt.hooks.storage import CheckpointStorageHook
+
         hook = CheckpointStorageHook(self.conn_id)
         poller = self.make_poller()
         self.watermark = await self._load_watermark()
