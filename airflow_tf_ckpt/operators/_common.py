@@ -28,10 +28,10 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowSkipException
 
 from airflow_tf_ckpt.core.errors import StepNotFoundError
-from airflow_tf_ckpt.core.storage import Location
 
 if TYPE_CHECKING:  # core.discovery pulls core.state and protobuf: imported when a task runs, not at parse
     from airflow_tf_ckpt.core.discovery import CheckpointDir, CheckpointStep
+    from airflow_tf_ckpt.core.storage import Location
 
 StepArg = int | str | dict[str, Any] | None
 

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from airflow_tf_ckpt.core.storage import Location
 from airflow_tf_ckpt.operators._common import BaseCheckpointOperator, StepArg, lease_owner, load_callable
 
-if TYPE_CHECKING:  # discovery pulls in protobuf: not at DAG-parse time
+if TYPE_CHECKING:  # discovery pulls in protobuf, storage the fsspec seam: not at DAG-parse time
     from airflow_tf_ckpt.core.discovery import CheckpointStep
+    from airflow_tf_ckpt.core.storage import Location
 
 FORMATS = ("tf2", "tf1")
 
