@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .gcs import batch_delete, is_gcs
 from .storage import Location
 
 GLOB_CHARS = frozenset("*?[")
@@ -107,41 +108,14 @@ def symlink_problem(loc: Location, name: str, real_root: str | None = None) -> s
 
 Hook = Callable[..., Any]
 
-#: Concurrent single-object DELETEs where gcsfs would send them only 5 at a time.
-RM_CONCURRENCY = 64
-
-
-def _concurrent_rm_ok(fs: Any) -> bool:
-    """gcsfs against a non-Google endpoint (an emulator): no batch API, one DELETE per object.
-
-    gcsfs's own ``rm(list)`` then runs only 5 requests at a time; real GCS keeps ``fs.rm`` (batch
-    requests of 100).
-    """
-    try:
-        from gcsfs.core import GCSFileSystem
-    except ImportError:
-        return False
-    return isinstance(fs, GCSFileSystem) and not fs.on_google
-
-
-def _rm_concurrently(fs: Any, paths: list[str]) -> list[Any]:
-    """One ``_rm_file`` per path, ``RM_CONCURRENCY`` at a time: ``None`` or the exception, in order."""
-    from fsspec.asyn import _run_coros_in_chunks, sync
-
-    async def run() -> list[Any]:
-        return await _run_coros_in_chunks([fs._rm_file(p) for p in paths],
-                                          batch_size=RM_CONCURRENCY, return_exceptions=True)
-
-    return sync(fs.loop, run)
-
 
 class Deleter:
     """Removes files directly in one root, re-checking each path immediately before removal.
 
     ``delete(paths)`` returns ``(deleted, missing, refused)``. Local dirs unlink one file at a time
-    through a descriptor of the resolved root; object stores get one ``fs.rm(list)`` per call
-    (gcsfs turns that into batch requests against Google), except gcsfs against an emulator, where
-    the single-object DELETEs run ``RM_CONCURRENCY`` at a time.
+    through a descriptor of the resolved root; ``gs://`` (Google or an emulator) gets JSON API batch
+    requests (:func:`.gcs.batch_delete`: 100 objects each, several in flight); other object stores
+    one ``fs.rm(list)`` per call.
     """
 
     def __init__(self, loc: Location, expected_real_root: str | None = None,
@@ -236,12 +210,12 @@ class Deleter:
             for p in ok_paths:
                 self.hook("delete", p)
         fs = self.loc.fs
-        if _concurrent_rm_ok(fs):
+        if is_gcs(fs):
             errors: list[tuple[str, BaseException]] = []
-            for p, r in zip(ok_paths, _rm_concurrently(fs, ok_paths), strict=True):
+            for p, r in zip(ok_paths, batch_delete(fs, ok_paths), strict=True):
                 if r is None:
                     deleted.append(p)
-                elif isinstance(r, FileNotFoundError) or "No such object" in str(r):
+                elif isinstance(r, FileNotFoundError):
                     missing.append(p)
                 else:
                     errors.append((p, r))
