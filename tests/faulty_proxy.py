@@ -46,6 +46,7 @@ class FaultyProxy:
         self.targets: list[tuple[str, str, str]] = []
         self.stats: Counter[str] = Counter()
         self.log: list[tuple[str, str, str]] = []  # (fault, method, path) of every injected fault
+        self.requests: list[tuple[str, str]] = []  # (method, path) of every request, in order
         self._seen: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -59,6 +60,7 @@ class FaultyProxy:
             self._seen[key] += 1
             nth = self._seen[key]
             self.stats["requests"] += 1
+            self.requests.append((method, path))
             if not self.enabled:
                 return None
             for t in list(self.targets):

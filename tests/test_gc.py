@@ -12,7 +12,14 @@ from airflow_tf_ckpt.core.discovery import discover
 from airflow_tf_ckpt.core.gc import PlanConflictError, apply_plan
 from airflow_tf_ckpt.core.leases import LeaseConflictError, acquire_lease, gc_intent_name, read_gc_intent
 from airflow_tf_ckpt.core.metrics import write_metrics
-from airflow_tf_ckpt.core.retention import KeepEveryNHours, KeepLastN, plan_retention
+from airflow_tf_ckpt.core.quarantine import quarantine_step
+from airflow_tf_ckpt.core.retention import (
+    KeepEveryNHours,
+    KeepLastN,
+    KeepPromoted,
+    plan_retention,
+    record_promotion,
+)
 from airflow_tf_ckpt.core.state import StateFile, read_state, resolve_path, write_state
 from airflow_tf_ckpt.core.storage import Location
 from tests.test_retention import T0, H, make_dir, make_step, mem_loc, put
@@ -246,23 +253,42 @@ def test_crash_at_every_point_then_rerun_converges(kind, tmp_path, request):
 # the dir changes between planning and applying
 
 
-def test_newly_leased_step_is_replanned_and_kept(tmp_path):
-    loc = Location.of(tmp_path)
+CHANGING = ["local", pytest.param("gcs", marks=pytest.mark.gcs)]
+
+
+@pytest.mark.parametrize("kind", CHANGING)
+def test_newly_leased_step_is_replanned_and_kept(kind, tmp_path, request):
+    loc = loc_for(kind, tmp_path, request)
     make_dir(loc, [1, 2, 3, 4])
     plan = plan_retention(loc, [KeepLastN(1)])
     acquire_lease(loc, "ckpt-2", "evaluator", 600)
     with pytest.raises(PlanConflictError, match="ckpt-2 is now leased by evaluator") as ei:
         apply_plan(plan, on_conflict="refuse")
-    assert ei.value.conflicts and (tmp_path / "ckpt-1.index").exists()
+    assert ei.value.conflicts and loc.exists("ckpt-1.index")
     assert read_gc_intent(loc, "ckpt") is None  # the refusal cleared its intent
     res = apply_plan(plan)
     assert res.replans == 1 and any("now leased by evaluator" in c for c in res.conflicts)
-    assert res.deleted_steps == ["ckpt-1", "ckpt-3"] and (tmp_path / "ckpt-2.index").exists()
+    assert res.deleted_steps == ["ckpt-1", "ckpt-3"] and loc.exists("ckpt-2.index")
     assert "ckpt-2" in read_state(loc).all_model_checkpoint_paths
 
 
-def test_trainer_saves_between_plan_and_apply(tmp_path):
-    loc = Location.of(tmp_path)
+@pytest.mark.parametrize("kind", CHANGING)
+def test_quarantined_or_promoted_since_planning_is_kept(kind, tmp_path, request):
+    loc = loc_for(kind, tmp_path, request)
+    make_dir(loc, [1, 2, 3, 4])
+    plan = plan_retention(loc, [KeepLastN(1), KeepPromoted()])
+    quarantine_step(loc, "ckpt-1", "bad CRC")
+    record_promotion(loc, "ckpt-2", "gs://elsewhere/serving", alias="prod")
+    res = apply_plan(plan)
+    assert res.replans == 1
+    assert any("ckpt-1 was quarantined" in c for c in res.conflicts), res.conflicts
+    assert any("ckpt-2 was promoted" in c for c in res.conflicts), res.conflicts
+    assert res.deleted_steps == ["ckpt-3"] and loc.exists("ckpt-1.index") and loc.exists("ckpt-2.index")
+
+
+@pytest.mark.parametrize("kind", CHANGING)
+def test_trainer_saves_between_plan_and_apply(kind, tmp_path, request):
+    loc = loc_for(kind, tmp_path, request)
     make_dir(loc, [1, 2, 3])
     plan = plan_retention(loc, [KeepLastN(2)])
     make_step(loc, "ckpt-4")  # the trainer saved and committed meanwhile
@@ -273,25 +299,30 @@ def test_trainer_saves_between_plan_and_apply(tmp_path):
     assert res.replans == 0 and res.deleted_steps == ["ckpt-1"]  # still safe: no re-plan needed
     assert read_state(loc).all_model_checkpoint_paths == ["ckpt-2", "ckpt-3", "ckpt-4"]
     assert read_state(loc).model_checkpoint_path == "ckpt-4"  # the new step is not lost
+    assert loc.exists("ckpt-4.index")
 
 
-def test_rolled_back_latest_is_not_deleted(tmp_path):
-    loc = Location.of(tmp_path)
+@pytest.mark.parametrize("kind", CHANGING)
+def test_rolled_back_latest_is_not_deleted(kind, tmp_path, request):
+    loc = loc_for(kind, tmp_path, request)
     make_dir(loc, [1, 2, 3])
     plan = plan_retention(loc, [KeepLastN(1)])
     st = read_state(loc)
     write_state(loc, StateFile("ckpt-2", st.all_model_checkpoint_paths, st.all_model_checkpoint_timestamps, 0.0))
     res = apply_plan(plan)
     assert res.replans == 1 and any("latest" in c for c in res.conflicts)
-    assert res.deleted_steps == ["ckpt-1"] and (tmp_path / "ckpt-2.index").exists()
+    assert res.deleted_steps == ["ckpt-1"] and loc.exists("ckpt-2.index")
 
 
-def test_lease_handshake_with_a_running_gc(tmp_path):
+@pytest.mark.parametrize("kind", CHANGING)
+def test_lease_handshake_with_a_running_gc(kind, tmp_path, request):
     """A reader that leases a step after GC wrote its intent backs off; a reader that leased it
     before GC listed the dir keeps it. No interleaving deletes a leased step."""
-    loc = Location.of(tmp_path)
-    make_dir(loc, [1, 2, 3])
+    loc = loc_for(kind, tmp_path, request)
+    make_dir(loc, [1, 2, 3, 4])
     outcome: dict[str, object] = {}
+    plan = plan_retention(loc, [KeepLastN(1)])
+    acquire_lease(loc, "ckpt-3", "early-reader", 600)  # after planning, before GC's intent
 
     def hook(label, *args):
         if label == "relist" and "tried" not in outcome:  # GC's intent is written, listing is next
@@ -303,12 +334,13 @@ def test_lease_handshake_with_a_running_gc(tmp_path):
             except LeaseConflictError as exc:
                 outcome["late"] = str(exc)
 
-    res = apply_plan(plan_retention(loc, [KeepLastN(1)]), hook=hook)
-    assert outcome["intent"] == ["ckpt-1", "ckpt-2"] and "being deleted by a GC run" in outcome["late"]
-    assert res.deleted_steps == ["ckpt-1", "ckpt-2"] and not (tmp_path / "ckpt-1.lease-late-reader").exists()
-    assert not (tmp_path / gc_intent_name("ckpt")).exists()
+    res = apply_plan(plan, hook=hook)
+    assert outcome["intent"] == ["ckpt-1", "ckpt-2", "ckpt-3"] and "being deleted by a GC run" in outcome["late"]
+    assert res.deleted_steps == ["ckpt-1", "ckpt-2"] and not loc.exists("ckpt-1.lease-late-reader")
+    assert loc.exists("ckpt-3.index") and loc.exists("ckpt-3.lease-early-reader")
+    assert not loc.exists(gc_intent_name("ckpt"))
     # once GC is done, leasing works again
-    acquire_lease(loc, "ckpt-3", "reader", 60)
+    acquire_lease(loc, "ckpt-4", "reader", 60)
 
 
 def test_one_rm_call_per_batch_on_object_stores(monkeypatch):

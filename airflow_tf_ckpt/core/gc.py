@@ -4,10 +4,17 @@ Order of operations (``hook(label, ...)`` runs before each I/O step, so tests ca
 
 1. ``write_intent``  ``BASE.gc-intent.json`` names the steps about to go (lease handshake, see
    :mod:`.leases`);
-2. ``relist``        one fresh listing + state-file read. Anything that invalidates the plan (a
+2. ``relist``        a fresh listing + state-file read. Anything that invalidates the plan (a
    doomed step is now the latest or the newest committed, newly leased, quarantined or promoted,
    changed files or status, another ``last_preserved_timestamp``) makes GC re-plan with the same
-   policies (``on_conflict="replan"``, the default) or refuse (``"refuse"``);
+   policies (``on_conflict="replan"``, the default) or refuse (``"refuse"``).
+   On ``gs://`` the fresh listing holds only the files that can make a plan unsafe (leases,
+   quarantine markers, metrics, promotions, GC intents and the state file), fetched in one listing
+   filtered by the server (``matchGlob``); step files are taken from the planning listing. Re-listing
+   every shard of 10,000 steps again would cost more than deleting them. What that gives up: a doomed
+   step that gained files after planning is not noticed (on local disk it is). Such a step is being
+   rewritten by a trainer that restarted from an older step, and it only becomes safe to keep once
+   the state file names it, which the re-read state file does show;
 3. ``write_state``   the state file is rewritten ATOMICALLY from the FRESH read (a trainer may have
    saved meanwhile: its new steps stay), minus every spelling of the doomed steps, with
    ``last_preserved_timestamp`` advanced as the every-N-hours policy settled it. Spellings
@@ -32,7 +39,16 @@ from typing import Any
 
 from .discovery import CheckpointDir, discover
 from .errors import CheckpointError, StorageError
-from .leases import clear_gc_intent, gc_intent_name, read_leases, write_gc_intent
+from .gcs import glob_escape, is_gcs, list_matching
+from .leases import (
+    GC_INTENT_SUFFIX,
+    LEASE_INFIX,
+    clear_gc_intent,
+    gc_intent_name,
+    read_leases,
+    write_gc_intent,
+)
+from .naming import METRICS_SUFFIX, QUARANTINE_SUFFIX
 from .retention import (
     DELETE,
     PROMOTIONS_FILENAME,
@@ -45,8 +61,10 @@ from .retention import (
 )
 from .safety import Deleter, Refusal
 from .state import StateFile, write_state
+from .storage import FileInfo
 
 Hook = Callable[..., Any]
+_RECHECK_SUFFIXES = (QUARANTINE_SUFFIX, METRICS_SUFFIX, GC_INTENT_SUFFIX)
 
 
 class PlanConflictError(CheckpointError):
@@ -131,6 +149,25 @@ def _doomed(plan: RetentionPlan) -> dict[str, set[str]]:
         if d.action == DELETE:
             out.setdefault(d.base, set()).add(d.prefix)
     return out
+
+
+def _rechecked(name: str, state_filename: str) -> bool:
+    return (LEASE_INFIX in name or name.endswith(_RECHECK_SUFFIXES)
+            or name in (PROMOTIONS_FILENAME, state_filename))
+
+
+def _recheck_listing(plan: RetentionPlan) -> dict[str, FileInfo] | None:
+    """On ``gs://``: the planning listing with its sidecars and state file replaced by a fresh,
+    server-filtered listing of those (see the module docstring). ``None`` elsewhere: list again."""
+    loc = plan.location
+    if plan.listing is None or not is_gcs(loc.fs):
+        return None
+    patterns = [f"*{LEASE_INFIX}*"] + [f"*{s}" for s in _RECHECK_SUFFIXES] + [
+        glob_escape(PROMOTIONS_FILENAME), glob_escape(plan.state_filename)]
+    fresh = list_matching(loc, patterns, keep=lambda n: _rechecked(n, plan.state_filename))
+    merged = {n: i for n, i in plan.listing.items() if not _rechecked(n, plan.state_filename)}
+    merged.update(fresh)
+    return merged
 
 
 def find_conflicts(plan: RetentionPlan, fresh: CheckpointDir, now: float | None = None) -> list[str]:
@@ -229,7 +266,7 @@ def apply_plan(plan: RetentionPlan, *, dry_run: bool = False, batch_size: int = 
                 write_gc_intent(loc, base, prefixes, ttl_s=intent_ttl_s, started=started)
                 intents.add(base)
         call("relist")
-        fresh = discover(loc, state_filename=current.state_filename)
+        fresh = discover(loc, state_filename=current.state_filename, listing=_recheck_listing(current))
         conflicts = find_conflicts(current, fresh)
         if not conflicts:
             break
