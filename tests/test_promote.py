@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -169,17 +174,69 @@ def test_promote_meta_from_an_earlier_step(copy_variant, tmp_path):
     assert not (dest / "model.ckpt-1.meta").exists()
 
 
-def test_lock_is_exclusive(copy_variant, tmp_path):
+def _lock(dest: Path, **held: Any) -> None:
+    (dest / LOCK_NAME).write_text(json.dumps({"token": "x", "ttl": 60, **held}))
+
+
+def test_lock_is_exclusive_while_its_holder_lives(copy_variant, tmp_path):
     src = copy_variant("tf2_manager")
     dest = tmp_path / "dest"
     dest.mkdir()
-    (dest / LOCK_NAME).write_text(json.dumps({"token": "x", "host": "h", "pid": 1,
-                                              "created": 9e18, "ttl": 60}))
+    now = time.time()
+    # another host, heartbeat fresh: live whatever its pid
+    _lock(dest, host="elsewhere", pid=1, created=now - 3600, heartbeat=now - 5)
+    with pytest.raises(PromotionError, match="another promotion holds the lock .*host elsewhere"):
+        promote(src, dest, "latest")
+    # this host, a running process (ours) with the start time it really has
+    _lock(dest, host=socket.gethostname(), pid=os.getpid(), pid_start=promote_mod._pid_start(os.getpid()),
+          created=now, heartbeat=now)
     with pytest.raises(PromotionError, match="another promotion holds the lock"):
         promote(src, dest, "latest")
-    assert not (dest / MANIFEST_NAME).exists()
-    (dest / LOCK_NAME).write_text(json.dumps({"token": "x", "created": 0, "ttl": 60}))  # stale
+    assert not (dest / MANIFEST_NAME).exists() and json.loads((dest / LOCK_NAME).read_text())["token"] == "x"
+
+
+@pytest.mark.parametrize("why", ["old heartbeat", "dead pid", "reused pid", "unreadable"])
+def test_a_lock_whose_holder_is_gone_is_broken(why, copy_variant, tmp_path):
+    src = copy_variant("tf2_manager")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    now = time.time()
+    if why == "old heartbeat":  # a worker on another host that vanished 2 minutes ago
+        _lock(dest, host="elsewhere", pid=1, created=now - 3600, heartbeat=now - 120)
+    elif why == "dead pid":
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        _lock(dest, host=socket.gethostname(), pid=dead.pid, created=now, heartbeat=now)
+    elif why == "reused pid":
+        _lock(dest, host=socket.gethostname(), pid=os.getpid(), pid_start="1", created=now, heartbeat=now)
+    else:
+        (dest / LOCK_NAME).write_bytes(b"\x00garbage")
+    if why != "unreadable":
+        assert promote_mod.lock_problem(json.loads((dest / LOCK_NAME).read_text()), 60) is not None
     promote(src, dest, "latest")
+    assert not (dest / LOCK_NAME).exists() and (dest / MANIFEST_NAME).exists()
+
+
+def test_heartbeat_keeps_a_long_promotion_locked(copy_variant, tmp_path):
+    """A promotion that outlives its lock's ttl is not broken into: its heartbeat moves on."""
+    src = copy_variant("tf2_manager")
+    dest = tmp_path / "dest"
+    beats: list[float] = []
+    refused: list[str] = []
+
+    def hook(phase, _dst):
+        if phase == "copied":
+            for _ in range(6):  # 1.2 s, four times the ttl
+                time.sleep(0.2)
+                beats.append(json.loads((dest / LOCK_NAME).read_text())["heartbeat"])
+            try:
+                promote(src, dest, "latest", lock_ttl=0.3)
+            except PromotionError as exc:
+                refused.append(str(exc))
+
+    promote(src, dest, "latest", lock_ttl=0.3, hook=hook)
+    assert len(set(beats)) >= 3, beats  # refreshed every ttl/5 = 0.06 s
+    assert refused and "another promotion holds the lock" in refused[0]
     assert not (dest / LOCK_NAME).exists()
 
 

@@ -10,7 +10,7 @@ Destination layout (flat, so ``DEST`` is itself an ordinary checkpoint dir that 
     DEST/checkpoint                     state file naming ``ckpt-500`` (relative path)
     DEST/PROMOTED.json                  the manifest: the commit point of a promotion
     DEST/aliases/production.json        optional named pointers (``--alias``)
-    DEST/.promote.lock                  held while a promotion runs (exclusive create)
+    DEST/.promote.lock                  held while a promotion runs (exclusive create; see below)
 
 Order of writes (the same idea as TF's own saves, where the state file is the commit signal):
 
@@ -34,6 +34,13 @@ ever deleted, and only directly inside ``DEST``.
 
 Between steps 3 and 4 a TF reader (state file) already sees the new step while a manifest reader
 still sees the old one: each sees one complete promotion.
+
+The lock: created exclusively (``O_EXCL`` locally, ``ifGenerationMatch=0`` on GCS), holding the
+holder's host, pid (and the pid's start time, so a reused pid is not mistaken for the holder) and a
+``heartbeat`` time that a thread refreshes every ``lock_ttl / 5`` while the promotion runs. A lock
+is broken when its holder is on this host and no longer running, or when its heartbeat is older
+than its ``ttl`` (15 min by default): a promotion killed with SIGKILL, or on a worker that
+vanished, no longer blocks the rerun that Airflow's retry makes.
 
 Copies: gs→gs (even across buckets) is a server-side copy (``fs.copy``: GCS rewrite), with no
 bytes through the worker, and the CRC32C comes from the server (``info()["crc32c"]``, base64
@@ -73,7 +80,8 @@ LOCK_NAME = ".promote.lock"
 MANIFEST_FORMAT = "airflow-tf-ckpt/promotion"
 MANIFEST_VERSION = 1
 CHUNK = 8 << 20  # google_crc32c releases the GIL for bytes >= 1 MiB
-DEFAULT_LOCK_TTL = 6 * 3600.0
+DEFAULT_LOCK_TTL = 15 * 60.0  # a lock whose heartbeat is this old is broken
+SOURCE_LEASE_TTL = 6 * 3600.0  # the lease on the source step (released at the end; a crash's expires)
 
 # phase names passed to the ``hook`` callback (tests inspect the destination at each one)
 PHASES = ("locked", "unpublished", "copied", "state_written", "manifest_written", "alias_written",
@@ -561,11 +569,46 @@ def _lock_path(dst: Location) -> str:
     return dst.join(LOCK_NAME)
 
 
+def _pid_start(pid: int) -> str | None:
+    """The start time of ``pid`` in clock ticks since boot (Linux), to tell a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def _lock_body(token: str, ttl: float, created: float) -> bytes:
+    return json.dumps({"token": token, "host": socket.gethostname(), "pid": os.getpid(),
+                       "pid_start": _pid_start(os.getpid()), "created": created,
+                       "heartbeat": time.time(), "ttl": ttl}).encode()
+
+
+def lock_problem(held: dict[str, Any], ttl: float, now: float | None = None) -> str | None:
+    """Why the lock ``held`` is stale (its holder is gone), or ``None`` while it is live."""
+    now = time.time() if now is None else now
+    beat = float(held.get("heartbeat", held.get("created", 0)))
+    limit = float(held.get("ttl", ttl))
+    if now - beat > limit:
+        return f"its heartbeat is {int(now - beat)} s old (ttl {int(limit)} s)"
+    pid = held.get("pid")
+    if held.get("host") == socket.gethostname() and isinstance(pid, int) and pid > 0:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return f"its holder, pid {pid} on this host, is no longer running"
+        except PermissionError:
+            return None  # alive, another user's
+        start = _pid_start(pid)
+        if held.get("pid_start") and start and start != held["pid_start"]:
+            return f"its holder, pid {pid} on this host, is gone (the pid was reused)"
+    return None
+
+
 def _acquire_lock(dst: Location, ttl: float) -> str:
-    """Create ``DEST/.promote.lock`` exclusively; break it when it is older than ``ttl``."""
+    """Create ``DEST/.promote.lock`` exclusively; break it when its holder is gone (see above)."""
     token = uuid.uuid4().hex
-    body = json.dumps({"token": token, "host": socket.gethostname(), "pid": os.getpid(),
-                       "created": time.time(), "ttl": ttl}).encode()
+    body = _lock_body(token, ttl, time.time())
     path = _lock_path(dst)
     for _attempt in range(2):
         try:
@@ -588,19 +631,49 @@ def _acquire_lock(dst: Location, ttl: float) -> str:
                     # our own create: it took effect but the answer was lost, and the client's
                     # retry then found the object it had just written
                     return token
+                stale = lock_problem(held, ttl)
+            except (OSError, ValueError, TypeError, AttributeError):
+                held, stale = {}, "it cannot be read"
+            if stale is None:
                 age = time.time() - float(held.get("created", 0))
-                stale = age > float(held.get("ttl", ttl))
-            except (OSError, ValueError, TypeError):
-                held, stale = {}, True
-            if not stale:
                 raise PromotionError(
                     f"another promotion holds the lock (host {held.get('host')}, pid {held.get('pid')}, "
-                    f"{int(age)} s ago); remove {LOCK_NAME} if it is dead", dst.display()) from None
+                    f"started {int(age)} s ago, alive: heartbeat within {int(float(held.get('ttl', ttl)))} s); "
+                    f"wait for it, or remove {LOCK_NAME} if you know it is dead", dst.display()) from None
             try:
                 dst.fs.rm_file(path)
             except FileNotFoundError:
                 pass
     raise PromotionError("could not take the promotion lock", dst.display())
+
+
+class _Heartbeat:
+    """Refreshes the lock's ``heartbeat`` every ``ttl / 5`` until stopped (a daemon thread)."""
+
+    def __init__(self, dst: Location, token: str, ttl: float) -> None:
+        self.dst, self.token, self.ttl = dst, token, ttl
+        self.created = time.time()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="promote-lock-heartbeat", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        path = _lock_path(self.dst)
+        while not self._stop.wait(max(self.ttl / 5, 0.05)):
+            try:
+                held = json.loads(self.dst.fs.cat_file(path))
+                if held.get("token") != self.token:
+                    return  # broken by someone who judged us dead: nothing of ours to refresh
+                write_atomic(self.dst.fs, path, _lock_body(self.token, self.ttl, float(held["created"])))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # try again at the next beat; the ttl leaves room for a few misses
 
 
 def _release_lock(dst: Location, token: str) -> None:
@@ -697,7 +770,7 @@ def promote(source: Location | str, dest: Location | str, step: int | str = "lat
     total = sum(sizes.values())
 
     method = copy_method(src, dst)
-    owner = _lease_source(src, chosen, lock_ttl) if lease else None
+    owner = _lease_source(src, chosen, SOURCE_LEASE_TTL) if lease else None
     try:
         return _promote_locked(src, dst, chosen, plan, sizes, total, method, meta, metrics, selector,
                                alias=alias, keep_previous=keep_previous, record=record,
@@ -734,6 +807,7 @@ def _promote_locked(src: Location, dst: Location, chosen: CheckpointStep, plan: 
                     t0: float) -> PromotionResult:
     """The part of :func:`promote` that runs under the destination lock."""
     token = _acquire_lock(dst, lock_ttl)
+    heartbeat = _Heartbeat(dst, token, lock_ttl).__enter__()
     try:
         try:
             dst.fs.invalidate_cache(dst.path)  # another process may have promoted meanwhile
@@ -897,6 +971,7 @@ def _promote_locked(src: Location, dst: Location, chosen: CheckpointStep, plan: 
         if hook:
             hook("cleaned", dst)
     finally:
+        heartbeat.__exit__()
         _release_lock(dst, token)
 
     recorded = False
