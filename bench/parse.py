@@ -46,6 +46,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -102,14 +103,22 @@ def paired(a: list[float], b: list[float]) -> float:
 
 
 def main() -> int:
+    work = tempfile.mkdtemp(prefix="parse-", dir=C.cache_dir())
+    try:
+        return bench(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def bench(work: str) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--no-bytecode-cache", action="store_true",
                     help="keep PYTHONDONTWRITEBYTECODE from the environment (every child compiles from source)")
     args = ap.parse_args()
-    home = tempfile.mkdtemp(prefix="parse-home-", dir=C.cache_dir())
-    empty = tempfile.mkdtemp(prefix="empty-dags-", dir=C.cache_dir())
-    trivial = tempfile.mkdtemp(prefix="trivial-dags-", dir=C.cache_dir())
+    home, empty, trivial = (os.path.join(work, d) for d in ("home", "empty-dags", "trivial-dags"))
+    for d in (home, empty, trivial):
+        os.makedirs(d)
     dags = C.REPO / "dags"
     n_files = len(list(dags.glob("*.py")))
     write_trivial_dags(Path(trivial), n_files)
