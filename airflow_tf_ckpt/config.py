@@ -48,3 +48,14 @@ def poll_interval() -> float:
 def settle_seconds() -> float:
     """Minimum age of a committed step (``[tf_ckpt] settle_seconds``, default 0)."""
     return _float("settle_seconds", DEFAULT_SETTLE_SECONDS)
+
+
+def triggerer_gc_freeze() -> bool:
+    """``[tf_ckpt] triggerer_gc_freeze`` (default False): see :func:`triggers.checkpoint.freeze_gc_once`."""
+    conf = _conf()
+    if conf is None:
+        return False
+    try:
+        return conf.getboolean(SECTION, "triggerer_gc_freeze", fallback=False)
+    except Exception:  # noqa: BLE001 - a bad value: the default, not a failed trigger
+        return False

@@ -562,3 +562,31 @@ async def test_emulator_endpoint_from_connection_extras(gcs_emulator, gcs_bucket
     assert time.monotonic() - started < 10  # no minute-long gRPC bucket-type probe
     assert isinstance(GcsAuth(token="anon"), GcsAuth)
     assert os.environ.get("STORAGE_EMULATOR_HOST") is None
+
+
+@pytest.mark.parametrize("on", [True, False])
+async def test_triggerer_gc_freeze_option(on, tmp_path, monkeypatch):
+    """``[tf_ckpt] triggerer_gc_freeze``: the first trigger to run in the process freezes the
+    objects start-up loaded (once); off, the default, it leaves the collector alone."""
+    import gc
+
+    from airflow_tf_ckpt.triggers import checkpoint as mod
+
+    monkeypatch.setenv("AIRFLOW__TF_CKPT__TRIGGERER_GC_FREEZE", str(on))
+    monkeypatch.setattr(mod, "_GC_FROZEN", False)
+    gc.unfreeze()
+    d = tmp_path / "run"
+    make_step(d, 1)
+    commit(d, [1])
+    try:
+        for trig in (CheckpointTrigger(dir=str(d), poll_interval=0.05),
+                     CheckpointEventTrigger(dir=str(d), poll_interval=0.05)):
+            c = Collector(trig)
+            await c.wait_for(1)
+            await c.stop()
+        frozen = gc.get_freeze_count()
+        assert (frozen > 1000) if on else frozen == 0, frozen
+        assert mod._GC_FROZEN is on
+        assert mod.freeze_gc_once() is False  # once per process
+    finally:
+        gc.unfreeze()

@@ -355,6 +355,33 @@ class _Fatal(Exception):
     """Stop polling and report (a CheckpointTrigger that exhausted ``max_errors``)."""
 
 
+_GC_FROZEN = False
+
+
+def freeze_gc_once() -> bool:
+    """``gc.freeze()`` once per process when ``[tf_ckpt] triggerer_gc_freeze`` is on; True if it did.
+
+    In a triggerer, a full CPython collection walks every object of the process, ~200k after
+    Airflow's start-up, and blocks the event loop that all triggers share for 0.1-0.3 s
+    (``bench/triggerer.py --no-gc-freeze``). Freezing what exists when the first trigger starts
+    moves those start-up objects out of the collector's way, as Airflow's dag processor does.
+    """
+    global _GC_FROZEN
+    if _GC_FROZEN:
+        return False
+    from airflow_tf_ckpt import config
+
+    if not config.triggerer_gc_freeze():
+        return False
+    import gc
+
+    gc.freeze()
+    _GC_FROZEN = True
+    log.info("gc.freeze(): %d start-up objects moved out of the collector's way ([tf_ckpt] "
+             "triggerer_gc_freeze)", gc.get_freeze_count())
+    return True
+
+
 class _CheckpointTriggerBase:
     """Constructor, serialization and selection shared by both triggers."""
 
@@ -481,6 +508,7 @@ class CheckpointTrigger(_CheckpointTriggerBase, BaseTrigger):
                     "message": _describe(exc, hook)}
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        freeze_gc_once()
         payload = await self._wait_for_event()  # storage is released before the event leaves
         if payload["status"] == "success":
             self.log.info("%s: step %s is committed", self.dir, payload["step"])
@@ -589,6 +617,7 @@ class CheckpointEventTrigger(_CheckpointTriggerBase, BaseEventTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         from airflow_tf_ckpt.hooks.storage import CheckpointStorageHook
 
+        freeze_gc_once()
         hook = CheckpointStorageHook(self.conn_id)
         poller = self.make_poller()
         self.watermark = await self._load_watermark()
