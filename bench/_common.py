@@ -44,6 +44,19 @@ def cache_dir(*parts: str) -> Path:
     return p
 
 
+def child_env(base: Mapping[str, str] | None = None, *, bytecode_cache: bool = True) -> dict[str, str]:
+    """Environment for a timed child interpreter. With ``bytecode_cache`` (the default),
+    ``PYTHONDONTWRITEBYTECODE`` is dropped and bytecode goes to the bench cache
+    (``PYTHONPYCACHEPREFIX``): where that variable is set (some build sandboxes) and the venv holds
+    no .pyc files (uv does not compile by default), every child would otherwise compile every module
+    it imports from source, and a comparison of two processes would mostly time the compiler."""
+    env = dict(os.environ if base is None else base)
+    if bytecode_cache:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(cache_dir("pycache"))
+    return env
+
+
 def airflow_home() -> str:
     """A private AIRFLOW_HOME (importing the hook imports Airflow, which writes its config there)."""
     home = cache_dir("airflow_home")

@@ -125,9 +125,7 @@ def bench(work: str) -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     env.update(AIRFLOW_HOME=home, AIRFLOW__CORE__LOAD_EXAMPLES="False", AIRFLOW__CORE__DAGS_FOLDER=str(dags),
                TF_CKPT_DEMO_DIR=os.path.join(home, "demo"), PYTHONPATH=str(C.REPO))
-    if not args.no_bytecode_cache:
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        env["PYTHONPYCACHEPREFIX"] = str(C.cache_dir("pycache"))
+    env = C.child_env(env, bytecode_cache=not args.no_bytecode_cache)
     bytecode = "compiled from source in every child" if env.get("PYTHONDONTWRITEBYTECODE") else \
         f"cached (PYTHONPYCACHEPREFIX={env.get('PYTHONPYCACHEPREFIX') or 'unset: next to the sources'})"
 
