@@ -14,7 +14,31 @@
    whereas a state file with an empty ``model_checkpoint_path`` makes it raise.
 
 A crash between 1 and 2 leaves a quarantined step still named by the state file; calling
-``quarantine_step`` again finishes the job (it is idempotent).
+``quarantine_step`` again finishes the job (it is idempotent). The record keeps how the state
+file named the step (``state_entry``: raw spelling, timestamp, latest or not), so that a release
+can put it back exactly; a rerun on an already dropped step carries that entry over.
+
+``release_quarantine`` lifts a quarantine (the verifier was wrong, or the files were restored from
+a backup). It refuses a step that does not exist or is not quarantined, and, unless told not to
+verify, a step that still fails ``verify_step`` (the quarantine then stays). Then it does two
+writes, in the REVERSE order of ``quarantine_step``:
+
+1. The state file, rewritten atomically from a fresh read, naming the step again: with the
+   record's spelling (else relative, as ``CheckpointManager`` writes, or in the dir form the
+   file's other absolute paths use), in step order, with a timestamp when the file keeps them
+   (the record's, else the newest mtime of the step's files). It becomes ``model_checkpoint_path``
+   only when it is newer than the current latest of its base (it was the latest when it was
+   quarantined, and no newer step was saved since). With no state file, one naming it is written.
+   Skipped when the state file already names the step, or with ``restore_state=False``.
+2. ``PREFIX.quarantine.json`` removed.
+
+The order is what makes a crash harmless: between 1 and 2 the step is both named and still
+quarantined, which every other part treats safely (GC keeps it, promotion refuses it), and calling
+``release_quarantine`` again finishes the job. The reverse order would leave, after a crash, an
+old step that the state file does not name and no marker protects: GC may delete it as an orphan.
+
+After a release into a dir that ``tf.train.CheckpointManager`` still writes, TF's own
+``max_to_keep`` applies to the restored step on the trainer's next save, as to any other.
 """
 
 from __future__ import annotations
@@ -24,17 +48,39 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .discovery import CheckpointDir, CheckpointStep, StepStatus, discover
-from .errors import StepNotFoundError, StorageError
+from .errors import CheckpointError, StepNotFoundError, StorageError
 from .naming import QUARANTINE_SUFFIX, parse_prefix
-from .state import STATE_FILENAME, StateFile, read_state, resolve_path, write_state
+from .state import STATE_FILENAME, ResolvedPath, StateFile, read_state, resolve_path, write_state
 from .storage import Location
+
+if TYPE_CHECKING:
+    from .verify import ProgressFn, VerifyReport
 
 
 def quarantine_name(prefix: str) -> str:
     return f"{prefix}{QUARANTINE_SUFFIX}"
+
+
+class NotQuarantinedError(CheckpointError):
+    """``release_quarantine`` on a step that has no quarantine record."""
+
+
+class StillCorruptError(CheckpointError):
+    """``release_quarantine`` refused: the step still fails verification (the quarantine stays).
+
+    ``problems`` lists every finding as one line each (the message names the first);
+    ``report`` is the verifier's :class:`~.verify.VerifyReport` (``None`` when files are missing
+    and verification was not asked for).
+    """
+
+    def __init__(self, message: str, path: str | None, problems: list[str],
+                 report: VerifyReport | None = None) -> None:
+        super().__init__(message, path)
+        self.problems = problems
+        self.report = report
 
 
 @dataclass
@@ -70,6 +116,22 @@ def read_quarantine(loc: Location, prefix: str) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else {"prefix": prefix, "reason": str(record)}
 
 
+def _state_entry(loc: Location, cdir: CheckpointDir, name: str) -> dict[str, Any] | None:
+    """How the state file names the step (raw spelling, timestamp, latest or not), for
+    :func:`release_quarantine` to put it back exactly; ``None`` when it does not name it.
+
+    When the step is not named (a rerun after the state file was already rewritten), the
+    previous record's entry is carried over: re-quarantining must not lose it.
+    """
+    s = next((x for x in cdir.steps if x.prefix == name), None)
+    if s is not None and s.in_state and s.state_path and cdir.state is not None:
+        return {"path": s.state_path, "timestamp": cdir.state.timestamp_of(s.state_path),
+                "latest": s.latest, "last_preserved_timestamp": cdir.state.last_preserved_timestamp}
+    previous = read_quarantine(loc, name)
+    entry = previous.get("state_entry") if previous else None
+    return entry if isinstance(entry, dict) else None
+
+
 def _order(s: CheckpointStep) -> tuple[int, float, str]:
     return (-1 if s.step is None else s.step, s.timestamp or 0.0, s.prefix)
 
@@ -102,7 +164,8 @@ def quarantine_step(target: CheckpointDir | Location | str | os.PathLike[str],
         raise StepNotFoundError(f"no checkpoint step {name!r}", loc.display())
     t = time.time() if now is None else now
     record = {"prefix": name, "step": parse_prefix(name).step, "reason": reason, "time": t,
-              "report": dict(report_dict) if report_dict is not None else None}
+              "report": dict(report_dict) if report_dict is not None else None,
+              "state_entry": _state_entry(loc, cdir, name)}
     rec_name = quarantine_name(name)
     if hook:
         hook("write_quarantine", rec_name)
@@ -157,3 +220,199 @@ def quarantine_step(target: CheckpointDir | Location | str | os.PathLike[str],
     write_state(loc, after, state_filename)
     result.state_after = after
     return result
+
+
+@dataclass
+class ReleaseResult:
+    """What ``release_quarantine`` did."""
+
+    prefix: str
+    record_name: str
+    record: dict[str, Any]  # the quarantine record that was removed
+    verified: bool = False  # verify_step ran and passed (False: not asked for)
+    tensors_checked: int = 0
+    bytes_checked: int = 0
+    state_before: StateFile | None = None
+    state_after: StateFile | None = None  # None when the state file was not written
+    state_written: bool = False
+    state_created: bool = False  # there was no state file; one naming the step was written
+    already_named: bool = False  # the state file named the step already (e.g. a rerun after a crash)
+    restored_path: str | None = None  # the raw spelling added to the state file
+    made_latest: bool = False  # the step became model_checkpoint_path
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"prefix": self.prefix, "record": self.record_name, "reason": self.record.get("reason"),
+                "verified": self.verified, "tensors_checked": self.tensors_checked,
+                "bytes_checked": self.bytes_checked, "state_written": self.state_written,
+                "state_created": self.state_created, "already_named": self.already_named,
+                "restored_path": self.restored_path, "made_latest": self.made_latest,
+                "latest": None if self.state_after is None else self.state_after.model_checkpoint_path}
+
+
+def release_quarantine(target: CheckpointDir | Location | str | os.PathLike[str],
+                       prefix_or_step: str | int | CheckpointStep, *, verify: bool = True,
+                       restore_state: bool = True, state_filename: str | None = None,
+                       storage_options: dict[str, Any] | None = None,
+                       hook: Callable[..., Any] | None = None,
+                       progress: ProgressFn | None = None) -> ReleaseResult:
+    """Lift the quarantine of one step (see the module docstring for the order of the writes).
+
+    ``prefix_or_step`` is a prefix, a step number or a :class:`CheckpointStep`. Raises
+    :class:`~.errors.StepNotFoundError` when the step has no files here,
+    :class:`NotQuarantinedError` when it has no quarantine record, and :class:`StillCorruptError`
+    when ``verify`` finds a problem (or, with ``restore_state``, when files are missing: the state
+    file must not name an incomplete step). ``hook(label, name)`` runs before each write (crash
+    tests); ``progress(done, total)`` is passed to the verifier.
+    """
+    if isinstance(target, CheckpointDir):
+        loc = target.location
+        state_filename = state_filename or target.state_filename
+    else:
+        loc = target if isinstance(target, Location) else Location.of(target, storage_options)
+        state_filename = state_filename or STATE_FILENAME
+    cdir = discover(loc, state_filename=state_filename)  # fresh: the caller's view may be old
+    if isinstance(prefix_or_step, CheckpointStep):
+        name = prefix_or_step.prefix
+    elif isinstance(prefix_or_step, int):
+        name = cdir.get(prefix_or_step).prefix
+    else:
+        name = prefix_or_step
+    rec_name = quarantine_name(name)
+    step = next((s for s in cdir.steps if s.prefix == name and s.files), None)
+    record = read_quarantine(loc, name)
+    if step is None:
+        left = " (its quarantine record is still there)" if record is not None else ""
+        raise StepNotFoundError(f"no checkpoint step {name!r}: no checkpoint files of it here{left}",
+                                loc.display(name))
+    if record is None:
+        raise NotQuarantinedError(f"{name!r} is not quarantined: there is no quarantine record",
+                                  loc.display(rec_name))
+    result = ReleaseResult(name, rec_name, record)
+
+    missing = [loc.display(m) for m in step.missing if "?" not in m]
+    if verify:
+        from .verify import verify_step  # noqa: PLC0415 (the verifier is only needed here)
+
+        report = verify_step(loc, name, progress=progress, format=step.format)
+        problems = [str(p) for p in report.problems]
+        problems += [f"{m}: [missing_file] file is missing (step incomplete)" for m in missing
+                     if not any(p.startswith(m + ":") for p in problems)]
+        problems += [f"{loc.display(name)}: [layout] {p}" for p in step.problems]
+        if problems:
+            raise StillCorruptError(
+                f"still fails verification with {len(problems)} problem(s), the quarantine stays; "
+                f"first: {problems[0]}", loc.display(rec_name), problems, report)
+        result.verified = True
+        result.tensors_checked, result.bytes_checked = report.tensors_checked, report.bytes_checked
+    elif restore_state and (missing or step.status is StepStatus.INCOMPLETE):
+        shown = missing or [loc.display(m) for m in step.missing]
+        raise StillCorruptError(
+            f"files are missing ({', '.join(shown[:3])}{' ...' if len(shown) > 3 else ''}): the state "
+            "file must not name an incomplete step; the quarantine stays (restore_state=False lifts "
+            "the quarantine alone)", loc.display(rec_name),
+            [f"{m}: [missing_file] file is missing (step incomplete)" for m in shown])
+
+    if restore_state:
+        _restore_entry(loc, cdir, step, record, state_filename, result, hook)
+
+    if hook:
+        hook("remove_quarantine", rec_name)
+    try:  # LAST: until here a crash leaves the step quarantined, which is safe
+        loc.fs.rm_file(loc.join(rec_name))
+    except FileNotFoundError:
+        pass  # released concurrently: the end state is the same
+    except OSError as exc:
+        raise StorageError(f"cannot remove the quarantine record: {exc}", loc.display(rec_name)) from exc
+    return result
+
+
+def _restore_entry(loc: Location, cdir: CheckpointDir, step: CheckpointStep, record: dict[str, Any],
+                   state_filename: str, result: ReleaseResult, hook: Callable[..., Any] | None) -> None:
+    """Step 1 of a release: name the step in the state file again (see the module docstring)."""
+    name = step.prefix
+    before = read_state(loc, state_filename)  # fresh: a trainer may have saved while we verified
+    result.state_before = before
+    entry = record.get("state_entry") if isinstance(record.get("state_entry"), dict) else {}
+    names = set(cdir.listing)
+    known = {r.raw: r for r in cdir.resolved}  # discovery's resolution (it knows V1 shard patterns)
+
+    def where(raw: str) -> ResolvedPath:
+        return known[raw] if raw in known else resolve_path(loc, raw, names)
+
+    def resolve(raw: str) -> str | None:
+        return where(raw).name
+
+    if before is not None and any(resolve(raw) == name for raw in
+                                  [*before.all_model_checkpoint_paths, before.model_checkpoint_path] if raw):
+        result.already_named = True
+        return
+
+    raw = entry.get("path") if isinstance(entry.get("path"), str) else None
+    if raw is None or where(raw).name != name or where(raw).how not in ("relative", "absolute"):
+        raw = _spelling(before, name, where)  # (an absolute path of the dir's old home is not kept)
+    ts = entry.get("timestamp")
+    if not isinstance(ts, (int, float)) or isinstance(ts, bool):
+        mtimes = [f.mtime for f in step.files if f.mtime is not None]
+        ts = max(mtimes) if mtimes else time.time()
+
+    if before is None:
+        lp = entry.get("last_preserved_timestamp")
+        after = StateFile(raw, [raw], [float(ts)],
+                          float(lp) if isinstance(lp, (int, float)) and not isinstance(lp, bool) else 0.0)
+        result.state_created = True
+    else:
+        paths = list(before.all_model_checkpoint_paths)
+        stamps = list(before.all_model_checkpoint_timestamps)
+        # the file keeps timestamps when it has one per path (an empty file: as TF writes, yes)
+        keeps = len(stamps) == len(paths)
+        me = parse_prefix(name)
+        my_key = (-1 if me.step is None else me.step, float(ts))
+        lo, hi = 0, len(paths)  # step order among the paths of the same base
+        for i, p in enumerate(paths):
+            n = resolve(p)
+            if n is None or parse_prefix(n).base != me.base:
+                continue
+            other = parse_prefix(n).step
+            other = -1 if other is None else other
+            if other < my_key[0]:
+                lo = i + 1
+            elif other > my_key[0] and hi == len(paths):
+                hi = i
+        hi = max(hi, lo)
+        at = hi
+        if keeps:  # among other bases' paths, by time
+            at = next((i for i in range(lo, hi) if stamps[i] > ts), hi)
+        paths.insert(at, raw)
+        if keeps:
+            stamps.insert(at, float(ts))
+        latest = before.model_checkpoint_path
+        latest_name = resolve(latest) if latest else None
+        newer = False  # a latest we cannot resolve here is left as it is
+        if not latest:
+            newer = True
+        elif latest_name is not None and parse_prefix(latest_name).base == me.base:
+            other = parse_prefix(latest_name).step
+            lt = before.timestamp_of(latest)
+            newer = (-1 if other is None else other, ts if lt is None else lt) < my_key
+        after = StateFile(raw if newer else latest, paths, stamps, before.last_preserved_timestamp)
+    result.made_latest = after.model_checkpoint_path == raw
+    result.restored_path = raw
+    if hook:
+        hook("write_state", state_filename)
+    write_state(loc, after, state_filename)
+    result.state_after = after
+    result.state_written = True
+
+
+def _spelling(state: StateFile | None, name: str, where: Callable[[str], ResolvedPath]) -> str:
+    """How to spell a step the record has no (usable) spelling for: as the file's newest path
+    does, absolute into this dir (as ``tf.compat.v1.train.Saver`` given an absolute path writes),
+    else relative (as ``CheckpointManager`` writes)."""
+    if state is not None:
+        for p in [state.model_checkpoint_path, *reversed(state.all_model_checkpoint_paths)]:
+            r = where(p) if p else None
+            if r is not None and r.name is not None:
+                if r.how == "absolute" and p.endswith("/" + r.name):
+                    return p[: -len(r.name)] + name
+                return name
+    return name
