@@ -1,4 +1,4 @@
-"""``tf-ckpt``: list, validate, garbage-collect and promote TensorFlow checkpoints.
+"""``tf-ckpt``: list, validate, garbage-collect, promote and quarantine TensorFlow checkpoints.
 
 Works on local dirs and on any fsspec URL (``gs://`` with gcsfs; ``STORAGE_EMULATOR_HOST`` points
 it at an emulator). It imports neither TensorFlow nor Airflow, so it runs on any box.
@@ -170,7 +170,7 @@ EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 app = typer.Typer(
     name="tf-ckpt", add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
     rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]},
-    help="Inspect, validate, garbage-collect and promote TensorFlow checkpoints (local or gs://).",
+    help="Inspect, validate, garbage-collect, promote and quarantine TensorFlow checkpoints (local or gs://).",
 )
 
 
@@ -665,6 +665,141 @@ def metrics_cmd(
         table.add_row("-" if r["step"] is None else str(r["step"]), escape(r["prefix"]),
                       *["-" if v is None else (f"{v:.6g}" if isinstance(v, float) else escape(str(v)))
                         for v in vals])
+    out.print(table)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
+# quarantine / unquarantine
+
+
+StepArg = Annotated[str, typer.Argument(metavar="STEP", help="A step number or a prefix (e.g. 5, ckpt-5).")]
+
+
+def _one_step(cdir: CheckpointDir, step: str, prefix: str | None, allow_latest: bool) -> CheckpointStep:
+    sel = step.strip()
+    if allow_latest and sel.lower() == "latest":
+        latest = cdir.latest(prefix)
+        if latest is None:
+            raise CliError(f"no committed step in {cdir.location.display()}"
+                           + (f" with prefix {prefix!r}" if prefix else ""))
+        return latest
+    try:
+        number: int | str = int(sel)
+    except ValueError:
+        number = sel
+    return cdir.get(number, prefix)
+
+
+@app.command("quarantine")
+def quarantine_cmd(
+    directory: Annotated[str, typer.Argument(metavar="DIR", help="Checkpoint dir: a path or URL.")],
+    step: Annotated[str, typer.Argument(metavar="STEP", help="A step number, a prefix, or latest.")],
+    reason: Annotated[str, typer.Option("--reason", "-r", help="Why (kept in PREFIX.quarantine.json).")],
+    prefix: PrefixOpt = None,
+    as_json: JsonOpt = False,
+    storage_option: StorageOpt = None,
+) -> int:
+    """Take a step out of the state file and mark it corrupt: GC keeps it, promotion refuses it."""
+    from .core.quarantine import quarantine_step
+
+    if not reason.strip():
+        raise CliError("--reason must not be empty")
+    cdir = _discover(directory, prefix, storage_option)
+    loc = cdir.location
+    s = _one_step(cdir, step, prefix, allow_latest=True)
+    result = quarantine_step(loc, s.prefix, reason, state_filename=cdir.state_filename)
+    if as_json:
+        doc = {"dir": loc.display(), "step": s.step, "already_quarantined": s.quarantined,
+               "record_url": loc.display(result.record_name)}
+        doc.update(result.to_dict())
+        _emit_json(doc)
+        return EXIT_OK
+    out = _out()
+    again = " (it was already quarantined: record replaced)" if s.quarantined else ""
+    out.print(f"[yellow]quarantined[/yellow] {escape(loc.display(s.prefix))}{again}: {escape(reason)}",
+              soft_wrap=True)
+    if result.state_removed:
+        state_line = ("state file removed: no step left to name (TF's latest_checkpoint now returns "
+                      "None)")
+    elif result.removed_paths:
+        state_line = (f"state file no longer names it; latest is "
+                      f"{result.new_latest or '-'}" + (" (it was the latest)" if result.was_latest else ""))
+    else:
+        state_line = "state file did not name it; not rewritten"
+    out.print(escape(state_line), soft_wrap=True)
+    out.print(f"record: {escape(loc.display(result.record_name))} (GC keeps the step, promotion refuses it; "
+              f"lift it with: tf-ckpt unquarantine {escape(directory)} {escape(s.prefix)})", soft_wrap=True)
+    return EXIT_OK
+
+
+@app.command("unquarantine")
+def unquarantine_cmd(
+    directory: Annotated[str, typer.Argument(metavar="DIR", help="Checkpoint dir: a path or URL.")],
+    step: StepArg,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Do not verify the step first "
+                                            "(files must still all be there to name it again).")] = False,
+    no_restore_state: Annotated[bool, typer.Option("--no-restore-state", help="Only remove the record; "
+                                                   "leave the state file alone (GC may then delete the step "
+                                                   "as an orphan).")] = False,
+    prefix: PrefixOpt = None,
+    as_json: JsonOpt = False,
+    storage_option: StorageOpt = None,
+) -> int:
+    """Lift a quarantine: verify the step, name it in the state file again, then remove the record."""
+    from .core.quarantine import StillCorruptError, release_quarantine
+
+    cdir = _discover(directory, prefix, storage_option)
+    loc = cdir.location
+    s = _one_step(cdir, step, prefix, allow_latest=False)
+    try:
+        with _progress(not as_json and not no_verify, "verifying", s.size) as update:
+            result = release_quarantine(loc, s.prefix, verify=not no_verify,
+                                        restore_state=not no_restore_state,
+                                        state_filename=cdir.state_filename,
+                                        progress=lambda done, total: update(done, total, s.prefix))
+    except StillCorruptError as exc:
+        if as_json:
+            _emit_json({"dir": loc.display(), "prefix": s.prefix, "step": s.step, "ok": False,
+                        "released": False, "problems": exc.problems,
+                        "report": None if exc.report is None else exc.report.to_dict()})
+            return EXIT_PROBLEM
+        out = _out()
+        for p in exc.problems:
+            out.print(f"[red]CORRUPT[/red] {escape(p)}", soft_wrap=True)
+        out.print(f"[red]{escape(loc.display(s.prefix))} still fails verification "
+                  f"({len(exc.problems)} problem(s)): it stays quarantined[/red]", soft_wrap=True)
+        return EXIT_PROBLEM
+    if as_json:
+        doc = {"dir": loc.display(), "step": s.step, "ok": True, "released": True}
+        doc.update(result.to_dict())
+        _emit_json(doc)
+        return EXIT_OK
+    out = _out()
+    if result.verified:
+        verified = f"OK: {result.tensors_checked} tensors, {_size(result.bytes_checked)} checked"
+    else:
+        verified = "skipped (--no-verify)"
+    if no_restore_state:
+        state = "not touched (--no-restore-state): the state file does not name the step"
+    elif result.already_named:
+        state = "already named the step; not rewritten"
+    elif result.state_created:
+        state = f"created, naming {result.restored_path}"
+    else:
+        state = f"names it again as {result.restored_path}"
+    latest = "-" if result.state_after is None else result.state_after.model_checkpoint_path
+    table = Table(title=escape(f"released {loc.display(s.prefix)}"), title_justify="left", show_header=False)
+    table.add_column("key")
+    table.add_column("value")
+    rows = [("step", "-" if s.step is None else str(s.step)), ("prefix", s.prefix),
+            ("quarantined for", str(result.record.get("reason") or "-")), ("verified", verified),
+            ("state file", state),
+            ("latest", f"{latest} (this step)" if result.made_latest else (f"{latest} (unchanged)"
+                                                                             if result.state_written else "-")),
+            ("record", f"{loc.display(result.record_name)} removed")]
+    for k, v in rows:
+        table.add_row(k, escape(v))
     out.print(table)
     return EXIT_OK
 

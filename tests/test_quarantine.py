@@ -30,7 +30,7 @@ from airflow_tf_ckpt.core.quarantine import (
 from airflow_tf_ckpt.core.retention import KeepLastN, plan_retention
 from airflow_tf_ckpt.core.state import StateFile, read_state, write_state
 from airflow_tf_ckpt.core.storage import Location
-from tests.test_cli import REPO, _flip_in_tensor
+from tests.test_cli import REPO, _flip_in_tensor, assert_one_line_error, run, run_json
 from tests.test_retention import T0, H, make_dir, make_step, mem_loc, put, set_mtime
 
 STATE = "checkpoint"
@@ -344,3 +344,96 @@ def test_the_core_imports_neither_airflow_nor_tensorflow(tmp_path):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert p.returncode == 0, p.stdout + p.stderr
     assert read_state(Location.of(tmp_path)).model_checkpoint_path == "ckpt-2"
+
+
+# --------------------------------------------------------------------------------------------
+# the CLI: tf-ckpt quarantine / unquarantine / validate --quarantine (a real subprocess)
+
+
+@pytest.mark.tf
+def test_cli_quarantine_then_unquarantine_round_trip(copy_variant):
+    d = copy_variant("tf2_manager")
+    original = (d / STATE).read_bytes()
+    p = run("quarantine", str(d), "5", "--reason", "loss went NaN after restore")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "quarantined" in p.stdout and str(d / "ckpt-5") in p.stdout and "latest is ckpt-4" in p.stdout
+    assert str(d / "ckpt-5.quarantine.json") in p.stdout and "tf-ckpt unquarantine" in p.stdout
+    assert json.loads((d / "ckpt-5.quarantine.json").read_text())["reason"] == "loss went NaN after restore"
+    ls = run("ls", str(d))
+    assert ls.returncode == 0 and "quarantined" in ls.stdout
+    s5 = run_json("ls", str(d))["steps"][-1]
+    assert (s5["prefix"], s5["quarantined"], s5["status"], s5["latest"]) == ("ckpt-5", True, "orphan", False)
+    assert run_json("validate", str(d))["steps"][0]["prefix"] == "ckpt-4"  # latest fell back
+
+    p = run("unquarantine", str(d), "ckpt-5")
+    assert p.returncode == 0, p.stdout + p.stderr
+    for word in ("released", "OK: 17 tensors", "names it again as ckpt-5", "ckpt-5 (this step)", "removed"):
+        assert word in p.stdout, (word, p.stdout)
+    assert (d / STATE).read_bytes() == original and not (d / "ckpt-5.quarantine.json").exists()
+    assert run_json("ls", str(d))["steps"][-1]["quarantined"] is False
+
+    # --json: one document; the same round trip by step number
+    doc = run_json("quarantine", str(d), "4", "-r", "bad")
+    assert (doc["prefix"], doc["step"], doc["was_latest"], doc["new_latest"]) == ("ckpt-4", 4, False, "ckpt-5")
+    assert doc["removed_paths"] == ["ckpt-4"] and doc["record_url"] == str(d / "ckpt-4.quarantine.json")
+    doc = run_json("unquarantine", str(d), "4")
+    assert doc["ok"] and doc["released"] and doc["verified"] and doc["tensors_checked"] == 17
+    assert doc["restored_path"] == "ckpt-4" and not doc["made_latest"] and doc["latest"] == "ckpt-5"
+    assert (d / STATE).read_bytes() == original
+
+    # a second release: nothing is quarantined any more -> exit 2, one line naming the record
+    p = run("unquarantine", str(d), "4")
+    assert_one_line_error(p, 2, "not quarantined", str(d / "ckpt-4.quarantine.json"))
+    assert p.stdout == ""
+
+
+@pytest.mark.tf
+def test_cli_unquarantine_refuses_a_corrupt_step_with_exit_1(copy_variant):
+    d = copy_variant("tf2_manager")
+    data_file = _flip_in_tensor(d, "ckpt-4", KERNEL)
+    assert run("quarantine", str(d), "ckpt-4", "--reason", "crc").returncode == 0
+    quarantined = (d / STATE).read_bytes()
+    p = run("unquarantine", str(d), "4")
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "CORRUPT" in p.stdout and data_file in p.stdout and KERNEL in p.stdout
+    assert "stays quarantined" in p.stdout and "Traceback" not in p.stdout + p.stderr
+    doc = run_json("unquarantine", str(d), "4", code=1)
+    assert doc["ok"] is False and doc["released"] is False and doc["prefix"] == "ckpt-4"
+    prob = doc["report"]["problems"][0]
+    assert prob["kind"] == "checksum_mismatch" and prob["tensor"] == KERNEL and prob["file"].endswith(data_file)
+    assert (d / STATE).read_bytes() == quarantined and (d / "ckpt-4.quarantine.json").exists()
+    # the operator overrides the verifier
+    doc = run_json("unquarantine", str(d), "4", "--no-verify")
+    assert doc["released"] and doc["verified"] is False and doc["restored_path"] == "ckpt-4"
+    assert "ckpt-4" in (d / STATE).read_text() and not (d / "ckpt-4.quarantine.json").exists()
+
+
+@pytest.mark.tf
+def test_cli_unquarantine_no_restore_state(copy_variant):
+    d = copy_variant("tf2_manager")
+    assert run("quarantine", str(d), "3", "-r", "suspect").returncode == 0
+    quarantined = (d / STATE).read_bytes()
+    p = run("unquarantine", str(d), "3", "--no-restore-state")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "--no-restore-state" in p.stdout
+    assert (d / STATE).read_bytes() == quarantined and not (d / "ckpt-3.quarantine.json").exists()
+    s3 = run_json("ls", str(d))["steps"][0]
+    assert (s3["prefix"], s3["status"], s3["quarantined"]) == ("ckpt-3", "orphan", False)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (("quarantine", "DIR", "3"), "--reason"),
+    (("quarantine", "DIR", "3", "--reason", "  "), "--reason must not be empty"),
+    (("quarantine", "DIR", "42", "--reason", "x"), "no checkpoint step 42"),
+    (("unquarantine", "DIR", "42"), "no checkpoint step 42"),
+    (("unquarantine", "DIR", "ckpt-2"), "not quarantined"),
+    (("unquarantine", "DIR"), "Missing argument"),
+    (("quarantine", "/no/such/dir", "3", "-r", "x"), "does not exist"),
+    (("unquarantine", "/no/such/dir", "3"), "does not exist"),
+])
+def test_cli_quarantine_input_errors_are_exit_2(args, needle, tmp_path):
+    make_dir(Location.of(tmp_path), [1, 2, 3])
+    before = sorted(p.name for p in tmp_path.iterdir())
+    p = run(*[str(tmp_path) if a == "DIR" else a for a in args])
+    assert_one_line_error(p, 2, needle)
+    assert p.stdout == "" and sorted(p.name for p in tmp_path.iterdir()) == before
