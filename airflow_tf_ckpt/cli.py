@@ -386,6 +386,8 @@ def validate_cmd(
     directory: Annotated[str, typer.Argument(metavar="DIR", help="Checkpoint dir: a path or URL.")],
     step: Annotated[str, typer.Option("--step", "-s", metavar="N|latest|all",
                                       help="Which step(s) to verify.")] = "latest",
+    quarantine: Annotated[bool, typer.Option("--quarantine", help="Quarantine each step that fails "
+                                             "(as 'tf-ckpt quarantine' does); exit 1 still.")] = False,
     prefix: PrefixOpt = None,
     as_json: JsonOpt = False,
     storage_option: StorageOpt = None,
@@ -451,6 +453,8 @@ def validate_cmd(
             done_before += s.size
             problems_total += len(entry["problems"])
             results.append(entry)
+    if quarantine:
+        warnings += _quarantine_failed(loc, {s.prefix: s for s in chosen}, results, cdir.state_filename)
     ok = problems_total == 0 and not dir_problems
     if as_json:
         _emit_json({"dir": loc.display(), "ok": ok, "steps": results, "problems": dir_problems,
@@ -477,11 +481,49 @@ def validate_cmd(
             out.print(f"[red]CORRUPT[/red] {escape(line)}", soft_wrap=True)
     for p in dir_problems:
         out.print(f"[red]PROBLEM[/red] {escape(loc.display())}: {escape(p)}", soft_wrap=True)
+    for r in results:
+        if r.get("quarantined") and not r.get("already_quarantined"):
+            out.print(f"[yellow]QUARANTINED[/yellow] {escape(loc.display(r['prefix']))}: the state file's "
+                      f"latest is now {escape(r['new_latest'] or '-')} (lift it with: tf-ckpt unquarantine "
+                      f"{escape(directory)} {escape(r['prefix'])})", soft_wrap=True)
     for w in warnings:
         out.print(f"[yellow]warning:[/yellow] {escape(w)}", soft_wrap=True)
     out.print("[green]all good[/green]" if ok else
               f"[red]{problems_total + len(dir_problems)} problem(s) found[/red]")
     return EXIT_OK if ok else EXIT_PROBLEM
+
+
+def _quarantine_failed(loc: Location, steps: dict[str, CheckpointStep], results: list[dict[str, Any]],
+                       state_filename: str) -> list[str]:
+    """``validate --quarantine``: quarantine each failed step; returns warnings. A step that is
+    incomplete and not named by the state file is left alone (it may be a save in progress), and
+    so is one already quarantined (its record, with the first report, is kept)."""
+    from .core.discovery import StepStatus
+    from .core.quarantine import quarantine_step
+
+    warnings: list[str] = []
+    for r in results:
+        if r["ok"]:
+            continue
+        s = steps[r["prefix"]]
+        if s.quarantined:
+            r.update(quarantined=True, already_quarantined=True, new_latest=None)
+            warnings.append(f"{s.prefix}: already quarantined; its record is kept")
+            continue
+        r.update(quarantined=False, already_quarantined=False, new_latest=None)
+        if s.status is StepStatus.INCOMPLETE and not s.in_state:
+            warnings.append(f"{s.prefix}: not quarantined: incomplete and not named by the state file "
+                            "(a save may be in progress)")
+            continue
+        report = {k: v for k, v in r.items() if k not in ("quarantined", "already_quarantined", "new_latest")}
+        try:
+            q = quarantine_step(loc, s.prefix, f"tf-ckpt validate: {len(r['problems'])} problem(s)",
+                                report, state_filename=state_filename)
+        except StepNotFoundError:
+            warnings.append(f"{s.prefix}: not quarantined: its files are gone")
+            continue
+        r["quarantined"], r["new_latest"] = True, q.new_latest
+    return warnings
 
 
 # ---------------------------------------------------------------------------------------------

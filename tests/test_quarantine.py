@@ -409,7 +409,7 @@ def test_cli_unquarantine_refuses_a_corrupt_step_with_exit_1(copy_variant):
 
 
 @pytest.mark.tf
-def test_cli_unquarantine_no_restore_state(copy_variant):
+def test_cli_unquarantine_no_restore_state_and_validate_quarantine(copy_variant):
     d = copy_variant("tf2_manager")
     assert run("quarantine", str(d), "3", "-r", "suspect").returncode == 0
     quarantined = (d / STATE).read_bytes()
@@ -419,6 +419,23 @@ def test_cli_unquarantine_no_restore_state(copy_variant):
     assert (d / STATE).read_bytes() == quarantined and not (d / "ckpt-3.quarantine.json").exists()
     s3 = run_json("ls", str(d))["steps"][0]
     assert (s3["prefix"], s3["status"], s3["quarantined"]) == ("ckpt-3", "orphan", False)
+
+    # validate --quarantine: the corrupt latest goes, exit 1 still; TF would now restore ckpt-4
+    data_file = _flip_in_tensor(d, "ckpt-5", KERNEL)
+    p = run("validate", str(d), "--quarantine")
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert data_file in p.stdout and "QUARANTINED" in p.stdout and "latest is now ckpt-4" in p.stdout
+    record = json.loads((d / "ckpt-5.quarantine.json").read_text())
+    assert record["report"]["problems"][0]["tensor"] == KERNEL and "quarantined" not in record["report"]
+    assert (d / STATE).read_text().startswith('model_checkpoint_path: "ckpt-4"')
+    doc = run_json("validate", str(d), "--step", "all", "--quarantine", code=1)
+    bad = {s["prefix"]: s for s in doc["steps"] if not s["ok"]}
+    assert list(bad) == ["ckpt-5"] and bad["ckpt-5"]["already_quarantined"] is True
+    assert "already quarantined" in " ".join(doc["warnings"])
+    # without --quarantine a failing validate leaves everything alone
+    e = copy_variant("tf2_manager")
+    _flip_in_tensor(e, "ckpt-5", KERNEL)
+    assert run("validate", str(e)).returncode == 1 and not (e / "ckpt-5.quarantine.json").exists()
 
 
 @pytest.mark.parametrize("args,needle", [
