@@ -33,7 +33,7 @@ demo: install
 	$(PY) scripts/airflow_demo.py
 
 bench: install
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@rc=0; for b in bench/[!_]*.py; do echo "== $$b"; $(PY) $$b || { echo "!! $$b exited non-zero"; rc=1; }; done; exit $$rc
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache .ruff_cache
