@@ -16,7 +16,10 @@ import datetime as _dt
 import os
 import posixpath
 import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from stat import S_ISLNK
 from typing import Any
 
 import fsspec
@@ -70,7 +73,14 @@ def protocol_of(fs: fsspec.AbstractFileSystem) -> str:
 
 @dataclass(frozen=True)
 class FileInfo:
-    """One object of a directory listing."""
+    """One object of a directory listing.
+
+    A local listing (:meth:`Location.listdir`) reads names and types only (``os.scandir``, no
+    syscall per file); ``size`` and ``mtime`` are read on first use, by one ``lstat``, as fsspec
+    reads them (a symlink's size is its target's, 0 when broken). Planning needs neither for most
+    files, and stat'ing the 200k files of a 100k-step dir costs ~0.8 s on a VM. A file gone by
+    then reads as size 0, mtime None. Pickling or copying one reads them first.
+    """
 
     name: str  # basename
     path: str  # full path as the filesystem knows it
@@ -78,6 +88,88 @@ class FileInfo:
     mtime: float | None  # unix seconds, where the store reports it
     is_dir: bool = False
     is_link: bool = False
+
+    def __getattr__(self, attr: str) -> Any:
+        # reached only for an attribute that is not set: size/mtime of a lazily listed file
+        if attr in _LAZY_FIELDS and "path" in self.__dict__:
+            _stat_into(self.__dict__)
+            return self.__dict__[attr]
+        raise AttributeError(attr)
+
+    def __getstate__(self) -> dict[str, Any]:
+        if "size" not in self.__dict__:
+            _stat_into(self.__dict__)
+        return self.__dict__
+
+
+_LAZY_FIELDS = frozenset(("size", "mtime"))
+
+
+def _stat_into(d: dict[str, Any]) -> None:
+    """Fill ``size`` and ``mtime`` of a lazily listed local file (see :class:`FileInfo`)."""
+    try:
+        st = os.lstat(d["path"])
+    except OSError:
+        d["size"], d["mtime"] = 0, None
+        return
+    size = st.st_size
+    if S_ISLNK(st.st_mode):
+        try:
+            size = os.stat(d["path"]).st_size
+        except OSError:
+            size = 0
+    d["size"], d["mtime"] = size, float(st.st_mtime)
+
+
+def scan_local(path: str) -> tuple[list[str], dict[str, tuple[bool, bool]]]:
+    """One ``os.scandir`` pass over a local dir: the names of its regular files, and ``(is_dir,
+    is_link)`` of every other entry, as fsspec reports them (``is_dir`` not following symlinks).
+
+    The file type comes with the directory entry (``d_type``), so a regular file costs no
+    syscall: fsspec's ``ls(detail=True)`` spends ~10 µs a file (an ``lstat``, a dict and a
+    ``_strip_protocol``). OSErrors propagate (see :meth:`Location.scan_local`).
+    """
+    files: list[str] = []
+    special: dict[str, tuple[bool, bool]] = {}
+    add = files.append
+    with os.scandir(path) as it:
+        for e in it:
+            if e.is_file(follow_symlinks=False):
+                add(e.name)
+            else:
+                special[e.name] = (e.is_dir(follow_symlinks=False), e.is_symlink())
+    return files, special
+
+
+def lazy_infos(path: str, names: Iterable[str]) -> list[FileInfo]:
+    """The FileInfos of regular files ``names`` in local dir ``path``, size and mtime read on
+    first use (see :class:`FileInfo`)."""
+    base = path + "/" if path != "/" else "/"
+    out: list[FileInfo] = []
+    add = out.append
+    new = object.__new__
+    for name in names:
+        info = new(FileInfo)
+        d = info.__dict__  # frozen: fill the instance dict directly (is_dir/is_link default False)
+        d["name"] = name
+        d["path"] = base + name
+        add(info)
+    return out
+
+
+def lazy_special_info(path: str, name: str, is_dir: bool, is_link: bool) -> FileInfo:
+    """:func:`lazy_infos` for an entry that is not a regular file (from :func:`scan_local`)."""
+    info = lazy_infos(path, (name,))[0]
+    info.__dict__.update(is_dir=is_dir, is_link=is_link)
+    return info
+
+
+def _listdir_local(path: str) -> dict[str, FileInfo]:
+    files, special = scan_local(path)
+    out = dict(zip(files, lazy_infos(path, files), strict=True))
+    for name, (is_dir, is_link) in special.items():
+        out[name] = lazy_special_info(path, name, is_dir, is_link)
+    return out
 
 
 def _mtime(info: dict[str, Any]) -> float | None:
@@ -139,6 +231,9 @@ class Location:
 
     def listdir(self) -> dict[str, FileInfo]:
         """All objects directly in the dir, in ONE listing call. Missing dir -> StorageError."""
+        if self.local:
+            with self._local_errors():
+                return _listdir_local(self.path)
         try:
             entries = self.fs.ls(self.path, detail=True, refresh=True) if not self.local else \
                 self.fs.ls(self.path, detail=True)
@@ -166,6 +261,24 @@ class Location:
                 is_dir=info.get("type") == "directory", is_link=bool(info.get("islink")),
             )
         return out
+
+    def scan_local(self) -> tuple[list[str], dict[str, tuple[bool, bool]]]:
+        """A local dir's :func:`scan_local` (what :meth:`listdir` builds its listing from, for a
+        caller that makes the FileInfos itself, with :func:`lazy_infos`)."""
+        with self._local_errors():
+            return scan_local(self.path)
+
+    @contextmanager
+    def _local_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except FileNotFoundError as exc:
+            raise StorageError("directory does not exist", self.display()) from exc
+        except PermissionError as exc:
+            raise StorageError(f"permission denied: {exc}", self.display()) from exc
+        except NotADirectoryError as exc:
+            what = "not a directory (it is a file)" if os.path.isfile(self.path) else "not a directory"
+            raise StorageError(what, self.display()) from exc
 
     def exists(self, name: str | None = None) -> bool:
         return self.fs.exists(self.join(name) if name else self.path)
