@@ -18,19 +18,42 @@ header's ``num_shards`` is checked by ``verify``; ``deep=True`` here reads it to
 
 from __future__ import annotations
 
+import gc
 import os
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from bisect import insort
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
 from enum import Enum
+from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 from .errors import CheckpointError, StepNotFoundError
-from .naming import classify, parse_prefix, v1_shard_name, v2_data_name
+from .naming import FileRole, classify, parse_prefix, v1_shard_name, v2_data_name
 from .state import STATE_FILENAME, ResolvedPath, StateFile, read_state, resolve_path
-from .storage import FileInfo, Location
+from .storage import FileInfo, Location, lazy_infos, lazy_special_info
 
 _V1_SHARD_PATTERN = re.compile(r"^(.+)-\?{5}-of-\d{5}$")
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """CPython's cyclic GC held off meanwhile (and turned back on only if it was on).
+
+    Discovery and planning of a big dir allocate ~1M objects, none of them in a cycle, and the
+    generational GC traverses the growing heap again and again as they pile up: ~40% of the
+    time of a 100k-step plan. Nothing cyclic is left behind uncollected for long: the next
+    collection after this block finds it.
+    """
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
 
 
 class StepStatus(str, Enum):
@@ -173,6 +196,346 @@ def _group(listing: dict[str, FileInfo], state_names: Iterable[str]) -> dict[str
     return groups
 
 
+def _resolve_state(loc: Location, state: StateFile | None, listing: dict[str, FileInfo], state_filename: str,
+                   problems: list[str]) -> tuple[list[ResolvedPath], dict[str, ResolvedPath], str | None]:
+    """The state file's paths resolved in the dir: all of them, by prefix name, and the latest's."""
+    resolved: list[ResolvedPath] = []
+    by_name: dict[str, ResolvedPath] = {}
+    latest_name: str | None = None
+    if state is None:
+        return resolved, by_name, latest_name
+    latest_raw = state.model_checkpoint_path
+    raws = list(dict.fromkeys(state.all_model_checkpoint_paths + ([latest_raw] if latest_raw else [])))
+    names: set[str] | None = None
+    for raw in raws:
+        if _FAST and raw and "/" not in raw and "\x00" not in raw and "?????" not in raw and raw not in (".", ".."):
+            # a plain name, as CheckpointManager writes: what resolve_path says of it, without
+            # its URL and path handling (100k paths: ~0.1 s instead of ~0.7 s)
+            r = ResolvedPath(raw, raw, "relative")
+        else:
+            if names is None:
+                names = set(listing)
+            r = resolve_path(loc, raw, names)
+            m = _V1_SHARD_PATTERN.match(r.name or "")
+            if m:  # a sharded V1 Saver names ``model.ckpt-7-?????-of-00002``: the prefix is before
+                r = ResolvedPath(r.raw, m.group(1), r.how, r.problem)
+            if r.problem:
+                problems.append(f"{loc.display(state_filename)}: {raw!r}: {r.problem}")
+        resolved.append(r)
+        if r.name is not None:
+            by_name.setdefault(r.name, r)
+            if raw == latest_raw:
+                latest_name = r.name
+    return resolved, by_name, latest_name
+
+
+_INDEX, _DATA1 = ".index", ".data-00000-of-00001"
+_FAST = True  # tests turn the fast paths off to check that they give what the general code gives
+
+
+@dataclass
+class _Split:
+    """A listing split for the fast path. ``prefixes`` have exactly an ``.index`` and a
+    ``.data-00000-of-00001`` ("pairs"), oldest first (see :func:`_order`), with their parsed
+    ``bases`` and ``steps`` and, in ``infos``, their two files (index, data, index, data, ...).
+    ``index``/``data1`` are the files of prefixes with only one of the two; ``rest`` is every
+    other entry, judged by :func:`_group`; ``overflow`` the pairs whose step overflows int64."""
+
+    prefixes: list[str]
+    bases: list[str]
+    steps: list[int | None]
+    infos: list[FileInfo]
+    index: dict[str, FileInfo]
+    data1: dict[str, FileInfo]
+    rest: dict[str, FileInfo]
+    overflow: set[str]
+
+
+def _split_names(names: Iterable[str]) -> tuple[dict[str, str], dict[str, str], list[str]]:
+    """``{prefix: name}`` of the ``.index`` files and of the ``.data-00000-of-00001`` files (as
+    classify() and V2_DATA_RE see them: a non-empty prefix without a newline), other names."""
+    index: dict[str, str] = {}
+    data1: dict[str, str] = {}
+    rest: list[str] = []
+    for name in names:
+        if name.endswith(_INDEX):
+            index[name[:-6]] = name
+        elif name.endswith(_DATA1) and len(name) > 20 and "\n" not in name:
+            data1[name[:-20]] = name
+        else:
+            rest.append(name)
+    return index, data1, rest
+
+
+_STEP_LINE = re.compile(r"^(.+)-([0-9]{1,18})$", re.M)  # STEP_RE, ASCII digits, no int64 overflow
+
+
+def _order(prefixes: list[str]) -> tuple[list[str], list[str], list[int | None], set[str]]:
+    """``prefixes`` in :meth:`CheckpointStep.sort_key` order with their bases and steps, and the
+    ones whose step overflows int64. Objects made in this order are visited in it by planning,
+    which on a VM runs ~3x faster over memory laid out in order than over a listing's hash order.
+    """
+    n = len(prefixes)
+    joined = "\n".join(prefixes)
+    found = _STEP_LINE.findall(joined) if joined.count("\n") == n - 1 else []
+    if n and len(found) == n and len(bases := {b for b, _ in found}) == 1:
+        # the common case, one base (a C-level scan): order by the step number when they differ
+        steps = list(map(int, map(_SECOND, found)))
+        if len(set(steps)) == n:
+            order = sorted(range(n), key=steps.__getitem__)
+            return (list(map(prefixes.__getitem__, order)), [bases.pop()] * n,
+                    list(map(steps.__getitem__, order)), set())
+    parsed: list[tuple[str, str, int | None]] = []
+    overflow: set[str] = set()
+    for pfx in prefixes:
+        pn = parse_prefix(pfx)
+        if pn.step_overflow:
+            overflow.add(pfx)
+        parsed.append((pfx, pn.base, pn.step))
+    parsed.sort(key=lambda t: (t[1], -1 if t[2] is None else t[2], t[0]))
+    return [t[0] for t in parsed], [t[1] for t in parsed], [t[2] for t in parsed], overflow
+
+
+_SECOND = itemgetter(1)
+
+
+def _pair(index: dict[str, str], data1: dict[str, str],
+          ) -> tuple[list[str], list[str], list[int | None], set[str], list[str], list[str], list[str]]:
+    """The pairs (see :class:`_Split`) in order, their file names (index, data, ...), and the
+    lone ``.index`` and ``.data-00000-of-00001`` names."""
+    both = [p for p in index if p in data1]
+    prefixes, bases, steps, overflow = _order(both)
+    names = list(chain.from_iterable(zip(map(index.__getitem__, prefixes), map(data1.__getitem__, prefixes),
+                                         strict=True)))
+    lone_i: list[str] = []
+    lone_d: list[str] = []
+    if len(both) != len(index) or len(both) != len(data1):
+        lone_i = [n for p, n in index.items() if p not in data1]
+        lone_d = [n for p, n in data1.items() if p not in index]
+    return prefixes, bases, steps, overflow, names, lone_i, lone_d
+
+
+def _split_listing(listing: dict[str, FileInfo]) -> _Split:
+    """:class:`_Split` of a ready listing (any store)."""
+    index, data1, rest = _split_names([n for n, i in listing.items() if not i.is_dir])
+    prefixes, bases, steps, overflow, names, lone_i, lone_d = _pair(index, data1)
+    get = listing.__getitem__
+    return _Split(prefixes, bases, steps, list(map(get, names)),
+                  {n[:-6]: get(n) for n in lone_i}, {n[:-20]: get(n) for n in lone_d},
+                  {n: get(n) for n in rest}, overflow)
+
+
+def _scan_listing(loc: Location) -> tuple[dict[str, FileInfo], _Split]:
+    """A local dir's listing and its :class:`_Split` from one scan, with the FileInfos (lazy
+    sizes: see ``storage.FileInfo``) made in step order (see :func:`_order`)."""
+    files, special = loc.scan_local()
+    index, data1, rest_n = _split_names(files)
+    prefixes, bases, steps, overflow, names, lone_i, lone_d = _pair(index, data1)
+    infos = lazy_infos(loc.path, names)
+    listing = dict(zip(names, infos, strict=True))
+    lone = lazy_infos(loc.path, lone_i + lone_d)
+    listing.update(zip(lone_i + lone_d, lone, strict=True))
+    rest = dict(zip(rest_n, lazy_infos(loc.path, rest_n), strict=True))
+    dirs: dict[str, FileInfo] = {}
+    for name, (is_dir, is_link) in special.items():
+        # a symlink (or a fifo...) is judged by its name like a file, the general way; dirs not at all
+        (dirs if is_dir else rest)[name] = lazy_special_info(loc.path, name, is_dir, is_link)
+    listing.update(rest)
+    listing.update(dirs)
+    return listing, _Split(prefixes, bases, steps, infos,
+                           {n[:-6]: i for n, i in zip(lone_i, lone[:len(lone_i)], strict=True)},
+                           {n[:-20]: i for n, i in zip(lone_d, lone[len(lone_i):], strict=True)},
+                           rest, overflow)
+
+
+def _steps(loc: Location, listing: dict[str, FileInfo], split: _Split | None, by_name: dict[str, ResolvedPath],
+           latest_name: str | None, state: StateFile | None, state_times: dict[str, float], deep: bool,
+           problems: list[str]) -> list[CheckpointStep]:
+    """Every step of the listing, in :meth:`CheckpointStep.sort_key` order.
+
+    The common layout, a prefix with ``.index`` and ``.data-00000-of-00001`` and no other file,
+    takes a fast path (``split``): a 100k-step dir in ~0.2 s instead of ~3 s. Every other prefix
+    goes through :func:`_group` (a regex per file) and :func:`_general_step`, which judge any
+    layout; tests check that both paths give the same steps.
+    """
+    if split is None:
+        split = _split_listing(listing) if _FAST and not deep else _Split([], [], [], [], {}, {}, listing, set())
+    index, data1 = split.index, split.data1
+    groups = _group(split.rest, by_name) if split.rest else {}
+    # a pair with another file of its prefix (or named bare by the state file) goes the general
+    # way, with its two files
+    pairs = zip(split.prefixes, split.bases, split.steps, split.infos[0::2], split.infos[1::2], strict=True)
+    if groups:
+        pairs = list(pairs)  # type: ignore[assignment]
+        for p, _, _, iinfo, dinfo in pairs:
+            if p in groups:
+                index[p], data1[p] = iinfo, dinfo
+    for p, iinfo in index.items():
+        groups.setdefault(p, {})["index"] = [(iinfo, FileRole(p, "index"))]
+    for p, dinfo in data1.items():
+        data = groups.setdefault(p, {}).setdefault("data", [])
+        data.append((dinfo, FileRole(p, "data", 0, 1)))
+        if any(r.shard == 0 for _, r in data[:-1]):  # shards are sorted by number: keep ties in
+            at = {n: i for i, n in enumerate(listing)}  # listing order, as _group gives them
+            data.sort(key=lambda x: at[x[0].name])
+
+    steps: list[CheckpointStep] = []
+    add = steps.append
+    committed, orphan = StepStatus.COMMITTED, StepStatus.ORPHAN
+    by_name_get, times_get = by_name.get, state_times.get
+    named = 0  # state-file names met among the pairs
+    for pfx, base, step, iinfo, dinfo in pairs:
+        if pfx in groups:
+            continue
+        r = by_name_get(pfx)
+        if r is not None:
+            named += 1
+            ts = times_get(r.raw)
+            if ts is not None:
+                add(CheckpointStep(pfx, base, step, "v2", committed, [iinfo, dinfo], [], [], [], 1, ts, "state",
+                                   True, r.raw, pfx == latest_name))
+                continue
+        files = [iinfo, dinfo]
+        mtimes = [f.mtime for f in files if f.mtime is not None]
+        ts, source = (max(mtimes), "mtime") if mtimes else (None, None)
+        add(CheckpointStep(prefix=pfx, base=base, step=step, format="v2",
+                           status=orphan if r is None else committed, files=files, num_shards=1,
+                           timestamp=ts, timestamp_source=source, in_state=r is not None,
+                           state_path=None if r is None else r.raw, latest=pfx == latest_name))
+    if named + sum(1 for g in groups if g in by_name) < len(by_name):
+        paired = set(split.prefixes)
+        for name in by_name:  # named by the state file but with no file at all: gone or never written
+            if name not in groups and name not in paired:
+                groups[name] = {}
+    overflow = [p for p in split.prefixes if p in split.overflow and p not in groups] if split.overflow else []
+    fast_steps = len(steps)
+    for pfx, roles in groups.items():
+        s = _general_step(loc, pfx, roles, by_name, latest_name, state, state_times, deep, overflow)
+        if s is not None:
+            steps.append(s)
+    if len(overflow) > 1:  # in the order one pass over the listing meets them
+        full = _group(listing, by_name)
+        full.update((n, {}) for n in by_name if n not in full)
+        at = {p: i for i, p in enumerate(full)}
+        overflow.sort(key=at.__getitem__)
+    problems += [f"{loc.display(p)}: step suffix does not fit in int64; listed with no step" for p in overflow]
+    others = steps[fast_steps:]
+    if len(others) > 1000:
+        steps.sort(key=CheckpointStep.sort_key)
+    elif others:  # the fast steps are in order already: the others are put in their places
+        del steps[fast_steps:]
+        for s in others:
+            insort(steps, s, key=CheckpointStep.sort_key)
+    return steps
+
+
+# CheckpointStep's fields in order: the fast path above passes them by position
+assert [f.name for f in fields(CheckpointStep)] == [
+    "prefix", "base", "step", "format", "status", "files", "sidecars", "missing", "problems", "num_shards",
+    "timestamp", "timestamp_source", "in_state", "state_path", "latest"]
+
+
+def _general_step(loc: Location, pfx: str, roles: dict[str, list], by_name: dict[str, ResolvedPath],
+                  latest_name: str | None, state: StateFile | None, state_times: dict[str, float],
+                  deep: bool, overflow: list[str]) -> CheckpointStep | None:
+    """One prefix's step from its files grouped by role (see :func:`_group`), whatever the layout:
+    V1 or V2, sidecars, missing or stray shards. ``None`` for sidecars alone (not a step). A
+    prefix whose step suffix overflows int64 is added to ``overflow``."""
+    pn = parse_prefix(pfx)
+    if pn.step_overflow:
+        overflow.append(pfx)
+    files: list[FileInfo] = []
+    sidecars: list[FileInfo] = []
+    missing: list[str] = []
+    step_problems: list[str] = []
+    num_shards: int | None = None
+    fmt = "v2"
+    if "index" in roles or "data" in roles:
+        files += [i for i, _ in roles.get("index", [])]
+        if "index" not in roles:
+            missing.append(f"{pfx}.index")
+        data = roles.get("data", [])
+        counts = {r.num_shards for _, r in data}
+        if deep and "index" in roles:
+            try:
+                from .bundle import read_bundle_header  # noqa: PLC0415 (optional, heavier path)
+
+                num_shards = int(read_bundle_header(loc, pfx).num_shards)
+            except CheckpointError as exc:
+                step_problems.append(str(exc))
+        have = {i.name for i, _ in data}
+        if num_shards is None and len(counts) == 1:
+            num_shards = counts.pop()
+        elif num_shards is None and len(counts) > 1:
+            # A stray shard (left by another save, or copied in by hand) must not make a sound
+            # step look incomplete: prefer a shard count whose shards are all present.
+            whole = [n for n in counts if 0 < n <= 100_000 and all(
+                v2_data_name(pfx, k, n) in have for k in range(n))]
+            num_shards = max(whole) if whole else max(counts)
+            step_problems.append(f"data shards disagree on the shard count: {sorted(counts)}; "
+                                 f"judged by {num_shards}")
+        files += [i for i, _ in sorted(data, key=lambda x: x[1].shard or 0)]
+        if num_shards is None:
+            missing.append(f"{pfx}.data-?????-of-?????")
+        else:
+            if num_shards < 1:
+                step_problems.append(f"shard count {num_shards} is not a valid TensorBundle shard count")
+            for k in range(min(num_shards, 100_000)):
+                n = v2_data_name(pfx, k, num_shards)
+                if n not in have:
+                    missing.append(n)
+            stray = sorted(have - {v2_data_name(pfx, k, num_shards)
+                                   for k in range(min(num_shards, 100_000))})
+            if stray:
+                step_problems.append(f"data shards that the shard count does not cover: {stray}")
+    elif "v1" in roles or "v1_shard" in roles:
+        fmt = "v1"
+        files += [i for i, _ in roles.get("v1", [])]
+        shards = roles.get("v1_shard", [])
+        if shards:
+            counts = {r.num_shards for _, r in shards}
+            num_shards = max(counts)
+            have = {i.name for i, _ in shards}
+            files += [i for i, _ in sorted(shards, key=lambda x: x[1].shard or 0)]
+            missing += [v1_shard_name(pfx, k, num_shards) for k in range(min(num_shards, 100_000))
+                        if v1_shard_name(pfx, k, num_shards) not in have]
+        else:
+            num_shards = 1
+    else:
+        # only sidecars (or nothing): a step whose checkpoint files are gone
+        fmt = "v2"
+        missing.append(f"{pfx}.index")
+    for kind in ("meta", "metrics", "quarantine", "lease"):
+        sidecars += [i for i, _ in roles.get(kind, [])]
+    if not files and pfx not in by_name:
+        # sidecars alone (e.g. a .meta whose step was deleted): not a step; keep them visible
+        # only as problems when they are leases/quarantine leftovers, ignore plain .meta.
+        return None
+    r = by_name.get(pfx)
+    in_state = r is not None
+    if missing:
+        status = StepStatus.INCOMPLETE
+        if in_state:
+            step_problems.append("the state file names this step but files are missing: "
+                                 + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
+    else:
+        status = StepStatus.COMMITTED if in_state else StepStatus.ORPHAN
+    ts, source = None, None
+    if in_state and state is not None:
+        ts = state_times.get(r.raw)
+        source = "state" if ts is not None else None
+    if ts is None:
+        mtimes = [f.mtime for f in files if f.mtime is not None]
+        if mtimes:
+            ts, source = max(mtimes), "mtime"
+    return CheckpointStep(
+        prefix=pfx, base=pn.base, step=pn.step, format=fmt, status=status, files=files,
+        sidecars=sidecars, missing=missing, problems=step_problems, num_shards=num_shards,
+        timestamp=ts, timestamp_source=source, in_state=in_state,
+        state_path=r.raw if r else None, latest=(pfx == latest_name),
+    )
+
+
 def discover(target: Location | str | os.PathLike[str], prefix: str | None = None, *,
              state_filename: str = STATE_FILENAME, storage_options: dict[str, Any] | None = None,
              deep: bool = False, listing: dict[str, FileInfo] | None = None) -> CheckpointDir:
@@ -184,132 +547,25 @@ def discover(target: Location | str | os.PathLike[str], prefix: str | None = Non
     ``listing`` (name -> FileInfo) replaces the listing call: GC passes one it assembled itself.
     """
     loc = target if isinstance(target, Location) else Location.of(target, storage_options)
+    with gc_paused():
+        return _discover(loc, prefix, state_filename, deep, listing)
+
+
+def _discover(loc: Location, prefix: str | None, state_filename: str, deep: bool,
+              listing: dict[str, FileInfo] | None) -> CheckpointDir:
+    split: _Split | None = None
     if listing is None:
-        listing = loc.listdir()
+        if _FAST and not deep and loc.local:
+            listing, split = _scan_listing(loc)
+        else:
+            listing = loc.listdir()
     problems: list[str] = []
     state: StateFile | None = None
     if state_filename in listing:
         state = read_state(loc, state_filename)  # a malformed file raises StateFileError
-    resolved: list[ResolvedPath] = []
-    by_name: dict[str, ResolvedPath] = {}
-    latest_name: str | None = None
-    if state is not None:
-        raws = list(dict.fromkeys(state.all_model_checkpoint_paths + (
-            [state.model_checkpoint_path] if state.model_checkpoint_path else [])))
-        names = set(listing)
-        for raw in raws:
-            r = resolve_path(loc, raw, names)
-            m = _V1_SHARD_PATTERN.match(r.name or "")
-            if m:  # a sharded V1 Saver names ``model.ckpt-7-?????-of-00002``: the prefix is before
-                r = ResolvedPath(r.raw, m.group(1), r.how, r.problem)
-            resolved.append(r)
-            if r.problem:
-                problems.append(f"{loc.display(state_filename)}: {raw!r}: {r.problem}")
-            if r.name is not None:
-                by_name.setdefault(r.name, r)
-                if raw == state.model_checkpoint_path:
-                    latest_name = r.name
+    resolved, by_name, latest_name = _resolve_state(loc, state, listing, state_filename, problems)
     state_times = state.timestamps_by_path() if state is not None else {}
-    groups = _group(listing, by_name)
-    for name in by_name:  # named by the state file but with no file at all: gone or never written
-        groups.setdefault(name, {})
-
-    steps: list[CheckpointStep] = []
-    for pfx, roles in groups.items():
-        pn = parse_prefix(pfx)
-        if pn.step_overflow:
-            problems.append(f"{loc.display(pfx)}: step suffix does not fit in int64; listed with no step")
-        files: list[FileInfo] = []
-        sidecars: list[FileInfo] = []
-        missing: list[str] = []
-        step_problems: list[str] = []
-        num_shards: int | None = None
-        fmt = "v2"
-        if "index" in roles or "data" in roles:
-            files += [i for i, _ in roles.get("index", [])]
-            if "index" not in roles:
-                missing.append(f"{pfx}.index")
-            data = roles.get("data", [])
-            counts = {r.num_shards for _, r in data}
-            if deep and "index" in roles:
-                try:
-                    from .bundle import read_bundle_header  # noqa: PLC0415 (optional, heavier path)
-
-                    num_shards = int(read_bundle_header(loc, pfx).num_shards)
-                except CheckpointError as exc:
-                    step_problems.append(str(exc))
-            have = {i.name for i, _ in data}
-            if num_shards is None and len(counts) == 1:
-                num_shards = counts.pop()
-            elif num_shards is None and len(counts) > 1:
-                # A stray shard (left by another save, or copied in by hand) must not make a sound
-                # step look incomplete: prefer a shard count whose shards are all present.
-                whole = [n for n in counts if 0 < n <= 100_000 and all(
-                    v2_data_name(pfx, k, n) in have for k in range(n))]
-                num_shards = max(whole) if whole else max(counts)
-                step_problems.append(f"data shards disagree on the shard count: {sorted(counts)}; "
-                                     f"judged by {num_shards}")
-            files += [i for i, _ in sorted(data, key=lambda x: x[1].shard or 0)]
-            if num_shards is None:
-                missing.append(f"{pfx}.data-?????-of-?????")
-            else:
-                if num_shards < 1:
-                    step_problems.append(f"shard count {num_shards} is not a valid TensorBundle shard count")
-                for k in range(min(num_shards, 100_000)):
-                    n = v2_data_name(pfx, k, num_shards)
-                    if n not in have:
-                        missing.append(n)
-                stray = sorted(have - {v2_data_name(pfx, k, num_shards)
-                                       for k in range(min(num_shards, 100_000))})
-                if stray:
-                    step_problems.append(f"data shards that the shard count does not cover: {stray}")
-        elif "v1" in roles or "v1_shard" in roles:
-            fmt = "v1"
-            files += [i for i, _ in roles.get("v1", [])]
-            shards = roles.get("v1_shard", [])
-            if shards:
-                counts = {r.num_shards for _, r in shards}
-                num_shards = max(counts)
-                have = {i.name for i, _ in shards}
-                files += [i for i, _ in sorted(shards, key=lambda x: x[1].shard or 0)]
-                missing += [v1_shard_name(pfx, k, num_shards) for k in range(min(num_shards, 100_000))
-                            if v1_shard_name(pfx, k, num_shards) not in have]
-            else:
-                num_shards = 1
-        else:
-            # only sidecars (or nothing): a step whose checkpoint files are gone
-            fmt = "v2"
-            missing.append(f"{pfx}.index")
-        for kind in ("meta", "metrics", "quarantine", "lease"):
-            sidecars += [i for i, _ in roles.get(kind, [])]
-        if not files and pfx not in by_name:
-            # sidecars alone (e.g. a .meta whose step was deleted): not a step; keep them visible
-            # only as problems when they are leases/quarantine leftovers, ignore plain .meta.
-            continue
-        r = by_name.get(pfx)
-        in_state = r is not None
-        if missing:
-            status = StepStatus.INCOMPLETE
-            if in_state:
-                step_problems.append("the state file names this step but files are missing: "
-                                     + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
-        else:
-            status = StepStatus.COMMITTED if in_state else StepStatus.ORPHAN
-        ts, source = None, None
-        if in_state and state is not None:
-            ts = state_times.get(r.raw)
-            source = "state" if ts is not None else None
-        if ts is None:
-            mtimes = [f.mtime for f in files if f.mtime is not None]
-            if mtimes:
-                ts, source = max(mtimes), "mtime"
-        steps.append(CheckpointStep(
-            prefix=pfx, base=pn.base, step=pn.step, format=fmt, status=status, files=files,
-            sidecars=sidecars, missing=missing, problems=step_problems, num_shards=num_shards,
-            timestamp=ts, timestamp_source=source, in_state=in_state,
-            state_path=r.raw if r else None, latest=(pfx == latest_name),
-        ))
-    steps.sort(key=CheckpointStep.sort_key)
+    steps = _steps(loc, listing, split, by_name, latest_name, state, state_times, deep, problems)
     cdir = CheckpointDir(location=loc, state=state, steps=steps, resolved=resolved,
                          problems=problems, state_filename=state_filename, listing=listing)
     if prefix is not None:
