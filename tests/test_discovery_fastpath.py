@@ -183,3 +183,27 @@ def test_listing_errors_are_storage_errors(tmp_path) -> None:
 def test_memory_fs_is_left_alone() -> None:
     fs = fsspec.filesystem("memory")
     assert not Location.of("memory://x/y").local and fs is not None
+
+
+def test_plan_sizes_are_read_lazily_and_survive_gc(tmp_path) -> None:
+    """A plan's sizes come from lazily stat'ed local files: they must be read before GC deletes
+    them, so the report after GC still says how many bytes went."""
+    from airflow_tf_ckpt.core.gc import apply_plan
+    from airflow_tf_ckpt.core.retention import StepDecision, plan_retention, policies_from_options
+
+    for i in range(1, 6):
+        (tmp_path / f"ckpt-{i}.index").write_bytes(b"I" * 8)
+        (tmp_path / f"ckpt-{i}.data-00000-of-00001").write_bytes(b"D" * (100 * i))
+    (tmp_path / "checkpoint").write_text(format_state(StateFile(
+        "ckpt-5", [f"ckpt-{i}" for i in range(1, 6)], [float(i) for i in range(1, 6)])))
+    plan = plan_retention(tmp_path, policies_from_options(keep_last=2), now=10.0)
+    doomed = {d.prefix: d for d in plan.deleted}
+    assert sorted(doomed) == ["ckpt-1", "ckpt-2", "ckpt-3"]
+    result = apply_plan(plan)
+    assert result.ok and not list(tmp_path.glob("ckpt-1.*"))
+    want = sum(8 + 100 * i for i in (1, 2, 3))
+    assert result.bytes_freed == want == result.plan.bytes_to_free
+    assert doomed["ckpt-2"] == StepDecision("ckpt-2", "ckpt", 2, "committed", "delete", ["not kept by any policy"],
+                                            True, 2.0, 208, ("ckpt-2.index", "ckpt-2.data-00000-of-00001"))
+    kept = result.plan.decision("ckpt-5")
+    assert kept.size == 508 and "size=508" in repr(kept)

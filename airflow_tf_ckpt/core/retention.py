@@ -47,11 +47,12 @@ import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
+from itertools import islice
 from operator import attrgetter
 from typing import Any, ClassVar
 
-from .discovery import CheckpointDir, CheckpointStep, StepStatus, discover
+from .discovery import CheckpointDir, CheckpointStep, StepStatus, discover, gc_paused
 from .errors import CheckpointError
 from .leases import LEASE_INFIX, Lease, read_leases
 from .naming import classify, parse_prefix
@@ -336,7 +337,9 @@ class KeepPromoted(RetentionPolicy):
     applies_to_all: ClassVar[bool] = True
 
     def select(self, candidates: Sequence[CheckpointStep], ctx: PolicyContext) -> dict[str, str]:
-        out = {}
+        out: dict[str, str] = {}
+        if not ctx.promotions:
+            return out
         for s in candidates:
             recs = ctx.promotions.get(s.prefix)
             if recs:
@@ -502,6 +505,52 @@ class StepDecision:
                 "kept_files": list(self.kept_files)}
 
 
+_SIZE_SLOT = StepDecision.size  # the slot's descriptor, shadowed in _Decision below
+
+
+class _Decision(StepDecision):
+    """The :class:`StepDecision` that planning makes: ``size`` is summed from the step's files on
+    first read, not while planning. A local listing reads sizes lazily (see ``storage.FileInfo``),
+    and a plan of 100k steps must not stat 200k files for a figure that only reports show. GC
+    reads the sizes of the steps it deletes before deleting them. Equal to, and pickled and
+    copied as, the plain StepDecision with the same fields.
+    """
+
+    __slots__ = ("_files",)
+
+    @property  # type: ignore[override]
+    def size(self) -> int:
+        try:
+            return _SIZE_SLOT.__get__(self, StepDecision)
+        except AttributeError:
+            size = sum(map(_SIZE, self._files))
+            _SIZE_SLOT.__set__(self, size)
+            return size
+
+    @size.setter
+    def size(self, value: int | Sequence[FileInfo]) -> None:
+        if isinstance(value, int):
+            _SIZE_SLOT.__set__(self, value)
+        else:  # the step's files (compute_plan): summed on first read
+            self._files = value
+
+    def _fields(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, f.name) for f in fields(StepDecision))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, StepDecision):
+            return self._fields() == tuple(getattr(other, f.name) for f in fields(StepDecision))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # as StepDecision's
+
+    def __repr__(self) -> str:
+        return repr(StepDecision(*self._fields()))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return StepDecision, self._fields()
+
+
 @dataclass
 class SidecarDecision:
     """A sidecar whose step has no checkpoint files left (``.meta``, metrics, lease, quarantine)."""
@@ -632,6 +681,14 @@ def plan_retention(target: CheckpointDir | Location | str | os.PathLike[str],
     ps = _check_policies(policies)
     if meta_guard not in ("file", "step"):
         raise RetentionError(f"meta_guard must be 'file' or 'step', not {meta_guard!r}")
+    with gc_paused():  # see discovery.gc_paused: ~1M objects, no cycles
+        return _plan_retention(target, ps, prefix, now, state_filename, purge_quarantined, meta_guard,
+                               storage_options)
+
+
+def _plan_retention(target: CheckpointDir | Location | str | os.PathLike[str], ps: tuple[RetentionPolicy, ...],
+                    prefix: str | None, now: float | None, state_filename: str, purge_quarantined: bool,
+                    meta_guard: str, storage_options: dict[str, Any] | None) -> RetentionPlan:
     if isinstance(target, CheckpointDir):
         cdir = target
         state_filename = cdir.state_filename
@@ -682,14 +739,15 @@ def compute_plan(cdir: CheckpointDir, steps: Sequence[CheckpointStep], policies:
     names_text = "\n".join(cdir.listing)  # scanned by regexes instead of 300k Python-level tests
     bad_names = _bad_names(cdir.listing, names_text, local)
     # per-file checks are only needed when some listed name is odd or (locally) a symlink/dir
-    check_files = bool(bad_names) or (local and any(f.is_link or f.is_dir for f in cdir.listing.values()))
+    check_files = bool(bad_names) or (local and (any(map(_IS_LINK, cdir.listing.values()))
+                                                 or any(map(_IS_DIR, cdir.listing.values()))))
     state = cdir.state
     lp_before = state.last_preserved_timestamp if state is not None else None
     lp_known = lp_before if lp_before else None
     hours = next((p for p in policies if isinstance(p, KeepEveryNHours)), None)
     real_root = root_realpath(loc)
     by_base: dict[str, list[CheckpointStep]] = {}
-    bases = {s.base for s in steps}
+    bases = set(map(_BASE, steps))
     if len(bases) == 1:
         by_base[bases.pop()] = list(steps)
     else:
@@ -710,7 +768,7 @@ def compute_plan(cdir: CheckpointDir, steps: Sequence[CheckpointStep], policies:
     lp_candidates: list[float | None] = []
     deleted_in_state: set[str] = set()
     prefix_path = root + "/" if root else "/"
-    delete_files: list[str] = []  # the step files, in decision order (sidecars appended at the end)
+    delete_names: list[str] = []  # the step files, in decision order (sidecars appended at the end)
     deleted_orphans: set[str] = set()  # deleted steps outside the state file (see ``lost`` below)
     orphan_status = StepStatus.ORPHAN
 
@@ -761,9 +819,12 @@ def compute_plan(cdir: CheckpointDir, steps: Sequence[CheckpointStep], policies:
             for pfx, why in chosen.items():
                 keep.setdefault(pfx, []).append(why)
         keep.setdefault(newest.prefix, []).insert(0, "newest committed step")
-        for s in bsteps[:newest_i]:
-            if s.latest and s.status is committed_status:
-                keep.setdefault(s.prefix, []).insert(0, "the state file's latest (model_checkpoint_path)")
+        latest_flags = list(map(_LATEST, bsteps))  # (one step at most) found by C-level scans
+        i = -1
+        while True in latest_flags[i + 1:newest_i]:
+            i = latest_flags.index(True, i + 1, newest_i)
+            if bsteps[i].status is committed_status:
+                keep.setdefault(bsteps[i].prefix, []).insert(0, "the state file's latest (model_checkpoint_path)")
         if leases:
             for s in bsteps:
                 if s.sidecars:
@@ -775,7 +836,7 @@ def compute_plan(cdir: CheckpointDir, steps: Sequence[CheckpointStep], policies:
         # the newest .meta at or before the newest committed step (orphan .meta files included)
         metas: list[tuple[tuple[int, float, str], str, str]] = [
             (step_order(s), s.prefix, f"{s.prefix}.meta")
-            for s in bsteps[: newest_i + 1] if s.sidecars and s.has_meta]
+            for s in filter(_SIDECARS, islice(bsteps, newest_i + 1)) if s.has_meta]
         newest_no = newest.step if newest.step is not None else -1
         orphan_sidecars = [o for o in orphans_by_base.get(base, []) if o[3] < newest_no]
         for name, pfx, role, step_no, info in orphan_sidecars:
@@ -790,10 +851,24 @@ def compute_plan(cdir: CheckpointDir, steps: Sequence[CheckpointStep], policies:
                 keep.setdefault(meta_owner, []).append("owns the newest .meta (MetaGraphDef); later steps were saved "
                                         "without one")
 
+        keep_get, drop_get, add_decision = keep.get, drop_reason.get, decisions.append
         for s in bsteps:
-            reasons = keep.get(s.prefix)
+            pfx = s.prefix
+            reasons = keep_get(pfx)
             if reasons:
-                decisions.append(_decision(s, KEEP, reasons))
+                add_decision(_decision(s, KEEP, reasons))
+                continue
+            files = s.files
+            if not (s.sidecars or check_files) and files and files[0].name.endswith(".index"):
+                # the common case, a step of an index and data shards and nothing else
+                names = tuple(map(_NAME, files))
+                add_decision(_Decision(pfx, s.base, s.step, _STATUS_VALUE[s.status], DELETE,
+                                       [drop_get(pfx) or _NOT_KEPT], s.in_state, s.timestamp, files, names))
+                delete_names += names
+                if s.in_state:
+                    deleted_in_state.add(pfx)
+                elif s.status is orphan_status:
+                    deleted_orphans.add(pfx)
                 continue
             if s.sidecars or (s.files and not s.files[0].name.endswith(".index")):
                 infos, kept_files = _files_to_delete(s, pmeta, leases, now)
@@ -815,10 +890,10 @@ def compute_plan(cdir: CheckpointDir, steps: Sequence[CheckpointStep], policies:
             else:
                 reasons = [why or _NOT_KEPT]
             names = tuple(map(_NAME, infos))
-            decisions.append(StepDecision(s.prefix, s.base, s.step, _STATUS_VALUE[s.status], DELETE, reasons,
-                                          s.in_state, s.timestamp, sum(map(_SIZE, s.files)),
-                                          names, tuple(kept_files)))
-            delete_files += [prefix_path + n for n in names]
+            decisions.append(_Decision(s.prefix, s.base, s.step, _STATUS_VALUE[s.status], DELETE, reasons,
+                                       s.in_state, s.timestamp, s.files, names,
+                                       tuple(kept_files) if kept_files else ()))
+            delete_names += names
             if s.in_state:
                 deleted_in_state.add(s.prefix)
             elif s.status is orphan_status:
@@ -880,7 +955,8 @@ def compute_plan(cdir: CheckpointDir, steps: Sequence[CheckpointStep], policies:
                             f"(saved at or before last_preserved_timestamp) and no keep_every_hours policy "
                             f"keeps them: {', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''}")
 
-    delete_files += [prefix_path + sc.name for sc in sidecar_decisions if sc.action == DELETE]
+    delete_names += [sc.name for sc in sidecar_decisions if sc.action == DELETE]
+    delete_files = list(map(prefix_path.__add__, delete_names))
 
     return RetentionPlan(
         location=loc, prefix=prefix, state_filename=cdir.state_filename, now=now, policies=policies,
@@ -913,13 +989,17 @@ def _bad_names(listing: Mapping[str, FileInfo], text: str, local: bool) -> froze
 _NAME = attrgetter("name")
 _SIZE = attrgetter("size")
 _STEP = attrgetter("step")
+_BASE = attrgetter("base")
+_LATEST = attrgetter("latest")
+_SIDECARS = attrgetter("sidecars")
+_IS_LINK = attrgetter("is_link")
+_IS_DIR = attrgetter("is_dir")
 _NOT_KEPT = "not kept by any policy"
 
 
 def _decision(s: CheckpointStep, action: str, reasons: list[str]) -> StepDecision:
-    size = sum(map(_SIZE, s.files))
-    return StepDecision(s.prefix, s.base, s.step, _STATUS_VALUE[s.status], action, reasons, s.in_state,
-                        s.timestamp, size)
+    return _Decision(s.prefix, s.base, s.step, _STATUS_VALUE[s.status], action, reasons, s.in_state,
+                     s.timestamp, s.files)
 
 
 _SIDECAR_END = re.compile(r"(?:\.meta|\.metrics\.json|\.quarantine\.json|\.lease-[A-Za-z0-9_.@-]+)$", re.M)
