@@ -114,6 +114,7 @@ def test_fast_path_is_the_general_one_on_local_disk(tmp_path_factory, d) -> None
     loc = Location.of(str(root))
     fast = discover(loc)
     assert fast.listing == loc.listdir()
+    assert fast.regular_files_only is not any(i.is_dir or i.is_link for i in fast.listing.values())
     # a listing's order is the store's (scandir's here), and a few things follow it (the files
     # of shard 0 under two shard counts, the order of overflow problems): same listing, same dir
     discovery._FAST = False
@@ -196,6 +197,7 @@ def test_plan_sizes_are_read_lazily_and_survive_gc(tmp_path) -> None:
         (tmp_path / f"ckpt-{i}.data-00000-of-00001").write_bytes(b"D" * (100 * i))
     (tmp_path / "checkpoint").write_text(format_state(StateFile(
         "ckpt-5", [f"ckpt-{i}" for i in range(1, 6)], [float(i) for i in range(1, 6)])))
+    assert discover(tmp_path).regular_files_only
     plan = plan_retention(tmp_path, policies_from_options(keep_last=2), now=10.0)
     doomed = {d.prefix: d for d in plan.deleted}
     assert sorted(doomed) == ["ckpt-1", "ckpt-2", "ckpt-3"]

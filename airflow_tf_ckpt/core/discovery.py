@@ -32,7 +32,7 @@ from typing import Any
 
 from .errors import CheckpointError, StepNotFoundError
 from .naming import FileRole, classify, parse_prefix, v1_shard_name, v2_data_name
-from .state import STATE_FILENAME, ResolvedPath, StateFile, read_state, resolve_path
+from .state import STATE_FILENAME, ResolvedPath, StateFile, read_state, relative_paths, resolve_path
 from .storage import FileInfo, Location, lazy_infos, lazy_special_info
 
 _V1_SHARD_PATTERN = re.compile(r"^(.+)-\?{5}-of-\d{5}$")
@@ -132,6 +132,9 @@ class CheckpointDir:
     problems: list[str] = field(default_factory=list)
     state_filename: str = STATE_FILENAME
     listing: dict[str, FileInfo] = field(default_factory=dict)
+    # True when discovery listed a local dir itself and found regular files only (no dir, no
+    # symlink): planning then skips checking each file's type
+    regular_files_only: bool = False
 
     def select(self, prefix: str | None = None) -> list[CheckpointStep]:
         """Steps of one base name (``ckpt``, ``model.ckpt``), or all when ``prefix`` is None."""
@@ -206,6 +209,12 @@ def _resolve_state(loc: Location, state: StateFile | None, listing: dict[str, Fi
         return resolved, by_name, latest_name
     latest_raw = state.model_checkpoint_path
     raws = list(dict.fromkeys(state.all_model_checkpoint_paths + ([latest_raw] if latest_raw else [])))
+    if _FAST and raws and (joined := "\n".join(raws)).count("\n") == len(raws) - 1 \
+            and not _ODD_RAW.search(joined):
+        # every path a plain name, as CheckpointManager writes them: what resolve_path says of
+        # each, without its URL and path handling (one C-level scan for the odd ones)
+        resolved = relative_paths(raws)
+        return resolved, dict(zip(raws, resolved, strict=True)), latest_raw or None
     names: set[str] | None = None
     for raw in raws:
         if _FAST and raw and "/" not in raw and "\x00" not in raw and "?????" not in raw and raw not in (".", ".."):
@@ -229,6 +238,8 @@ def _resolve_state(loc: Location, state: StateFile | None, listing: dict[str, Fi
     return resolved, by_name, latest_name
 
 
+# a state-file path that is not a plain name: "/", NUL, a sharded-V1 pattern, "", ".", ".."
+_ODD_RAW = re.compile(r"[/\x00]|\?{5}|^\.{0,2}$", re.M)
 _INDEX, _DATA1 = ".index", ".data-00000-of-00001"
 _FAST = True  # tests turn the fast paths off to check that they give what the general code gives
 
@@ -303,7 +314,7 @@ def _pair(index: dict[str, str], data1: dict[str, str],
           ) -> tuple[list[str], list[str], list[int | None], set[str], list[str], list[str], list[str]]:
     """The pairs (see :class:`_Split`) in order, their file names (index, data, ...), and the
     lone ``.index`` and ``.data-00000-of-00001`` names."""
-    both = [p for p in index if p in data1]
+    both = list(filter(data1.__contains__, index))
     prefixes, bases, steps, overflow = _order(both)
     names = list(chain.from_iterable(zip(map(index.__getitem__, prefixes), map(data1.__getitem__, prefixes),
                                          strict=True)))
@@ -325,9 +336,10 @@ def _split_listing(listing: dict[str, FileInfo]) -> _Split:
                   {n: get(n) for n in rest}, overflow)
 
 
-def _scan_listing(loc: Location) -> tuple[dict[str, FileInfo], _Split]:
+def _scan_listing(loc: Location) -> tuple[dict[str, FileInfo], _Split, bool]:
     """A local dir's listing and its :class:`_Split` from one scan, with the FileInfos (lazy
-    sizes: see ``storage.FileInfo``) made in step order (see :func:`_order`)."""
+    sizes: see ``storage.FileInfo``) made in step order (see :func:`_order`); and whether all
+    entries are regular files."""
     files, special = loc.scan_local()
     index, data1, rest_n = _split_names(files)
     prefixes, bases, steps, overflow, names, lone_i, lone_d = _pair(index, data1)
@@ -345,7 +357,7 @@ def _scan_listing(loc: Location) -> tuple[dict[str, FileInfo], _Split]:
     return listing, _Split(prefixes, bases, steps, infos,
                            {n[:-6]: i for n, i in zip(lone_i, lone[:len(lone_i)], strict=True)},
                            {n[:-20]: i for n, i in zip(lone_d, lone[len(lone_i):], strict=True)},
-                           rest, overflow)
+                           rest, overflow), not special
 
 
 def _steps(loc: Location, listing: dict[str, FileInfo], split: _Split | None, by_name: dict[str, ResolvedPath],
@@ -554,9 +566,10 @@ def discover(target: Location | str | os.PathLike[str], prefix: str | None = Non
 def _discover(loc: Location, prefix: str | None, state_filename: str, deep: bool,
               listing: dict[str, FileInfo] | None) -> CheckpointDir:
     split: _Split | None = None
+    regular_only = False
     if listing is None:
         if _FAST and not deep and loc.local:
-            listing, split = _scan_listing(loc)
+            listing, split, regular_only = _scan_listing(loc)
         else:
             listing = loc.listdir()
     problems: list[str] = []
@@ -567,7 +580,8 @@ def _discover(loc: Location, prefix: str | None, state_filename: str, deep: bool
     state_times = state.timestamps_by_path() if state is not None else {}
     steps = _steps(loc, listing, split, by_name, latest_name, state, state_times, deep, problems)
     cdir = CheckpointDir(location=loc, state=state, steps=steps, resolved=resolved,
-                         problems=problems, state_filename=state_filename, listing=listing)
+                         problems=problems, state_filename=state_filename, listing=listing,
+                         regular_files_only=regular_only)
     if prefix is not None:
         cdir.steps = cdir.select(prefix)
     return cdir

@@ -49,7 +49,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from itertools import islice
-from operator import attrgetter
+from operator import attrgetter, indexOf
 from typing import Any, ClassVar
 
 from .discovery import CheckpointDir, CheckpointStep, StepStatus, discover, gc_paused
@@ -518,6 +518,18 @@ class _Decision(StepDecision):
 
     __slots__ = ("_files",)
 
+    def __init__(self, prefix: str, base: str, step: int | None, status: str, action: str, reasons: list[str],
+                 in_state: bool, timestamp: float | None, size: int | Sequence[FileInfo],
+                 delete_files: tuple[str, ...] = (), kept_files: tuple[str, ...] = ()) -> None:
+        # StepDecision's fields; ``size`` may be the step's files (compute_plan): summed when read
+        self.prefix, self.base, self.step, self.status, self.action = prefix, base, step, status, action
+        self.reasons, self.in_state, self.timestamp = reasons, in_state, timestamp
+        self.delete_files, self.kept_files = delete_files, kept_files
+        if isinstance(size, int):
+            _SIZE_SLOT.__set__(self, size)
+        else:
+            self._files = size
+
     @property  # type: ignore[override]
     def size(self) -> int:
         try:
@@ -696,7 +708,7 @@ def _plan_retention(target: CheckpointDir | Location | str | os.PathLike[str], p
         loc = target if isinstance(target, Location) else Location.of(target, storage_options)
         cdir = discover(loc, state_filename=state_filename)
     t = time.time() if now is None else float(now)
-    steps = [s for s in cdir.steps if prefix is None or s.base == prefix]
+    steps = list(cdir.steps) if prefix is None else [s for s in cdir.steps if s.base == prefix]
     if prefix is not None and not steps and any(s.prefix == prefix for s in cdir.steps):
         raise RetentionError(f"{prefix!r} names one step; pass its base name "
                              f"({parse_prefix(prefix).base!r}) to manage that job's steps")
@@ -713,7 +725,7 @@ def _plan_retention(target: CheckpointDir | Location | str | os.PathLike[str], p
         promotions = current_promotions(read_promotions(cdir.location),
                                         any(p.include_superseded for p in promo_policies))
     lease_roles = [(n, r) for n in cdir.listing if LEASE_INFIX in n and (r := classify(n)) is not None
-                   and r.role == "lease"]
+                   and r.role == "lease"] if LEASE_INFIX in "\n".join(cdir.listing) else []
     lease_names: list[str] = []
     if lease_roles:  # the managed bases are only needed when the dir holds leases at all
         bases = {s.base for s in steps}
@@ -739,8 +751,8 @@ def compute_plan(cdir: CheckpointDir, steps: Sequence[CheckpointStep], policies:
     names_text = "\n".join(cdir.listing)  # scanned by regexes instead of 300k Python-level tests
     bad_names = _bad_names(cdir.listing, names_text, local)
     # per-file checks are only needed when some listed name is odd or (locally) a symlink/dir
-    check_files = bool(bad_names) or (local and (any(map(_IS_LINK, cdir.listing.values()))
-                                                 or any(map(_IS_DIR, cdir.listing.values()))))
+    check_files = bool(bad_names) or (local and not cdir.regular_files_only and (
+        any(map(_IS_LINK, cdir.listing.values())) or any(map(_IS_DIR, cdir.listing.values()))))
     state = cdir.state
     lp_before = state.last_preserved_timestamp if state is not None else None
     lp_known = lp_before if lp_before else None
@@ -819,10 +831,12 @@ def compute_plan(cdir: CheckpointDir, steps: Sequence[CheckpointStep], policies:
             for pfx, why in chosen.items():
                 keep.setdefault(pfx, []).append(why)
         keep.setdefault(newest.prefix, []).insert(0, "newest committed step")
-        latest_flags = list(map(_LATEST, bsteps))  # (one step at most) found by C-level scans
         i = -1
-        while True in latest_flags[i + 1:newest_i]:
-            i = latest_flags.index(True, i + 1, newest_i)
+        while True:  # the state file's latest (one step at most), found by C-level scans
+            try:
+                i += 1 + indexOf(map(_LATEST, islice(bsteps, i + 1, newest_i)), True)
+            except ValueError:
+                break
             if bsteps[i].status is committed_status:
                 keep.setdefault(bsteps[i].prefix, []).insert(0, "the state file's latest (model_checkpoint_path)")
         if leases:
@@ -861,7 +875,7 @@ def compute_plan(cdir: CheckpointDir, steps: Sequence[CheckpointStep], policies:
             files = s.files
             if not (s.sidecars or check_files) and files and files[0].name.endswith(".index"):
                 # the common case, a step of an index and data shards and nothing else
-                names = tuple(map(_NAME, files))
+                names = (files[0].name, files[1].name) if len(files) == 2 else tuple(map(_NAME, files))
                 add_decision(_Decision(pfx, s.base, s.step, _STATUS_VALUE[s.status], DELETE,
                                        [drop_get(pfx) or _NOT_KEPT], s.in_state, s.timestamp, files, names))
                 delete_names += names

@@ -186,6 +186,22 @@ class ResolvedPath:
     problem: str | None = None
 
 
+def relative_paths(raws: list[str]) -> list[ResolvedPath]:
+    """``ResolvedPath(raw, raw, "relative")`` for each of ``raws``, plain names that
+    :func:`resolve_path` would resolve so (the caller checks), made ~2x faster than by the
+    frozen dataclass's ``__init__`` (100k of them for a 100k-step state file)."""
+    out: list[ResolvedPath] = []
+    add = out.append
+    new = object.__new__
+    for raw in raws:
+        r = new(ResolvedPath)
+        d = r.__dict__  # frozen: fill the instance dict directly (problem defaults to None)
+        d["raw"] = d["name"] = raw
+        d["how"] = "relative"
+        add(r)
+    return out
+
+
 def _strip_scheme(p: str) -> tuple[str | None, str]:
     if "://" in p:
         scheme, rest = p.split("://", 1)
