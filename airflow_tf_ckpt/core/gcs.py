@@ -1,4 +1,4 @@
-"""Two GCS JSON API calls that GC needs and gcsfs does not offer in a usable form.
+"""GCS JSON API calls that gcsfs does not offer in a form this package can use.
 
 * :func:`batch_delete`: object DELETEs sent as JSON API batch requests (up to 100 per request,
   several requests in flight). gcsfs batches only against Google and falls back to single DELETEs,
@@ -11,13 +11,17 @@
   parameter for it). GC uses it to re-list only the small files that can make a plan unsafe
   (leases, quarantine markers, promotions, GC intents, the state file) instead of every shard of
   every step again.
+* :func:`read_with_generation` / :func:`write_if_generation`: a compare-and-swap on one object
+  (``ifGenerationMatch``), so that read-modify-write records (``PROMOTIONS.json``) written by two
+  workers at once lose nothing.
 
-Both are called with a gcsfs ``GCSFileSystem``; nothing here imports gcsfs at module import.
+All are called with a gcsfs ``GCSFileSystem``; nothing here imports gcsfs at module import.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import posixpath
 import random
 import re
@@ -189,3 +193,45 @@ def list_matching(loc: Location, patterns: Iterable[str], keep: Callable[[str], 
         out[name] = FileInfo(name=name, path=info["name"], size=int(info.get("size") or 0),
                              mtime=_mtime(info))
     return out
+
+
+def read_with_generation(fs: Any, path: str) -> tuple[bytes | None, int]:
+    """An object's content and generation, from one download; ``(None, 0)`` when it does not exist
+    (``ifGenerationMatch=0`` then means "create only")."""
+    from fsspec.asyn import sync
+
+    bucket, key, _ = fs.split_path(path)
+    try:
+        headers, content = sync(fs.loop, fs._call, "GET", "b/{}/o/{}", bucket, key, alt="media")
+    except FileNotFoundError:
+        return None, 0
+    gen = headers.get("X-Goog-Generation")
+    if gen is None:  # not on every server: ask for the metadata, and read that generation
+        gen = str(fs.info(path)["generation"])
+        headers, content = sync(fs.loop, fs._call, "GET", "b/{}/o/{}", bucket, key, alt="media",
+                                generation=gen)
+    return content, int(gen)
+
+
+def write_if_generation(fs: Any, path: str, data: bytes, generation: int,
+                        content_type: str = "application/json") -> bool:
+    """Upload ``data`` to ``path`` only while the object is still at ``generation`` (0: absent),
+    in one request (``ifGenerationMatch``): GCS's compare-and-swap. False when someone else wrote
+    it first (412); the caller re-reads and tries again."""
+    from fsspec.asyn import sync
+
+    bucket, key, _ = fs.split_path(path)
+    # a multipart upload, as gcsfs's own create-only write: fake-gcs-server checks preconditions
+    # there and ignores them on uploadType=media
+    boundary = f"tf-ckpt-{uuid.uuid4().hex}"
+    body = (f"--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n"
+            f"{json.dumps({'name': key})}\r\n--{boundary}\r\nContent-Type: {content_type}\r\n\r\n"
+            ).encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    try:
+        sync(fs.loop, fs._call, "POST", f"{fs._location}/upload/storage/v1/b/{_q(bucket)}/o",
+             uploadType="multipart", ifGenerationMatch=str(generation), data=body,
+             headers={"Content-Type": f'multipart/related; boundary="{boundary}"'})
+    except FileExistsError:  # gcsfs's spelling of 412 Precondition Failed
+        return False
+    fs.invalidate_cache(path)
+    return True

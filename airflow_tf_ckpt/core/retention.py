@@ -43,10 +43,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import re
+import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from itertools import islice
 from operator import attrgetter, indexOf
@@ -418,7 +421,10 @@ def read_promotions(loc: Location) -> list[dict[str, Any]]:
         data = loc.fs.cat_file(loc.join(PROMOTIONS_FILENAME))
     except FileNotFoundError:
         return []
-    where = loc.display(PROMOTIONS_FILENAME)
+    return _parse_promotions(data, loc.display(PROMOTIONS_FILENAME))
+
+
+def _parse_promotions(data: bytes, where: str) -> list[dict[str, Any]]:
     try:
         doc = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -453,24 +459,64 @@ def promoted_prefixes(loc: Location, *, include_superseded: bool = False) -> set
     return set(current_promotions(read_promotions(loc), include_superseded))
 
 
+_RECORD_LOCK = threading.Lock()
+
+
+@contextmanager
+def _dir_lock(path: str) -> Iterator[None]:
+    """An exclusive ``flock`` on a local dir (held by processes of this host, released on exit,
+    also by a killed process), and this process's threads serialized."""
+    import fcntl
+
+    with _RECORD_LOCK:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+
 def record_promotion(loc: Location, prefix: str, dest: str, alias: str | None = None, *,
                      now: float | None = None) -> dict[str, Any]:
-    """Append a promotion record to ``PROMOTIONS.json`` in the SOURCE dir (atomic replace).
+    """Append a promotion record to ``PROMOTIONS.json`` in the SOURCE dir.
 
     Called by the promotion code after a successful copy. A repeated (prefix, dest, alias) moves
-    to the end with a new time. Read-modify-write: two promotions recorded at the same instant
-    from two hosts can lose one record (object stores here offer no compare-and-swap).
+    to the end with a new time. Two promotions of the same source recording at the same instant
+    both land: the read-modify-write runs under an ``flock`` of the dir locally, and as a
+    compare-and-swap on GCS (the write carries ``ifGenerationMatch`` of what was read, and is
+    redone on a fresh read when another writer came first). Other object stores have neither:
+    there it is serialized within this process only.
     """
     if not prefix or "/" in prefix:
         raise CheckpointError(f"cannot record promotion of {prefix!r}: not a prefix name",
                               loc.display(PROMOTIONS_FILENAME))
-    records = [r for r in read_promotions(loc)
-               if (r.get("prefix"), r.get("dest"), r.get("alias")) != (prefix, dest, alias)]
     rec = {"prefix": prefix, "step": parse_prefix(prefix).step, "dest": dest, "alias": alias,
            "time": time.time() if now is None else now}
-    records.append(rec)
-    body = {"version": 1, "promotions": records}
-    loc.write_atomic(PROMOTIONS_FILENAME, json.dumps(body, indent=1, sort_keys=True).encode("utf-8"))
+    where = loc.display(PROMOTIONS_FILENAME)
+
+    def updated(records: list[dict[str, Any]]) -> bytes:
+        keep = [r for r in records if (r.get("prefix"), r.get("dest"), r.get("alias")) != (prefix, dest, alias)]
+        return json.dumps({"version": 1, "promotions": keep + [rec]}, indent=1, sort_keys=True).encode("utf-8")
+
+    from .gcs import is_gcs, read_with_generation, write_if_generation
+
+    if is_gcs(loc.fs):
+        path = loc.join(PROMOTIONS_FILENAME)
+        for attempt in range(20):
+            data, generation = read_with_generation(loc.fs, path)
+            records = _parse_promotions(data, where) if data is not None else []
+            if write_if_generation(loc.fs, path, updated(records), generation):
+                return rec
+            time.sleep(random.uniform(0, 0.02 * (attempt + 1)))
+        raise CheckpointError("kept changing under 20 attempts to add a record; not recorded", where)
+    if loc.local:
+        os.makedirs(loc.path, exist_ok=True)
+        with _dir_lock(loc.path):
+            loc.write_atomic(PROMOTIONS_FILENAME, updated(read_promotions(loc)))
+        return rec
+    with _RECORD_LOCK:
+        loc.write_atomic(PROMOTIONS_FILENAME, updated(read_promotions(loc)))
     return rec
 
 
