@@ -41,6 +41,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
+from .buffers import read_buffer
 from .bundle import (
     HEADER_KEY,
     BundleEntry,
@@ -449,12 +450,10 @@ class _Stream:
             return done, None
         last = len(cuts) - 1
         end_all = cuts[last]
-        buf = bytearray(min(self.chunk_size, end_all - cuts[0]))
-        view = memoryview(buf)
-        pos = cuts[0]
-        f.seek(pos)
-        k = 0  # current segment: [cuts[k], cuts[k + 1])
-        try:
+        with read_buffer(min(self.chunk_size, end_all - cuts[0])) as view:
+            pos = cuts[0]
+            f.seek(pos)
+            k = 0  # current segment: [cuts[k], cuts[k + 1])
             while k < last:
                 if not active and cuts[k + 1] - pos >= self.chunk_size:
                     pos = cuts[k + 1]
@@ -481,8 +480,6 @@ class _Stream:
                         k += 1
                         at_cut(cuts[k])
                 pos = end
-        finally:
-            view.release()
         return done, None
 
 
