@@ -136,6 +136,26 @@ def _order(s: CheckpointStep) -> tuple[int, float, str]:
     return (-1 if s.step is None else s.step, s.timestamp or 0.0, s.prefix)
 
 
+def _fresh(target: CheckpointDir | Location | str | os.PathLike[str], state_filename: str | None,
+           storage_options: dict[str, Any] | None) -> tuple[Location, str, CheckpointDir]:
+    """The dir, its state file name and a FRESH listing (a caller's CheckpointDir may be minutes old)."""
+    if isinstance(target, CheckpointDir):
+        loc = target.location
+        state_filename = state_filename or target.state_filename
+    else:
+        loc = target if isinstance(target, Location) else Location.of(target, storage_options)
+        state_filename = state_filename or STATE_FILENAME
+    return loc, state_filename, discover(loc, state_filename=state_filename)
+
+
+def _step_name(cdir: CheckpointDir, step: str | int | CheckpointStep) -> str:
+    if isinstance(step, CheckpointStep):
+        return step.prefix
+    if isinstance(step, int):
+        return cdir.get(step).prefix
+    return step
+
+
 def quarantine_step(target: CheckpointDir | Location | str | os.PathLike[str],
                     prefix: str | int | CheckpointStep, reason: str,
                     report_dict: Mapping[str, Any] | None = None, *,
@@ -144,20 +164,8 @@ def quarantine_step(target: CheckpointDir | Location | str | os.PathLike[str],
                     hook: Callable[..., Any] | None = None) -> QuarantineResult:
     """Quarantine one step (see the module docstring). ``prefix`` may be a prefix, a step number
     or a :class:`CheckpointStep`. ``hook(label)`` runs before each write (crash tests)."""
-    if isinstance(target, CheckpointDir):
-        loc = target.location
-        state_filename = state_filename or target.state_filename
-    else:
-        loc = target if isinstance(target, Location) else Location.of(target, storage_options)
-        state_filename = state_filename or STATE_FILENAME
-    # A fresh listing: the caller's CheckpointDir may be minutes old.
-    cdir = discover(loc, state_filename=state_filename)
-    if isinstance(prefix, CheckpointStep):
-        name = prefix.prefix
-    elif isinstance(prefix, int):
-        name = cdir.get(prefix).prefix
-    else:
-        name = prefix
+    loc, state_filename, cdir = _fresh(target, state_filename, storage_options)
+    name = _step_name(cdir, prefix)
     names = set(cdir.listing)
     if not any(n == name or n.startswith(name + ".") for n in names) and not any(
             s.prefix == name for s in cdir.steps):
@@ -264,19 +272,8 @@ def release_quarantine(target: CheckpointDir | Location | str | os.PathLike[str]
     file must not name an incomplete step). ``hook(label, name)`` runs before each write (crash
     tests); ``progress(done, total)`` is passed to the verifier.
     """
-    if isinstance(target, CheckpointDir):
-        loc = target.location
-        state_filename = state_filename or target.state_filename
-    else:
-        loc = target if isinstance(target, Location) else Location.of(target, storage_options)
-        state_filename = state_filename or STATE_FILENAME
-    cdir = discover(loc, state_filename=state_filename)  # fresh: the caller's view may be old
-    if isinstance(prefix_or_step, CheckpointStep):
-        name = prefix_or_step.prefix
-    elif isinstance(prefix_or_step, int):
-        name = cdir.get(prefix_or_step).prefix
-    else:
-        name = prefix_or_step
+    loc, state_filename, cdir = _fresh(target, state_filename, storage_options)
+    name = _step_name(cdir, prefix_or_step)
     rec_name = quarantine_name(name)
     step = next((s for s in cdir.steps if s.prefix == name and s.files), None)
     record = read_quarantine(loc, name)
