@@ -594,6 +594,9 @@ def _print_plan(out: Console, plan: RetentionPlan) -> None:
         table.add_row("-" if d.step is None else str(d.step), escape(d.prefix), d.status, _size(d.size),
                       f"[{style}]{escape(d.action)}[/{style}]", escape("; ".join(d.reasons)))
     out.print(table)
+    for sc in plan.sidecars:  # files without a step of their own: orphaned sidecars, dead temp files
+        if sc.action == "delete":
+            out.print(f"  also delete {escape(sc.name)} ({escape(sc.role)}): {escape(sc.reason)}")
 
 
 # ---------------------------------------------------------------------------------------------

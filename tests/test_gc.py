@@ -371,3 +371,44 @@ def test_files_already_gone_are_reported_not_fatal(tmp_path):
     res = apply_plan(plan, hook=hook)
     assert res.ok and res.missing == [str(tmp_path / "ckpt-2.data-00000-of-00001")]
     assert res.deleted_steps == ["ckpt-1", "ckpt-2"]
+
+
+def test_abandoned_temp_files_of_atomic_writes_are_cleaned(tmp_path):
+    """A write_atomic (or a local promotion copy) killed before its rename leaves
+    ``.TARGET.XXXXXXXX.tmp``; GC removes those older than an hour, and nothing else that looks alike."""
+    loc = Location.of(tmp_path)
+    make_dir(loc, [1, 2, 3])
+    old = T0 - 2 * H
+    names = {
+        ".checkpoint.k3j_9x2a.tmp": old,  # a state-file write that died: goes
+        ".PROMOTIONS.json.0a1b2c3d.tmp": old,  # goes
+        ".checkpoint.fresh123.tmp": T0 - 60,  # a write in progress right now: stays
+        ".notours.tmp": old,  # not our pattern: stays
+        ".checkpoint.TOOLONG99.tmp": old,  # upper case: not mkstemp's alphabet: stays
+    }
+    for n, t in names.items():
+        (tmp_path / n).write_bytes(b"partial")
+        os.utime(tmp_path / n, (t, t))
+    (tmp_path / ".dir.abcdefgh.tmp").mkdir()  # a directory that looks like one: stays
+    os.utime(tmp_path / ".dir.abcdefgh.tmp", (old, old))
+    outside = tmp_path.parent / ".checkpoint.zzzzzzzz.tmp"  # a symlink out of the root: refused
+    outside.write_bytes(b"sentinel")
+    os.symlink(outside, tmp_path / ".checkpoint.symlink1.tmp")
+    os.utime(tmp_path / ".checkpoint.symlink1.tmp", (old, old), follow_symlinks=False)
+
+    plan = plan_retention(loc, [KeepLastN(3)], now=T0)
+    temps = {s.name: s for s in plan.sidecars if s.role == "temp"}
+    assert sorted(temps) == [".PROMOTIONS.json.0a1b2c3d.tmp", ".checkpoint.k3j_9x2a.tmp"]
+    assert temps[".checkpoint.k3j_9x2a.tmp"].prefix == "checkpoint"
+    assert "never finished (120 min old)" in temps[".checkpoint.k3j_9x2a.tmp"].reason
+    assert sorted(apply_plan(plan, dry_run=True).would_delete) == sorted(str(tmp_path / n) for n in temps)
+    res = apply_plan(plan)
+    assert res.ok and not res.deleted_steps
+    left = {p.name for p in tmp_path.iterdir()}
+    assert not left & set(temps) and {".checkpoint.fresh123.tmp", ".notours.tmp", ".checkpoint.TOOLONG99.tmp",
+                                      ".dir.abcdefgh.tmp", ".checkpoint.symlink1.tmp"} <= left
+    assert outside.read_bytes() == b"sentinel"
+    # a plan for one base of a shared dir leaves temp files alone (they may be the other job's)
+    (tmp_path / ".checkpoint.k3j_9x2a.tmp").write_bytes(b"partial")
+    os.utime(tmp_path / ".checkpoint.k3j_9x2a.tmp", (old, old))
+    assert not [s for s in plan_retention(loc, [KeepLastN(3)], prefix="ckpt", now=T0).sidecars if s.role == "temp"]

@@ -982,6 +982,23 @@ def compute_plan(cdir: CheckpointDir, steps: Sequence[CheckpointStep], policies:
         if walk is not None and candidates:
             lp_candidates.append(_settled_lp(candidates, walk, keep, lp_known))
 
+    # temp files of atomic writes that died before their rename (ours: state file, manifests,
+    # metrics, promotions; they are never read): gone once clearly abandoned
+    if local and (prefix is None or prefix == ""):
+        for m in _TEMP_FILE.finditer(names_text):
+            info = cdir.listing.get(m.group(0))
+            if info is None or info.is_dir or info.is_link or info.mtime is None or \
+                    now - info.mtime < TEMP_FILE_TTL_S:
+                continue
+            bad_refusals = _refusals(loc, [info], real_root)
+            if bad_refusals:
+                refused += bad_refusals
+                continue
+            sidecar_decisions.append(SidecarDecision(
+                info.name, m.group("target"), "temp", DELETE,
+                f"temp file of a write to {m.group('target')} that never finished "
+                f"({int((now - info.mtime) // 60)} min old)"))
+
     # the state file: drop every spelling of a deleted step
     drop_paths: list[str] = []
     new_state: StateFile | None = None
@@ -1029,6 +1046,11 @@ def compute_plan(cdir: CheckpointDir, steps: Sequence[CheckpointStep], policies:
 
 _STATUS_VALUE = {st: st.value for st in StepStatus}
 _ODD_CHAR = re.compile(r"[/\x00*?\[]")
+#: what ``storage.write_atomic`` (``tempfile.mkstemp``) and promotion's local copies name their
+#: temp files: ``.TARGET.XXXXXXXX.tmp``
+_TEMP_FILE = re.compile(r"^\.(?P<target>[^\n]+)\.[a-z0-9_]{8}\.tmp$", re.M)
+#: a temp file older than this belongs to a write that died (a write takes seconds)
+TEMP_FILE_TTL_S = 3600.0
 
 
 def _bad_names(listing: Mapping[str, FileInfo], text: str, local: bool) -> frozenset[str]:
