@@ -12,6 +12,7 @@ for humans go to stdout only without ``--json`` (progress always goes to stderr)
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -412,49 +413,55 @@ def validate_cmd(
         dir_problems.append("no committed checkpoint step" + (f" with prefix {prefix!r}" if prefix else "")
                             + (f" ({len(incomplete)} incomplete)" if incomplete else ""))
         chosen = incomplete
-    total_bytes = sum(s.size for s in chosen)
-    done_before = 0
-    with _progress(not as_json, "verifying", total_bytes) as update:
-        for s in chosen:
-            base = done_before
+    held = contextlib.ExitStack()
+    if quarantine:  # as the operator does: GC must not delete a step between its check and its mark
+        chosen = _lease_for_validate(loc, chosen, held, warnings)
+    try:
+        total_bytes = sum(s.size for s in chosen)
+        done_before = 0
+        with _progress(not as_json, "verifying", total_bytes) as update:
+            for s in chosen:
+                base = done_before
 
-            def on_progress(done: int, _total: int, _base: int = base, _name: str = s.prefix) -> None:
-                update(_base + done, total_bytes, _name)
+                def on_progress(done: int, _total: int, _base: int = base, _name: str = s.prefix) -> None:
+                    update(_base + done, total_bytes, _name)
 
-            if s.status is StepStatus.INCOMPLETE and not any(
-                    f.name.endswith(".index") for f in s.files) and s.format == "v2":
-                # no index to read: report the missing files directly
-                probs = [{"file": loc.display(m), "tensor": None, "kind": "missing_file",
-                          "message": "file is missing (step incomplete)", "expected": None,
-                          "actual": None} for m in s.missing]
-                entry = {"prefix": s.prefix, "step": s.step, "status": s.status.value, "ok": False,
-                         "format": s.format, "problems": probs, "tensors_checked": 0,
-                         "bytes_checked": 0, "seconds": 0.0}
-            else:
-                report = verify_step(loc, s.prefix, progress=on_progress, format=s.format)
-                entry = report.to_dict()
-                entry.update({"step": s.step, "status": s.status.value})
-                if s.status is StepStatus.INCOMPLETE:
-                    known = {p["file"] for p in entry["problems"]}
-                    for m in s.missing:
-                        if loc.display(m) not in known and "?" not in m:
-                            entry["problems"].append({
-                                "file": loc.display(m), "tensor": None, "kind": "missing_file",
-                                "message": "file is missing (step incomplete)", "expected": None,
-                                "actual": None})
-                    entry["ok"] = False
-            # what discovery saw beside the files the index names (stray shards, a state file
-            # naming a step whose files are gone) is a problem of the step too
-            entry["problems"] += [{"file": loc.display(s.prefix), "tensor": None, "kind": "layout",
-                                   "message": p, "expected": None, "actual": None}
-                                  for p in s.problems
-                                  if not (s.status is StepStatus.INCOMPLETE and "files are missing" in p)]
-            entry["ok"] = entry["ok"] and not entry["problems"]
-            done_before += s.size
-            problems_total += len(entry["problems"])
-            results.append(entry)
-    if quarantine:
-        warnings += _quarantine_failed(loc, {s.prefix: s for s in chosen}, results, cdir.state_filename)
+                if s.status is StepStatus.INCOMPLETE and not any(
+                        f.name.endswith(".index") for f in s.files) and s.format == "v2":
+                    # no index to read: report the missing files directly
+                    probs = [{"file": loc.display(m), "tensor": None, "kind": "missing_file",
+                              "message": "file is missing (step incomplete)", "expected": None,
+                              "actual": None} for m in s.missing]
+                    entry = {"prefix": s.prefix, "step": s.step, "status": s.status.value, "ok": False,
+                             "format": s.format, "problems": probs, "tensors_checked": 0,
+                             "bytes_checked": 0, "seconds": 0.0}
+                else:
+                    report = verify_step(loc, s.prefix, progress=on_progress, format=s.format)
+                    entry = report.to_dict()
+                    entry.update({"step": s.step, "status": s.status.value})
+                    if s.status is StepStatus.INCOMPLETE:
+                        known = {p["file"] for p in entry["problems"]}
+                        for m in s.missing:
+                            if loc.display(m) not in known and "?" not in m:
+                                entry["problems"].append({
+                                    "file": loc.display(m), "tensor": None, "kind": "missing_file",
+                                    "message": "file is missing (step incomplete)", "expected": None,
+                                    "actual": None})
+                        entry["ok"] = False
+                # what discovery saw beside the files the index names (stray shards, a state file
+                # naming a step whose files are gone) is a problem of the step too
+                entry["problems"] += [{"file": loc.display(s.prefix), "tensor": None, "kind": "layout",
+                                       "message": p, "expected": None, "actual": None}
+                                      for p in s.problems
+                                      if not (s.status is StepStatus.INCOMPLETE and "files are missing" in p)]
+                entry["ok"] = entry["ok"] and not entry["problems"]
+                done_before += s.size
+                problems_total += len(entry["problems"])
+                results.append(entry)
+        if quarantine:
+            warnings += _quarantine_failed(loc, {s.prefix: s for s in chosen}, results, cdir.state_filename)
+    finally:
+        held.close()
     ok = problems_total == 0 and not dir_problems
     if as_json:
         _emit_json({"dir": loc.display(), "ok": ok, "steps": results, "problems": dir_problems,
@@ -491,6 +498,27 @@ def validate_cmd(
     out.print("[green]all good[/green]" if ok else
               f"[red]{problems_total + len(dir_problems)} problem(s) found[/red]")
     return EXIT_OK if ok else EXIT_PROBLEM
+
+
+def _lease_for_validate(loc: Location, steps: list[CheckpointStep], held: contextlib.ExitStack,
+                        warnings: list[str]) -> list[CheckpointStep]:
+    """Lease each step for ``validate --quarantine``; a step a GC run is deleting is skipped."""
+    import socket
+
+    from .core.leases import LeaseConflictError, LeaseError, leased
+
+    owner = f"validate-{socket.gethostname().split('.')[0]}-{os.getpid()}"
+    out = []
+    for s in steps:
+        try:
+            held.enter_context(leased(loc, s.prefix, owner, 3600.0))
+        except LeaseConflictError:
+            warnings.append(f"{s.prefix}: skipped: a GC run is deleting it")
+            continue
+        except (LeaseError, OSError) as exc:
+            warnings.append(f"{s.prefix}: verified without a lease ({exc})")
+        out.append(s)
+    return out
 
 
 def _quarantine_failed(loc: Location, steps: dict[str, CheckpointStep], results: list[dict[str, Any]],

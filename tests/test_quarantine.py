@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -454,3 +455,20 @@ def test_cli_quarantine_input_errors_are_exit_2(args, needle, tmp_path):
     p = run(*[str(tmp_path) if a == "DIR" else a for a in args])
     assert_one_line_error(p, 2, needle)
     assert p.stdout == "" and sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.tf
+def test_cli_validate_quarantine_leases_and_respects_a_running_gc(copy_variant):
+    """validate --quarantine leases each step while it checks and marks it (a GC cannot delete it
+    in between), leaves no lease behind, and skips a step that a GC run has announced it deletes."""
+    from airflow_tf_ckpt.core.leases import write_gc_intent
+
+    d = copy_variant("tf2_manager")
+    _flip_in_tensor(d, "ckpt-5", KERNEL)
+    _flip_in_tensor(d, "ckpt-4", KERNEL)
+    write_gc_intent(Location.of(d), "ckpt", {"ckpt-4"}, ttl_s=600, started=time.time())
+    doc = run_json("validate", str(d), "--step", "all", "--quarantine", code=1)
+    assert "ckpt-4: skipped: a GC run is deleting it" in doc["warnings"], doc["warnings"]
+    assert "ckpt-4" not in {s["prefix"] for s in doc["steps"]}
+    assert (d / "ckpt-5.quarantine.json").exists() and not (d / "ckpt-4.quarantine.json").exists()
+    assert not list(d.glob("*.lease-*"))  # every lease released
