@@ -652,15 +652,11 @@ class _Heartbeat:
 
     def __init__(self, dst: Location, token: str, ttl: float) -> None:
         self.dst, self.token, self.ttl = dst, token, ttl
-        self.created = time.time()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="promote-lock-heartbeat", daemon=True)
-
-    def __enter__(self) -> _Heartbeat:
         self._thread.start()
-        return self
 
-    def __exit__(self, *_exc: object) -> None:
+    def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
 
@@ -807,7 +803,7 @@ def _promote_locked(src: Location, dst: Location, chosen: CheckpointStep, plan: 
                     t0: float) -> PromotionResult:
     """The part of :func:`promote` that runs under the destination lock."""
     token = _acquire_lock(dst, lock_ttl)
-    heartbeat = _Heartbeat(dst, token, lock_ttl).__enter__()
+    heartbeat = _Heartbeat(dst, token, lock_ttl)
     try:
         try:
             dst.fs.invalidate_cache(dst.path)  # another process may have promoted meanwhile
@@ -971,7 +967,7 @@ def _promote_locked(src: Location, dst: Location, chosen: CheckpointStep, plan: 
         if hook:
             hook("cleaned", dst)
     finally:
-        heartbeat.__exit__()
+        heartbeat.stop()
         _release_lock(dst, token)
 
     recorded = False
