@@ -88,6 +88,10 @@ def _parse(content_type: str, content: bytes) -> dict[str, tuple[int, str]]:
     return out
 
 
+async def _backoff(attempt: int) -> None:
+    await asyncio.sleep(min(0.1 * 2 ** attempt + random.random() * 0.1, 5.0))
+
+
 async def _one_batch(fs: Any, paths: list[str]) -> list[BaseException | None]:
     """Delete ``paths`` (at most BATCH_LIMIT) in one batch request, retrying what may succeed later.
 
@@ -113,7 +117,7 @@ async def _one_batch(fs: Any, paths: list[str]) -> list[BaseException | None]:
                 for i in pending:
                     result[i] = OSError(f"batch delete failed after {MAX_TRIES} tries: {exc}")
                 break
-            await asyncio.sleep(min(0.1 * 2 ** attempt + random.random() * 0.1, 5.0))
+            await _backoff(attempt)
             continue
         retry = []
         for i in pending:
@@ -129,7 +133,7 @@ async def _one_batch(fs: Any, paths: list[str]) -> list[BaseException | None]:
         pending = retry
         if not pending:
             break
-        await asyncio.sleep(min(0.1 * 2 ** attempt + random.random() * 0.1, 5.0))
+        await _backoff(attempt)
     return [result[i] for i in range(len(paths))]
 
 
