@@ -12,9 +12,15 @@
    step's sidecar, the XCom and an event of the ``tf_ckpt_demo_metrics`` asset.
 4. ``promote`` -- publishes the step to ``promoted_dir`` (alias ``best``) only if it is the best
    step by ``loss`` so far; otherwise it is skipped.
-5. ``commit`` -- advances the watermark once the step is processed (also after a skipped promote).
-   A run that fails before it (a transient error) gets the same step again: at-least-once. A
-   quarantined step is no longer named by the state file, so the next run moves past it.
+5. ``commit`` -- runs whatever happened upstream (``all_done``) and advances the watermark when
+   the step is HANDLED: evaluated by this DAG (its metrics sidecar exists) or quarantined by
+   ``validate`` (corrupt: it is never evaluated, the run still succeeds, the red ``validate`` box
+   shows it). Otherwise (a transient error) it fails the run and the next run gets the same step
+   again: at-least-once, never skipped.
+
+``start_date`` is set: a ``@continuous`` DAG without one gets a zero-width first interval and the
+scheduler never makes a second run ("run already exists; skipping dagrun creation"). A deployment
+stuck that way needs its old run deleted once (see the README).
 
 The watermark is kept per deployment, in the state store of the asset named after the default
 ``ckpt_dir`` (``$TF_CKPT_DEMO_DIR/checkpoints``). Point a deployment at another dir by setting
@@ -23,9 +29,13 @@ The watermark is kept per deployment, in the state store of the asset named afte
 
 from __future__ import annotations
 
-from airflow.sdk import DAG, Asset, Param
+import datetime as dt
+from typing import Any
 
-from airflow_tf_ckpt.examples import settings
+from airflow.sdk import DAG, Asset, Param, task
+from airflow.sdk.exceptions import AirflowException
+
+from airflow_tf_ckpt.examples import settings, work
 from airflow_tf_ckpt.operators import (
     EvaluateCheckpointOperator,
     PromoteCheckpointOperator,
@@ -41,6 +51,7 @@ with DAG(
     dag_id="tf_ckpt_evaluate_each_step",
     description="Validate, evaluate and maybe promote every committed checkpoint step",
     schedule="@continuous",
+    start_date=dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc),
     max_active_runs=1,
     catchup=False,
     tags=["tf_ckpt", "example"],
@@ -76,6 +87,23 @@ with DAG(
         step="best", metric=settings.METRIC, mode=settings.MODE, only_if_step=STEP, alias="best",
         prefix=settings.BASE, conn_id=settings.conn_id(), outlets=[PROMOTED_ASSET],
     )
-    commit = wait.commit_task(task_id="commit", trigger_rule="none_failed")
+
+    @task(trigger_rule="all_done", inlets=[wait.watermark_asset])
+    def commit(params: dict[str, Any] | None = None, **context: Any) -> int | None:
+        """Advance the watermark over the sensor's step once it is evaluated or quarantined."""
+        payload = context["ti"].xcom_pull(task_ids="wait")
+        if not payload:
+            raise AirflowException("the sensor returned no step")
+        ckpt_dir = str((params or {}).get("ckpt_dir") or settings.ckpt_dir())
+        mark, left = work.advance_over(ckpt_dir, [payload["checkpoint"]], dag.dag_id)
+        if left:
+            raise AirflowException(f"{payload['checkpoint']} was neither evaluated nor quarantined; "
+                                   "the watermark stays, the next run gets it again")
+        committed = wait.commit_watermark(context, mark)
+        if work.task_failed(context, "promote_if_best"):
+            raise AirflowException("the step is evaluated and committed, but promote_if_best failed")
+        return committed
+
+    commit = commit()
 
     wait >> validate >> evaluate >> promote >> commit

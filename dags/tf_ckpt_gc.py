@@ -1,6 +1,9 @@
 """Hourly checkpoint retention (garbage collection) of the demo's checkpoint dir.
 
-``tf_ckpt_gc`` runs :class:`CheckpointRetentionOperator` every hour, one run at a time. It keeps the
+``tf_ckpt_gc`` runs :class:`CheckpointRetentionOperator` every hour (``TF_CKPT_DEMO_GC_SCHEDULE``
+overrides it), one run at a time. It keeps every step that an evaluation DAG of this deployment
+has not evaluated yet (``keep_unevaluated``, for at most a day after its save), and a dir that does
+not exist yet (nothing trained) is nothing to do, not a failure. It keeps the
 3 newest steps, the 2 best by ``loss`` (from the evaluation sidecars), every 10th step, the newest
 ``.meta`` and any promoted, pinned, quarantined or LEASED step (an evaluation in progress), and
 deletes the rest. The state file is rewritten before any file is deleted, so TF never names a
@@ -22,7 +25,7 @@ from airflow_tf_ckpt.operators import CheckpointRetentionOperator
 with DAG(
     dag_id="tf_ckpt_gc",
     description="Delete checkpoint steps that no retention policy keeps",
-    schedule="@hourly",
+    schedule=settings.gc_schedule(),
     start_date=dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc),
     catchup=False,
     max_active_runs=1,

@@ -34,6 +34,9 @@ with DAG(
         "save_every": Param(2, type="integer", minimum=1, description="save a checkpoint every N steps"),
         "sleep_between_saves": Param(0.0, type="number", minimum=0,
                                      description="seconds to wait after each save (to watch it live)"),
+        "corrupt_step": Param(0, type="integer", minimum=0,
+                              description="demo only: flip one byte of this step's shard right after "
+                                          "it is committed (bit rot); 0 = none"),
     },
     doc_md=__doc__,
 ) as dag:
@@ -41,16 +44,39 @@ with DAG(
     @task(queue=gpu_queue())
     def train(params: dict[str, Any] | None = None) -> dict[str, Any]:
         """Train and save; returns the saved steps and their training losses (small)."""
+        import time
+
         from airflow_tf_ckpt.examples.train import train as run_training
         from airflow_tf_ckpt.hooks.storage import CheckpointStorageHook
 
         assert params is not None
         ckpt_dir = str(params["ckpt_dir"])
-        opts = CheckpointStorageHook(settings.conn_id()).storage_options(ckpt_dir)
+        hook = CheckpointStorageHook(settings.conn_id())
+        opts = hook.storage_options(ckpt_dir)
+        corrupt = int(params.get("corrupt_step") or 0)
+        corrupted: list[int] = []
+        saved_at: dict[int, float] = {}
+
+        def on_save(step: int, url: str, loss: float) -> None:
+            saved_at[step] = time.time()
+            print(f"saved and committed step {step} (train loss {loss:.4f}): {url}", flush=True)
+            if step == corrupt:
+                _flip_a_byte(hook.get_location(ckpt_dir), url.rsplit("/", 1)[-1])
+                corrupted.append(step)
+
         result = run_training(ckpt_dir, steps=int(params["steps"]), save_every=int(params["save_every"]),
                               sleep_between_saves=float(params["sleep_between_saves"]),
-                              storage_options=opts)
-        return {"ckpt_dir": ckpt_dir, "steps": result.steps,
+                              storage_options=opts, on_save=on_save)
+        return {"ckpt_dir": ckpt_dir, "steps": result.steps, "corrupted": corrupted,
+                "save_times": {str(s): t for s, t in saved_at.items()},
                 "losses": {str(k): round(v, 6) for k, v in result.losses.items()}}
+
+    def _flip_a_byte(loc: Any, prefix: str) -> None:
+        """Bit rot in the middle of the step's first data shard (it stays committed)."""
+        name = f"{prefix}.data-00000-of-00001"
+        data = bytearray(loc.read_bytes(name))
+        data[len(data) // 2] ^= 0xFF
+        loc.write_atomic(name, bytes(data))
+        print(f"demo: flipped one byte in {loc.display(name)}", flush=True)
 
     train()

@@ -19,6 +19,13 @@ METRIC = "loss"  # what "best" means: the lowest validation loss
 MODE = "min"
 BUILD_FN = "airflow_tf_ckpt.examples.eval.build_checkpoint"
 EVAL_FN = "airflow_tf_ckpt.examples.eval.evaluate"
+# The evaluation DAGs record their metrics under their own dag_id, so two of them never collide;
+# GC keeps a step until each has evaluated it (up to UNEVALUATED_MAX_AGE after its save).
+EACH_STEP_DAG = "tf_ckpt_evaluate_each_step"
+EVENT_DAG = "tf_ckpt_event_driven"
+EVALUATORS = (EACH_STEP_DAG, EVENT_DAG)
+PROMOTING_EVALUATOR = EACH_STEP_DAG  # whose metric "best" (promotion, keep_best) means
+UNEVALUATED_MAX_AGE = 24 * 3600.0
 
 
 def _join(root: str, name: str) -> str:
@@ -37,6 +44,11 @@ def ckpt_dir() -> str:
 def promoted_dir() -> str:
     """Where the best step is published."""
     return _join(demo_root(), "promoted")
+
+
+def gc_schedule() -> str:
+    """``tf_ckpt_gc``'s schedule: ``TF_CKPT_DEMO_GC_SCHEDULE`` (a cron or preset), default hourly."""
+    return os.environ.get("TF_CKPT_DEMO_GC_SCHEDULE") or "@hourly"
 
 
 def conn_id() -> str | None:
