@@ -125,6 +125,8 @@ class Deployment:
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
             "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+            # a busy 2-core machine: the api-server may answer a worker after more than 5 s
+            "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
             "AIRFLOW__TF_CKPT__TRIGGERER_GC_FREEZE": "True",
             "AIRFLOW__TF_CKPT__POLL_INTERVAL": str(self.poll_interval),
             "TF_CKPT_DEMO_DIR": str(self.data_root),
@@ -215,12 +217,20 @@ class Deployment:
             self.check_alive()
             try:
                 self.token(refresh=True)
+                self._warm_execution_api()
                 return
             except (OSError, urllib.error.URLError, RuntimeError):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"the api-server did not answer on {self.url} in {timeout:.0f} s:\n"
                                        + self.log_tail("api-server")) from None
                 time.sleep(1)
+
+    def _warm_execution_api(self) -> None:
+        """The api-server builds its versioned Execution API on first use (seconds of CPU, during
+        which it answers nothing): pay that before any task starts."""
+        req = urllib.request.Request(f"{self.url}/execution/health")
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            resp.read()
 
     def stop(self, grace: float = 20) -> None:
         """SIGTERM every component's process group, then SIGKILL what is left after ``grace``."""
@@ -252,12 +262,18 @@ class Deployment:
         req = urllib.request.Request(f"{self.url}/api/v2{path}{q}", data=data, method=method,
                                      headers={"Content-Type": "application/json",
                                               "Authorization": f"Bearer {self.token()}"})
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as exc:
-            raise RuntimeError(f"{method} {path}: HTTP {exc.code}: {exc.read()[:2000]!r}") from None
-        return json.loads(raw) if raw else None
+        for attempt in range(3 if method == "GET" else 1):  # only reads are retried
+            try:
+                with urllib.request.urlopen(req, timeout=120) as resp:
+                    raw = resp.read()
+                return json.loads(raw) if raw else None
+            except urllib.error.HTTPError as exc:
+                raise RuntimeError(f"{method} {path}: HTTP {exc.code}: {exc.read()[:2000]!r}") from None
+            except (TimeoutError, urllib.error.URLError):
+                if attempt == 2 or method != "GET":
+                    raise
+                time.sleep(2)
+        raise AssertionError("unreachable")
 
     def wait_dags(self, dag_ids: Iterable[str], timeout: float = 180) -> None:
         """Until the dag-processor has parsed every DAG (and none has an import error)."""

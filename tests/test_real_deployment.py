@@ -1,0 +1,121 @@
+"""The example DAGs on a REAL Airflow: scheduler, dag-processor, triggerer and api-server.
+
+``dag.test()`` runs a DAG in one process with triggers inline; it shows none of what a deployment
+does to them (timetables, asset-event batching, the triggerer process, task start-up through the
+Execution API). These tests start the deployment of ``scripts/deployment.py`` (LocalExecutor,
+SQLite, all on 127.0.0.1) and drive it through the REST API, as a user does.
+
+* ``test_dags_on_a_real_deployment`` (``make test``, a few minutes): a burst of saves; the
+  continuous DAG makes one run per step (at least 3 consecutive runs), the event-driven DAG
+  evaluates the whole burst, GC runs (and is triggered by hand) while evaluations are in flight.
+* ``test_soak`` (``make test-long``): ~30 steps in bursts, both evaluation DAGs, GC every minute.
+
+Both check through the API: every committed step evaluated exactly once by each evaluation DAG,
+no run failed, GC deleted no step before both DAGs had evaluated it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+from deployment import Deployment, Ledger, read_ledger, triggerer_blocks  # noqa: E402
+
+pytestmark = [pytest.mark.airflow, pytest.mark.tf, pytest.mark.real]
+
+EVAL_DAGS = ("tf_ckpt_evaluate_each_step", "tf_ckpt_event_driven")
+ALL_DAGS = ("tf_ckpt_train_demo", *EVAL_DAGS, "tf_ckpt_gc")
+GC_TIGHT = {"keep_last": 1, "keep_best": 0, "keep_every_steps": 1000}  # deletes all it may
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[Deployment]:
+    dep = Deployment(root=tmp_path / "deployment", poll_interval=2.0,
+                     extra_env={"TF_CKPT_DEMO_GC_SCHEDULE": "* * * * *"})
+    dep.prepare()
+    try:
+        dep.start()
+        dep.wait_dags(ALL_DAGS)
+        yield dep
+    finally:
+        dep.stop()
+        assert not dep.procs
+
+
+def _train(dep: Deployment, conf: dict[str, Any], timeout: float = 300) -> str:
+    run_id = dep.trigger("tf_ckpt_train_demo", conf)
+    run = dep.wait_run("tf_ckpt_train_demo", run_id, timeout)
+    assert run["state"] == "success", dep.log_tail("scheduler")
+    return run_id
+
+
+def _wait_all_evaluated(dep: Deployment, timeout: float) -> Ledger:
+    deadline = time.monotonic() + timeout
+    while True:
+        ledger = read_ledger(dep)
+        done = all(ledger.count(d, s) >= 1 for d in EVAL_DAGS for s in ledger.committed())
+        event_idle = all(r["state"] in ("success", "failed") for r in ledger.runs["tf_ckpt_event_driven"])
+        if (done and event_idle) or ledger.failed_runs():
+            time.sleep(5)  # let a run that is about to start show up (a second evaluation)
+            return read_ledger(dep)
+        if time.monotonic() > deadline:
+            missing = {d: [s for s in ledger.committed() if not ledger.count(d, s)] for d in EVAL_DAGS}
+            pytest.fail(f"not evaluated after {timeout:.0f} s: {missing}\n{dep.log_tail('scheduler')}")
+        time.sleep(3)
+
+
+def _gc_during_evaluation(dep: Deployment, timeout: float = 120) -> None:
+    """Trigger GC (deleting all it may) as soon as an evaluation is in flight."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for dag in EVAL_DAGS:
+            for r in dep.runs(dag):
+                if r["state"] == "running" and any(
+                        ti["state"] == "running" and ti["task_id"].endswith("evaluate")
+                        for ti in dep.task_instances(dag, r["dag_run_id"])):
+                    dep.trigger("tf_ckpt_gc", GC_TIGHT)
+                    return
+        time.sleep(1)
+    pytest.fail("no evaluation was seen in flight")
+
+
+def test_dags_on_a_real_deployment(deployment: Deployment) -> None:
+    dep = deployment
+    for dag in (*EVAL_DAGS, "tf_ckpt_gc"):  # before anything is trained: GC must not fail
+        dep.unpause(dag)
+    dep.unpause("tf_ckpt_train_demo")
+    _train(dep, {"steps": 6, "save_every": 2})  # a burst: ckpt-2, -4, -6
+    _gc_during_evaluation(dep)
+    ledger = _wait_all_evaluated(dep, timeout=420)
+
+    assert ledger.saved == [2, 4, 6]
+    assert ledger.problems(EVAL_DAGS) == []
+    cont = [r for r in ledger.runs["tf_ckpt_evaluate_each_step"] if r["state"] == "success"]
+    assert len(cont) >= 3, "the continuous DAG kept making runs"
+    gc_runs = ledger.runs["tf_ckpt_gc"]
+    assert gc_runs and all(r["state"] == "success" for r in gc_runs), gc_runs
+    print("triggerer:", triggerer_blocks(dep))
+
+
+@pytest.mark.long
+def test_soak(deployment: Deployment) -> None:
+    """~30 steps in bursts, both evaluation DAGs, GC every minute (and by hand during evaluation)."""
+    dep = deployment
+    for dag in (*EVAL_DAGS, "tf_ckpt_gc", "tf_ckpt_train_demo"):
+        dep.unpause(dag)
+    for burst in range(3):
+        _train(dep, {"steps": 10, "save_every": 1, "corrupt_step": 15 if burst == 1 else 0})
+        _gc_during_evaluation(dep, timeout=300)
+        time.sleep(30)
+    ledger = _wait_all_evaluated(dep, timeout=2400)
+    assert len(ledger.saved) == 30 and ledger.corrupted == [15]
+    assert ledger.problems(EVAL_DAGS) == []
+    assert len([r for r in ledger.runs["tf_ckpt_gc"] if r["state"] == "success"]) >= 3
+    print("triggerer:", triggerer_blocks(dep))
