@@ -119,8 +119,9 @@ def metrics_series(cdir: CheckpointDir) -> dict[str, Any]:
     for by_name in series.values():
         for pts in by_name.values():
             pts.sort()
+    quarantined = sorted(s.step for s in cdir.steps if s.quarantined and s.step is not None)
     return {"evaluators": sorted(series), "series": series, "evaluated_steps": len(per),
-            "problems": problems[:50]}
+            "quarantined": quarantined, "problems": problems[:50]}
 
 
 def step_metrics(cdir: CheckpointDir, prefix: str) -> dict[str, dict[str, float]]:

@@ -43,7 +43,9 @@ async function loadDirs() {
 async function showDir() {
   banner(""); st.offset = 0; st.metrics = null;
   const info = st.dirs.find((x) => x.id === st.dir);
-  $("#usedby").textContent = info ? "used by " + info.used_by.join(", ") : "";
+  const dags = info ? [...new Set(info.used_by.map((w) => w.split(/[ .]/)[0]))] : [];
+  $("#usedby").textContent = info ? "watched by " + dags.join(", ") : "";
+  $("#usedby").title = info ? info.used_by.join("\n") : "";
   await Promise.all([loadSummary(), loadSteps()]);  // first paint: the summary and one page of steps
   loadMetrics(); loadQuarantine(); loadPromotions(); loadRetention();  // then the rest, in parallel
 }
@@ -121,18 +123,18 @@ function fillMetricNames() {
 }
 
 function plot() {
-  const svg = $("#plot"), W = 800, H = 300, L = 60, R = 15, T = 15, B = 35;
+  const svg = $("#plot"), W = 800, H = 240, L = 60, R = 15, T = 15, B = 35;
   const pts = ((st.metrics && st.metrics.series[$("#evaluator").value]) || {})[$("#metric").value] || [];
   if (!pts.length) { svg.innerHTML = `<text x="20" y="30">no metrics yet</text>`; $("#best").textContent = ""; return; }
   const xs = pts.map((p) => p[0]), ys = pts.map((p) => p[1]);
   const x0 = Math.min(...xs), x1 = Math.max(...xs), y0 = Math.min(...ys), y1 = Math.max(...ys);
   const sx = (x) => L + (x1 === x0 ? 0.5 : (x - x0) / (x1 - x0)) * (W - L - R);
   const sy = (y) => T + (y1 === y0 ? 0.5 : 1 - (y - y0) / (y1 - y0)) * (H - T - B);
-  const max = $("#mode").value === "max";
-  let best = pts[0];
-  for (const p of pts) if (max ? p[1] > best[1] : p[1] < best[1]) best = p;
+  const max = $("#mode").value === "max", bad = new Set(st.metrics.quarantined || []);
+  let best = null;  // a quarantined step is never the best (promotion refuses it)
+  for (const p of pts) if (!bad.has(p[0]) && (best === null || (max ? p[1] > best[1] : p[1] < best[1]))) best = p;
   const line = pts.map((p) => sx(p[0]).toFixed(1) + "," + sy(p[1]).toFixed(1)).join(" ");
-  const dots = pts.length <= 500 ? pts.map((p) => `<circle class="point" cx="${sx(p[0]).toFixed(1)}" cy="${sy(p[1]).toFixed(1)}" r="2.5" data-step="${p[0]}"><title>step ${p[0]}: ${p[1]}</title></circle>`).join("") : "";
+  const dots = pts.length <= 500 ? pts.map((p) => `<circle class="${bad.has(p[0]) ? "point qpoint" : "point"}" cx="${sx(p[0]).toFixed(1)}" cy="${sy(p[1]).toFixed(1)}" r="2.5" data-step="${p[0]}"><title>step ${p[0]}: ${p[1]}</title></circle>`).join("") : "";
   svg.innerHTML = `<line class="axis" x1="${L}" y1="${H - B}" x2="${W - R}" y2="${H - B}"/>` +
     `<line class="axis" x1="${L}" y1="${T}" x2="${L}" y2="${H - B}"/>` +
     `<text x="${L}" y="${H - 10}">${x0}</text><text x="${W - R}" y="${H - 10}" text-anchor="end">${x1}</text>` +
@@ -140,8 +142,9 @@ function plot() {
     `<text x="${L - 5}" y="${H - B}" text-anchor="end">${y0.toPrecision(4)}</text>` +
     `<text x="${(L + W) / 2}" y="${H - 10}" text-anchor="middle">step</text>` +
     `<polyline class="line" points="${line}"/>` + dots +
-    `<circle class="best" cx="${sx(best[0]).toFixed(1)}" cy="${sy(best[1]).toFixed(1)}" r="6" data-step="${best[0]}"><title>best: step ${best[0]}: ${best[1]}</title></circle>`;
-  $("#best").innerHTML = `best ${esc($("#metric").value)}: <b id="best-step">step ${best[0]}</b> (${best[1]})`;
+    (best ? `<circle class="best" cx="${sx(best[0]).toFixed(1)}" cy="${sy(best[1]).toFixed(1)}" r="6" data-step="${best[0]}"><title>best: step ${best[0]}: ${best[1]}</title></circle>` : "");
+  $("#best").innerHTML = best ? `best ${esc($("#metric").value)}: <b id="best-step">step ${best[0]}</b> (${best[1]})` +
+    (bad.size ? ' <span class="small">(quarantined steps, hollow, are not candidates)</span>' : "") : "";
 }
 
 async function loadRetention() {
