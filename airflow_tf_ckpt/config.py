@@ -59,3 +59,21 @@ def triggerer_gc_freeze() -> bool:
         return conf.getboolean(SECTION, "triggerer_gc_freeze", fallback=False)
     except Exception:  # noqa: BLE001 - a bad value: the default, not a failed trigger
         return False
+
+
+def ui_dirs() -> list[str]:
+    """``[tf_ckpt] ui_dirs``: more checkpoint dirs for the Checkpoints page (comma or newline separated)."""
+    conf = _conf()
+    if conf is None:
+        return []
+    from airflow_tf_ckpt.ui.sources import split_dirs
+
+    return split_dirs(conf.get(SECTION, "ui_dirs", fallback=""))
+
+
+def ui_conn_id() -> str | None:
+    """``[tf_ckpt] ui_conn_id``: the connection for page dirs no sensor or watcher names one for."""
+    conf = _conf()
+    if conf is None:
+        return None
+    return conf.get(SECTION, "ui_conn_id", fallback="") or None

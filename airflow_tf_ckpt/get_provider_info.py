@@ -117,6 +117,25 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "True",
                         "default": "False",
                     },
+                    "ui_dirs": {
+                        "description": "More checkpoint dirs (local paths or gs:// URLs, separated by "
+                                       "commas or newlines) for the Checkpoints page under Browse. The "
+                                       "page already shows every dir the deployment's DAGs watch "
+                                       "(sensors, asset watchers, retention and other provider tasks).",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "gs://my-bucket/run-7/checkpoints, /data/ckpt",
+                        "default": "",
+                    },
+                    "ui_conn_id": {
+                        "description": "Airflow connection the Checkpoints page uses for a gs:// dir "
+                                       "when no sensor or asset watcher of that dir names one "
+                                       "(operators do not keep their conn_id in the serialized DAG).",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "google_cloud_default",
+                        "default": "",
+                    },
                 },
             }
         },

@@ -1,0 +1,295 @@
+"""The Checkpoints page's FastAPI app, mounted by the plugin in the Airflow api-server at ``/tf-ckpt``.
+
+Security, route by route:
+
+- The app has an app-level ``Depends(get_user)``: EVERY route (the page, its script, the JSON) needs
+  an Airflow login (the UI's ``_token`` cookie or a ``Bearer`` token); anonymous gets 401.
+- Reads need the Plugins view and read access (GET) on every DAG that watches the dir; the two
+  actions (quarantine, unquarantine) need write access (PUT) on those DAGs, so a viewer gets 403.
+  A dir named only by ``[tf_ckpt] ui_dirs`` needs that access on all DAGs.
+- A request names a dir by its id from ``GET api/dirs`` and a step by a prefix that discovery
+  found in that dir: never a path or a bucket.
+- The browser gets URLs, step names and numbers only: storage options (tokens, keys) stay in the
+  hook, and storage errors go through the hook's redaction before they are sent.
+
+Blocking work (listings, a plan) runs in plain ``def`` routes, which FastAPI runs in a thread pool.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from importlib import resources
+from typing import Annotated, Any
+
+from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from airflow_tf_ckpt import config
+from airflow_tf_ckpt.core.discovery import CheckpointDir, discover
+from airflow_tf_ckpt.core.errors import CheckpointError
+from airflow_tf_ckpt.ui import sources, views
+
+DIRS_TTL_S = 30.0  # how long the list of dirs (read from the serialized DAGs) is reused
+LISTING_TTL_S = 5.0  # how long one listing serves the page's requests (summary, rows, plot, plan)
+STATIC = {"app.js": "text/javascript", "app.css": "text/css"}
+
+
+def _auth():  # -> (get_user, get_auth_manager, DagDetails, AccessView)
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import AccessView, DagDetails
+    from airflow.api_fastapi.core_api.security import get_user
+
+    return get_user, get_auth_manager, DagDetails, AccessView
+
+
+def _get_user_dep():
+    return _auth()[0]
+
+
+class _Cache:
+    """Dirs and listings kept a few seconds, one refresh at a time per key."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        self._items: dict[str, tuple[float, Any]] = {}
+
+    def get(self, key: str, ttl: float, make: Any) -> Any:
+        with self._lock:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            hit = self._items.get(key)
+            if hit is not None and time.monotonic() - hit[0] < ttl:
+                return hit[1]
+            value = make()
+            self._items[key] = (time.monotonic(), value)
+            return value
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            self._items.pop(key, None)
+
+
+_cache = _Cache()
+_hooks: dict[str | None, Any] = {}
+
+
+def _serialized_dags() -> list[tuple[str, dict[str, Any]]]:
+    """``(dag_id, serialized dag)`` of every active DAG, latest version (read from the metadata DB)."""
+    from airflow.models.dag import DagModel
+    from airflow.models.serialized_dag import SerializedDagModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        dag_ids = list(session.scalars(select(DagModel.dag_id).where(DagModel.is_stale.is_(False))))
+        rows = SerializedDagModel.get_latest_serialized_dags(dag_ids=dag_ids, session=session) if dag_ids else []
+        return [(r.dag_id, (r.data or {}).get("dag") or {}) for r in rows]
+
+
+def configured_dirs() -> tuple[list[sources.WatchedDir], list[str]]:
+    """The dirs of the DAGs plus ``[tf_ckpt] ui_dirs`` (cached ``DIRS_TTL_S``) and discovery notes."""
+    def make() -> tuple[list[sources.WatchedDir], list[str]]:
+        notes: list[str] = []
+        try:
+            dags = _serialized_dags()
+        except Exception as exc:  # noqa: BLE001 - no DB (a misconfigured api-server): ui_dirs still work
+            dags, notes = [], [f"cannot read the serialized DAGs: {type(exc).__name__}"]
+        dirs = sources.watched_dirs(sorted(dags), config.ui_dirs(), config.ui_conn_id(), notes)
+        return dirs, notes
+
+    return _cache.get("dirs", DIRS_TTL_S, make)
+
+
+def _hook(conn_id: str | None) -> Any:
+    from airflow_tf_ckpt.hooks.storage import CheckpointStorageHook
+
+    if conn_id not in _hooks:
+        _hooks[conn_id] = CheckpointStorageHook(conn_id)
+    return _hooks[conn_id]
+
+
+def _dags_of(d: sources.WatchedDir) -> list[str | None]:
+    """The DAGs whose access a dir needs; ``None`` (all DAGs) too for a dir that ``ui_dirs`` names."""
+    ids: list[str | None] = sorted({w.split(" ", 1)[0].split(".", 1)[0] for w in d.used_by
+                                    if not w.startswith("[")})
+    return [None, *ids] if any(w.startswith("[") for w in d.used_by) or not ids else ids
+
+
+def _authorize(request: Request, d: sources.WatchedDir, method: str) -> None:
+    _, get_auth_manager, DagDetails, AccessView = _auth()
+    user = request.state.tf_ckpt_user
+    am = get_auth_manager()
+    if method == "GET" and not am.is_authorized_view(access_view=AccessView.PLUGINS, user=user):
+        raise HTTPException(403, "Forbidden")
+    for dag_id in _dags_of(d):
+        if not am.is_authorized_dag(method=method, details=DagDetails(id=dag_id), user=user):
+            raise HTTPException(403, "Forbidden: needs " + ("write" if method != "GET" else "read")
+                                + " access to " + (f"DAG {dag_id}" if dag_id else "all DAGs"))
+
+
+def _dir(dir_id: str) -> sources.WatchedDir:
+    for d in configured_dirs()[0]:
+        if d.id == dir_id:
+            return d
+    raise HTTPException(404, "no such checkpoint dir (ids come from api/dirs)")
+
+
+def _redacted(d: sources.WatchedDir, exc: BaseException) -> str:
+    return _hook(d.conn_id).redact(f"{type(exc).__name__}: {exc}")[:2000]
+
+
+def _listing(d: sources.WatchedDir, fresh: bool = False) -> CheckpointDir:
+    if fresh:
+        _cache.drop("dir:" + d.id)
+    try:
+        return _cache.get("dir:" + d.id, LISTING_TTL_S,
+                          lambda: discover(_hook(d.conn_id).get_location(d.url), d.prefix))
+    except (CheckpointError, OSError, ValueError) as exc:
+        raise HTTPException(502, f"cannot list {d.url}: {_redacted(d, exc)}") from None
+
+
+def create_app() -> FastAPI:
+    """The app. ``get_user`` is imported here, at plugin load, inside the api-server."""
+    get_user = _get_user_dep()
+
+    async def remember_user(request: Request, user: Any = Depends(get_user)) -> None:
+        request.state.tf_ckpt_user = user
+
+    app = FastAPI(title="TensorFlow checkpoints", dependencies=[Depends(remember_user)],
+                  docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_exception_handler(HTTPException, _html_or_json)
+    _routes(app)
+    return app
+
+
+async def _html_or_json(request: Request, exc: HTTPException) -> Response:
+    """The page itself answers 401/403 with a short page (inside the iframe), the API with JSON."""
+    page = request.url.path.rstrip("/").endswith("/tf-ckpt")
+    if page and "text/html" in request.headers.get("accept", ""):
+        msg = "Your Airflow session has expired: log in again." if exc.status_code == 401 else str(exc.detail)
+        return HTMLResponse(f"<!doctype html><title>Checkpoints</title><p>{_esc(msg)}</p>",
+                            status_code=exc.status_code)
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+def _esc(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _static(name: str) -> str:
+    return resources.files("airflow_tf_ckpt.ui").joinpath("static", name).read_text("utf-8")
+
+
+def _routes(app: FastAPI) -> None:
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> HTMLResponse:
+        return HTMLResponse(_static("index.html"), headers={"Cache-Control": "no-store"})
+
+    @app.get("/static/{name}")
+    def static(name: str) -> Response:
+        if name not in STATIC:
+            raise HTTPException(404, "not found")
+        return Response(_static(name), media_type=STATIC[name])
+
+    @app.get("/api/dirs")
+    def dirs(request: Request) -> dict[str, Any]:
+        found, notes = configured_dirs()
+        shown = []
+        for d in found:
+            try:
+                _authorize(request, d, "GET")
+            except HTTPException:
+                continue
+            shown.append(d.to_dict())
+        return {"dirs": shown, "notes": notes[:50]}
+
+    def read(request: Request, dir_id: str) -> tuple[sources.WatchedDir, CheckpointDir]:
+        d = _dir(dir_id)
+        _authorize(request, d, "GET")
+        return d, _listing(d)
+
+    @app.get("/api/dirs/{dir_id}/summary")
+    def summary(request: Request, dir_id: str) -> dict[str, Any]:
+        d, cdir = read(request, dir_id)
+        return {**views.summary(cdir, d.prefix), **d.to_dict()}
+
+    @app.get("/api/dirs/{dir_id}/steps")
+    def steps(request: Request, dir_id: str, offset: Annotated[int, Query(ge=0)] = 0,
+              limit: Annotated[int, Query(ge=1, le=views.MAX_PAGE)] = 50, status: str | None = None,
+              ) -> dict[str, Any]:
+        d, cdir = read(request, dir_id)
+        return _guard(d, lambda: views.step_rows(cdir, offset, limit, status))
+
+    @app.get("/api/dirs/{dir_id}/metrics")
+    def metrics(request: Request, dir_id: str) -> dict[str, Any]:
+        d, cdir = read(request, dir_id)
+        return _guard(d, lambda: views.metrics_series(cdir))
+
+    @app.get("/api/dirs/{dir_id}/steps/{prefix}/metrics")
+    def step_metrics(request: Request, dir_id: str, prefix: str) -> dict[str, Any]:
+        d, cdir = read(request, dir_id)
+        _step(cdir, prefix)
+        return {"prefix": prefix, "evaluators": _guard(d, lambda: views.step_metrics(cdir, prefix))}
+
+    @app.get("/api/dirs/{dir_id}/retention")
+    def retention(request: Request, dir_id: str) -> dict[str, Any]:
+        d, cdir = read(request, dir_id)
+        plans = [_guard(d, lambda r=r: views.retention_plan(cdir, r.label, r.options, r.prefix or d.prefix))
+                 for r in d.retention]
+        return {"plans": plans}
+
+    @app.get("/api/dirs/{dir_id}/quarantine")
+    def quarantine(request: Request, dir_id: str) -> dict[str, Any]:
+        d, cdir = read(request, dir_id)
+        return {"records": _guard(d, lambda: views.quarantine_records(cdir))}
+
+    @app.get("/api/dirs/{dir_id}/promotions")
+    def promotions(request: Request, dir_id: str) -> dict[str, Any]:
+        d, cdir = read(request, dir_id)
+        out = _guard(d, lambda: views.promotions(cdir))
+        out["aliases"] = _guard(d, lambda: views.destination_aliases(
+            out["records"], lambda url: _hook(d.conn_id).get_location(url)))
+        return out
+
+    @app.post("/api/dirs/{dir_id}/steps/{prefix}/quarantine")
+    def quarantine_one(request: Request, dir_id: str, prefix: str,
+                       reason: Annotated[str, Body(embed=True, min_length=1, max_length=500)]) -> dict[str, Any]:
+        from airflow_tf_ckpt.core.quarantine import quarantine_step
+
+        d = _dir(dir_id)
+        _authorize(request, d, "PUT")
+        cdir = _listing(d, fresh=True)
+        _step(cdir, prefix)
+        user = getattr(request.state.tf_ckpt_user, "get_name", lambda: "?")()
+        res = _guard(d, lambda: quarantine_step(cdir.location, prefix, f"{reason} (by {user} in the Airflow UI)"))
+        _cache.drop("dir:" + d.id)
+        return {"prefix": res.prefix, "quarantined": True}
+
+    @app.post("/api/dirs/{dir_id}/steps/{prefix}/unquarantine")
+    def unquarantine_one(request: Request, dir_id: str, prefix: str) -> dict[str, Any]:
+        from airflow_tf_ckpt.core.quarantine import release_quarantine
+
+        d = _dir(dir_id)
+        _authorize(request, d, "PUT")
+        cdir = _listing(d, fresh=True)
+        _step(cdir, prefix)
+        _guard(d, lambda: release_quarantine(cdir.location, prefix))
+        _cache.drop("dir:" + d.id)
+        return {"prefix": prefix, "quarantined": False}
+
+
+def _step(cdir: CheckpointDir, prefix: str) -> None:
+    if not any(s.prefix == prefix for s in cdir.steps):
+        raise HTTPException(404, f"no step {prefix!r} in this dir")
+
+
+def _guard(d: sources.WatchedDir, fn: Any) -> Any:
+    """Run a core call; its errors become a 409 (bad data) or 502 (storage) with a redacted text."""
+    try:
+        return fn()
+    except CheckpointError as exc:
+        raise HTTPException(409, _redacted(d, exc)) from None
+    except OSError as exc:
+        raise HTTPException(502, _redacted(d, exc)) from None

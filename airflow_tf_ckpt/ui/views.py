@@ -1,0 +1,211 @@
+"""The Checkpoints page's data: core results (discovery, metrics, the retention plan as a dry run,
+quarantine records, promotions) turned into small JSON-ready dicts. No Airflow import, no writes.
+
+Each function takes a :class:`CheckpointDir` discovered once per request burst (the app caches it a
+few seconds), so the summary, a page of steps, the plot and the plan share one listing. Only what a
+view shows is read: a page of steps reads the leases of its own rows, not those of 10,000 steps.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from airflow_tf_ckpt.core.discovery import CheckpointDir, CheckpointStep
+from airflow_tf_ckpt.core.errors import CheckpointError
+from airflow_tf_ckpt.core.leases import read_leases
+from airflow_tf_ckpt.core.metrics import metrics_for, read_files
+from airflow_tf_ckpt.core.naming import QUARANTINE_SUFFIX
+from airflow_tf_ckpt.core.retention import (
+    PROMOTIONS_FILENAME,
+    current_promotions,
+    plan_retention,
+    policies_from_options,
+    read_promotions,
+)
+
+DEFAULT_EVALUATOR = "default"  # the single-sidecar layout (PREFIX.metrics.json) has one evaluator
+MAX_PAGE = 500
+
+
+def status_of(s: CheckpointStep) -> str:
+    """committed | orphan | incomplete | quarantined (a quarantine marker wins over the rest)."""
+    return "quarantined" if s.quarantined else s.status.value
+
+
+def _ordered(cdir: CheckpointDir) -> list[CheckpointStep]:
+    """Newest first: by step number, then timestamp (unnumbered steps last)."""
+    return sorted(cdir.steps, key=lambda s: (s.step is not None, s.step or 0, s.timestamp or 0.0, s.prefix),
+                  reverse=True)
+
+
+def promotions(cdir: CheckpointDir) -> dict[str, Any]:
+    """``PROMOTIONS.json`` of the dir: every record, marked ``current`` where it still holds."""
+    if PROMOTIONS_FILENAME not in cdir.listing:
+        return {"records": [], "by_prefix": {}}
+    records = read_promotions(cdir.location)
+    current = current_promotions(records)
+    now_ids = {(r["prefix"], r.get("dest"), r.get("alias"), r.get("time")) for rs in current.values() for r in rs}
+    out = [{"prefix": r.get("prefix"), "step": r.get("step"), "dest": r.get("dest"), "alias": r.get("alias"),
+            "time": r.get("time"),
+            "current": (r.get("prefix"), r.get("dest"), r.get("alias"), r.get("time")) in now_ids}
+           for r in reversed(records)]
+    by_prefix = {p: sorted({r.get("alias") or "(no alias)" for r in rs}) for p, rs in current.items()}
+    return {"records": out, "by_prefix": by_prefix}
+
+
+def summary(cdir: CheckpointDir, prefix: str | None = None) -> dict[str, Any]:
+    """Counts per status, total size, the latest step, the dir's problems (cheap: listing only)."""
+    counts: dict[str, int] = {"committed": 0, "orphan": 0, "incomplete": 0, "quarantined": 0}
+    size = 0
+    for s in cdir.steps:
+        counts[status_of(s)] += 1
+        size += s.size
+    latest = cdir.latest(prefix)
+    return {"dir": cdir.location.display(), "steps": len(cdir.steps), "counts": counts, "bytes": size,
+            "latest": latest.prefix if latest else None, "problems": cdir.problems[:50],
+            "problem_count": len(cdir.problems)}
+
+
+def step_rows(cdir: CheckpointDir, offset: int = 0, limit: int = 50, status: str | None = None,
+              now: float | None = None) -> dict[str, Any]:
+    """One page of steps, newest first, with each row's leases and promotion aliases."""
+    limit = max(1, min(int(limit), MAX_PAGE))
+    steps = [s for s in _ordered(cdir) if status in (None, "", "all") or status_of(s) == status]
+    page = steps[max(0, int(offset)): max(0, int(offset)) + limit]
+    lease_names = [f.name for s in page for f in s.leases]
+    leases = read_leases(cdir, lease_names) if lease_names else {}
+    promoted = promotions(cdir)["by_prefix"]
+    t = time.time() if now is None else now
+    rows = []
+    for s in page:
+        ls = [leases[f.name] for f in s.leases if f.name in leases]
+        rows.append({
+            "prefix": s.prefix, "step": s.step, "status": status_of(s), "size": s.size,
+            "saved": s.timestamp, "latest": s.latest, "in_state": s.in_state,
+            "leases": [{"owner": lease.owner, "expires": lease.expires, "active": lease.active(t)} for lease in ls],
+            "promoted": promoted.get(s.prefix, []), "missing": s.missing[:5], "problems": s.problems[:5],
+            "has_metrics": any(f.name.endswith(".metrics.json") for f in s.sidecars),
+        })
+    return {"total": len(steps), "offset": int(offset), "limit": limit, "rows": rows}
+
+
+def evaluator_metrics(cdir: CheckpointDir, problems: list[str] | None = None,
+                      ) -> dict[str, dict[str, dict[str, float]]]:
+    """THE adapter for "metrics of each step, per evaluator": ``{prefix: {evaluator: {metric: value}}}``.
+
+    Today a step has one sidecar, ``PREFIX.metrics.json``, shown as evaluator ``default``. When the
+    core grows per-evaluator records, only this function changes.
+    """
+    return {p: {DEFAULT_EVALUATOR: m} for p, m in metrics_for(cdir, problems=problems).items()}
+
+
+def metrics_series(cdir: CheckpointDir) -> dict[str, Any]:
+    """Series for the plot: ``{evaluator: {metric: [[step, value], ...]}}``, oldest step first."""
+    problems: list[str] = []
+    per = evaluator_metrics(cdir, problems)
+    numbers = {s.prefix: s.step for s in cdir.steps}
+    series: dict[str, dict[str, list[list[float]]]] = {}
+    for prefix, by_eval in per.items():
+        step = numbers.get(prefix)
+        if step is None:
+            continue
+        for ev, values in by_eval.items():
+            for name, v in values.items():
+                if v == v and abs(v) != float("inf"):  # JSON has no NaN: a diverged value is left out
+                    series.setdefault(ev, {}).setdefault(name, []).append([step, v])
+    for by_name in series.values():
+        for pts in by_name.values():
+            pts.sort()
+    quarantined = sorted(s.step for s in cdir.steps if s.quarantined and s.step is not None)
+    return {"evaluators": sorted(series), "series": series, "evaluated_steps": len(per),
+            "quarantined": quarantined, "problems": problems[:50]}
+
+
+def step_metrics(cdir: CheckpointDir, prefix: str) -> dict[str, dict[str, float]]:
+    """One step's metrics per evaluator (the drill-down)."""
+    one = [s for s in cdir.steps if s.prefix == prefix]
+    if not one:
+        return {}
+    sub = CheckpointDir(cdir.location, cdir.state, one, listing=cdir.listing, state_filename=cdir.state_filename)
+    return evaluator_metrics(sub, []).get(prefix, {})
+
+
+def _num(value: Any, kind: type) -> Any:
+    return None if value in (None, "", "None") else kind(value)
+
+
+def policies_of(options: Mapping[str, Any]) -> list[Any]:
+    """Core policies from a serialized retention task's options (as its ``policies()`` builds them)."""
+    pins = options.get("pins") or []
+    if isinstance(pins, str):
+        pins = [p for p in pins.strip("[]() ").replace(",", " ").split() if p]
+    keep_best = _num(options.get("keep_best"), int)
+    return policies_from_options(
+        keep_last=_num(options.get("keep_last"), int), keep_every_hours=_num(options.get("keep_every_hours"), float),
+        keep_every_steps=_num(options.get("keep_every_steps"), int), keep_best=keep_best,
+        metric=(options.get("metric") or None) if keep_best is not None else None,
+        mode=str(options.get("mode") or "min"), pins=[int(p) for p in pins])
+
+
+def retention_plan(cdir: CheckpointDir, label: str, options: Mapping[str, Any], prefix: str | None,
+                   now: float | None = None) -> dict[str, Any]:
+    """A dry run of one retention task's policies: keep/delete per step and why. Deletes nothing."""
+    try:
+        policies = policies_of(options)
+        if not policies:
+            raise CheckpointError("no retention policy in this task")
+        plan = plan_retention(cdir, policies, prefix=prefix, now=now)
+    except (CheckpointError, ValueError, TypeError) as exc:
+        return {"task": label, "error": str(exc), "decisions": [], "counts": {}}
+    decisions = sorted(plan.decisions, key=lambda d: (d.step is not None, d.step or 0), reverse=True)
+    return {"task": label, "policies": [p.describe() for p in plan.policies],
+            "counts": {"keep": len(plan.kept), "delete": len(plan.deleted), "bytes": plan.bytes_to_free},
+            "decisions": [[d.step, d.prefix, d.action, "; ".join(d.reasons)] for d in decisions],
+            "state_file_rewritten": plan.state_changed, "problems": plan.problems[:50]}
+
+
+def quarantine_records(cdir: CheckpointDir) -> list[dict[str, Any]]:
+    """The ``PREFIX.quarantine.json`` records of the dir, newest first, with their reasons."""
+    names = sorted(n for n in cdir.listing if n.endswith(QUARANTINE_SUFFIX))
+    out = []
+    for name, data in read_files(cdir.location, names).items():
+        rec: dict[str, Any] = {"file": name, "prefix": name[: -len(QUARANTINE_SUFFIX)]}
+        try:
+            if isinstance(data, Exception):
+                raise ValueError(f"unreadable: {data}")
+            d = json.loads(data.decode("utf-8"))
+            rec.update(step=d.get("step"), reason=d.get("reason"), time=d.get("time"),
+                       report_problems=_report_problems(d.get("report")))
+        except (ValueError, UnicodeDecodeError, AttributeError) as exc:
+            rec.update(reason=None, error=f"{cdir.location.display(name)}: {exc}")
+        out.append(rec)
+    return sorted(out, key=lambda r: r.get("time") or 0, reverse=True)
+
+
+def _report_problems(report: Any) -> list[str]:
+    if not isinstance(report, dict):
+        return []
+    probs = report.get("problems") or report.get("errors") or []
+    return [str(p) for p in probs][:10] if isinstance(probs, Sequence) and not isinstance(probs, str) else []
+
+
+def destination_aliases(records: Sequence[Mapping[str, Any]], open_location: Any) -> list[dict[str, Any]]:
+    """The aliases found at each destination of the current promotions (``DEST/aliases/*.json``).
+
+    ``open_location(url)`` gives the destination's Location (through the same hook as the dir). A
+    destination that cannot be read is reported with its error, not raised.
+    """
+    from airflow_tf_ckpt.core.promote import list_aliases
+
+    out = []
+    for dest in dict.fromkeys(str(r.get("dest")) for r in records if r.get("current") and r.get("dest")):
+        try:
+            aliases = list_aliases(open_location(dest))
+            out.append({"dest": dest, "aliases": {a: {"prefix": m.prefix, "step": m.step}
+                                                   for a, m in sorted(aliases.items())}})
+        except (CheckpointError, OSError, ValueError) as exc:
+            out.append({"dest": dest, "aliases": {}, "error": f"{type(exc).__name__}: {exc}"[:500]})
+    return out
