@@ -148,10 +148,28 @@ def summary(dep: Deployment, ledger: Ledger) -> list[str]:
     say(f"logs                       : {_rel(dep.logs)} (components), {_rel(dep.home / 'logs')} (tasks)")
 
     problems = ledger.problems(EVAL_DAGS)
+    problems += _sidecar_problems(dep, ledger)
     if len(quarantined) != 1 or quarantined != sorted(ledger.corrupted):
         problems.append(f"expected the corrupted step(s) {ledger.corrupted} quarantined, got {quarantined}")
     problems += _promotion_problems(ledger, manifest)
     return problems
+
+
+def _sidecar_problems(dep: Deployment, ledger: Ledger) -> list[str]:
+    """The sidecars' own counts (``evaluations`` per evaluator) of the steps still on disk."""
+    from airflow_tf_ckpt.core.discovery import discover
+    from airflow_tf_ckpt.core.metrics import evaluation_counts
+    from airflow_tf_ckpt.core.storage import Location
+
+    cdir = discover(Location.of(str(dep.ckpt_dir)), "ckpt")
+    counts = evaluation_counts(cdir)
+    out = []
+    for s in cdir.steps:
+        if s.step in ledger.committed():
+            got = {d: counts.get(s.prefix, {}).get(d, 0) for d in EVAL_DAGS}
+            if any(n != 1 for n in got.values()):
+                out.append(f"{s.prefix}: the sidecars count {got} evaluations")
+    return out
 
 
 def _promotion_problems(ledger: Ledger, manifest: Any) -> list[str]:
