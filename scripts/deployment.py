@@ -179,7 +179,7 @@ class Deployment:
                                f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
         return proc.stdout
 
-    def start(self, components: Iterable[str] = COMPONENTS, timeout: float = 240) -> None:
+    def start(self, components: Iterable[str] = COMPONENTS, timeout: float = 600) -> None:
         """Start the components (each in its own process group) and wait for the REST API."""
         env = self.env()
         for name in components:
