@@ -31,9 +31,10 @@ from deployment import REPO, Deployment, Ledger, read_ledger, triggerer_blocks
 OUT = REPO / "demo_output" / "airflow"
 EVAL_DAGS = ("tf_ckpt_evaluate_each_step", "tf_ckpt_event_driven")
 ALL_DAGS = ("tf_ckpt_train_demo", *EVAL_DAGS, "tf_ckpt_gc")
-# one training run (one TensorFlow import): ckpt-2, -4, -6 within a second (a burst), then ckpt-8,
-# -10, -12 25 s apart; ckpt-10 gets a flipped byte right after its commit (bit rot)
-TRAIN = {"steps": 12, "save_every": 2, "burst": 3, "sleep_between_saves": 25, "corrupt_step": 10}
+# one training run (one TensorFlow import): ckpt-2, -4, -6 within a second (a burst), then ckpt-8
+# and -10 25 s apart; ckpt-8 gets a flipped byte right after its commit (bit rot). Modest on
+# purpose: every evaluation is a task that imports TensorFlow (12-15 s of CPU each).
+TRAIN = {"steps": 10, "save_every": 2, "burst": 3, "sleep_between_saves": 25, "corrupt_step": 8}
 TIMEOUT = 1200.0  # generous: a 2-core machine shared with other work is many times slower
 
 
@@ -71,8 +72,8 @@ def drive(dep: Deployment) -> str:
     say(f"unpaused {', '.join(EVAL_DAGS)}, tf_ckpt_gc (every minute), tf_ckpt_train_demo")
     t = time.monotonic()
     run_id = dep.trigger("tf_ckpt_train_demo", TRAIN)
-    say(f"triggered tf_ckpt_train_demo {TRAIN}: a burst of 3 saves, then 3 saves 25 s apart, "
-        "step 10 corrupted right after its commit")
+    say(f"triggered tf_ckpt_train_demo {TRAIN}: a burst of 3 saves, then 2 saves 25 s apart, "
+        "step 8 corrupted right after its commit")
     run = dep.wait_run("tf_ckpt_train_demo", run_id, timeout=900)
     x = dep.xcom("tf_ckpt_train_demo", run_id, "train") if run["state"] == "success" else {}
     say(f"tf_ckpt_train_demo: {run['state']}, saved steps {x.get('steps')}"
