@@ -48,7 +48,7 @@ PROMOTED_ASSET = Asset(name="tf_ckpt_demo_promoted", uri="x-tf-ckpt-promoted://d
 STEP = "{{ ti.xcom_pull(task_ids='wait')['checkpoint'] }}"
 
 with DAG(
-    dag_id="tf_ckpt_evaluate_each_step",
+    dag_id=settings.EACH_STEP_DAG,
     description="Validate, evaluate and maybe promote every committed checkpoint step",
     schedule="@continuous",
     start_date=dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc),
@@ -80,11 +80,13 @@ with DAG(
     evaluate = EvaluateCheckpointOperator(
         task_id="evaluate", ckpt_dir="{{ params.ckpt_dir }}", step=STEP, prefix=settings.BASE,
         build_fn=settings.BUILD_FN, eval_fn=settings.EVAL_FN, conn_id=settings.conn_id(),
+        evaluator=settings.EACH_STEP_DAG,  # its own sidecar: never collides with the event-driven DAG
         outlets=[METRICS_ASSET],  # queue: [tf_ckpt] gpu_queue by default
     )
     promote = PromoteCheckpointOperator(
         task_id="promote_if_best", ckpt_dir="{{ params.ckpt_dir }}", dest="{{ params.promoted_dir }}",
-        step="best", metric=settings.METRIC, mode=settings.MODE, only_if_step=STEP, alias="best",
+        step="best", metric=settings.METRIC, mode=settings.MODE, evaluator=settings.EACH_STEP_DAG,
+        only_if_step=STEP, alias="best",
         prefix=settings.BASE, conn_id=settings.conn_id(), outlets=[PROMOTED_ASSET],
     )
 

@@ -101,7 +101,7 @@ with DAG(
         evaluate = EvaluateCheckpointOperator(
             task_id="evaluate", ckpt_dir=CKPT_DIR, step=step, prefix=settings.BASE,
             build_fn=settings.BUILD_FN, eval_fn=settings.EVAL_FN, conn_id=settings.conn_id(),
-            max_active_tis_per_dagrun=2,  # TF import per task: two at a time on a small worker
+            evaluator=DAG_ID, max_active_tis_per_dagrun=2,  # TF import per task: two at a time on a small worker
         )
         validate >> evaluate
 

@@ -4,7 +4,7 @@
 overrides it), one run at a time. It keeps every step that an evaluation DAG of this deployment
 has not evaluated yet (``keep_unevaluated``, for at most a day after its save), and a dir that does
 not exist yet (nothing trained) is nothing to do, not a failure. It keeps the
-3 newest steps, the 2 best by ``loss`` (from the evaluation sidecars), every 10th step, the newest
+3 newest steps, the 2 best by ``loss`` (as ``tf_ckpt_evaluate_each_step`` measured it), every 10th step, the newest
 ``.meta`` and any promoted, pinned, quarantined or LEASED step (an evaluation in progress), and
 deletes the rest. The state file is rewritten before any file is deleted, so TF never names a
 missing step. Trigger it with ``{"dry_run": true}`` to only log the plan.
@@ -48,6 +48,9 @@ with DAG(
         keep_best="{{ params.keep_best }}",
         metric=settings.METRIC,
         mode=settings.MODE,
+        evaluator=settings.PROMOTING_EVALUATOR,  # keep_best ranks by this DAG's metrics
+        keep_unevaluated=list(settings.EVALUATORS),  # never delete a step one of them still owes
+        unevaluated_max_age=settings.UNEVALUATED_MAX_AGE,
         keep_every_steps="{{ params.keep_every_steps }}",
         dry_run="{{ params.dry_run }}",
         conn_id=settings.conn_id(),

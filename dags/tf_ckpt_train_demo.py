@@ -34,6 +34,8 @@ with DAG(
         "save_every": Param(2, type="integer", minimum=1, description="save a checkpoint every N steps"),
         "sleep_between_saves": Param(0.0, type="number", minimum=0,
                                      description="seconds to wait after each save (to watch it live)"),
+        "burst": Param(0, type="integer", minimum=0,
+                       description="the first N saves come without the sleep (a burst), then spaced"),
         "corrupt_step": Param(0, type="integer", minimum=0,
                               description="demo only: flip one byte of this step's shard right after "
                                           "it is committed (bit rot); 0 = none"),
@@ -57,15 +59,18 @@ with DAG(
         corrupted: list[int] = []
         saved_at: dict[int, float] = {}
 
+        burst, sleep = int(params.get("burst") or 0), float(params["sleep_between_saves"])
+
         def on_save(step: int, url: str, loss: float) -> None:
             saved_at[step] = time.time()
             print(f"saved and committed step {step} (train loss {loss:.4f}): {url}", flush=True)
             if step == corrupt:
                 _flip_a_byte(hook.get_location(ckpt_dir), url.rsplit("/", 1)[-1])
                 corrupted.append(step)
+            if sleep and len(saved_at) >= burst:
+                time.sleep(sleep)  # before the next save: the saves after the burst come spaced
 
         result = run_training(ckpt_dir, steps=int(params["steps"]), save_every=int(params["save_every"]),
-                              sleep_between_saves=float(params["sleep_between_saves"]),
                               storage_options=opts, on_save=on_save)
         return {"ckpt_dir": ckpt_dir, "steps": result.steps, "corrupted": corrupted,
                 "save_times": {str(s): t for s, t in saved_at.items()},

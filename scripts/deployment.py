@@ -162,7 +162,7 @@ class Deployment:
         self.password = self.password or secrets.token_urlsafe(12)
         for d in (self.home, self.logs, self.data_root):
             d.mkdir(parents=True, exist_ok=True)
-        saved = {"port": self.port, "password": self.password, "jwt_secret": secrets.token_urlsafe(32),
+        saved = {"port": self.port, "password": self.password, "jwt_secret": secrets.token_urlsafe(64),
                  "secret_key": secrets.token_urlsafe(16), "worker_log_port": free_port(),
                  "trigger_log_port": free_port(), "pgids": {}}
         (self.root / "deployment.json").write_text(json.dumps(saved, indent=1))
@@ -179,7 +179,7 @@ class Deployment:
                                f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
         return proc.stdout
 
-    def start(self, components: Iterable[str] = COMPONENTS, timeout: float = 240) -> None:
+    def start(self, components: Iterable[str] = COMPONENTS, timeout: float = 600) -> None:
         """Start the components (each in its own process group) and wait for the REST API."""
         env = self.env()
         for name in components:
@@ -329,13 +329,19 @@ class Deployment:
 
 
 def stop_groups(procs: Iterable[Any], grace: float = 20) -> None:
-    """Stop process groups: ``Popen`` objects or saved group ids (``make down``)."""
-    pgids = [p.pid if hasattr(p, "pid") else int(p) for p in procs]
+    """Stop process groups (``Popen`` objects or saved group ids, for ``make down``) and every
+    process they started: a task's process runs in a session of its own (Airflow's supervisor
+    starts it so), so signalling the component's group would leave it running."""
+    procs = list(procs)
+    leaders = [p.pid if hasattr(p, "pid") else int(p) for p in procs]
+    pgids = set(leaders)
+    for pid in _descendants(leaders):
+        pgids.add(_pgid(pid) or pid)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pgid in pgids:
             try:
                 os.killpg(pgid, sig)
-            except ProcessLookupError:
+            except (ProcessLookupError, PermissionError):
                 pass
         deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 5)
         while time.monotonic() < deadline and any(_group_alive(g) for g in pgids):
@@ -351,6 +357,44 @@ def stop_groups(procs: Iterable[Any], grace: float = 20) -> None:
                 p.wait(timeout=1)
             except subprocess.TimeoutExpired:
                 pass
+
+
+def _proc_table() -> dict[int, tuple[int, int, str]]:
+    """pid -> (ppid, pgid, state) of every process, from /proc."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(") ", 1)[1].split()
+            table[int(entry)] = (int(fields[1]), int(fields[2]), fields[0])
+        except (FileNotFoundError, IndexError, ValueError, ProcessLookupError):
+            continue
+    return table
+
+
+def _descendants(roots: Iterable[int]) -> list[int]:
+    table = _proc_table()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    # the components' groups: leaders and their group members are roots too
+    roots = set(roots) | {pid for pid, (_, pgid, _) in table.items() if pgid in set(roots)}
+    out, todo = [], list(roots)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in out:
+                out.append(child)
+                todo.append(child)
+    return out
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
 
 
 def _group_alive(pgid: int) -> bool:

@@ -159,14 +159,21 @@ def _chain(run: Any, demo_root: str, capfd: Any) -> dict[str, Any]:
     assert evaluated == [2, 4, 6]
 
     loc = hook.get_location(ckpt_dir)
-    losses = {s: read_metrics(loc, f"ckpt-{s}")["loss"] for s in (2, 4, 6)}
+    losses = {s: read_metrics(loc, f"ckpt-{s}", evaluator="tf_ckpt_evaluate_each_step")["loss"]
+              for s in (2, 4, 6)}
     best = min(losses, key=lambda s: (losses[s], -s))
     assert losses[6] < losses[2]  # it does learn
 
-    # the event-driven DAG, run by hand: evaluates the Param's step through its mapped group
-    ed = run("tf_ckpt_event_driven", {"step": "ckpt-4"})
+    # the event-driven DAG, run by hand: its work is every step after ITS watermark (the other
+    # DAG's evaluations are not its own), through its mapped group; nothing is left to follow up
+    ed = run("tf_ckpt_event_driven")
     assert ed.ok, ed
-    assert ed.xcoms["new_steps"] == ["ckpt-4"]
+    assert ed.xcoms["pending_steps"] == ["ckpt-2", "ckpt-4", "ckpt-6"]
+    assert ed.task_states["follow_up"] == "skipped", ed
+    for s in (2, 4, 6):
+        assert read_metrics(loc, f"ckpt-{s}", evaluator="tf_ckpt_event_driven") is not None
+    again = run("tf_ckpt_event_driven")  # the watermark moved: nothing to do
+    assert again.ok and again.xcoms["pending_steps"] == [], again
 
     gc = run("tf_ckpt_gc", {"keep_last": 1, "keep_best": 1, "keep_every_steps": 100})
     assert gc.ok, gc

@@ -49,7 +49,7 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
         assert not dep.procs
 
 
-def _train(dep: Deployment, conf: dict[str, Any], timeout: float = 300) -> str:
+def _train(dep: Deployment, conf: dict[str, Any], timeout: float = 900) -> str:
     run_id = dep.trigger("tf_ckpt_train_demo", conf)
     run = dep.wait_run("tf_ckpt_train_demo", run_id, timeout)
     assert run["state"] == "success", dep.log_tail("scheduler")
@@ -71,7 +71,7 @@ def _wait_all_evaluated(dep: Deployment, timeout: float) -> Ledger:
         time.sleep(3)
 
 
-def _gc_during_evaluation(dep: Deployment, timeout: float = 120) -> None:
+def _gc_during_evaluation(dep: Deployment, timeout: float = 600) -> None:
     """Trigger GC (deleting all it may) as soon as an evaluation is in flight."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -82,10 +82,11 @@ def _gc_during_evaluation(dep: Deployment, timeout: float = 120) -> None:
                         for ti in dep.task_instances(dag, r["dag_run_id"])):
                     dep.trigger("tf_ckpt_gc", GC_TIGHT)
                     return
-        time.sleep(1)
+        time.sleep(2)
     pytest.fail("no evaluation was seen in flight")
 
 
+@pytest.mark.timeout(2400)  # a few minutes on a quiet 2-core machine; far more on a busy one
 def test_dags_on_a_real_deployment(deployment: Deployment) -> None:
     dep = deployment
     for dag in (*EVAL_DAGS, "tf_ckpt_gc"):  # before anything is trained: GC must not fail
@@ -93,7 +94,7 @@ def test_dags_on_a_real_deployment(deployment: Deployment) -> None:
     dep.unpause("tf_ckpt_train_demo")
     _train(dep, {"steps": 6, "save_every": 2})  # a burst: ckpt-2, -4, -6
     _gc_during_evaluation(dep)
-    ledger = _wait_all_evaluated(dep, timeout=420)
+    ledger = _wait_all_evaluated(dep, timeout=1500)
 
     assert ledger.saved == [2, 4, 6]
     assert ledger.problems(EVAL_DAGS) == []
@@ -105,6 +106,7 @@ def test_dags_on_a_real_deployment(deployment: Deployment) -> None:
 
 
 @pytest.mark.long
+@pytest.mark.timeout(7200)
 def test_soak(deployment: Deployment) -> None:
     """~30 steps in bursts, both evaluation DAGs, GC every minute (and by hand during evaluation)."""
     dep = deployment

@@ -37,12 +37,9 @@ def discover_or_none(loc: Any) -> Any:
 
 def evaluated(loc: Any, prefix: str, evaluator: str | None) -> bool:
     """Has ``evaluator`` recorded metrics for ``prefix``?"""
-    from airflow_tf_ckpt.core import metrics
+    from airflow_tf_ckpt.core.metrics import read_metrics
 
-    try:
-        return metrics.read_metrics(loc, prefix, evaluator=evaluator) is not None
-    except TypeError:  # a core without per-evaluator sidecars: the one shared file
-        return metrics.read_metrics(loc, prefix) is not None
+    return read_metrics(loc, prefix, evaluator=evaluator) is not None
 
 
 def pending_steps(ckpt_dir: str, after: int | None, limit: int | None = None) -> list[tuple[int, str]]:
