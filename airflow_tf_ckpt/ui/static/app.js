@@ -91,16 +91,19 @@ async function drill(prefix) {
     `<div><b>${esc(ev)}</b>: ` + Object.entries(m).map(([k, v]) => `${esc(k)} = ${v}`).join(", ") + "</div>").join("");
 }
 
-async function act(kind, prefix) {
-  let opts = { method: "POST", headers: { Accept: "application/json", "Content-Type": "application/json" } };
-  if (kind === "quarantine") {
-    const reason = prompt(`Quarantine ${prefix}: reason?`, "marked bad in the UI");
-    if (!reason) return;
-    opts.body = JSON.stringify({ reason });
-  }
+async function act(kind, prefix, reason) {
+  // no prompt(): the UI's iframe may be sandboxed without modals; the reason is typed in the row
+  const opts = { method: "POST", headers: { Accept: "application/json", "Content-Type": "application/json" } };
+  if (kind === "quarantine") opts.body = JSON.stringify({ reason });
   try { await api(dirPath("steps/" + encodeURIComponent(prefix) + "/" + kind), opts); banner(""); }
   catch (e) { if (e.message !== "401") banner((e.status === 403 ? "Not allowed: " : "") + e.message); return; }
   await Promise.all([loadSummary(), loadSteps(), loadQuarantine()]);
+}
+
+function askReason(button) {
+  const cell = button.parentElement, prefix = button.dataset.prefix;
+  cell.innerHTML = `<input class="reason" placeholder="reason" value="marked bad in the UI" size="16">` +
+    `<button class="act" data-act="do-quarantine" data-prefix="${esc(prefix)}">confirm</button>`;
 }
 
 async function loadMetrics() {
@@ -134,7 +137,7 @@ function plot() {
   let best = null;  // a quarantined step is never the best (promotion refuses it)
   for (const p of pts) if (!bad.has(p[0]) && (best === null || (max ? p[1] > best[1] : p[1] < best[1]))) best = p;
   const line = pts.map((p) => sx(p[0]).toFixed(1) + "," + sy(p[1]).toFixed(1)).join(" ");
-  const dots = pts.length <= 500 ? pts.map((p) => `<circle class="${bad.has(p[0]) ? "point qpoint" : "point"}" cx="${sx(p[0]).toFixed(1)}" cy="${sy(p[1]).toFixed(1)}" r="2.5" data-step="${p[0]}"><title>step ${p[0]}: ${p[1]}</title></circle>`).join("") : "";
+  const dots = pts.length <= 500 ? pts.map((p) => `<circle class="${bad.has(p[0]) ? "point qpoint" : "point"}" cx="${sx(p[0]).toFixed(1)}" cy="${sy(p[1]).toFixed(1)}" r="${bad.has(p[0]) ? 4 : 2.5}" data-step="${p[0]}"><title>step ${p[0]}: ${p[1]}</title></circle>`).join("") : "";
   svg.innerHTML = `<line class="axis" x1="${L}" y1="${H - B}" x2="${W - R}" y2="${H - B}"/>` +
     `<line class="axis" x1="${L}" y1="${T}" x2="${L}" y2="${H - B}"/>` +
     `<text x="${L}" y="${H - 10}">${x0}</text><text x="${W - R}" y="${H - 10}" text-anchor="end">${x1}</text>` +
@@ -197,7 +200,11 @@ $("#metric").addEventListener("change", () => { $("#mode").value = /acc|auc|prec
 $("#mode").addEventListener("change", plot);
 $("#steps").addEventListener("click", (e) => {
   const t = e.target;
-  if (t.dataset.act) act(t.dataset.act, t.dataset.prefix);
+  if (t.dataset.act === "quarantine") askReason(t);
+  else if (t.dataset.act === "do-quarantine") {
+    const reason = t.parentElement.querySelector("input.reason").value.trim();
+    if (reason) act("quarantine", t.dataset.prefix, reason);
+  } else if (t.dataset.act) act(t.dataset.act, t.dataset.prefix);
   if (t.dataset.drill) { e.preventDefault(); drill(t.dataset.drill); }
 });
 loadDirs().catch((e) => { if (e.message !== "401") banner(e.message); });
