@@ -210,6 +210,9 @@ def _emit_json(doc: Any) -> None:
 PrefixOpt = Annotated[str | None, typer.Option("--prefix", "-p", help="Only checkpoints of this base "
                                                "name (e.g. 'ckpt', 'model.ckpt').")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, nothing else.")]
+EvaluatorOpt = Annotated[str | None, typer.Option(
+    "--evaluator", metavar="NAME", help="Whose metrics rank the steps (the evaluator named by the "
+    "evaluating task, e.g. its dag_id); default: the default sidecar PREFIX.metrics.json.")]
 StorageOpt = Annotated[list[str] | None, typer.Option(
     "--storage-option", "-o", metavar="KEY=VALUE",
     help="fsspec storage option (repeatable), e.g. -o project=my-proj -o token=anon.")]
@@ -262,10 +265,31 @@ def _size(n: int | None) -> str:
     return f"{n} B"
 
 
-def _metrics(cdir: CheckpointDir) -> dict[str, dict[str, Any]]:
-    from .core.metrics import metrics_for
+def _metrics(cdir: CheckpointDir, evaluator: str | None = None, *, every: bool = True,
+             ) -> dict[str, dict[str, Any]]:
+    """``{prefix: {label: value}}``: with ``every``, all evaluators' metrics, the default one's
+    as ``metric`` and a named evaluator's as ``EVALUATOR:metric``; else ``evaluator``'s only."""
+    from .core.metrics import evaluation_records
 
-    return {k: dict(v) for k, v in metrics_for(cdir).items() if v}
+    records = evaluation_records(cdir, evaluators=None if every else [evaluator])
+    out: dict[str, dict[str, Any]] = {}
+    for p, by_ev in records.items():
+        row: dict[str, Any] = {}
+        for ev in sorted(by_ev, key=lambda e: (e is not None, e or "")):
+            for k, v in by_ev[ev]["metrics"].items():
+                row[k if ev is None or not every else f"{ev}:{k}"] = v
+        if row:
+            out[p] = row
+    return out
+
+
+def _evaluations(cdir: CheckpointDir) -> dict[str, list[dict[str, Any]]]:
+    """``{prefix: [{evaluator, evaluations, metrics, time}, ...]}`` (default evaluator first)."""
+    from .core.metrics import evaluation_records
+
+    return {p: [{"evaluator": ev, "evaluations": r["evaluations"], "metrics": r["metrics"], "time": r.get("time")}
+                for ev, r in sorted(by_ev.items(), key=lambda t: (t[0] is not None, t[0] or ""))]
+            for p, by_ev in evaluation_records(cdir).items()}
 
 
 def _fmt_metrics(m: dict[str, Any]) -> str:
@@ -325,8 +349,11 @@ def ls_cmd(
     metrics = _metrics(cdir)
     if as_json:
         doc = cdir.to_dict()
+        default = _metrics(cdir, None, every=False)
+        evaluations = _evaluations(cdir)
         for s in doc["steps"]:
-            s["metrics"] = metrics.get(s["prefix"], {})
+            s["metrics"] = default.get(s["prefix"], {})
+            s["evaluations"] = evaluations.get(s["prefix"], [])
         _emit_json(doc)
         return EXIT_OK
     out = _out()
@@ -571,13 +598,23 @@ def gc_cmd(
     metric: Annotated[str | None, typer.Option("--metric", help="Metric name for --keep-best.")] = None,
     mode: Annotated[str, typer.Option("--mode", help="min or max: which metric values are best.")] = "min",
     pin: Annotated[list[int] | None, typer.Option("--pin", metavar="STEP", help="Never delete this step (repeatable).")] = None,
+    evaluator: EvaluatorOpt = None,
+    keep_unevaluated: Annotated[list[str] | None, typer.Option(
+        "--keep-unevaluated", metavar="EVALUATOR[,EVALUATOR...]",
+        help="Keep steps these evaluators have not evaluated yet (repeatable).")] = None,
+    unevaluated_max_age: Annotated[str, typer.Option(
+        "--unevaluated-max-age", metavar="DURATION",
+        help="How long after its save --keep-unevaluated holds a step (90s, 30m, 24h, 2d; 'none': no bound).")] = "24h",
     dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="Show the plan; delete nothing.")] = False,
     as_json: JsonOpt = False,
     storage_option: StorageOpt = None,
 ) -> int:
-    """Delete checkpoint steps that no retention policy keeps (the state file is rewritten first)."""
+    """Delete checkpoint steps that no retention policy keeps (the state file is rewritten first).
+
+    A dir that does not exist (yet) is nothing to do (exit 0)."""
+    from .core.errors import DirNotFoundError
     from .core.gc import apply_plan
-    from .core.retention import plan_retention, policies_from_options
+    from .core.retention import parse_duration, plan_retention, policies_from_options
 
     if mode not in ("min", "max"):
         raise CliError(f"--mode must be 'min' or 'max', not {mode!r}")
@@ -585,12 +622,23 @@ def gc_cmd(
         raise CliError("--keep-best needs --metric NAME")
     policies = policies_from_options(keep_last=keep_last, keep_every_hours=keep_every_hours,
                                      keep_every_steps=keep_every_steps, keep_best=keep_best,
-                                     metric=metric, mode=mode, pins=list(pin or []))
+                                     metric=metric, mode=mode, pins=list(pin or []), evaluator=evaluator,
+                                     keep_unevaluated=[n.strip() for v in keep_unevaluated or []
+                                                       for n in v.split(",") if n.strip()],
+                                     unevaluated_max_age=None if unevaluated_max_age.strip().lower() == "none"
+                                     else parse_duration(unevaluated_max_age))
     if not policies:
-        raise CliError("no retention policy given: pass --keep-last/--keep-every-hours/"
-                       "--keep-every-steps/--keep-best/--pin (deleting everything is not an option)")
+        raise CliError("no retention policy given: pass --keep-last/--keep-every-hours/--keep-every-steps/"
+                       "--keep-best/--keep-unevaluated/--pin (deleting everything is not an option)")
     loc = _location(directory, storage_option)
-    plan = plan_retention(loc, policies, prefix=prefix)
+    try:
+        plan = plan_retention(loc, policies, prefix=prefix)
+    except DirNotFoundError:
+        if as_json:
+            _emit_json({"dry_run": dry_run, "missing_dir": True, "dir": loc.display()})
+        else:
+            _out().print(f"{escape(loc.display())} does not exist yet: nothing to do")
+        return EXIT_OK
     result = apply_plan(plan, dry_run=dry_run)
     code = EXIT_OK if result.ok else EXIT_PROBLEM
     if as_json:
@@ -641,6 +689,7 @@ def promote_cmd(
     mode: Annotated[str, typer.Option("--mode", help="min or max: which metric values are best.")] = "min",
     alias: Annotated[str | None, typer.Option("--alias", help="Also point DEST/aliases/NAME.json at it.")] = None,
     prefix: PrefixOpt = None,
+    evaluator: EvaluatorOpt = None,
     no_record: Annotated[bool, typer.Option("--no-record", help="Do not record the promotion in the "
                                             "source dir (retention then may delete the step).")] = False,
     as_json: JsonOpt = False,
@@ -659,7 +708,7 @@ def promote_cmd(
     dst = Location.of(to, opts)
     with _progress(not as_json, "promoting", 0) as update:
         result = promote(src, dst, step, prefix=prefix, metric=metric, mode=mode, alias=alias,
-                         record=not no_record, progress=update)
+                         record=not no_record, progress=update, evaluator=evaluator)
     if as_json:
         _emit_json(result.to_dict())
         return EXIT_OK
@@ -692,6 +741,10 @@ def metrics_cmd(
     set_: Annotated[list[str] | None, typer.Option("--set", metavar="NAME=VALUE",
                                                    help="Write a numeric metric into the step's sidecar (repeatable).")] = None,
     prefix: PrefixOpt = None,
+    evaluator: Annotated[str | None, typer.Option(
+        "--evaluator", metavar="NAME",
+        help="Only this evaluator's sidecars (and --set writes its sidecar); default: show every "
+             "evaluator (a named one's metrics as NAME:metric), --set the default sidecar.")] = None,
     as_json: JsonOpt = False,
     storage_option: StorageOpt = None,
 ) -> int:
@@ -711,20 +764,26 @@ def metrics_cmd(
         for k, v in new.items():
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise CliError(f"--set {k}={v!r}: a metric value must be a number")
-        merged = dict(read_metrics(loc, s.prefix) or {})
+        merged = dict(read_metrics(loc, s.prefix, evaluator) or {})
         merged.update(new)
-        write_metrics(loc, s.prefix, merged)
-        doc: Any = {"prefix": s.prefix, "step": s.step, "metrics": merged}
+        write_metrics(loc, s.prefix, merged, evaluator=evaluator, count=False)
+        doc: Any = {"prefix": s.prefix, "step": s.step, "metrics": merged, "evaluator": evaluator}
         if as_json:
             _emit_json(doc)
         else:
             _out().print(f"{escape(loc.display(s.prefix))}: {escape(_fmt_metrics(merged))}")
         return EXIT_OK
-    metrics = _metrics(cdir)
+    metrics = _metrics(cdir, evaluator, every=evaluator is None)
     steps = _select_for_validate(cdir, step, prefix) if step else cdir.steps
     rows = [{"prefix": s.prefix, "step": s.step, "metrics": metrics.get(s.prefix, {})} for s in steps]
     if as_json:
-        _emit_json({"dir": loc.display(), "steps": rows})
+        if evaluator is None:
+            default = _metrics(cdir, None, every=False)
+            evaluations = _evaluations(cdir)
+            for r in rows:
+                r["metrics"] = default.get(r["prefix"], {})
+                r["evaluations"] = evaluations.get(r["prefix"], [])
+        _emit_json({"dir": loc.display(), "evaluator": evaluator, "steps": rows})
         return EXIT_OK
     out = _out()
     names = sorted({k for r in rows for k in r["metrics"]})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -25,11 +26,13 @@ from airflow_tf_ckpt.core.leases import (
 )
 from airflow_tf_ckpt.core.metrics import (
     MetricsError,
+    evaluation_counts,
     metrics_for,
     read_metrics,
     read_metrics_record,
     write_metrics,
 )
+from airflow_tf_ckpt.core.naming import FileRole, classify
 from airflow_tf_ckpt.core.quarantine import quarantine_step, read_quarantine
 from airflow_tf_ckpt.core.state import StateFile, read_state, write_state
 from airflow_tf_ckpt.core.storage import Location
@@ -274,3 +277,134 @@ def test_tf_latest_checkpoint_follows_quarantine(copy_variant):
         ("latest_checkpoint", [str(d)]), ("latest_checkpoint", [str(e)]), ("read_all", [str(d / "ckpt-4")])])
     assert Path(latest_d).name == "ckpt-4" and latest_e is None and restored["ok"]
     write_state(loc, read_state(loc))  # our writer round-trips TF's file
+
+
+# --------------------------------------------------------------------------------------------
+# per-evaluator metrics sidecars (issue 8: two evaluation DAGs on one dir)
+
+
+def test_evaluator_sidecars_are_separate_files_and_the_default_is_unchanged(copy_variant):
+    d = copy_variant("tf2_manager")
+    loc = Location.of(d)
+    prefix = discover(loc).latest().prefix
+    write_metrics(loc, prefix, {"val_loss": 0.5})  # the default evaluator: today's file
+    write_metrics(loc, prefix, {"val_loss": 0.4}, evaluator="tf_ckpt_evaluate_each_step")
+    write_metrics(loc, prefix, {"val_loss": 0.3}, evaluator="tf_ckpt_event_driven")
+    names = sorted(p.name for p in d.iterdir() if ".metrics" in p.name)
+    assert names == [f"{prefix}.metrics.json", f"{prefix}.metrics~tf_ckpt_evaluate_each_step.json",
+                     f"{prefix}.metrics~tf_ckpt_event_driven.json"]
+    assert classify(f"{prefix}.metrics~tf_ckpt_event_driven.json") == FileRole(
+        prefix, "metrics", evaluator="tf_ckpt_event_driven")
+    cdir = discover(loc)
+    step = cdir.get(prefix)
+    assert {f.name for f in step.sidecars} >= set(names) and step.committed and not step.problems
+    assert metrics_for(cdir) == {prefix: {"val_loss": 0.5}}
+    assert metrics_for(cdir, evaluator="tf_ckpt_event_driven") == {prefix: {"val_loss": 0.3}}
+    assert read_metrics(loc, prefix, "tf_ckpt_evaluate_each_step") == {"val_loss": 0.4}
+    assert read_metrics(loc, prefix, "nobody") is None
+    assert evaluation_counts(cdir) == {prefix: {None: 1, "tf_ckpt_evaluate_each_step": 1,
+                                                "tf_ckpt_event_driven": 1}}
+    # TF still restores around our sidecars: no file of ours is mistaken for a checkpoint file
+    assert all(classify(n).role == "metrics" for n in names)
+
+
+def test_old_sidecars_read_as_one_evaluation(tmp_path):
+    loc = Location.of(tmp_path)
+    make_dir(loc, [1])
+    (tmp_path / "ckpt-1.metrics.json").write_text(json.dumps(
+        {"prefix": "ckpt-1", "step": 1, "metrics": {"loss": 0.2}, "time": T0, "evaluator": "dag/run/task"}))
+    rec = read_metrics_record(loc, "ckpt-1")
+    assert rec["evaluations"] == 1 and rec["history"] == [] and rec["evaluator"] == "dag/run/task"
+    assert evaluation_counts(discover(loc)) == {"ckpt-1": {None: 1}}
+    # the next evaluation counts on from it
+    assert write_metrics(loc, "ckpt-1", {"loss": 0.1})["evaluations"] == 2
+
+
+def test_evaluations_are_counted_with_history_and_a_manual_edit_is_not(tmp_path):
+    loc = Location.of(tmp_path)
+    make_dir(loc, [5])
+    for i in range(3):
+        rec = write_metrics(loc, "ckpt-5", {"loss": 1.0 - i / 10}, evaluator="dag_a", extra={"run": f"r{i}"},
+                            now=T0 + i)
+    assert rec["evaluations"] == 3 and rec["evaluator"] == "dag_a"
+    full = read_metrics_record(loc, "ckpt-5", "dag_a")
+    assert [h["run"] for h in full["history"]] == ["r0", "r1", "r2"] and full["metrics"] == {"loss": 0.8}
+    write_metrics(loc, "ckpt-5", {"loss": 0.0}, evaluator="dag_a", count=False)
+    full = read_metrics_record(loc, "ckpt-5", "dag_a")
+    assert full["evaluations"] == 3 and len(full["history"]) == 3 and full["metrics"] == {"loss": 0.0}
+    assert read_metrics_record(loc, "ckpt-5") is None  # the default sidecar was never written
+
+
+@pytest.mark.parametrize("bad", ["", "a~b", "a/b", ".hidden", "-x", "a" * 251, "sp ace", "ä"])
+def test_invalid_evaluator_names_are_refused(tmp_path, bad):
+    with pytest.raises(MetricsError, match="invalid evaluator name"):
+        write_metrics(Location.of(tmp_path), "ckpt-1", {"a": 1}, evaluator=bad)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name,role,prefix,evaluator", [
+    ("ckpt-5.metrics~dag.v2.json", "metrics", "ckpt-5", "dag.v2"),
+    ("ckpt-5.metrics~x.quarantine.json", "metrics", "ckpt-5", "x.quarantine"),
+    ("ckpt-5.metrics.json", "metrics", "ckpt-5", None),
+    ("ckpt-5.lease-host@1.metrics", "lease", "ckpt-5", None),  # a lease owner never holds '~'
+    ("ckpt-5.metrics~.json", None, None, None),  # no evaluator name: not ours
+])
+def test_evaluator_sidecar_names_are_unambiguous(name, role, prefix, evaluator):
+    r = classify(name)
+    if role is None:
+        assert r is None or r.role != "metrics" or r.evaluator is None
+    else:
+        assert (r.role, r.prefix, r.evaluator) == (role, prefix, evaluator)
+
+
+def _evaluate_many(url: str, evaluator: str, barrier=None, times: int = 3) -> None:
+    loc = Location.of(url)
+    if barrier is not None:
+        barrier.wait()
+    for i in range(times):
+        write_metrics(loc, "ckpt-1", {"loss": float(i)}, evaluator=evaluator, extra={"run": f"{os.getpid()}-{i}"})
+
+
+def test_two_evaluators_writing_one_step_at_once_lose_nothing_locally(tmp_path):
+    """Two evaluators x 3 processes, all writing step 1 at once: each evaluator's record counts
+    all 9 of its evaluations (flock-serialized read-modify-write), the other's is untouched."""
+    import multiprocessing
+
+    make_dir(Location.of(tmp_path), [1])
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(6)
+    procs = [ctx.Process(target=_evaluate_many, args=(str(tmp_path), ev, barrier))
+             for ev in ("dag_a", "dag_b") for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0] * 6
+    cdir = discover(Location.of(tmp_path))
+    assert evaluation_counts(cdir) == {"ckpt-1": {"dag_a": 9, "dag_b": 9}}
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.gcs
+def test_two_evaluators_writing_one_step_at_once_lose_nothing_on_gcs(gcs_bucket):
+    import threading
+
+    url = f"gs://{gcs_bucket}/run"
+    loc = Location.of(url)
+    make_dir(loc, [1])
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def run(ev: str) -> None:
+        try:
+            _evaluate_many(url, ev, barrier)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(ev,)) for ev in ("dag_a", "dag_b") for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    assert evaluation_counts(discover(Location.of(url))) == {"ckpt-1": {"dag_a": 6, "dag_b": 6}}

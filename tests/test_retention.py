@@ -34,7 +34,9 @@ from airflow_tf_ckpt.core.retention import (
     KeepLastN,
     KeepPinned,
     KeepPromoted,
+    KeepUnevaluated,
     RetentionError,
+    parse_duration,
     plan_retention,
     policies_from_options,
     promoted_prefixes,
@@ -207,6 +209,88 @@ def test_keep_best_k_with_unevaluated(tmp_path):
     assert kept_steps(plan) == [5, 6, 7]
     plan = plan_retention(loc, [KeepBestK(1, "val_loss", unevaluated="drop")])
     assert kept_steps(plan) == [5, 7]
+
+
+def test_keep_best_k_ranks_by_the_named_evaluator(tmp_path):
+    loc = Location.of(tmp_path)
+    make_dir(loc, [1, 2, 3, 4])
+    for s, (default, a, b) in {1: (0.1, 0.9, 0.5), 2: (0.9, 0.1, 0.6), 3: (0.8, 0.8, 0.1)}.items():
+        write_metrics(loc, f"ckpt-{s}", {"loss": default})
+        write_metrics(loc, f"ckpt-{s}", {"loss": a}, evaluator="dag_a")
+        write_metrics(loc, f"ckpt-{s}", {"loss": b}, evaluator="dag_b")
+    assert kept_steps(plan_retention(loc, [KeepBestK(1, "loss", unevaluated="drop")])) == [1, 4]
+    plan = plan_retention(loc, [KeepBestK(1, "loss", unevaluated="drop", evaluator="dag_a")])
+    assert kept_steps(plan) == [2, 4]
+    assert plan.decision("ckpt-2").reasons == ["best 1 by loss (min): #1, loss=0.1"]
+    # a deleted step takes every evaluator's sidecar with it
+    assert set(plan.decision("ckpt-1").delete_files) >= {
+        "ckpt-1.metrics.json", "ckpt-1.metrics~dag_a.json", "ckpt-1.metrics~dag_b.json"}
+    plan = plan_retention(loc, [KeepBestK(1, "loss", evaluator="dag_b")])
+    assert kept_steps(plan) == [3, 4]  # 4: no metric of dag_b yet ("keep")
+    apply_plan(plan)
+    assert sorted(p.name for p in tmp_path.iterdir() if ".metrics" in p.name) == [
+        "ckpt-3.metrics.json", "ckpt-3.metrics~dag_a.json", "ckpt-3.metrics~dag_b.json"]
+    with pytest.raises(RetentionError, match="invalid evaluator name"):
+        KeepBestK(1, "loss", evaluator="a~b")
+
+
+def test_keep_unevaluated_holds_pending_steps_up_to_a_bound(tmp_path):
+    """Steps 1-6 saved an hour apart; dag_a evaluated 1-3, dag_b 1, 2 and 4. Held: what one of
+    them has not evaluated, up to 3.5 h after its save (step 3 is 4 h old: let go, reported)."""
+    loc = Location.of(tmp_path)
+    make_dir(loc, [1, 2, 3, 4, 5, 6])
+    for s in (1, 2, 3):
+        write_metrics(loc, f"ckpt-{s}", {"loss": 0.1}, evaluator="dag_a")
+    for s in (1, 2, 4):
+        write_metrics(loc, f"ckpt-{s}", {"loss": 0.1}, evaluator="dag_b")
+    policy = KeepUnevaluated(["dag_a", "dag_b"], max_age_s=3.5 * H)
+    plan = plan_retention(loc, [KeepLastN(1), policy], now=T0 + 6 * H)
+    assert kept_steps(plan) == [4, 5, 6] and deleted_steps(plan) == [1, 2, 3]
+    assert plan.decision("ckpt-5").reasons == ["unevaluated by dag_a, dag_b (saved 2h ago, held up to 3.5h)"]
+    assert plan.decision("ckpt-4").reasons == ["unevaluated by dag_a (saved 3h ago, held up to 3.5h)"]
+    assert any(p.startswith("ckpt-3: not evaluated by dag_b 4h after its save") for p in plan.problems)
+    # no bound: step 3 is held too; the default evaluator can be named as None
+    assert kept_steps(plan_retention(loc, [KeepLastN(1), KeepUnevaluated(["dag_a", "dag_b"], None)],
+                                     now=T0 + 6 * H)) == [3, 4, 5, 6]
+    assert kept_steps(plan_retention(loc, [KeepLastN(1), KeepUnevaluated([None])], now=T0 + 6 * H)) == \
+        [1, 2, 3, 4, 5, 6]
+    d = json.loads(json.dumps(plan.to_dict()))
+    assert {"policy": "keep_unevaluated", "evaluators": ["dag_a", "dag_b"], "max_age_s": 3.5 * H} in d["policies"]
+    apply_plan(plan)
+    assert [s.step for s in discover(loc).steps] == [4, 5, 6]
+
+
+def test_keep_unevaluated_options():
+    ps = policies_from_options(keep_unevaluated=["a", "b", "a"], unevaluated_max_age=60)
+    assert ps == [KeepUnevaluated(["a", "b"], 60.0), KeepPromoted()]
+    assert policies_from_options(keep_unevaluated="a")[0] == KeepUnevaluated(["a"], 86400.0)
+    assert policies_from_options(keep_best=1, metric="m", evaluator="a")[0] == KeepBestK(1, "m", "min", "keep", "a")
+    for kwargs, match in [
+        ({"keep_last": 1, "evaluator": "a"}, "without keep_best"),
+        ({"keep_unevaluated": ["a/b"]}, "invalid evaluator name"),
+        ({"keep_unevaluated": ["a"], "unevaluated_max_age": 0}, "positive"),
+        ({"keep_unevaluated": ["a"], "unevaluated_max_age": float("inf")}, "positive"),
+    ]:
+        with pytest.raises(RetentionError, match=match):
+            policies_from_options(**kwargs)
+    with pytest.raises(RetentionError, match="at least one evaluator"):
+        KeepUnevaluated([])
+    assert [parse_duration(t) for t in ("90", "90s", "30m", "24h", "2d", "1.5h")] == \
+        [90, 90, 1800, 86400, 172800, 5400]
+    with pytest.raises(RetentionError, match="not a duration"):
+        parse_duration("soon")
+
+
+def test_missing_dir_is_its_own_error(tmp_path):
+    from airflow_tf_ckpt.core.errors import DirNotFoundError, StorageError
+
+    with pytest.raises(DirNotFoundError, match="directory does not exist"):
+        plan_retention(Location.of(tmp_path / "not-yet"), [KeepLastN(1)])
+    assert issubclass(DirNotFoundError, StorageError)
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(StorageError) as err:
+        plan_retention(Location.of(tmp_path / "a-file"), [KeepLastN(1)])
+    assert not isinstance(err.value, DirNotFoundError)
 
 
 def test_promotions_are_recorded_and_kept(tmp_path):

@@ -39,3 +39,7 @@ class StepNotFoundError(CheckpointError):
 
 class StorageError(CheckpointError):
     """The directory or object store cannot be read or written."""
+
+
+class DirNotFoundError(StorageError):
+    """The directory does not exist (yet): for GC, nothing to do; for most else, an error."""

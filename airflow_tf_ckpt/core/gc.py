@@ -48,7 +48,7 @@ from .leases import (
     read_leases,
     write_gc_intent,
 )
-from .naming import METRICS_SUFFIX, QUARANTINE_SUFFIX
+from .naming import EVALUATOR_METRICS_INFIX, METRICS_SUFFIX, QUARANTINE_SUFFIX
 from .retention import (
     DELETE,
     PROMOTIONS_FILENAME,
@@ -153,6 +153,7 @@ def _doomed(plan: RetentionPlan) -> dict[str, set[str]]:
 
 def _rechecked(name: str, state_filename: str) -> bool:
     return (LEASE_INFIX in name or name.endswith(_RECHECK_SUFFIXES)
+            or (EVALUATOR_METRICS_INFIX in name and name.endswith(".json"))
             or name in (PROMOTIONS_FILENAME, state_filename))
 
 
@@ -162,7 +163,8 @@ def _recheck_listing(plan: RetentionPlan) -> dict[str, FileInfo] | None:
     loc = plan.location
     if plan.listing is None or not is_gcs(loc.fs):
         return None
-    patterns = [f"*{LEASE_INFIX}*"] + [f"*{s}" for s in _RECHECK_SUFFIXES] + [
+    patterns = [f"*{LEASE_INFIX}*", f"*{EVALUATOR_METRICS_INFIX}*.json"] + [
+        f"*{s}" for s in _RECHECK_SUFFIXES] + [
         glob_escape(PROMOTIONS_FILENAME), glob_escape(plan.state_filename)]
     fresh = list_matching(loc, patterns, keep=lambda n: _rechecked(n, plan.state_filename))
     merged = {n: i for n, i in plan.listing.items() if not _rechecked(n, plan.state_filename)}

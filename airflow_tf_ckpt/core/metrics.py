@@ -1,16 +1,26 @@
-"""Per-step metrics sidecar ``PREFIX.metrics.json``, written next to the step by an evaluator.
+"""Per-step metrics sidecars, written next to the step by an evaluator.
 
-Layout (one JSON object)::
+``PREFIX.metrics.json`` is the default evaluator's (no name: today's single-evaluator file);
+``PREFIX.metrics~EVALUATOR.json`` is the named evaluator's (e.g. the evaluating DAG's dag_id), so
+two evaluators of one step never write the same file. Layout (one JSON object)::
 
     {"prefix": "ckpt-500", "step": 500, "metrics": {"val_loss": 0.31, "acc": 0.9},
-     "time": 1717171717.5, ...extra keys...}
+     "time": 1717171717.5, "evaluator": "dag_a", "evaluations": 2,
+     "history": [{"time": ..., "metrics": {...}}, ...], ...extra keys...}
+
+``evaluations`` counts the evaluations of the step by that evaluator, ``history`` holds the last
+:data:`HISTORY_LEN` of them (oldest first; extra keys such as ``run`` included). Sidecars written
+before these fields existed read as one evaluation.
 
 Non-finite values (a diverged loss) are kept, spelled ``"NaN"``, ``"Infinity"`` and
 ``"-Infinity"`` so the file stays strict JSON; they read back as floats.
 
-The file is written atomically (temp + rename locally, one put on object stores): a reader sees
-the old record or the new one. :func:`metrics_for` reads the sidecars of a whole dir from the
-discovery listing only (no existence check per step), concurrently on object stores.
+A write is a read-modify-write of that one file (for the count), serialized against other
+writers: under an ``flock`` of the dir locally, as a compare-and-swap on GCS
+(``ifGenerationMatch``), within this process on other stores. The file itself is replaced
+atomically (temp + rename locally, one put on object stores): a reader sees the old record or the
+new one. :func:`metrics_for` and :func:`evaluation_records` read the sidecars of a whole dir from
+the discovery listing only (no existence check per step), concurrently on object stores.
 """
 
 from __future__ import annotations
@@ -18,6 +28,8 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import random
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -28,22 +40,37 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from .discovery import CheckpointDir
 from .errors import CheckpointError, StorageError
-from .naming import METRICS_SUFFIX, parse_prefix
+from .naming import EVALUATOR_RE, METRICS_SUFFIX, classify, parse_prefix
 from .storage import Location
 
 _NONFINITE_OUT = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 _NONFINITE_IN = {"nan": math.nan, "infinity": math.inf, "inf": math.inf, "+infinity": math.inf,
                  "-infinity": -math.inf, "-inf": -math.inf}
-RESERVED_KEYS = ("prefix", "step", "metrics", "time")
+RESERVED_KEYS = ("prefix", "step", "metrics", "time", "evaluations", "history")
 MAX_METRICS_BYTES = 4 << 20
+HISTORY_LEN = 20  # evaluations kept in a record's history
+_WRITE_LOCK = threading.Lock()  # stores with neither flock nor compare-and-swap
 
 
 class MetricsError(CheckpointError):
     """A metrics sidecar is malformed (bad JSON, non-numeric values, ...)."""
 
 
-def metrics_name(prefix: str) -> str:
-    return f"{prefix}{METRICS_SUFFIX}"
+def check_evaluator(evaluator: str | None) -> str | None:
+    """``evaluator`` when it is a valid name (or ``None``: the default); else MetricsError."""
+    if evaluator is None:
+        return None
+    if not isinstance(evaluator, str) or not EVALUATOR_RE.match(evaluator):
+        raise MetricsError(f"invalid evaluator name {evaluator!r} (letters, digits, '_', '.', '-'; "
+                           "at most 250; not starting with '.' or '-')")
+    return evaluator
+
+
+def metrics_name(prefix: str, evaluator: str | None = None) -> str:
+    """``PREFIX.metrics.json`` (default evaluator) or ``PREFIX.metrics~EVALUATOR.json``."""
+    if evaluator is None:
+        return f"{prefix}{METRICS_SUFFIX}"
+    return f"{prefix}.metrics~{check_evaluator(evaluator)}.json"
 
 
 def _to_float(name: str, value: Any, where: str) -> float:
@@ -76,31 +103,94 @@ def _validate(metrics: Mapping[str, Any], where: str) -> dict[str, float]:
 
 
 def write_metrics(loc: Location, prefix: str, metrics: Mapping[str, Any], *, step: int | None = None,
-                  extra: Mapping[str, Any] | None = None, now: float | None = None) -> dict[str, Any]:
-    """Atomically write ``PREFIX.metrics.json`` and return the record written.
+                  extra: Mapping[str, Any] | None = None, now: float | None = None,
+                  evaluator: str | None = None, count: bool = True) -> dict[str, Any]:
+    """Write the sidecar of ``evaluator`` (``None``: the default one) and return the record written.
 
-    ``step`` defaults to the prefix's ``-N`` suffix. ``extra`` keys (e.g. ``{"evaluator": "x"}``)
-    are stored beside the standard ones and must be JSON-serialisable.
+    ``step`` defaults to the prefix's ``-N`` suffix. ``extra`` keys (e.g. ``{"run": "..."}``)
+    are stored beside the standard ones and must be JSON-serialisable. ``count`` (an evaluation)
+    adds one to ``evaluations`` and to the history; ``count=False`` (a manual edit) keeps both.
     """
-    name = metrics_name(prefix)
+    name = metrics_name(prefix, evaluator)
     where = loc.display(name)
     values = _validate(metrics, where)
+    t = time.time() if now is None else float(now)
+    encoded = {k: _encode(v) for k, v in values.items()}
     record: dict[str, Any] = {
         "prefix": prefix,
         "step": step if step is not None else parse_prefix(prefix).step,
-        "metrics": {k: _encode(v) for k, v in values.items()},
-        "time": time.time() if now is None else float(now),
+        "metrics": encoded, "time": t, "evaluator": evaluator,
     }
     for k, v in (extra or {}).items():
-        if k in RESERVED_KEYS:
+        # "evaluator" in extra: free text in the default sidecar (as before names existed)
+        if k in RESERVED_KEYS or (k == "evaluator" and evaluator is not None and v != evaluator):
             raise MetricsError(f"extra key {k!r} clashes with a standard field", where)
         record[k] = v
     try:
-        data = json.dumps(record, sort_keys=True, allow_nan=False).encode("utf-8")
+        json.dumps(record, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise MetricsError(f"extra fields are not JSON-serialisable: {exc}", where) from exc
-    loc.write_atomic(name, data)
+
+    def updated(old: bytes | None) -> bytes:
+        prev = _previous(old, where)
+        n, history = int(prev.get("evaluations", 1 if prev else 0)), list(prev.get("history") or [])
+        if count or not prev:
+            n += 1
+            history = (history + [{"time": t, "metrics": encoded, **dict(extra or {})}])[-HISTORY_LEN:]
+        record.update(evaluations=n, history=history)
+        return json.dumps(record, sort_keys=True, allow_nan=False).encode("utf-8")
+
+    _update_file(loc, name, updated, where)
     return record
+
+
+def _previous(old: bytes | None, where: str) -> dict[str, Any]:
+    """The record being replaced, for its count and history; an unreadable one counts as one."""
+    if old is None:
+        return {}
+    try:
+        prev = json.loads(old.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return {"evaluations": 1}
+    if not isinstance(prev, dict):
+        return {"evaluations": 1}
+    n = prev.get("evaluations", 1)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        prev["evaluations"] = 1
+    if not isinstance(prev.get("history"), list):
+        prev["history"] = []
+    return prev
+
+
+def _update_file(loc: Location, name: str, updated: Any, where: str) -> None:
+    """Replace ``name`` with ``updated(old bytes or None)``, serialized against other writers."""
+    from .gcs import is_gcs, read_with_generation, write_if_generation
+
+    if is_gcs(loc.fs):
+        path = loc.join(name)
+        for attempt in range(20):
+            data, generation = read_with_generation(loc.fs, path)
+            if write_if_generation(loc.fs, path, updated(data), generation):
+                return
+            time.sleep(random.uniform(0, 0.02 * (attempt + 1)))
+        raise MetricsError("kept changing under 20 attempts to write it; not written", where)
+
+    def old() -> bytes | None:
+        try:
+            return loc.read_bytes(name)
+        except StorageError:
+            if not loc.exists(name):
+                return None
+            raise
+
+    if loc.local:
+        from .retention import _dir_lock  # the dir flock that PROMOTIONS.json's writers take
+
+        with _dir_lock(loc.path):
+            loc.write_atomic(name, updated(old()))
+        return
+    with _WRITE_LOCK:
+        loc.write_atomic(name, updated(old()))
 
 
 def parse_metrics_record(data: bytes, where: str) -> dict[str, Any]:
@@ -125,12 +215,17 @@ def parse_metrics_record(data: bytes, where: str) -> dict[str, Any]:
         else:
             raise MetricsError(f"metric {k!r} is {v!r}, not a number", where)
     record["metrics"] = values
+    n = record.get("evaluations")
+    record["evaluations"] = n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else 1
+    if not isinstance(record.get("history"), list):
+        record["history"] = []
     return record
 
 
-def read_metrics_record(loc: Location, prefix: str) -> dict[str, Any] | None:
-    """The whole sidecar record (step, time, extra keys), or ``None`` when there is none."""
-    name = metrics_name(prefix)
+def read_metrics_record(loc: Location, prefix: str, evaluator: str | None = None) -> dict[str, Any] | None:
+    """The whole sidecar record of ``evaluator`` (step, time, evaluations, history, extra keys),
+    or ``None`` when there is none."""
+    name = metrics_name(prefix, evaluator)
     try:
         data = loc.read_bytes(name)
     except StorageError:
@@ -140,9 +235,10 @@ def read_metrics_record(loc: Location, prefix: str) -> dict[str, Any] | None:
     return parse_metrics_record(data, loc.display(name))
 
 
-def read_metrics(loc: Location, prefix: str) -> dict[str, float] | None:
-    """The metrics of one step, or ``None`` when it has no sidecar. Malformed -> MetricsError."""
-    record = read_metrics_record(loc, prefix)
+def read_metrics(loc: Location, prefix: str, evaluator: str | None = None) -> dict[str, float] | None:
+    """The metrics of one step by ``evaluator``, or ``None`` when it has no sidecar of it.
+    Malformed -> MetricsError."""
+    record = read_metrics_record(loc, prefix, evaluator)
     return None if record is None else record["metrics"]
 
 
@@ -177,21 +273,39 @@ def read_files(loc: Location, names: Iterable[str], max_workers: int = 16) -> di
         return dict(zip(names, pool.map(one, names), strict=True))
 
 
-def metrics_for(cdir: CheckpointDir, *, problems: list[str] | None = None,
-                max_workers: int = 16) -> dict[str, dict[str, float]]:
-    """``{prefix: metrics}`` for every step of ``cdir`` whose sidecar the listing shows.
+def metrics_for(cdir: CheckpointDir, *, problems: list[str] | None = None, max_workers: int = 16,
+                evaluator: str | None = None) -> dict[str, dict[str, float]]:
+    """``{prefix: metrics}`` by ``evaluator`` (``None``: the default sidecar) for every step of
+    ``cdir`` whose sidecar of that evaluator the listing shows.
 
     Steps with no sidecar are absent. A malformed sidecar raises :class:`MetricsError` unless a
     ``problems`` list is given, in which case the error text is appended and the step is skipped
     (retention then treats it as unevaluated).
     """
-    wanted: dict[str, str] = {}
+    records = evaluation_records(cdir, evaluators=[evaluator], problems=problems, max_workers=max_workers)
+    return {p: by_ev[evaluator]["metrics"] for p, by_ev in records.items() if evaluator in by_ev}
+
+
+def evaluation_records(cdir: CheckpointDir, *, evaluators: Iterable[str | None] | None = None,
+                       problems: list[str] | None = None, max_workers: int = 16,
+                       ) -> dict[str, dict[str | None, dict[str, Any]]]:
+    """``{prefix: {evaluator: record}}`` of every metrics sidecar the listing shows (of only the
+    named ``evaluators`` when given; ``None`` is the default sidecar). Each record has
+    ``metrics`` (floats), ``evaluations`` (>= 1) and ``history``. Malformed: as :func:`metrics_for`.
+    """
+    only = None if evaluators is None else set(evaluators)
+    wanted: dict[str, tuple[str, str | None]] = {}
     for s in cdir.steps:
-        name = metrics_name(s.prefix)
-        if any(f.name == name for f in s.sidecars):
-            wanted[name] = s.prefix
+        for f in s.sidecars:
+            if ".metrics" not in f.name:
+                continue
+            role = classify(f.name)
+            if role is None or role.role != "metrics" or role.prefix != s.prefix:
+                continue
+            if only is None or role.evaluator in only:
+                wanted[f.name] = (s.prefix, role.evaluator)
     raw = read_files(cdir.location, wanted, max_workers=max_workers)
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str | None, dict[str, Any]]] = {}
     for name, data in raw.items():
         where = cdir.location.display(name)
         try:
@@ -199,9 +313,17 @@ def metrics_for(cdir: CheckpointDir, *, problems: list[str] | None = None,
                 continue  # deleted since the listing: as if there were none
             if isinstance(data, Exception):
                 raise MetricsError(f"cannot be read: {data}", where)
-            out[wanted[name]] = parse_metrics_record(data, where)["metrics"]
+            prefix, evaluator = wanted[name]
+            out.setdefault(prefix, {})[evaluator] = parse_metrics_record(data, where)
         except MetricsError as exc:
             if problems is None:
                 raise
             problems.append(str(exc))
     return out
+
+
+def evaluation_counts(cdir: CheckpointDir, *, evaluators: Iterable[str | None] | None = None,
+                      problems: list[str] | None = None) -> dict[str, dict[str | None, int]]:
+    """``{prefix: {evaluator: how many times it evaluated the step}}`` (see :func:`evaluation_records`)."""
+    return {p: {ev: r["evaluations"] for ev, r in by_ev.items()}
+            for p, by_ev in evaluation_records(cdir, evaluators=evaluators, problems=problems).items()}

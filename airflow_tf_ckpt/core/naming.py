@@ -2,7 +2,9 @@
 
 V2: ``PREFIX.index``, ``PREFIX.data-00000-of-00004``; ``PREFIX.meta`` (MetaGraphDef).
 V1: ``NAME.ckpt`` or any single-file table named by the state file, or ``PREFIX-00000-of-00002``.
-Ours: ``PREFIX.metrics.json`` (metrics sidecar), ``PREFIX.lease-*`` (evaluation leases),
+Ours: ``PREFIX.metrics.json`` (metrics sidecar), ``PREFIX.metrics~EVALUATOR.json`` (the metrics of
+one named evaluator; ``~`` is in no evaluator name, lease owner or TF name), ``PREFIX.lease-*``
+(evaluation leases),
 ``PREFIX.quarantine.json`` (a corrupt step kept for inspection).
 The step is the ``-N`` suffix of the prefix (``model.ckpt-1000`` → base ``model.ckpt``, step 1000).
 """
@@ -17,12 +19,16 @@ INT64_MAX = 2**63 - 1
 STEP_RE = re.compile(r"^(?P<base>.+)-(?P<step>\d+)$")
 V2_DATA_RE = re.compile(r"^(?P<prefix>.+)\.data-(?P<shard>\d{5})-of-(?P<num>\d{5})$")
 V1_SHARD_RE = re.compile(r"^(?P<prefix>.+)-(?P<shard>\d{5})-of-(?P<num>\d{5})$")
+#: an evaluator's name: every Airflow dag_id fits; never ``~`` (the separator) nor ``/``
+EVALUATOR_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,249}$")
+EVALUATOR_METRICS_RE = re.compile(r"^(?P<prefix>.+)\.metrics~(?P<evaluator>[A-Za-z0-9_][A-Za-z0-9_.-]{0,249})\.json$")
 LEASE_RE = re.compile(r"^(?P<prefix>.+)\.lease-(?P<owner>[A-Za-z0-9_.@-]+)$")
 
 # Suffixes that belong to a prefix (longest first so ``.metrics.json`` wins over ``.json``).
 SIDECAR_SUFFIXES = (".metrics.json", ".quarantine.json", ".meta")
 INDEX_SUFFIX = ".index"
 METRICS_SUFFIX = ".metrics.json"
+EVALUATOR_METRICS_INFIX = ".metrics~"
 QUARANTINE_SUFFIX = ".quarantine.json"
 META_SUFFIX = ".meta"
 
@@ -64,6 +70,7 @@ class FileRole:
     role: str  # index | data | meta | metrics | quarantine | lease | v1 | v1_shard
     shard: int | None = None
     num_shards: int | None = None
+    evaluator: str | None = None  # role metrics: whose (None: the default ``PREFIX.metrics.json``)
 
 
 def classify(name: str) -> FileRole | None:
@@ -77,6 +84,8 @@ def classify(name: str) -> FileRole | None:
     m = V2_DATA_RE.match(name)
     if m:
         return FileRole(m.group("prefix"), "data", int(m.group("shard")), int(m.group("num")))
+    if EVALUATOR_METRICS_INFIX in name and (m := EVALUATOR_METRICS_RE.match(name)):
+        return FileRole(m.group("prefix"), "metrics", evaluator=m.group("evaluator"))
     for suffix, role in ((METRICS_SUFFIX, "metrics"), (QUARANTINE_SUFFIX, "quarantine"),
                          (META_SUFFIX, "meta")):
         if name.endswith(suffix) and len(name) > len(suffix):

@@ -70,7 +70,7 @@ import google_crc32c
 
 from .discovery import CheckpointDir, CheckpointStep, StepStatus, discover
 from .errors import CheckpointError, StepNotFoundError, StorageError
-from .naming import META_SUFFIX, METRICS_SUFFIX, classify, parse_prefix
+from .naming import META_SUFFIX, classify, parse_prefix
 from .state import STATE_FILENAME, StateFile, read_state, resolve_path, write_state
 from .storage import GCS_PROTOCOLS, Location, write_atomic
 
@@ -325,10 +325,10 @@ def check_promotion(dest: Location | str, storage_options: dict[str, Any] | None
 # selecting the step
 
 
-def _metrics_by_prefix(cdir: CheckpointDir) -> dict[str, dict[str, Any]]:
+def _metrics_by_prefix(cdir: CheckpointDir, evaluator: str | None = None) -> dict[str, dict[str, Any]]:
     from .metrics import metrics_for  # helper module; imported here to keep this one light
 
-    return {k: dict(v) for k, v in metrics_for(cdir).items() if v}
+    return {k: dict(v) for k, v in metrics_for(cdir, evaluator=evaluator).items() if v}
 
 
 def _usable(s: CheckpointStep) -> bool:
@@ -336,8 +336,9 @@ def _usable(s: CheckpointStep) -> bool:
 
 
 def select_step(cdir: CheckpointDir, selector: int | str, *, prefix: str | None = None,
-                metric: str | None = None, mode: str = "min") -> CheckpointStep:
-    """Pick a step: a number (or prefix name), ``latest``, or ``best`` by ``metric`` (``mode``).
+                metric: str | None = None, mode: str = "min", evaluator: str | None = None) -> CheckpointStep:
+    """Pick a step: a number (or prefix name), ``latest``, or ``best`` by ``metric`` (``mode``) of
+    ``evaluator``'s sidecars (``None``: the default ``PREFIX.metrics.json``).
 
     ``latest`` and ``best`` consider committed, unquarantined steps only. An explicit step may
     also be an orphan (complete files that the state file no longer names, e.g. one TF kept with
@@ -345,6 +346,10 @@ def select_step(cdir: CheckpointDir, selector: int | str, *, prefix: str | None 
     """
     where = cdir.location.display()
     sel = str(selector).strip()
+    if evaluator is not None:
+        from .metrics import check_evaluator
+
+        check_evaluator(evaluator)
     if sel == "latest":
         steps = [s for s in cdir.select(prefix) if _usable(s)]
         if not steps:
@@ -362,7 +367,7 @@ def select_step(cdir: CheckpointDir, selector: int | str, *, prefix: str | None 
         steps = [s for s in cdir.select(prefix) if _usable(s)]
         if not steps:
             raise StepNotFoundError("no committed checkpoint step to promote", where)
-        by_prefix = _metrics_by_prefix(cdir)
+        by_prefix = _metrics_by_prefix(cdir, evaluator)
         scored: list[tuple[float, CheckpointStep]] = []
         for s in steps:
             value = by_prefix.get(s.prefix, {}).get(metric)
@@ -375,6 +380,7 @@ def select_step(cdir: CheckpointDir, selector: int | str, *, prefix: str | None 
             known = sorted({k for s in steps for k in by_prefix.get(s.prefix, {})})
             raise StepNotFoundError(
                 f"no committed step has metric {metric!r}"
+                + (f" from evaluator {evaluator!r}" if evaluator else "")
                 + (f" (metrics found: {', '.join(known)})" if known else " (no metrics sidecars)"),
                 where)
         sign = 1.0 if mode == "min" else -1.0
@@ -716,11 +722,13 @@ def promote(source: Location | str, dest: Location | str, step: int | str = "lat
             alias: str | None = None, storage_options: dict[str, Any] | None = None,
             dest_storage_options: dict[str, Any] | None = None, keep_previous: bool = True,
             record: bool = True, lease: bool = True, lock_ttl: float = DEFAULT_LOCK_TTL,
-            progress: ProgressFn | None = None, hook: HookFn | None = None) -> PromotionResult:
+            progress: ProgressFn | None = None, hook: HookFn | None = None,
+            evaluator: str | None = None) -> PromotionResult:
     """Promote one step of ``source`` to ``dest``; see the module docstring for the scheme.
 
     ``step``: a step number, a prefix name, ``"latest"`` or ``"best"`` (with ``metric`` and
-    ``mode``). ``prefix`` restricts the source to one base name. ``alias`` also writes
+    ``mode``; ``evaluator``: whose metrics sidecars, ``None`` the default one, which is also the
+    sidecar shipped to DEST under its own name). ``prefix`` restricts the source to one base name. ``alias`` also writes
     ``DEST/aliases/<alias>.json``. ``record`` calls :func:`retention.record_promotion` on the
     source so retention keeps promoted steps. ``lease`` holds a lease on the source step while it
     is copied (GC does not delete a leased step; a read-only source is copied without one).
@@ -738,8 +746,10 @@ def promote(source: Location | str, dest: Location | str, step: int | str = "lat
                              dst.display())
 
     cdir = discover(src, prefix)
-    chosen = select_step(cdir, step, prefix=prefix, metric=metric, mode=mode)
+    chosen = select_step(cdir, step, prefix=prefix, metric=metric, mode=mode, evaluator=evaluator)
     selector = f"best:{metric}:{mode}" if str(step) == "best" else str(step)
+    if evaluator and str(step) == "best":
+        selector += f":{evaluator}"
     if chosen.status is StepStatus.ORPHAN:
         # complete by its file names but not committed by the state file: possibly a save still
         # being written (its .index half there), so check every checksum before shipping it
@@ -749,7 +759,7 @@ def promote(source: Location | str, dest: Location | str, step: int | str = "lat
         if not report.ok:
             raise PromotionError("step is not named by the state file and does not verify: "
                                  + str(report.problems[0]), src.display(chosen.prefix))
-    metrics: dict[str, Any] = _metrics_by_prefix(cdir).get(chosen.prefix, {})
+    metrics: dict[str, Any] = _metrics_by_prefix(cdir, evaluator).get(chosen.prefix, {})
 
     # (source name, DEST name): data shards first, sidecars, the .index last (as TF saves)
     plan: list[tuple[str, str]] = []
@@ -758,7 +768,9 @@ def promote(source: Location | str, dest: Location | str, step: int | str = "lat
     meta = _meta_for(cdir, chosen)
     if meta is not None:
         plan.append((meta, f"{chosen.prefix}{META_SUFFIX}"))
-    metrics_name = f"{chosen.prefix}{METRICS_SUFFIX}"
+    from .metrics import metrics_name as _metrics_name
+
+    metrics_name = _metrics_name(chosen.prefix, evaluator)
     if metrics_name in cdir.listing:
         plan.append((metrics_name, metrics_name))
     plan += [(n, n) for n in index]

@@ -100,6 +100,14 @@ class PolicyContext:
     promotions: Mapping[str, list[dict[str, Any]]]
     all_steps: Sequence[CheckpointStep]  # every step of the base, oldest first
     problems: list[str] = field(default_factory=list)
+    # {prefix: {evaluator: metrics record}} of the evaluators the policies name (None: default)
+    evaluations: Mapping[str, Mapping[str | None, Mapping[str, Any]]] = field(default_factory=dict)
+
+    def metrics_of(self, evaluator: str | None) -> Mapping[str, Mapping[str, float]]:
+        """``{prefix: metrics}`` by ``evaluator`` (``None``: the default sidecars, ``metrics``)."""
+        if evaluator is None and not self.evaluations:
+            return self.metrics
+        return {p: r["metrics"] for p, by_ev in self.evaluations.items() if (r := by_ev.get(evaluator))}
 
 
 class RetentionPolicy(ABC):
@@ -107,6 +115,7 @@ class RetentionPolicy(ABC):
 
     name: ClassVar[str] = "policy"
     needs_metrics: ClassVar[bool] = False
+    evaluators: tuple[str | None, ...] = ()  # whose metrics sidecars it reads (None: default)
     needs_promotions: ClassVar[bool] = False
     applies_to_all: ClassVar[bool] = False  # True: sees every step of the base, not just candidates
 
@@ -247,15 +256,21 @@ class KeepBestK(RetentionPolicy):
     never delete what has not been evaluated yet. ``"newer"`` keeps only the unevaluated steps
     newer than the newest evaluated one (for an evaluator that skips steps and never goes back,
     like ``checkpoints_iterator``); ``"drop"`` keeps none of them. NaN values count as evaluated
-    and never best. Ties go to the newer step.
+    and never best. Ties go to the newer step. ``evaluator`` says whose sidecars hold the metric
+    (``None``: the default ``PREFIX.metrics.json``).
     """
 
     k: int
     metric: str
     mode: str = "min"
     unevaluated: str = "keep"
+    evaluator: str | None = None
     name: ClassVar[str] = "keep_best"
     needs_metrics: ClassVar[bool] = True
+
+    @property
+    def evaluators(self) -> tuple[str | None, ...]:  # type: ignore[override]
+        return (self.evaluator,)
 
     def __post_init__(self) -> None:
         _check_int("keep_best", self.k, 0)
@@ -265,13 +280,15 @@ class KeepBestK(RetentionPolicy):
             raise RetentionError(f"mode must be 'min' or 'max', not {self.mode!r}")
         if self.unevaluated not in ("keep", "newer", "drop"):
             raise RetentionError(f"unevaluated must be 'keep', 'newer' or 'drop', not {self.unevaluated!r}")
+        _check_evaluator(self.evaluator)
 
     def select(self, candidates: Sequence[CheckpointStep], ctx: PolicyContext) -> dict[str, str]:
         scored: list[tuple[float, int, CheckpointStep]] = []
         pending: list[CheckpointStep] = []
         newest_eval = -1
+        metrics = ctx.metrics_of(self.evaluator)
         for i, s in enumerate(candidates):
-            m = ctx.metrics.get(s.prefix)
+            m = metrics.get(s.prefix)
             v = None if m is None else m.get(self.metric)
             if v is None:
                 pending.append(s)
@@ -292,7 +309,80 @@ class KeepBestK(RetentionPolicy):
         return out
 
     def describe(self) -> str:
-        return f"keep the best {self.k} by {self.metric} ({self.mode})"
+        by = f" of {self.evaluator}" if self.evaluator else ""
+        return f"keep the best {self.k} by {self.metric}{by} ({self.mode})"
+
+
+def _check_evaluator(evaluator: str | None) -> None:
+    from .metrics import MetricsError, check_evaluator
+
+    try:
+        check_evaluator(evaluator)
+    except MetricsError as exc:
+        raise RetentionError(str(exc)) from None
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0)):
+        if seconds >= size:
+            return f"{seconds / size:.3g}{unit}"
+    return f"{max(seconds, 0.0):.0f}s"
+
+
+@dataclass(frozen=True)
+class KeepUnevaluated(RetentionPolicy):
+    """Steps that one of ``evaluators`` has not evaluated yet (no metrics sidecar of it), for at
+    most ``max_age_s`` seconds after the step was saved (``None``: no bound).
+
+    So GC and evaluation coexist: an evaluator that is behind (a burst of saves, a paused DAG)
+    still finds its steps. The bound keeps a dead evaluator from holding every step forever; a
+    step past it is reported in the plan's problems and left to the other policies. A step with
+    no known save time is held (its age cannot be judged). ``None`` in ``evaluators`` is the
+    default evaluator (``PREFIX.metrics.json``).
+    """
+
+    evaluators: tuple[str | None, ...]  # type: ignore[misc]
+    max_age_s: float | None = 86400.0
+    name: ClassVar[str] = "keep_unevaluated"
+    needs_metrics: ClassVar[bool] = True
+
+    def __init__(self, evaluators: Iterable[str | None], max_age_s: float | None = 86400.0) -> None:
+        evs = tuple(dict.fromkeys([evaluators] if isinstance(evaluators, str) else evaluators))
+        if not evs:
+            raise RetentionError("keep_unevaluated needs at least one evaluator name")
+        for ev in evs:
+            _check_evaluator(ev)
+        age = max_age_s
+        if age is not None and (isinstance(age, bool) or not isinstance(age, (int, float))
+                                or not math.isfinite(age) or age <= 0):
+            raise RetentionError(f"unevaluated_max_age must be a positive number of seconds, not {age!r}")
+        object.__setattr__(self, "evaluators", evs)
+        object.__setattr__(self, "max_age_s", None if age is None else float(age))
+
+    def select(self, candidates: Sequence[CheckpointStep], ctx: PolicyContext) -> dict[str, str]:
+        out: dict[str, str] = {}
+        bound = "no age bound" if self.max_age_s is None else f"held up to {_age(self.max_age_s)}"
+        for s in candidates:
+            done = ctx.evaluations.get(s.prefix, {})
+            missing = [ev or "(default)" for ev in self.evaluators if ev not in done]
+            if not missing:
+                continue
+            if s.timestamp is None:
+                out[s.prefix] = f"unevaluated by {', '.join(missing)} (save time unknown)"
+                continue
+            age = ctx.now - s.timestamp
+            if self.max_age_s is not None and age > self.max_age_s:
+                ctx.problems.append(f"{s.prefix}: not evaluated by {', '.join(missing)} "
+                                    f"{_age(age)} after its save; no longer held for it")
+                continue
+            out[s.prefix] = f"unevaluated by {', '.join(missing)} (saved {_age(age)} ago, {bound})"
+        return out
+
+    def describe(self) -> str:
+        return "keep steps not yet evaluated by " + ", ".join(ev or "(default)" for ev in self.evaluators)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"policy": self.name, "evaluators": list(self.evaluators), "max_age_s": self.max_age_s}
 
 
 @dataclass(frozen=True)
@@ -365,10 +455,14 @@ def _check_int(what: str, n: Any, minimum: int) -> None:
 def policies_from_options(keep_last: int | None = None, keep_every_hours: float | None = None,
                           keep_every_steps: int | None = None, keep_best: int | None = None,
                           metric: str | None = None, mode: str = "min", pins: Iterable[int | str] = (),
-                          keep_promoted: bool = True, unevaluated: str = "keep") -> list[RetentionPolicy]:
+                          keep_promoted: bool = True, unevaluated: str = "keep",
+                          evaluator: str | None = None, keep_unevaluated: Iterable[str | None] = (),
+                          unevaluated_max_age: float | None = 86400.0) -> list[RetentionPolicy]:
     """Policies from CLI / operator options. Raises :class:`RetentionError` on nonsense.
 
-    ``unevaluated`` is :class:`KeepBestK`'s mode for steps without the metric (keep|newer|drop).
+    ``unevaluated`` is :class:`KeepBestK`'s mode for steps without the metric (keep|newer|drop);
+    ``evaluator`` whose metric it ranks by. ``keep_unevaluated`` names the evaluators whose
+    pending steps are held (:class:`KeepUnevaluated`), for ``unevaluated_max_age`` seconds.
     Returns ``[]`` when no retention option is given (``keep_promoted`` alone is not a retention
     policy: with it alone GC would delete every unpromoted step but the newest), so callers can
     refuse to run.
@@ -385,15 +479,32 @@ def policies_from_options(keep_last: int | None = None, keep_every_hours: float 
     if keep_best is not None:
         if not metric:
             raise RetentionError("keep_best needs a metric name (which metric ranks the steps?)")
-        out.append(KeepBestK(keep_best, metric, mode, unevaluated))
+        out.append(KeepBestK(keep_best, metric, mode, unevaluated, evaluator))
     elif metric:
         raise RetentionError(f"metric {metric!r} given without keep_best: it would have no effect")
+    elif evaluator:
+        raise RetentionError(f"evaluator {evaluator!r} given without keep_best: it would have no effect "
+                             "(keep_unevaluated names its own evaluators)")
+    keep_unevaluated = [keep_unevaluated] if isinstance(keep_unevaluated, str) else list(keep_unevaluated or ())
+    if keep_unevaluated:
+        out.append(KeepUnevaluated(keep_unevaluated, unevaluated_max_age))
     pins = list(pins or ())
     if pins:
         out.append(KeepPinned(pins))
     if out and keep_promoted:
         out.append(KeepPromoted())
     return out
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*$", re.I)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``"90"``, ``"90s"``, ``"30m"``, ``"24h"`` or ``"2d"``; RetentionError otherwise."""
+    m = _DURATION.match(text)
+    if not m:
+        raise RetentionError(f"{text!r} is not a duration (e.g. 90, 90s, 30m, 24h, 2d)")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2).lower()]
 
 
 def _check_policies(policies: Iterable[RetentionPolicy]) -> tuple[RetentionPolicy, ...]:
@@ -761,10 +872,13 @@ def _plan_retention(target: CheckpointDir | Location | str | os.PathLike[str], p
     problems = list(cdir.problems)
 
     metrics: dict[str, dict[str, float]] = {}
+    evaluations: dict[str, dict[str | None, dict[str, Any]]] = {}
     if any(p.needs_metrics for p in ps):
-        from .metrics import metrics_for
+        from .metrics import evaluation_records
 
-        metrics = metrics_for(replace(cdir, steps=steps), problems=problems)
+        wanted = {ev for p in ps if p.needs_metrics for ev in p.evaluators}
+        evaluations = evaluation_records(replace(cdir, steps=steps), evaluators=wanted, problems=problems)
+        metrics = {p: r["metrics"] for p, by_ev in evaluations.items() if (r := by_ev.get(None))}
     promotions: dict[str, list[dict[str, Any]]] = {}
     promo_policies = [p for p in ps if isinstance(p, KeepPromoted)]
     if promo_policies and PROMOTIONS_FILENAME in cdir.listing:
@@ -777,7 +891,8 @@ def _plan_retention(target: CheckpointDir | Location | str | os.PathLike[str], p
         bases = {s.base for s in steps}
         lease_names = [n for n, r in lease_roles if parse_prefix(r.prefix).base in bases]
     leases = read_leases(cdir.location, lease_names, listing=cdir.listing) if lease_names else {}
-    return compute_plan(cdir, steps, ps, now=t, prefix=prefix, metrics=metrics, promotions=promotions,
+    return compute_plan(cdir, steps, ps, now=t, prefix=prefix, metrics=metrics, evaluations=evaluations,
+                        promotions=promotions,
                         leases=leases, purge_quarantined=purge_quarantined, meta_guard=meta_guard,
                         problems=problems)
 
@@ -785,7 +900,9 @@ def _plan_retention(target: CheckpointDir | Location | str | os.PathLike[str], p
 def compute_plan(cdir: CheckpointDir, steps: Sequence[CheckpointStep], policies: tuple[RetentionPolicy, ...],
                  *, now: float, prefix: str | None, metrics: Mapping[str, Mapping[str, float]],
                  promotions: Mapping[str, list[dict[str, Any]]], leases: Mapping[str, Lease],
-                 purge_quarantined: bool, meta_guard: str, problems: list[str]) -> RetentionPlan:
+                 purge_quarantined: bool, meta_guard: str, problems: list[str],
+                 evaluations: Mapping[str, Mapping[str | None, Mapping[str, Any]]] | None = None,
+                 ) -> RetentionPlan:
     """The pure part of :func:`plan_retention`: no I/O except ``realpath`` of local symlinks.
 
     Written for 100k-step dirs: one sort, index arithmetic instead of key comparisons, and no
@@ -866,7 +983,8 @@ def compute_plan(cdir: CheckpointDir, steps: Sequence[CheckpointStep], policies:
                 keep.setdefault(s.prefix, []).append("complete but not in the state file, and newer than the newest "
                                       "committed step (possibly being committed)")
         ctx = PolicyContext(now=now, state=state, last_preserved_timestamp=lp_known, metrics=metrics,
-                            promotions=promotions, all_steps=bsteps, problems=problems)
+                            promotions=promotions, all_steps=bsteps, problems=problems,
+                            evaluations=evaluations or {})
         walk: HoursWalk | None = None
         for p in policies:
             if p is hours:
@@ -1084,7 +1202,8 @@ def _decision(s: CheckpointStep, action: str, reasons: list[str]) -> StepDecisio
                      s.timestamp, s.files)
 
 
-_SIDECAR_END = re.compile(r"(?:\.meta|\.metrics\.json|\.quarantine\.json|\.lease-[A-Za-z0-9_.@-]+)$", re.M)
+_SIDECAR_END = re.compile(r"(?:\.meta|\.metrics\.json|\.metrics~[A-Za-z0-9_.-]+\.json|\.quarantine\.json"
+                          r"|\.lease-[A-Za-z0-9_.@-]+)$", re.M)
 
 
 def _orphan_sidecars(cdir: CheckpointDir, text: str, bases: set[str],

@@ -25,7 +25,7 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from .errors import StorageError
+from .errors import DirNotFoundError, StorageError
 
 GCS_PROTOCOLS = ("gs", "gcs")
 
@@ -238,7 +238,7 @@ class Location:
             entries = self.fs.ls(self.path, detail=True, refresh=True) if not self.local else \
                 self.fs.ls(self.path, detail=True)
         except FileNotFoundError as exc:
-            raise StorageError("directory does not exist", self.display()) from exc
+            raise DirNotFoundError("directory does not exist", self.display()) from exc
         except PermissionError as exc:
             raise StorageError(f"permission denied: {exc}", self.display()) from exc
         except NotADirectoryError as exc:
@@ -273,7 +273,7 @@ class Location:
         try:
             yield
         except FileNotFoundError as exc:
-            raise StorageError("directory does not exist", self.display()) from exc
+            raise DirNotFoundError("directory does not exist", self.display()) from exc
         except PermissionError as exc:
             raise StorageError(f"permission denied: {exc}", self.display()) from exc
         except NotADirectoryError as exc:

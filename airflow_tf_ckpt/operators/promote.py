@@ -28,6 +28,9 @@ class PromoteCheckpointOperator(BaseCheckpointOperator):
     :param dest: destination dir, local or ``gs://`` (templated); its own dir, not the source.
     :param step: step number, prefix name, ``latest`` or ``best`` (templated).
     :param metric: metric for ``step="best"``; ``mode`` ``min`` (default) or ``max``.
+    :param evaluator: whose metrics ``step="best"`` (and so ``only_if_step``) ranks by: the
+        ``evaluator`` that :class:`EvaluateCheckpointOperator` was given (templated; ``None``, the
+        default, reads the default sidecar ``PREFIX.metrics.json``).
     :param alias: also write ``DEST/aliases/<alias>.json`` (e.g. ``production``).
     :param only_if_step: promote only when the selected step is this one (templated; e.g. the step
         just evaluated, with ``step="best"``: "promote it if it is the best so far"); otherwise the
@@ -40,12 +43,13 @@ class PromoteCheckpointOperator(BaseCheckpointOperator):
     """
 
     template_fields: Sequence[str] = (*BaseCheckpointOperator.template_fields, "dest", "metric", "mode",
-                                      "alias", "only_if_step")
+                                      "alias", "only_if_step", "evaluator")
     ui_color = "#dda0dd"
 
     def __init__(self, *, ckpt_dir: str, dest: str, step: StepArg = "latest", metric: str | None = None,
                  mode: str = "min", alias: str | None = None, only_if_step: StepArg = None,
-                 dest_conn_id: str | None = None, record: bool = True, **kwargs: Any) -> None:
+                 dest_conn_id: str | None = None, record: bool = True, evaluator: str | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(ckpt_dir=ckpt_dir, step=step, **kwargs)
         self.dest = dest
         self.metric = metric
@@ -54,6 +58,7 @@ class PromoteCheckpointOperator(BaseCheckpointOperator):
         self.only_if_step = only_if_step
         self.dest_conn_id = dest_conn_id
         self.record = record
+        self.evaluator = evaluator
 
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_tf_ckpt.core.promote import promote, select_step
@@ -67,18 +72,21 @@ class PromoteCheckpointOperator(BaseCheckpointOperator):
         if sel == "best" and not metric:
             raise ValueError("step='best' needs metric=NAME")
 
+        evaluator = None if self.evaluator in (None, "", "None") else str(self.evaluator)
         cdir = self.discover(src)
-        chosen = select_step(cdir, sel, prefix=self.prefix or None, metric=metric, mode=str(self.mode))
+        chosen = select_step(cdir, sel, prefix=self.prefix or None, metric=metric, mode=str(self.mode),
+                             evaluator=evaluator)
         if self.only_if_step not in (None, "", "None"):
             want = parse_step_arg(self.only_if_step)
             if want not in (chosen.step, chosen.prefix):
                 raise AirflowSkipException(
-                    f"selected {chosen.prefix} ({sel}{':' + metric if metric else ''}); not promoting "
+                    f"selected {chosen.prefix} ({sel}{':' + metric if metric else ''}"
+                    f"{' of ' + evaluator if evaluator else ''}); not promoting "
                     f"because only_if_step={want!r}")
         # promote the step we selected, by prefix name, so a newer step landing meanwhile
         # cannot change the decision
         result = promote(src, dst, chosen.prefix, prefix=self.prefix or None, alias=self.alias or None,
-                         record=self.record)
+                         record=self.record, evaluator=evaluator)
         r = result.to_dict()
         uri = dst.display()
         self.log.info("Promoted %s (step %s) to %s: copied %d file(s), %d bytes (%s)%s",

@@ -26,6 +26,28 @@ def _opt_float(value: Any) -> float | None:
     return None if value in (None, "", "None") else float(value)
 
 
+def _seconds(value: Any) -> float | None:
+    """A duration: seconds, a ``timedelta``, or text (``"90"``, ``"30m"``, ``"24h"``, ``"2d"``)."""
+    from datetime import timedelta
+
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if value in (None, "", "None"):
+        return None
+    from airflow_tf_ckpt.core.retention import parse_duration
+
+    return parse_duration(str(value)) if isinstance(value, str) else float(value)
+
+
+def _names(value: Any) -> list[str]:
+    """Evaluator names from a list, or from text (a templated list renders to ``"['a', 'b']"``)."""
+    if value in (None, "", "None"):
+        return []
+    if isinstance(value, str):
+        return [n.strip(" '\"") for n in value.strip("[]() ").replace(",", " ").split() if n.strip(" '\"")]
+    return [str(n) for n in value]
+
+
 class CheckpointRetentionOperator(BaseCheckpointOperator):
     """Delete the checkpoint steps that no retention policy keeps (or only plan it: ``dry_run``).
 
@@ -38,9 +60,18 @@ class CheckpointRetentionOperator(BaseCheckpointOperator):
     :param metric: metric name for ``keep_best``; ``mode`` ``min`` or ``max`` says which is best.
     :param unevaluated: ``keep_best``'s treatment of steps with no metric yet: ``keep`` (default:
         an evaluator may still be coming), ``newer`` or ``drop``.
+    :param evaluator: whose metrics ``keep_best`` ranks by (the ``evaluator`` given to
+        ``EvaluateCheckpointOperator``; ``None``: the default sidecar).
+    :param keep_unevaluated: evaluator names (e.g. the evaluating DAGs' dag_ids): keep every step
+        one of them has not evaluated yet...
+    :param unevaluated_max_age: ...for at most this long after its save (seconds, a
+        ``timedelta`` or ``"24h"``; default 24 h; ``None``: no bound).
     :param pins: step numbers never to delete.
     :param keep_promoted: keep the steps recorded as promoted in the dir (default True).
     :param dry_run: log the plan, delete nothing.
+
+    A dir that does not exist (yet: nothing was trained) is nothing to do: the task succeeds and
+    logs it (XCom ``missing_dir: True``). A dir that exists but cannot be read fails the task.
 
     At least one policy is required: "delete everything" is never what a retention run means.
     Returns (XCom): ``dry_run``, ``kept``, ``deleted`` (counts), ``deleted_steps`` (at most 1000 step
@@ -49,14 +80,17 @@ class CheckpointRetentionOperator(BaseCheckpointOperator):
     """
 
     template_fields: Sequence[str] = ("ckpt_dir", "prefix", "keep_last", "keep_every_hours",
-                                      "keep_every_steps", "keep_best", "metric", "mode", "pins", "dry_run")
+                                      "keep_every_steps", "keep_best", "metric", "mode", "pins", "dry_run",
+                                      "evaluator", "keep_unevaluated", "unevaluated_max_age")
     ui_color = "#b0c4de"
 
     def __init__(self, *, ckpt_dir: str, prefix: str | None = None, keep_last: int | None = None,
                  keep_every_hours: float | None = None, keep_every_steps: int | None = None,
                  keep_best: int | None = None, metric: str | None = None, mode: str = "min",
                  pins: Sequence[int] | None = None, unevaluated: str = "keep", keep_promoted: bool = True,
-                 dry_run: bool = False, **kwargs: Any) -> None:
+                 dry_run: bool = False, evaluator: str | None = None,
+                 keep_unevaluated: Sequence[str] | None = None, unevaluated_max_age: Any = 86400.0,
+                 **kwargs: Any) -> None:
         super().__init__(ckpt_dir=ckpt_dir, step=None, prefix=prefix, **kwargs)
         self.keep_last = keep_last
         self.keep_every_hours = keep_every_hours
@@ -68,6 +102,9 @@ class CheckpointRetentionOperator(BaseCheckpointOperator):
         self.unevaluated = unevaluated
         self.keep_promoted = keep_promoted
         self.dry_run = dry_run
+        self.evaluator = evaluator
+        self.keep_unevaluated = keep_unevaluated
+        self.unevaluated_max_age = unevaluated_max_age
         if keep_best and not metric:
             raise ValueError("keep_best needs metric=NAME")
         if mode not in ("min", "max") and "{{" not in str(mode):
@@ -86,20 +123,31 @@ class CheckpointRetentionOperator(BaseCheckpointOperator):
             # a metric only means something with keep_best (the core refuses it alone)
             metric=(self.metric or None) if keep_best is not None else None, mode=str(self.mode),
             pins=[int(p) for p in pins], keep_promoted=bool(self.keep_promoted),
-            unevaluated=str(self.unevaluated))
+            unevaluated=str(self.unevaluated),
+            evaluator=None if self.evaluator in (None, "", "None") else str(self.evaluator),
+            keep_unevaluated=_names(self.keep_unevaluated),
+            unevaluated_max_age=_seconds(self.unevaluated_max_age))
         if not policies:
             raise ValueError("no retention policy given: set keep_last, keep_every_hours, "
-                             "keep_every_steps, keep_best or pins (deleting everything is not an option)")
+                             "keep_every_steps, keep_best, keep_unevaluated or pins "
+                             "(deleting everything is not an option)")
         return policies
 
     def execute(self, context: Any) -> dict[str, Any]:
+        from airflow_tf_ckpt.core.errors import DirNotFoundError
         from airflow_tf_ckpt.core.gc import apply_plan
         from airflow_tf_ckpt.core.retention import plan_retention
 
         dry_run = self.dry_run if isinstance(self.dry_run, bool) else \
             str(self.dry_run).strip().lower() in ("1", "true", "yes", "on")
         loc = self.get_location()
-        plan = plan_retention(loc, self.policies(), prefix=self.prefix or None)
+        policies = self.policies()
+        try:
+            plan = plan_retention(loc, policies, prefix=self.prefix or None)
+        except DirNotFoundError:
+            self.log.info("%s does not exist yet: nothing to do", loc.display())
+            return {"dry_run": dry_run, "kept": 0, "deleted": 0, "deleted_steps": [], "bytes_freed": 0,
+                    "bytes_to_free": 0, "state_file_rewritten": False, "missing_dir": True}
         self.log.info("Retention plan for %s:\n%s", loc.display(), self.plan_table(plan))
         self.log.info("%s", plan.summary())
         for problem in plan.problems:
@@ -135,4 +183,4 @@ class CheckpointRetentionOperator(BaseCheckpointOperator):
                 "deleted_steps": deleted_steps[:MAX_XCOM_STEPS],
                 "bytes_freed": 0 if dry_run else int(result.bytes_freed),
                 "bytes_to_free": int(plan.bytes_to_free) if dry_run else 0,
-                "state_file_rewritten": bool(result.state_written)}
+                "state_file_rewritten": bool(result.state_written), "missing_dir": False}

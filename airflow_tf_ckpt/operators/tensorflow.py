@@ -176,9 +176,11 @@ def emit_asset_events(context: Any, outlets: Sequence[Any], extra: dict[str, Any
 class EvaluateCheckpointOperator(RestoreCheckpointOperator):
     """Restore a step, run ``eval_fn(restored, step) -> {metric: float}``, and publish the metrics.
 
-    The metrics are written to the step's sidecar (``PREFIX.metrics.json``, read by retention's
-    ``keep_best`` and by ``PromoteCheckpointOperator(step="best")``), returned as the XCom, and put
-    in the ``extra`` of this task's outlet Asset events (pass ``outlets=[Asset(...)]``).
+    The metrics are written to the step's sidecar of ``evaluator`` (``PREFIX.metrics~EVALUATOR.json``;
+    without one, the default ``PREFIX.metrics.json``), read by retention's ``keep_best`` and by
+    ``PromoteCheckpointOperator(step="best")`` given the same ``evaluator``, returned as the XCom,
+    and put in the ``extra`` of this task's outlet Asset events (pass ``outlets=[Asset(...)]``).
+    The sidecar counts this evaluator's evaluations of the step (``evaluations``, ``history``).
 
     The step is leased for the whole evaluation (and re-checked once the lease is held), so a
     concurrent retention run cannot delete it.
@@ -187,21 +189,31 @@ class EvaluateCheckpointOperator(RestoreCheckpointOperator):
         ``tf.train.Checkpoint(model=...)``; a ``RestoredGraph`` with ``.session`` for TF1) and the
         step number.
     :param write_sidecar: write the metrics sidecar (default True).
+    :param evaluator: the evaluator's name (templated; e.g. the DAG's dag_id): two evaluators of
+        one dir keep separate records. ``None``: the default sidecar, as a single evaluator.
 
-    Returns (XCom): ``prefix``, ``step``, ``url``, ``metrics``, ``device``.
+    Returns (XCom): ``prefix``, ``step``, ``url``, ``metrics``, ``device``, ``evaluator``,
+    ``evaluations`` (this evaluator's count for the step, with this one; 0 without a sidecar).
     """
 
+    template_fields: Sequence[str] = (*RestoreCheckpointOperator.template_fields, "evaluator")
     ui_color = "#ff9f40"
 
     def __init__(self, *, eval_fn: Callable[[Any, int | None], dict[str, float]] | str,
-                 write_sidecar: bool = True, **kwargs: Any) -> None:
+                 write_sidecar: bool = True, evaluator: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.eval_fn = eval_fn
         self.write_sidecar = write_sidecar
+        self.evaluator = evaluator
+        if evaluator is not None and "{{" not in str(evaluator):
+            from airflow_tf_ckpt.core.metrics import check_evaluator
+
+            check_evaluator(evaluator)
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from airflow_tf_ckpt.core.metrics import write_metrics
+        from airflow_tf_ckpt.core.metrics import check_evaluator, write_metrics
 
+        evaluator = check_evaluator(None if self.evaluator in (None, "", "None") else str(self.evaluator))
         evaluate = load_callable(self.eval_fn, "eval_fn")
         loc = self.get_location()
         step = self.resolve_step(self.discover(loc))
@@ -214,15 +226,22 @@ class EvaluateCheckpointOperator(RestoreCheckpointOperator):
             finally:
                 restored.close()
             metrics = clean_metrics(raw, url)
+            evaluations = 0
             if self.write_sidecar:
-                write_metrics(loc, step.prefix, metrics, step=step.step,
-                              extra={"evaluator": lease_owner(context), "device": device})
+                owner = lease_owner(context)
+                extra = {"run": owner, "device": device} if evaluator else {"evaluator": owner, "device": device}
+                record = write_metrics(loc, step.prefix, metrics, step=step.step, extra=extra,
+                                       evaluator=evaluator)
+                evaluations = record["evaluations"]
+                if evaluations > 1:
+                    self.log.warning("%s has now been evaluated %d times by %s", url, evaluations,
+                                     evaluator or "the default evaluator")
         self.log.info("Metrics of %s: %s", url, ", ".join(f"{k}={v:.6g}" for k, v in metrics.items()))
         if not all(math.isfinite(v) for v in metrics.values()):
             self.log.warning("Non-finite metric(s) for %s: %s", url, metrics)
         safe = json_safe_metrics(metrics)
         result = {"prefix": step.prefix, "step": step.step, "url": url, "metrics": safe,
-                  "device": device}
+                  "device": device, "evaluator": evaluator, "evaluations": evaluations}
         n = emit_asset_events(context, self.outlets,
                               {"ckpt_dir": loc.display(), "prefix": step.prefix, "step": step.step,
                                "url": url, "metrics": safe})
