@@ -46,7 +46,7 @@ def test_example_dags_give_one_dir_with_the_gc_policies(serialized_example_dags,
     assert spec.label == "tf_ckpt_gc.retention"
     # rendered from the GC DAG's Param defaults, with their types
     assert spec.options == {"keep_last": 3, "keep_best": 2, "keep_every_steps": 10, "metric": "loss",
-                            "mode": "min", "pins": []}
+                            "mode": "min", "pins": [], "unevaluated_max_age": 86400.0}
     assert notes == []
 
 

@@ -236,7 +236,8 @@ def _routes(app: FastAPI) -> None:
     @app.get("/api/dirs/{dir_id}/retention")
     def retention(request: Request, dir_id: str) -> dict[str, Any]:
         d, cdir = read(request, dir_id)
-        plans = [_guard(d, lambda r=r: views.retention_plan(cdir, r.label, r.options, r.prefix or d.prefix))
+        plans = [_guard(d, lambda r=r: views.retention_plan(cdir, r.label, lambda: _policies(d, r),
+                                                            r.prefix or d.prefix))
                  for r in d.retention]
         return {"plans": plans}
 
@@ -278,6 +279,15 @@ def _routes(app: FastAPI) -> None:
         _guard(d, lambda: release_quarantine(cdir.location, prefix))
         _cache.drop("dir:" + d.id)
         return {"prefix": prefix, "quarantined": False}
+
+
+def _policies(d: sources.WatchedDir, spec: sources.RetentionSpec) -> list[Any]:
+    """The policies the GC task would apply: built by ``CheckpointRetentionOperator`` itself from
+    its serialized options, so the page's dry run and the task can never read them differently."""
+    from airflow_tf_ckpt.operators.retention import CheckpointRetentionOperator
+
+    op = CheckpointRetentionOperator(task_id=spec.task_id, ckpt_dir=d.url, prefix=spec.prefix, **spec.options)
+    return op.policies()
 
 
 def _step(cdir: CheckpointDir, prefix: str) -> None:

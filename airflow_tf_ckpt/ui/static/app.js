@@ -87,8 +87,9 @@ function rowHtml(r) {
 
 async function drill(prefix) {
   const d = await api(dirPath("steps/" + encodeURIComponent(prefix) + "/metrics"));
-  $("#drill").innerHTML = `<h3>${esc(prefix)}</h3>` + Object.entries(d.evaluators).map(([ev, m]) =>
-    `<div><b>${esc(ev)}</b>: ` + Object.entries(m).map(([k, v]) => `${esc(k)} = ${v}`).join(", ") + "</div>").join("");
+  $("#drill").innerHTML = `<h3>${esc(prefix)}</h3>` + Object.entries(d.evaluators).map(([ev, r]) =>
+    `<div class="evaluation"><b>${esc(ev)}</b>: ` + Object.entries(r.metrics).map(([k, v]) => `${esc(k)} = ${esc(v)}`).join(", ") +
+    ` <span class="small">(evaluated ${r.evaluations || 1}&times;, last ${when(r.time)})</span></div>`).join("");
 }
 
 async function act(kind, prefix, reason) {
