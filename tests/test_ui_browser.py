@@ -226,7 +226,8 @@ def _open_checkpoints(driver: Any, page: Page, user: str) -> Any:
     wait.until(ec.element_to_be_clickable(
         (By.XPATH, "//*[@role='menuitem'][normalize-space()='Checkpoints'] | //a[normalize-space()='Checkpoints']"))).click()
     wait.until(ec.frame_to_be_available_and_switch_to_it((By.TAG_NAME, "iframe")))
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#steps tbody tr[data-prefix]"))
+    # the first paint may come from the state file alone; wait for the table from the listing
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#steps[data-complete='1'] tbody tr[data-prefix]"))
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#plot circle.best"))
     return wait
 

@@ -205,3 +205,34 @@ def destination_aliases(records: Sequence[Mapping[str, Any]], open_location: Any
         except (CheckpointError, OSError, ValueError) as exc:
             out.append({"dest": dest, "aliases": {}, "error": f"{type(exc).__name__}: {exc}"[:500]})
     return out
+
+
+def preliminary(state: Any, base: str | None = None, offset: int = 0, limit: int = 50) -> dict[str, Any]:
+    """First paint before the listing is in: the summary and a page of rows from the state file alone.
+
+    One small read, whatever the dir holds: the steps TF's state file names (committed in TF's
+    view), newest first, with their timestamps. Sizes, leases, orphans, incomplete and quarantined
+    steps need the listing, which the page fetches next (``preliminary`` tells it to).
+    """
+    import posixpath
+
+    from airflow_tf_ckpt.core.naming import parse_prefix
+
+    paths = [] if state is None else list(dict.fromkeys(state.all_model_checkpoint_paths
+                                                          + [state.model_checkpoint_path]))
+    stamps = {} if state is None else state.timestamps_by_path()
+    latest = None if state is None else posixpath.basename(state.model_checkpoint_path.rstrip("/"))
+    rows = []
+    for raw in paths:
+        name = posixpath.basename(raw.rstrip("/"))
+        parsed = parse_prefix(name)
+        if name and (base is None or parsed.base == base):
+            rows.append({"prefix": name, "step": parsed.step, "status": "committed", "size": None,
+                         "saved": stamps.get(raw), "latest": name == latest, "in_state": True, "leases": [],
+                         "promoted": [], "missing": [], "problems": [], "has_metrics": False})
+    rows.sort(key=lambda r: (r["step"] is not None, r["step"] or 0), reverse=True)
+    limit = max(1, min(int(limit), MAX_PAGE))
+    return {"preliminary": True, "total": len(rows), "offset": offset, "limit": limit,
+            "rows": rows[offset: offset + limit],
+            "summary": {"steps": len(rows), "counts": {"committed": len(rows)}, "bytes": None,
+                        "latest": latest if rows else None, "problems": [], "problem_count": 0}}

@@ -46,26 +46,32 @@ async function showDir() {
   const dags = info ? [...new Set(info.used_by.map((w) => w.split(/[ .]/)[0]))] : [];
   $("#usedby").textContent = info ? "watched by " + dags.join(", ") : "";
   $("#usedby").title = info ? info.used_by.join("\n") : "";
-  await Promise.all([loadSummary(), loadSteps()]);  // first paint: the summary and one page of steps
+  // first paint: never waits for a listing (a dir never listed paints from its state file)
+  const [s] = await Promise.all([loadSummary(false), loadSteps(false)]);
+  if (s && s.preliminary) await Promise.all([loadSummary(true), loadSteps(true)]);
   loadMetrics(); loadQuarantine(); loadPromotions(); loadRetention();  // then the rest, in parallel
 }
 
-async function loadSummary() {
+async function loadSummary(wait) {
   try {
-    const s = await api(dirPath("summary"));
-    $("#summary").innerHTML = `<b>${s.steps}</b> steps, ${bytes(s.bytes)}; ` +
+    const s = await api(dirPath("summary?wait=" + (wait === false ? "false" : "true")));
+    $("#summary").innerHTML = `<b>${s.steps}</b> steps` + (s.bytes === null || s.bytes === undefined ? "" : `, ${bytes(s.bytes)}`) + "; " +
       Object.entries(s.counts).map(([k, v]) => `<span class="count"><span class="badge ${k}">${k}</span>${v}</span>`).join("") +
       (s.latest ? ` latest: <b>${esc(s.latest)}</b>` : "") +
+      (s.preliminary ? ' <span class="small" id="listing-note">from the state file; listing the dir&hellip;</span>' :
+        (s.listed_s_ago > 10 ? ` <span class="small">listed ${Math.round(s.listed_s_ago)} s ago (refresh for a new listing)</span>` : "")) +
       (s.problem_count ? `<div class="small">${s.problem_count} problem(s): ${esc(s.problems.slice(0, 3).join("; "))}</div>` : "");
-  } catch (e) { if (e.message !== "401") banner(e.message); }
+    return s;
+  } catch (e) { if (e.message !== "401") banner(e.message); return null; }
 }
 
-async function loadSteps() {
+async function loadSteps(wait) {
   const status = $("#status").value;
   let d;
-  try { d = await api(dirPath(`steps?offset=${st.offset}&limit=${PAGE}&status=${encodeURIComponent(status)}`)); }
+  try { d = await api(dirPath(`steps?offset=${st.offset}&limit=${PAGE}&status=${encodeURIComponent(status)}&wait=${wait === false ? "false" : "true"}`)); }
   catch (e) { if (e.message !== "401") banner(e.message); return; }
   st.total = d.total;
+  $("#steps").dataset.complete = d.preliminary ? "0" : "1";
   $("#pageinfo").textContent = d.total ? `${d.offset + 1}-${d.offset + d.rows.length} of ${d.total}` : "no steps";
   $("#prev").disabled = st.offset === 0; $("#next").disabled = st.offset + PAGE >= d.total;
   $("#steps tbody").innerHTML = d.rows.map(rowHtml).join("");
@@ -81,7 +87,7 @@ function rowHtml(r) {
     (r.latest ? ' <span class="badge latest">latest</span>' : "") + `</td>` +
     `<td><span class="badge status ${esc(r.status)}">${esc(r.status)}</span>` +
     (r.missing.length ? `<div class="small">missing ${esc(r.missing.join(", "))}</div>` : "") + `</td>` +
-    `<td>${bytes(r.size)}</td><td>${when(r.saved)}</td><td>${leases}</td><td>${promoted}</td>` +
+    `<td>${r.size === null ? "&hellip;" : bytes(r.size)}</td><td>${when(r.saved)}</td><td>${leases}</td><td>${promoted}</td>` +
     `<td>${r.has_metrics ? `<a href="#" data-drill="${esc(r.prefix)}">show</a>` : ""}</td><td>${act}</td></tr>`;
 }
 
