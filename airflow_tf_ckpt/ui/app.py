@@ -31,7 +31,7 @@ from airflow_tf_ckpt.core.errors import CheckpointError
 from airflow_tf_ckpt.ui import sources, views
 
 DIRS_TTL_S = 30.0  # how long the list of dirs (read from the serialized DAGs) is reused
-LISTING_TTL_S = 5.0  # how long one listing serves the page's requests (summary, rows, plot, plan)
+LISTING_TTL_S = 5.0  # a listing older than this is redone in the background on the next request
 STATIC = {"app.js": "text/javascript", "app.css": "text/css"}
 
 
@@ -140,14 +140,86 @@ def _redacted(d: sources.WatchedDir, exc: BaseException) -> str:
     return _hook(d.conn_id).redact(f"{type(exc).__name__}: {exc}")[:2000]
 
 
-def _listing(d: sources.WatchedDir, fresh: bool = False) -> CheckpointDir:
-    if fresh:
-        _cache.drop("dir:" + d.id)
+class _Listings:
+    """The dirs' listings, kept between requests: stale-while-revalidate, one refresh at a time.
+
+    A listing of a 10,000-step dir on an object store takes seconds (minutes on the emulator), so a
+    request never waits for one unless it asks to (``wait``): the page paints from the last listing
+    (or, for a dir never listed, from the state file alone) and a listing older than
+    ``LISTING_TTL_S`` is redone in the background.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: dict[str, dict[str, Any]] = {}
+
+    def get(self, d: sources.WatchedDir, wait: bool) -> tuple[CheckpointDir | None, float | None]:
+        """``(listing or None, its age in seconds)``; with ``wait``, a listing there is."""
+        deadline = time.monotonic() + 600
+        while True:
+            with self._lock:
+                e = self._items.setdefault(d.id, {"cdir": None, "at": 0.0, "done": None, "error": None, "gen": 0})
+                if e["error"] is not None and e["done"] is None:
+                    error, e["error"] = e["error"], None
+                    raise HTTPException(502, f"cannot list {d.url}: {error}")
+                if (e["cdir"] is None or time.monotonic() - e["at"] > LISTING_TTL_S) and e["done"] is None:
+                    e["done"] = threading.Event()
+                    threading.Thread(target=self._refresh, args=(d, e, e["gen"]), daemon=True,
+                                     name=f"tf-ckpt-ls-{d.id}").start()
+                cdir, at, done = e["cdir"], e["at"], e["done"]
+            if cdir is not None:
+                return cdir, time.monotonic() - at
+            if not wait or done is None or time.monotonic() > deadline:
+                return None, None
+            done.wait(max(0.0, deadline - time.monotonic()))
+
+    def _refresh(self, d: sources.WatchedDir, e: dict[str, Any], gen: int) -> None:
+        try:
+            cdir = discover(_hook(d.conn_id).get_location(d.url), d.prefix)
+            with self._lock:
+                if e["gen"] == gen:  # not made before an action changed the dir
+                    e["cdir"], e["at"] = cdir, time.monotonic()
+        except Exception as exc:  # noqa: BLE001 - reported to the next request, redacted
+            with self._lock:
+                e["error"] = _redacted(d, exc)
+        finally:
+            with self._lock:
+                done, e["done"] = e["done"], None
+            done.set()
+
+    def invalidate(self, d: sources.WatchedDir) -> None:
+        """After an action: the next request waits for (or paints without) a new listing."""
+        with self._lock:
+            if d.id in self._items:
+                self._items[d.id].update(cdir=None, gen=self._items[d.id]["gen"] + 1)
+
+
+_listings = _Listings()
+
+
+def _listing(d: sources.WatchedDir) -> CheckpointDir:
+    """A listing of the dir (waits for one when there is none yet)."""
+    cdir, _ = _listings.get(d, wait=True)
+    if cdir is None:
+        raise HTTPException(504, f"listing {d.url} takes too long; try again")
+    return cdir
+
+
+def _fresh_listing(d: sources.WatchedDir) -> CheckpointDir:
+    """A listing made now (for actions: they must not act on what an old listing showed)."""
     try:
-        return _cache.get("dir:" + d.id, LISTING_TTL_S,
-                          lambda: discover(_hook(d.conn_id).get_location(d.url), d.prefix))
+        return discover(_hook(d.conn_id).get_location(d.url), d.prefix)
     except (CheckpointError, OSError, ValueError) as exc:
         raise HTTPException(502, f"cannot list {d.url}: {_redacted(d, exc)}") from None
+
+
+def _state_only(d: sources.WatchedDir) -> Any:
+    from airflow_tf_ckpt.core.state import STATE_FILENAME, read_state
+
+    try:
+        return read_state(_hook(d.conn_id).get_location(d.url), STATE_FILENAME)
+    except (CheckpointError, OSError, ValueError) as exc:
+        raise HTTPException(502, f"cannot read the state file of {d.url}: {_redacted(d, exc)}") from None
 
 
 def create_app() -> FastAPI:
@@ -210,17 +282,33 @@ def _routes(app: FastAPI) -> None:
         _authorize(request, d, "GET")
         return d, _listing(d)
 
+    def first(request: Request, dir_id: str, wait: bool) -> tuple[sources.WatchedDir, CheckpointDir | None,
+                                                                   float | None]:
+        d = _dir(dir_id)
+        _authorize(request, d, "GET")
+        cdir, age = _listings.get(d, wait=wait)
+        return d, cdir, age
+
     @app.get("/api/dirs/{dir_id}/summary")
-    def summary(request: Request, dir_id: str) -> dict[str, Any]:
-        d, cdir = read(request, dir_id)
-        return {**views.summary(cdir, d.prefix), **d.to_dict()}
+    def summary(request: Request, dir_id: str, wait: bool = True) -> dict[str, Any]:
+        """``wait=false`` (the page's first paint): the state file alone until a listing exists."""
+        d, cdir, age = first(request, dir_id, wait)
+        if cdir is None:
+            return {**views.preliminary(_state_only(d), d.prefix)["summary"], "preliminary": True, **d.to_dict()}
+        return {**views.summary(cdir, d.prefix), "listed_s_ago": age, **d.to_dict()}
 
     @app.get("/api/dirs/{dir_id}/steps")
     def steps(request: Request, dir_id: str, offset: Annotated[int, Query(ge=0)] = 0,
               limit: Annotated[int, Query(ge=1, le=views.MAX_PAGE)] = 50, status: str | None = None,
-              ) -> dict[str, Any]:
-        d, cdir = read(request, dir_id)
-        return _guard(d, lambda: views.step_rows(cdir, offset, limit, status))
+              wait: bool = True) -> dict[str, Any]:
+        d, cdir, age = first(request, dir_id, wait)
+        if cdir is None:
+            if status not in (None, "", "all", "committed"):
+                return {"preliminary": True, "total": 0, "offset": offset, "limit": limit, "rows": []}
+            out = views.preliminary(_state_only(d), d.prefix, offset, limit)
+            out.pop("summary")
+            return out
+        return {**_guard(d, lambda: views.step_rows(cdir, offset, limit, status)), "listed_s_ago": age}
 
     @app.get("/api/dirs/{dir_id}/metrics")
     def metrics(request: Request, dir_id: str) -> dict[str, Any]:
@@ -236,7 +324,8 @@ def _routes(app: FastAPI) -> None:
     @app.get("/api/dirs/{dir_id}/retention")
     def retention(request: Request, dir_id: str) -> dict[str, Any]:
         d, cdir = read(request, dir_id)
-        plans = [_guard(d, lambda r=r: views.retention_plan(cdir, r.label, r.options, r.prefix or d.prefix))
+        plans = [_guard(d, lambda r=r: views.retention_plan(cdir, r.label, lambda: _policies(d, r),
+                                                            r.prefix or d.prefix))
                  for r in d.retention]
         return {"plans": plans}
 
@@ -260,11 +349,11 @@ def _routes(app: FastAPI) -> None:
 
         d = _dir(dir_id)
         _authorize(request, d, "PUT")
-        cdir = _listing(d, fresh=True)
+        cdir = _fresh_listing(d)
         _step(cdir, prefix)
         user = getattr(request.state.tf_ckpt_user, "get_name", lambda: "?")()
         res = _guard(d, lambda: quarantine_step(cdir.location, prefix, f"{reason} (by {user} in the Airflow UI)"))
-        _cache.drop("dir:" + d.id)
+        _listings.invalidate(d)
         return {"prefix": res.prefix, "quarantined": True}
 
     @app.post("/api/dirs/{dir_id}/steps/{prefix}/unquarantine")
@@ -273,11 +362,20 @@ def _routes(app: FastAPI) -> None:
 
         d = _dir(dir_id)
         _authorize(request, d, "PUT")
-        cdir = _listing(d, fresh=True)
+        cdir = _fresh_listing(d)
         _step(cdir, prefix)
         _guard(d, lambda: release_quarantine(cdir.location, prefix))
-        _cache.drop("dir:" + d.id)
+        _listings.invalidate(d)
         return {"prefix": prefix, "quarantined": False}
+
+
+def _policies(d: sources.WatchedDir, spec: sources.RetentionSpec) -> list[Any]:
+    """The policies the GC task would apply: built by ``CheckpointRetentionOperator`` itself from
+    its serialized options, so the page's dry run and the task can never read them differently."""
+    from airflow_tf_ckpt.operators.retention import CheckpointRetentionOperator
+
+    op = CheckpointRetentionOperator(task_id=spec.task_id, ckpt_dir=d.url, prefix=spec.prefix, **spec.options)
+    return op.policies()
 
 
 def _step(cdir: CheckpointDir, prefix: str) -> None:

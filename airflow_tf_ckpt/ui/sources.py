@@ -30,7 +30,8 @@ PROVIDER_MODULE = "airflow_tf_ckpt."
 TRIGGER_CLASS = "airflow_tf_ckpt.triggers.checkpoint.CheckpointEventTrigger"
 RETENTION_TYPE = "CheckpointRetentionOperator"
 SENSOR_TYPE = "CheckpointSensor"
-RETENTION_FIELDS = ("keep_last", "keep_every_hours", "keep_every_steps", "keep_best", "metric", "mode", "pins")
+RETENTION_FIELDS = ("keep_last", "keep_every_hours", "keep_every_steps", "keep_best", "metric", "mode", "pins",
+                    "evaluator", "keep_unevaluated", "unevaluated_max_age")
 
 
 @dataclass

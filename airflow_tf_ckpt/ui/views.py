@@ -16,17 +16,19 @@ from typing import Any
 from airflow_tf_ckpt.core.discovery import CheckpointDir, CheckpointStep
 from airflow_tf_ckpt.core.errors import CheckpointError
 from airflow_tf_ckpt.core.leases import read_leases
-from airflow_tf_ckpt.core.metrics import metrics_for, read_files
-from airflow_tf_ckpt.core.naming import QUARANTINE_SUFFIX
+from airflow_tf_ckpt.core.metrics import evaluation_records, read_files
+from airflow_tf_ckpt.core.naming import QUARANTINE_SUFFIX, classify
 from airflow_tf_ckpt.core.retention import (
     PROMOTIONS_FILENAME,
+    RetentionPolicy,
     current_promotions,
     plan_retention,
-    policies_from_options,
     read_promotions,
 )
 
-DEFAULT_EVALUATOR = "default"  # the single-sidecar layout (PREFIX.metrics.json) has one evaluator
+# PREFIX.metrics.json, the sidecar of evaluations that name no evaluator; parentheses are not
+# allowed in evaluator names, so this label never clashes with one
+DEFAULT_EVALUATOR = "(default)"
 MAX_PAGE = 500
 
 
@@ -87,33 +89,40 @@ def step_rows(cdir: CheckpointDir, offset: int = 0, limit: int = 50, status: str
             "saved": s.timestamp, "latest": s.latest, "in_state": s.in_state,
             "leases": [{"owner": lease.owner, "expires": lease.expires, "active": lease.active(t)} for lease in ls],
             "promoted": promoted.get(s.prefix, []), "missing": s.missing[:5], "problems": s.problems[:5],
-            "has_metrics": any(f.name.endswith(".metrics.json") for f in s.sidecars),
+            "has_metrics": any(_is_metrics(f.name) for f in s.sidecars),
         })
     return {"total": len(steps), "offset": int(offset), "limit": limit, "rows": rows}
 
 
-def evaluator_metrics(cdir: CheckpointDir, problems: list[str] | None = None,
-                      ) -> dict[str, dict[str, dict[str, float]]]:
-    """THE adapter for "metrics of each step, per evaluator": ``{prefix: {evaluator: {metric: value}}}``.
+def _is_metrics(name: str) -> bool:
+    role = classify(name)
+    return role is not None and role.role == "metrics"
 
-    Today a step has one sidecar, ``PREFIX.metrics.json``, shown as evaluator ``default``. When the
-    core grows per-evaluator records, only this function changes.
+
+def evaluator_records(cdir: CheckpointDir, problems: list[str] | None = None,
+                      ) -> dict[str, dict[str, dict[str, Any]]]:
+    """THE adapter for "metrics of each step, per evaluator": ``{prefix: {evaluator: record}}``.
+
+    A record has ``metrics`` (floats), ``evaluations`` and ``time``; the default sidecar
+    (``PREFIX.metrics.json``) is shown as evaluator :data:`DEFAULT_EVALUATOR`, the others
+    (``PREFIX.metrics~NAME.json``) under their names. Built on ``core.metrics.evaluation_records``.
     """
-    return {p: {DEFAULT_EVALUATOR: m} for p, m in metrics_for(cdir, problems=problems).items()}
+    return {p: {DEFAULT_EVALUATOR if ev is None else ev: r for ev, r in by_ev.items()}
+            for p, by_ev in evaluation_records(cdir, problems=problems).items()}
 
 
 def metrics_series(cdir: CheckpointDir) -> dict[str, Any]:
     """Series for the plot: ``{evaluator: {metric: [[step, value], ...]}}``, oldest step first."""
     problems: list[str] = []
-    per = evaluator_metrics(cdir, problems)
+    per = evaluator_records(cdir, problems)
     numbers = {s.prefix: s.step for s in cdir.steps}
     series: dict[str, dict[str, list[list[float]]]] = {}
     for prefix, by_eval in per.items():
         step = numbers.get(prefix)
         if step is None:
             continue
-        for ev, values in by_eval.items():
-            for name, v in values.items():
+        for ev, record in by_eval.items():
+            for name, v in record["metrics"].items():
                 if v == v and abs(v) != float("inf"):  # JSON has no NaN: a diverged value is left out
                     series.setdefault(ev, {}).setdefault(name, []).append([step, v])
     for by_name in series.values():
@@ -124,40 +133,27 @@ def metrics_series(cdir: CheckpointDir) -> dict[str, Any]:
             "quarantined": quarantined, "problems": problems[:50]}
 
 
-def step_metrics(cdir: CheckpointDir, prefix: str) -> dict[str, dict[str, float]]:
-    """One step's metrics per evaluator (the drill-down)."""
+def step_metrics(cdir: CheckpointDir, prefix: str) -> dict[str, dict[str, Any]]:
+    """One step's metrics per evaluator, with how often each evaluated it (the drill-down)."""
     one = [s for s in cdir.steps if s.prefix == prefix]
     if not one:
         return {}
     sub = CheckpointDir(cdir.location, cdir.state, one, listing=cdir.listing, state_filename=cdir.state_filename)
-    return evaluator_metrics(sub, []).get(prefix, {})
+    return {ev: {"metrics": {k: v if v == v and abs(v) != float("inf") else str(v) for k, v in r["metrics"].items()},
+                 "evaluations": r.get("evaluations"), "time": r.get("time")}
+            for ev, r in sorted(evaluator_records(sub, []).get(prefix, {}).items())}
 
 
-def _num(value: Any, kind: type) -> Any:
-    return None if value in (None, "", "None") else kind(value)
-
-
-def policies_of(options: Mapping[str, Any]) -> list[Any]:
-    """Core policies from a serialized retention task's options (as its ``policies()`` builds them)."""
-    pins = options.get("pins") or []
-    if isinstance(pins, str):
-        pins = [p for p in pins.strip("[]() ").replace(",", " ").split() if p]
-    keep_best = _num(options.get("keep_best"), int)
-    return policies_from_options(
-        keep_last=_num(options.get("keep_last"), int), keep_every_hours=_num(options.get("keep_every_hours"), float),
-        keep_every_steps=_num(options.get("keep_every_steps"), int), keep_best=keep_best,
-        metric=(options.get("metric") or None) if keep_best is not None else None,
-        mode=str(options.get("mode") or "min"), pins=[int(p) for p in pins])
-
-
-def retention_plan(cdir: CheckpointDir, label: str, options: Mapping[str, Any], prefix: str | None,
+def retention_plan(cdir: CheckpointDir, label: str, policies: Any, prefix: str | None,
                    now: float | None = None) -> dict[str, Any]:
-    """A dry run of one retention task's policies: keep/delete per step and why. Deletes nothing."""
+    """A dry run of one retention task's policies: keep/delete per step and why. Deletes nothing.
+
+    ``policies``: a list of core policies, or a zero-argument callable that builds them (its
+    errors, such as a task with no policy, are reported in the result like the plan's own).
+    """
     try:
-        policies = policies_of(options)
-        if not policies:
-            raise CheckpointError("no retention policy in this task")
-        plan = plan_retention(cdir, policies, prefix=prefix, now=now)
+        ps: list[RetentionPolicy] = list(policies() if callable(policies) else policies)
+        plan = plan_retention(cdir, ps, prefix=prefix, now=now)
     except (CheckpointError, ValueError, TypeError) as exc:
         return {"task": label, "error": str(exc), "decisions": [], "counts": {}}
     decisions = sorted(plan.decisions, key=lambda d: (d.step is not None, d.step or 0), reverse=True)
@@ -209,3 +205,34 @@ def destination_aliases(records: Sequence[Mapping[str, Any]], open_location: Any
         except (CheckpointError, OSError, ValueError) as exc:
             out.append({"dest": dest, "aliases": {}, "error": f"{type(exc).__name__}: {exc}"[:500]})
     return out
+
+
+def preliminary(state: Any, base: str | None = None, offset: int = 0, limit: int = 50) -> dict[str, Any]:
+    """First paint before the listing is in: the summary and a page of rows from the state file alone.
+
+    One small read, whatever the dir holds: the steps TF's state file names (committed in TF's
+    view), newest first, with their timestamps. Sizes, leases, orphans, incomplete and quarantined
+    steps need the listing, which the page fetches next (``preliminary`` tells it to).
+    """
+    import posixpath
+
+    from airflow_tf_ckpt.core.naming import parse_prefix
+
+    paths = [] if state is None else list(dict.fromkeys(state.all_model_checkpoint_paths
+                                                          + [state.model_checkpoint_path]))
+    stamps = {} if state is None else state.timestamps_by_path()
+    latest = None if state is None else posixpath.basename(state.model_checkpoint_path.rstrip("/"))
+    rows = []
+    for raw in paths:
+        name = posixpath.basename(raw.rstrip("/"))
+        parsed = parse_prefix(name)
+        if name and (base is None or parsed.base == base):
+            rows.append({"prefix": name, "step": parsed.step, "status": "committed", "size": None,
+                         "saved": stamps.get(raw), "latest": name == latest, "in_state": True, "leases": [],
+                         "promoted": [], "missing": [], "problems": [], "has_metrics": False})
+    rows.sort(key=lambda r: (r["step"] is not None, r["step"] or 0), reverse=True)
+    limit = max(1, min(int(limit), MAX_PAGE))
+    return {"preliminary": True, "total": len(rows), "offset": offset, "limit": limit,
+            "rows": rows[offset: offset + limit],
+            "summary": {"steps": len(rows), "counts": {"committed": len(rows)}, "bytes": None,
+                        "latest": latest if rows else None, "problems": [], "problem_count": 0}}

@@ -46,26 +46,32 @@ async function showDir() {
   const dags = info ? [...new Set(info.used_by.map((w) => w.split(/[ .]/)[0]))] : [];
   $("#usedby").textContent = info ? "watched by " + dags.join(", ") : "";
   $("#usedby").title = info ? info.used_by.join("\n") : "";
-  await Promise.all([loadSummary(), loadSteps()]);  // first paint: the summary and one page of steps
+  // first paint: never waits for a listing (a dir never listed paints from its state file)
+  const [s] = await Promise.all([loadSummary(false), loadSteps(false)]);
+  if (s && s.preliminary) await Promise.all([loadSummary(true), loadSteps(true)]);
   loadMetrics(); loadQuarantine(); loadPromotions(); loadRetention();  // then the rest, in parallel
 }
 
-async function loadSummary() {
+async function loadSummary(wait) {
   try {
-    const s = await api(dirPath("summary"));
-    $("#summary").innerHTML = `<b>${s.steps}</b> steps, ${bytes(s.bytes)}; ` +
+    const s = await api(dirPath("summary?wait=" + (wait === false ? "false" : "true")));
+    $("#summary").innerHTML = `<b>${s.steps}</b> steps` + (s.bytes === null || s.bytes === undefined ? "" : `, ${bytes(s.bytes)}`) + "; " +
       Object.entries(s.counts).map(([k, v]) => `<span class="count"><span class="badge ${k}">${k}</span>${v}</span>`).join("") +
       (s.latest ? ` latest: <b>${esc(s.latest)}</b>` : "") +
+      (s.preliminary ? ' <span class="small" id="listing-note">from the state file; listing the dir&hellip;</span>' :
+        (s.listed_s_ago > 10 ? ` <span class="small">listed ${Math.round(s.listed_s_ago)} s ago (refresh for a new listing)</span>` : "")) +
       (s.problem_count ? `<div class="small">${s.problem_count} problem(s): ${esc(s.problems.slice(0, 3).join("; "))}</div>` : "");
-  } catch (e) { if (e.message !== "401") banner(e.message); }
+    return s;
+  } catch (e) { if (e.message !== "401") banner(e.message); return null; }
 }
 
-async function loadSteps() {
+async function loadSteps(wait) {
   const status = $("#status").value;
   let d;
-  try { d = await api(dirPath(`steps?offset=${st.offset}&limit=${PAGE}&status=${encodeURIComponent(status)}`)); }
+  try { d = await api(dirPath(`steps?offset=${st.offset}&limit=${PAGE}&status=${encodeURIComponent(status)}&wait=${wait === false ? "false" : "true"}`)); }
   catch (e) { if (e.message !== "401") banner(e.message); return; }
   st.total = d.total;
+  $("#steps").dataset.complete = d.preliminary ? "0" : "1";
   $("#pageinfo").textContent = d.total ? `${d.offset + 1}-${d.offset + d.rows.length} of ${d.total}` : "no steps";
   $("#prev").disabled = st.offset === 0; $("#next").disabled = st.offset + PAGE >= d.total;
   $("#steps tbody").innerHTML = d.rows.map(rowHtml).join("");
@@ -81,26 +87,30 @@ function rowHtml(r) {
     (r.latest ? ' <span class="badge latest">latest</span>' : "") + `</td>` +
     `<td><span class="badge status ${esc(r.status)}">${esc(r.status)}</span>` +
     (r.missing.length ? `<div class="small">missing ${esc(r.missing.join(", "))}</div>` : "") + `</td>` +
-    `<td>${bytes(r.size)}</td><td>${when(r.saved)}</td><td>${leases}</td><td>${promoted}</td>` +
+    `<td>${r.size === null ? "&hellip;" : bytes(r.size)}</td><td>${when(r.saved)}</td><td>${leases}</td><td>${promoted}</td>` +
     `<td>${r.has_metrics ? `<a href="#" data-drill="${esc(r.prefix)}">show</a>` : ""}</td><td>${act}</td></tr>`;
 }
 
 async function drill(prefix) {
   const d = await api(dirPath("steps/" + encodeURIComponent(prefix) + "/metrics"));
-  $("#drill").innerHTML = `<h3>${esc(prefix)}</h3>` + Object.entries(d.evaluators).map(([ev, m]) =>
-    `<div><b>${esc(ev)}</b>: ` + Object.entries(m).map(([k, v]) => `${esc(k)} = ${v}`).join(", ") + "</div>").join("");
+  $("#drill").innerHTML = `<h3>${esc(prefix)}</h3>` + Object.entries(d.evaluators).map(([ev, r]) =>
+    `<div class="evaluation"><b>${esc(ev)}</b>: ` + Object.entries(r.metrics).map(([k, v]) => `${esc(k)} = ${esc(v)}`).join(", ") +
+    ` <span class="small">(evaluated ${r.evaluations || 1}&times;, last ${when(r.time)})</span></div>`).join("");
 }
 
-async function act(kind, prefix) {
-  let opts = { method: "POST", headers: { Accept: "application/json", "Content-Type": "application/json" } };
-  if (kind === "quarantine") {
-    const reason = prompt(`Quarantine ${prefix}: reason?`, "marked bad in the UI");
-    if (!reason) return;
-    opts.body = JSON.stringify({ reason });
-  }
+async function act(kind, prefix, reason) {
+  // no prompt(): the UI's iframe may be sandboxed without modals; the reason is typed in the row
+  const opts = { method: "POST", headers: { Accept: "application/json", "Content-Type": "application/json" } };
+  if (kind === "quarantine") opts.body = JSON.stringify({ reason });
   try { await api(dirPath("steps/" + encodeURIComponent(prefix) + "/" + kind), opts); banner(""); }
   catch (e) { if (e.message !== "401") banner((e.status === 403 ? "Not allowed: " : "") + e.message); return; }
   await Promise.all([loadSummary(), loadSteps(), loadQuarantine()]);
+}
+
+function askReason(button) {
+  const cell = button.parentElement, prefix = button.dataset.prefix;
+  cell.innerHTML = `<input class="reason" placeholder="reason" value="marked bad in the UI" size="16">` +
+    `<button class="act" data-act="do-quarantine" data-prefix="${esc(prefix)}">confirm</button>`;
 }
 
 async function loadMetrics() {
@@ -134,7 +144,7 @@ function plot() {
   let best = null;  // a quarantined step is never the best (promotion refuses it)
   for (const p of pts) if (!bad.has(p[0]) && (best === null || (max ? p[1] > best[1] : p[1] < best[1]))) best = p;
   const line = pts.map((p) => sx(p[0]).toFixed(1) + "," + sy(p[1]).toFixed(1)).join(" ");
-  const dots = pts.length <= 500 ? pts.map((p) => `<circle class="${bad.has(p[0]) ? "point qpoint" : "point"}" cx="${sx(p[0]).toFixed(1)}" cy="${sy(p[1]).toFixed(1)}" r="2.5" data-step="${p[0]}"><title>step ${p[0]}: ${p[1]}</title></circle>`).join("") : "";
+  const dots = pts.length <= 500 ? pts.map((p) => `<circle class="${bad.has(p[0]) ? "point qpoint" : "point"}" cx="${sx(p[0]).toFixed(1)}" cy="${sy(p[1]).toFixed(1)}" r="${bad.has(p[0]) ? 4 : 2.5}" data-step="${p[0]}"><title>step ${p[0]}: ${p[1]}</title></circle>`).join("") : "";
   svg.innerHTML = `<line class="axis" x1="${L}" y1="${H - B}" x2="${W - R}" y2="${H - B}"/>` +
     `<line class="axis" x1="${L}" y1="${T}" x2="${L}" y2="${H - B}"/>` +
     `<text x="${L}" y="${H - 10}">${x0}</text><text x="${W - R}" y="${H - 10}" text-anchor="end">${x1}</text>` +
@@ -197,7 +207,11 @@ $("#metric").addEventListener("change", () => { $("#mode").value = /acc|auc|prec
 $("#mode").addEventListener("change", plot);
 $("#steps").addEventListener("click", (e) => {
   const t = e.target;
-  if (t.dataset.act) act(t.dataset.act, t.dataset.prefix);
+  if (t.dataset.act === "quarantine") askReason(t);
+  else if (t.dataset.act === "do-quarantine") {
+    const reason = t.parentElement.querySelector("input.reason").value.trim();
+    if (reason) act("quarantine", t.dataset.prefix, reason);
+  } else if (t.dataset.act) act(t.dataset.act, t.dataset.prefix);
   if (t.dataset.drill) { e.preventDefault(); drill(t.dataset.drill); }
 });
 loadDirs().catch((e) => { if (e.message !== "401") banner(e.message); });

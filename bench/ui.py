@@ -1,0 +1,156 @@
+"""Benchmark: first paint of the Checkpoints page for a dir of 10,000 steps on gs:// (emulator).
+
+A real api-server (tests/ui_server.py: SQLite, simple auth manager) shows ``gs://uibench/run``
+(``[tf_ckpt] ui_dirs``) with 10,000 steps (index + data + a metrics sidecar each, 30,001 objects
+seeded straight into fake-gcs-server's filesystem backend), and a GC DAG whose
+``CheckpointRetentionOperator`` manages it.
+
+* first paint, cold (the server never listed the dir): ``api/dirs``, then ``summary`` and the first
+  page of ``steps`` at once with ``wait=false``, as the page asks: the rows come from the state file
+  while the listing runs in the background; in Chromium (when /usr/bin/chromium is there), logged
+  in: open the page, wait for the first row;
+* the full listing (INFO): until ``summary`` can answer from a listing;
+* first paint, warm (a listing is kept; the page then shows sizes, statuses, leases, markers);
+* after first paint (INFO): the plot's data (10,000 metrics sidecars read) and the retention dry run.
+
+Baseline: one bare ``discover()`` of the dir from this process (what ``tf-ckpt ls`` does, and what
+the page would cost if it waited for a listing). Target: first paint under 2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import _common as C
+
+BUCKET = "uibench"
+DIR = "run"
+GC_DAG = '''
+from airflow.sdk import DAG
+from airflow_tf_ckpt.operators import CheckpointRetentionOperator
+
+with DAG(dag_id="uibench_gc", schedule=None):
+    CheckpointRetentionOperator(task_id="retention", ckpt_dir="gs://{bucket}/{dir}", prefix="ckpt",
+                                keep_last=10, keep_best=5, metric="loss", keep_every_steps=1000)
+'''
+
+
+def seed(root: C.Path, steps: int) -> None:
+    shutil.rmtree(root / BUCKET / DIR, ignore_errors=True)
+    objs = C.step_objects(DIR, range(1, steps + 1))
+    for i in range(1, steps + 1):
+        loss = 1.0 / (1 + i / 1000) + (i % 7) * 0.001
+        objs[f"{DIR}/ckpt-{i}.metrics.json"] = json.dumps(
+            {"prefix": f"ckpt-{i}", "step": i, "metrics": {"loss": loss}, "time": 0}).encode()
+    now = time.time()
+    objs[f"{DIR}/checkpoint"] = C.state_text([f"ckpt-{i}" for i in range(1, steps + 1)],
+                                             [now - 7200 - (steps - i) for i in range(1, steps + 1)])
+    C.seed_objects(root, BUCKET, objs)
+
+
+def first_paint_http(ui, token: str, dir_id: str, *, preliminary: bool | None = None) -> None:
+    status, _ = ui.request("/tf-ckpt/api/dirs", token=token)
+    assert status == 200
+    with ThreadPoolExecutor(2) as pool:
+        a = pool.submit(ui.request, f"/tf-ckpt/api/dirs/{dir_id}/summary?wait=false", token=token)
+        b = pool.submit(ui.request, f"/tf-ckpt/api/dirs/{dir_id}/steps?offset=0&limit=50&wait=false", token=token)
+        (sa, summary), (sb, rows) = a.result(), b.result()
+    assert sa == 200 and sb == 200, (summary, rows)
+    assert summary["steps"] >= 10_000 and len(rows["rows"]) == 50, (summary.get("steps"), len(rows["rows"]))
+    if preliminary is not None:
+        assert bool(rows.get("preliminary")) == preliminary, rows.get("preliminary")
+
+
+def browser_paint(ui, driver) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(ui.url + "/tf-ckpt/")
+    WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#steps tbody tr[data-prefix]"))
+
+
+def run(steps: int, rounds: int) -> int:
+    from airflow_tf_ckpt.core.discovery import discover
+    from airflow_tf_ckpt.core.storage import Location
+    from tests.ui_server import AirflowUI, chromium_driver, chromium_missing, login
+
+    root = C.CACHE / "gcs-ui"
+    shutil.rmtree(root, ignore_errors=True)
+    why = chromium_missing()
+    with C.emulator(root) as emu:
+        C.ensure_bucket(emu, root, BUCKET)
+        t_seed, _ = C.timed(lambda: seed(root, steps))
+        url = f"gs://{BUCKET}/{DIR}"
+        print(f"  seeded {3 * steps + 1} objects in {t_seed:.1f} s")
+        loc = Location.of(url)
+        t_base, cdir = C.timed(lambda: discover(loc))
+        assert len(cdir.steps) == steps
+        print(f"  baseline: a bare discover() of the dir took {C.fmt_s(t_base)}")
+        ui = AirflowUI(env={"STORAGE_EMULATOR_HOST": emu.url, "AIRFLOW__TF_CKPT__UI_DIRS": url})
+        (ui.dags / "uibench_gc.py").write_text(GC_DAG.format(bucket=BUCKET, dir=DIR))
+        driver = None
+        try:
+            t_start, _ = C.timed(ui.start)
+            print(f"  api-server up in {t_start:.0f} s (db migrate, dags reserialize, start)")
+            token = ui.token("admin")
+            _, body = ui.request("/tf-ckpt/api/dirs", token=token)
+            (d,) = [x for x in body["dirs"] if x["url"] == url]
+            assert d["retention"] == ["uibench_gc.retention"], d
+            t0 = time.perf_counter()
+            cold = [C.timed(lambda: first_paint_http(ui, token, d["id"], preliminary=True))[0]]
+            cold += [C.timed(lambda: first_paint_http(ui, token, d["id"]))[0] for _ in range(rounds - 1)]
+            c_http = C.summary("cold first paint over HTTP (state file)", cold)
+            c_browser = None
+            if why is None:
+                driver = chromium_driver()
+                login(driver, ui, "admin")
+                c_browser = C.summary("cold first paint in Chromium", [C.timed(lambda: browser_paint(ui, driver))[0]
+                                                                     for _ in range(rounds)])
+            else:
+                print(f"  browser figures skipped: {why}")
+            ui.request(f"/tf-ckpt/api/dirs/{d['id']}/summary?wait=true", token=token)
+            t_full = time.perf_counter() - t0
+            print(f"  the page's background listing was in {C.fmt_s(t_full)} after the first request")
+            warm = [C.timed(lambda: first_paint_http(ui, token, d["id"], preliminary=False))[0] for _ in range(rounds)]
+            w_http = C.summary("warm first paint over HTTP (kept listing)", warm)
+            w_browser = None
+            if driver is not None:
+                w_browser = C.summary("warm first paint in Chromium", [C.timed(lambda: browser_paint(ui, driver))[0]
+                                                                     for _ in range(rounds)])
+            after = {n: C.timed(lambda n=n: ui.request(f"/tf-ckpt/api/dirs/{d['id']}/{n}", token=token))[0]
+                     for n in ("metrics", "retention")}
+            print(f"  after first paint: plot data {C.fmt_s(after['metrics'])}, "
+                  f"retention dry run {C.fmt_s(after['retention'])}")
+        finally:
+            if driver is not None:
+                driver.quit()
+            ui.remove()
+    ok = True
+    for label, t in (("cold, in Chromium", c_browser), ("cold, over HTTP", c_http),
+                     ("warm, in Chromium", w_browser), ("warm, over HTTP", w_http)):
+        if t is not None:
+            ok &= bool(C.verdict(f"Checkpoints page first paint, {steps} steps on gs:// (emulator), {label}",
+                                 C.fmt_s(t), C.fmt_s(t_base), t_base / t, "< 2 s", t < 2.0))
+    C.verdict(f"Checkpoints page: full listing of {steps} steps in the background", C.fmt_s(t_full),
+              C.fmt_s(t_base), t_base / t_full, "-", None)
+    for name, t in after.items():
+        C.verdict(f"Checkpoints page {name} ({steps} steps), after first paint", C.fmt_s(t), C.fmt_s(t_base),
+                  t_base / t, "-", None)
+    return 0 if ok else 1
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=10_000)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    C.airflow_home()
+    return run(args.steps, args.rounds)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
