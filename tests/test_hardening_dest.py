@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -286,3 +290,186 @@ def test_the_cli_exits_2_before_publishing_on_a_malformed_source_record(copy_var
     with pytest.raises(Exception, match="not valid JSON"):
         read_promotions(Location.of(src))
     assert os.path.exists(src / "PROMOTIONS.json")
+
+
+# ---------------------------------------------------------------------------------------------
+# 14. smaller leaks
+
+
+@pytest.fixture
+def refusing_endpoint() -> Iterator[str]:
+    """An HTTP endpoint that answers every request with 409: gcsfs gives up at once (not
+    retriable) and logs it with ``logger.exception``, as it does when retries run out."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _refuse(self) -> None:
+            body = json.dumps({"error": {"code": 409, "message": "conflict"}}).encode()
+            self.send_response(409)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PUT = do_DELETE = _refuse
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items() if k != "TF_CKPT_DEBUG"}
+    full.update(env or {})
+    return subprocess.run([sys.executable, "-m", "airflow_tf_ckpt.cli", *args], capture_output=True,
+                          text=True, env=full, timeout=timeout)
+
+
+def test_gcsfs_error_logging_never_precedes_the_one_line_cli_error(refusing_endpoint):
+    p = _cli("ls", "gs://bucket/run", env={"STORAGE_EMULATOR_HOST": refusing_endpoint})
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tf-ckpt: error: "), p.stderr
+
+
+@pytest.mark.long
+def test_an_unreachable_endpoint_is_one_line_in_the_cli():
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = _cli("ls", "gs://bucket/run", env={"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}"},
+             timeout=300)
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Cannot connect" in lines[0], p.stderr
+
+
+def test_gcsfs_errors_are_logged_without_tracebacks_in_tasks(refusing_endpoint):
+    """Operators and sensors log through the root logger (Airflow's task log): gcsfs's record
+    stays, as one line, its tracebacks do not."""
+    import io
+    import logging
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        loc = Location.of("gs://bucket/run", {"endpoint_url": refusing_endpoint})
+        with pytest.raises(Exception, match="conflict"):
+            loc.listdir()
+    finally:
+        root.removeHandler(handler)
+    text = out.getvalue()
+    assert "non-retriable exception: conflict" in text
+    assert "Traceback" not in text and len(text.strip().splitlines()) == 1, text
+
+
+@pytest.mark.parametrize("value", ["1e999", "-1e999", "NaN", "Infinity", "-Infinity"])
+def test_metrics_set_refuses_non_finite_values(value, store, capsys):
+    from airflow_tf_ckpt.cli import main
+
+    assert main(["metrics", store.src, "--step", "5", "--set", f"loss={value}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "finite number" in err[0], err
+    assert not store.exists(f"{store.src_path}/ckpt-5.metrics.json")
+
+
+@pytest.mark.parametrize("name", ["val loss", "a\nb", "tab\there", "bell\x07", "", "é", "x" * 257])
+def test_metric_names_follow_one_rule_everywhere(name, copy_variant, capsys):
+    from airflow_tf_ckpt.cli import main
+    from airflow_tf_ckpt.core.metrics import MetricsError, write_metrics
+    from airflow_tf_ckpt.core.retention import KeepBestK, RetentionError
+
+    src = copy_variant("tf2_manager")
+    assert main(["metrics", str(src), "--step", "5", "--set", f"{name}=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert ("metric name" in err[0] and repr(name)[:20] in err[0]) or (not name and "empty key" in err[0]), err
+    assert not (src / "ckpt-5.metrics.json").exists()
+    with pytest.raises(MetricsError, match="metric name .* is not valid"):
+        write_metrics(Location.of(src), "ckpt-5", {name: 1.0})
+    assert not (src / "ckpt-5.metrics.json").exists()
+    with pytest.raises(RetentionError, match="metric name .* is not valid"):
+        KeepBestK(1, name)
+    from airflow_tf_ckpt.core.discovery import discover
+    from airflow_tf_ckpt.core.promote import select_step
+
+    with pytest.raises(PromotionError, match="metric name .* is not valid|needs a metric"):
+        select_step(discover(src), "best", metric=name)
+
+
+@pytest.mark.parametrize("names", [["loss", "val_loss", "val/accuracy", "top-5.acc"]])
+def test_valid_metric_names_are_accepted(names, copy_variant):
+    from airflow_tf_ckpt.cli import main
+
+    src = copy_variant("tf2_manager")
+    assert main(["metrics", str(src), "--step", "5", *[a for n in names for a in ("--set", f"{n}=0.5")]]) == 0
+    assert set(json.loads((src / "ckpt-5.metrics.json").read_text())["metrics"]) == set(names)
+
+
+def test_best_never_chooses_a_non_finite_value(store):
+    import math
+
+    from airflow_tf_ckpt.core.discovery import discover
+    from airflow_tf_ckpt.core.metrics import write_metrics
+    from airflow_tf_ckpt.core.promote import select_step
+    from airflow_tf_ckpt.core.retention import plan_retention, policies_from_options
+
+    loc = Location.of(store.src)
+    # what an evaluator may record for a diverged run (the sidecar keeps it, spelled "Infinity")
+    write_metrics(loc, "ckpt-3", {"loss": -math.inf, "acc": math.inf})
+    write_metrics(loc, "ckpt-4", {"loss": 0.5, "acc": 0.7})
+    write_metrics(loc, "ckpt-5", {"loss": 0.7, "acc": math.nan})
+    cdir = discover(loc)
+    assert select_step(cdir, "best", metric="loss", mode="min").prefix == "ckpt-4"
+    assert select_step(cdir, "best", metric="acc", mode="max").prefix == "ckpt-4"
+    assert select_step(cdir, "best", metric="loss", mode="max").prefix == "ckpt-5"
+    plan = plan_retention(cdir, policies_from_options(keep_best=1, metric="loss", mode="min"))
+    best = [d.prefix for d in plan.decisions if any(r.startswith("best ") for r in d.reasons)]
+    assert best == ["ckpt-4"]
+    plan = plan_retention(cdir, policies_from_options(keep_best=1, metric="acc", mode="max"))
+    best = [d.prefix for d in plan.decisions if any(r.startswith("best ") for r in d.reasons)]
+    assert best == ["ckpt-4"]
+
+
+@pytest.mark.parametrize("args", [["ls", ""], ["ls", " "], ["validate", ""], ["metrics", ""],
+                                  ["gc", "", "--keep-last", "1", "--dry-run"], ["ls", "gs://"],
+                                  ["promote", "SRC", "--to", ""], ["promote", "", "--to", "DEST"]])
+def test_an_empty_dir_is_a_usage_error(args, copy_variant, tmp_path, monkeypatch, capsys):
+    from airflow_tf_ckpt.cli import main
+
+    src = copy_variant("tf2_manager")
+    monkeypatch.chdir(src)  # the working directory IS a checkpoint dir: it must not be used
+    args = [str(src) if a == "SRC" else str(tmp_path / "dest") if a == "DEST" else a for a in args]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "empty path" in err[0], err
+    assert "ckpt-5" not in captured.out
+    assert not (tmp_path / "dest").exists() and not (src / "PROMOTED.json").exists()
+
+
+def test_an_empty_dir_is_refused_by_the_core_and_the_operators():
+    from airflow_tf_ckpt.core.errors import StorageError
+
+    for url in ("", "  ", "file://", "gs://"):
+        with pytest.raises(StorageError, match="empty path"):
+            Location.of(url)
+    pytest.importorskip("airflow")
+    from airflow_tf_ckpt.operators.promote import PromoteCheckpointOperator
+    from airflow_tf_ckpt.operators.retention import CheckpointRetentionOperator
+
+    with pytest.raises(ValueError, match="ckpt_dir must be a checkpoint dir"):
+        CheckpointRetentionOperator(task_id="gc", ckpt_dir="", keep_last=1)
+    with pytest.raises(ValueError, match="dest must be a checkpoint dir"):
+        PromoteCheckpointOperator(task_id="p", ckpt_dir="/tmp/run", dest="")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import re
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -36,10 +37,22 @@ _NONFINITE_IN = {"nan": math.nan, "infinity": math.inf, "inf": math.inf, "+infin
                  "-infinity": -math.inf, "-inf": -math.inf}
 RESERVED_KEYS = ("prefix", "step", "metrics", "time")
 MAX_METRICS_BYTES = 4 << 20
+#: a metric name: 1-256 of ASCII letters, digits and ``_ . - /`` (what TF summary tags and Keras
+#: metric names use; no spaces, newlines or control characters, so output stays one line a value)
+METRIC_NAME_RE = re.compile(r"[A-Za-z0-9_.\-/]{1,256}")
 
 
 class MetricsError(CheckpointError):
     """A metrics sidecar is malformed (bad JSON, non-numeric values, ...)."""
+
+
+def metric_name_problem(name: Any) -> str | None:
+    """Why ``name`` is not a valid metric name (see :data:`METRIC_NAME_RE`), or ``None``."""
+    if isinstance(name, str) and METRIC_NAME_RE.fullmatch(name):
+        return None
+    shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
+    return (f"metric name {shown} is not valid: use 1-256 letters, digits and '_', '.', '-', '/' "
+            "(like TF summary tags and Keras metric names)")
 
 
 def metrics_name(prefix: str) -> str:
@@ -69,8 +82,9 @@ def _validate(metrics: Mapping[str, Any], where: str) -> dict[str, float]:
                            where)
     out: dict[str, float] = {}
     for k, v in metrics.items():
-        if not isinstance(k, str) or not k:
-            raise MetricsError(f"metric name {k!r} is not a non-empty string", where)
+        problem = metric_name_problem(k)
+        if problem:
+            raise MetricsError(problem, where)
         out[k] = _to_float(k, v, where)
     return out
 

@@ -55,6 +55,7 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import json
+import math
 import os
 import posixpath
 import socket
@@ -397,6 +398,10 @@ def select_step(cdir: CheckpointDir, selector: int | str, *, prefix: str | None 
     if sel == "best":
         if not metric:
             raise PromotionError("--step best needs a metric name (--metric NAME)")
+        from .metrics import metric_name_problem
+
+        if problem := metric_name_problem(metric):
+            raise PromotionError(problem)
         if mode not in ("min", "max"):
             raise PromotionError(f"mode must be 'min' or 'max', not {mode!r}")
         steps = [s for s in cdir.select(prefix) if _usable(s)]
@@ -408,7 +413,7 @@ def select_step(cdir: CheckpointDir, selector: int | str, *, prefix: str | None 
             value = by_prefix.get(s.prefix, {}).get(metric)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
-            if value != value:  # NaN never wins
+            if not math.isfinite(value):  # NaN and +-inf never win (a diverged run is no best)
                 continue
             scored.append((float(value), s))
         if not scored:
