@@ -30,7 +30,11 @@ while the destination is "not promoted" (absent for TF), never a mix. Re-promoti
 bytes copies nothing and only rewrites the pointers. The previous promotion's files are kept for
 one more promotion (a reader that read the old manifest a moment ago can finish), and files an
 alias points at are kept until the alias moves. Only files that an earlier manifest recorded are
-ever deleted, and only directly inside ``DEST``.
+ever deleted, and only directly inside ``DEST``: the manifest is input, so of what it lists only
+names that parse as checkpoint files of a prefix it records, with the recorded size, are deleted
+(never the state file, ``PROMOTED.json``, ``aliases/`` or anything else; see
+:func:`cleanup_candidates`). No write goes through a symlink (:func:`check_dest_writable`), and a
+malformed ``PROMOTIONS.json`` in the source stops a recording promotion before anything is written.
 
 Between steps 3 and 4 a TF reader (state file) already sees the new step while a manifest reader
 still sees the old one: each sees one complete promotion.
