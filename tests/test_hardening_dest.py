@@ -26,6 +26,7 @@ import pytest
 
 from airflow_tf_ckpt.core.promote import (
     ALIASES_DIR,
+    LOCK_NAME,
     MANIFEST_NAME,
     PromotionError,
     check_promotion,
@@ -204,7 +205,8 @@ def test_a_malformed_manifest_on_gcs_is_refused_before_publishing(tf_checkpoints
 
 
 @pytest.mark.parametrize("link", [ALIASES_DIR, f"{ALIASES_DIR}/production.json", "checkpoint",
-                                  MANIFEST_NAME, "ckpt-5.index", "ckpt-5.data-00000-of-00001"])
+                                  MANIFEST_NAME, LOCK_NAME, "ckpt-5.index",
+                                  "ckpt-5.data-00000-of-00001"])
 def test_a_symlink_on_a_write_path_is_refused(link, copy_variant, tmp_path):
     src = copy_variant("tf2_manager")
     dest = tmp_path / "dest"

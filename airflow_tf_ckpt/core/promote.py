@@ -831,7 +831,7 @@ def check_dest_writable(dst: Location, names: Iterable[str] = ()) -> None:
 
 def _write_paths(plan: list[tuple[str, str]], alias: str | None) -> list[str]:
     """Every path in DEST that a promotion writes (or removes to unpublish), relative to DEST."""
-    return [d for _, d in plan] + [STATE_FILENAME, MANIFEST_NAME] + (
+    return [d for _, d in plan] + [STATE_FILENAME, MANIFEST_NAME, LOCK_NAME] + (
         [f"{ALIASES_DIR}/{alias}.json"] if alias is not None else [])
 
 
