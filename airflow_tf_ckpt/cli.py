@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -703,12 +704,16 @@ def promote_cmd(
         raise CliError(f"--mode must be 'min' or 'max', not {mode!r}")
     if step == "best" and not metric:
         raise CliError("--step best needs --metric NAME")
+    if not to.strip():
+        raise CliError(f"--to {to!r} is an empty path: give the destination dir (a path or URL)")
     opts = _parse_kv(storage_option, "--storage-option") or None
     src = Location.of(directory, opts)
     dst = Location.of(to, opts)
     with _progress(not as_json, "promoting", 0) as update:
         result = promote(src, dst, step, prefix=prefix, metric=metric, mode=mode, alias=alias,
                          record=not no_record, progress=update, evaluator=evaluator)
+    if result.record_problem:  # published all the same: a warning, not a failure
+        sys.stderr.write(f"tf-ckpt: warning: {_one_line(result.record_problem)}\n")
     if as_json:
         _emit_json(result.to_dict())
         return EXIT_OK
@@ -749,8 +754,16 @@ def metrics_cmd(
     storage_option: StorageOpt = None,
 ) -> int:
     """Show the metrics sidecars of a dir, or write metrics for one step (--set loss=0.25)."""
-    from .core.metrics import read_metrics, write_metrics
+    from .core.metrics import metric_name_problem, read_metrics, write_metrics
 
+    new = _parse_kv(set_, "--set")
+    for k, v in new.items():  # checked before anything is read or written
+        if problem := metric_name_problem(k):
+            raise CliError(f"--set: {problem}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise CliError(f"--set {k}={v!r}: a metric value must be a number")
+        if not math.isfinite(v):
+            raise CliError(f"--set {k}={v!r}: a metric value must be a finite number")
     cdir = _discover(directory, prefix, storage_option)
     loc = cdir.location
     if set_:
@@ -760,10 +773,6 @@ def metrics_cmd(
         if not target:
             raise CliError(f"no committed step in {loc.display()}")
         s = target[0]
-        new = _parse_kv(set_, "--set")
-        for k, v in new.items():
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise CliError(f"--set {k}={v!r}: a metric value must be a number")
         merged = dict(read_metrics(loc, s.prefix, evaluator) or {})
         merged.update(new)
         write_metrics(loc, s.prefix, merged, evaluator=evaluator, count=False)
@@ -953,6 +962,12 @@ def main(argv: list[str] | None = None) -> int:
         return code
 
     debug = os.environ.get("TF_CKPT_DEBUG", "") not in ("", "0")
+    if not debug:  # the one-line error says it all: no library log lines before it on stderr
+        import logging
+
+        gcsfs_log = logging.getLogger("gcsfs")
+        if not any(isinstance(h, logging.NullHandler) for h in gcsfs_log.handlers):
+            gcsfs_log.addHandler(logging.NullHandler())
     try:
         rv = app(args=argv, prog_name="tf-ckpt", standalone_mode=False)
     except TyperException as exc:  # usage errors (typer vendors its own click)

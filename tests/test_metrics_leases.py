@@ -63,7 +63,7 @@ def test_metrics_roundtrip(tmp_path):
     ({"loss": "low"}, "'loss' is 'low', not a number"),
     ({"loss": None}, "'loss' is NoneType, not a number"),
     ({"ok": True}, "'ok' is True, not a number"),
-    ({"": 1.0}, "not a non-empty string"),
+    ({"": 1.0}, "metric name '' is not valid"),
     ([("loss", 1.0)], "must be a mapping"),
 ])
 def test_write_metrics_rejects_nonsense(tmp_path, metrics, match):

@@ -29,6 +29,7 @@ import json
 import math
 import numbers
 import random
+import re
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -50,6 +51,9 @@ RESERVED_KEYS = ("prefix", "step", "metrics", "time", "evaluations", "history")
 MAX_METRICS_BYTES = 4 << 20
 HISTORY_LEN = 20  # evaluations kept in a record's history
 _WRITE_LOCK = threading.Lock()  # stores with neither flock nor compare-and-swap
+#: a metric name: 1-256 of ASCII letters, digits and ``_ . - /`` (what TF summary tags and Keras
+#: metric names use; no spaces, newlines or control characters, so output stays one line a value)
+METRIC_NAME_RE = re.compile(r"[A-Za-z0-9_.\-/]{1,256}")
 
 
 class MetricsError(CheckpointError):
@@ -71,6 +75,15 @@ def metrics_name(prefix: str, evaluator: str | None = None) -> str:
     if evaluator is None:
         return f"{prefix}{METRICS_SUFFIX}"
     return f"{prefix}.metrics~{check_evaluator(evaluator)}.json"
+
+
+def metric_name_problem(name: Any) -> str | None:
+    """Why ``name`` is not a valid metric name (see :data:`METRIC_NAME_RE`), or ``None``."""
+    if isinstance(name, str) and METRIC_NAME_RE.fullmatch(name):
+        return None
+    shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
+    return (f"metric name {shown} is not valid: use 1-256 letters, digits and '_', '.', '-', '/' "
+            "(like TF summary tags and Keras metric names)")
 
 
 def _to_float(name: str, value: Any, where: str) -> float:
@@ -96,8 +109,9 @@ def _validate(metrics: Mapping[str, Any], where: str) -> dict[str, float]:
                            where)
     out: dict[str, float] = {}
     for k, v in metrics.items():
-        if not isinstance(k, str) or not k:
-            raise MetricsError(f"metric name {k!r} is not a non-empty string", where)
+        problem = metric_name_problem(k)
+        if problem:
+            raise MetricsError(problem, where)
         out[k] = _to_float(k, v, where)
     return out
 

@@ -30,7 +30,11 @@ while the destination is "not promoted" (absent for TF), never a mix. Re-promoti
 bytes copies nothing and only rewrites the pointers. The previous promotion's files are kept for
 one more promotion (a reader that read the old manifest a moment ago can finish), and files an
 alias points at are kept until the alias moves. Only files that an earlier manifest recorded are
-ever deleted, and only directly inside ``DEST``.
+ever deleted, and only directly inside ``DEST``: the manifest is input, so of what it lists only
+names that parse as checkpoint files of a prefix it records, with the recorded size, are deleted
+(never the state file, ``PROMOTED.json``, ``aliases/`` or anything else; see
+:func:`cleanup_candidates`). No write goes through a symlink (:func:`check_dest_writable`), and a
+malformed ``PROMOTIONS.json`` in the source stops a recording promotion before anything is written.
 
 Between steps 3 and 4 a TF reader (state file) already sees the new step while a manifest reader
 still sees the old one: each sees one complete promotion.
@@ -55,13 +59,14 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import json
+import math
 import os
 import posixpath
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,6 +76,7 @@ import google_crc32c
 from .discovery import CheckpointDir, CheckpointStep, StepStatus, discover
 from .errors import CheckpointError, StepNotFoundError, StorageError
 from .naming import META_SUFFIX, classify, parse_prefix
+from .safety import name_problem
 from .state import STATE_FILENAME, StateFile, read_state, resolve_path, write_state
 from .storage import GCS_PROTOCOLS, Location, write_atomic
 
@@ -118,8 +124,16 @@ class PromotedFile:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PromotedFile:
-        return cls(name=str(d["name"]), size=int(d["size"]), crc32c=str(d["crc32c"]),
-                   source=str(d.get("source", "")))
+        if not isinstance(d, dict):
+            raise TypeError(f"a file record is a JSON {type(d).__name__}, not an object")
+        name, size, crc = d["name"], d["size"], d["crc32c"]
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"file name {name!r} is not a non-empty string")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise TypeError(f"size {size!r} of {name!r} is not a byte count")
+        if not isinstance(crc, str):
+            raise TypeError(f"crc32c {crc!r} of {name!r} is not a string")
+        return cls(name=name, size=size, crc32c=crc, source=str(d.get("source", "")))
 
 
 @dataclass
@@ -171,6 +185,15 @@ class PromotionManifest:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PromotionManifest:
+        files, retained, metrics = d["files"], d.get("retained") or {}, d.get("metrics") or {}
+        if not isinstance(files, list):
+            raise TypeError(f"\"files\" is a JSON {type(files).__name__}, not a list")
+        if not isinstance(retained, dict) or not all(isinstance(v, list) for v in retained.values()):
+            raise TypeError("\"retained\" is not an object of file lists")
+        if not isinstance(metrics, dict):
+            raise TypeError(f"\"metrics\" is a JSON {type(metrics).__name__}, not an object")
+        if not isinstance(d["prefix"], str) or not d["prefix"]:
+            raise TypeError(f"prefix {d['prefix']!r} is not a non-empty string")
         return cls(
             promotion_id=str(d["promotion_id"]), source=str(d["source"]),
             source_prefix=str(d.get("source_prefix", d["prefix"])), prefix=str(d["prefix"]),
@@ -201,6 +224,7 @@ class PromotionResult:
     seconds: float
     alias_path: str | None = None
     recorded: bool = False  # the source dir's PROMOTIONS.json names it (retention keeps the step)
+    record_problem: str | None = None  # why it was not recorded although asked to (a warning)
 
     @property
     def step(self) -> int | None:
@@ -219,6 +243,7 @@ class PromotionResult:
             "copied": self.copied, "reused": self.reused, "deleted": self.deleted,
             "bytes_copied": self.bytes_copied, "method": self.method,
             "unpublished": self.unpublished, "recorded": self.recorded,
+            "record_problem": self.record_problem,
             "seconds": round(self.seconds, 3), "manifest": self.manifest.to_dict(),
         }
 
@@ -227,14 +252,25 @@ class PromotionResult:
 # reading a destination (what readers do)
 
 
+#: the most bytes of a manifest or alias file that are read (a promotion of 10,000 shards is ~2 MB)
+MAX_MANIFEST_BYTES = 16 << 20
+#: errors of a JSON document that has the wrong shape (types, missing keys, nesting)
+_SHAPE_ERRORS = (KeyError, TypeError, ValueError, AttributeError, RecursionError, OverflowError)
+
+
 def _read_json(loc: Location, name: str) -> dict[str, Any] | None:
     if not loc.exists(name):
         return None
-    raw = loc.read_bytes(name)
+    raw = loc.read_bytes(name, 0, MAX_MANIFEST_BYTES + 1)  # bounded: never the whole of a huge file
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise PromotionError(f"is larger than {MAX_MANIFEST_BYTES} bytes: not a promotion manifest",
+                             loc.display(name))
     try:
         data = json.loads(raw.decode("utf-8"))
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
+    except RecursionError as exc:
+        raise PromotionError("malformed JSON: nested too deeply", loc.display(name)) from exc
     except (UnicodeDecodeError, ValueError) as exc:
         raise PromotionError(f"malformed JSON: {exc}", loc.display(name)) from exc
     return data
@@ -252,8 +288,17 @@ def read_manifest(dest: Location | str, storage_options: dict[str, Any] | None =
                              loc.display(MANIFEST_NAME))
     try:
         return PromotionManifest.from_dict(data)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PromotionError(f"malformed promotion manifest: {exc!r}", loc.display(MANIFEST_NAME)) from exc
+    except _SHAPE_ERRORS as exc:
+        raise PromotionError(f"malformed promotion manifest: {_shape_error(exc)}",
+                             loc.display(MANIFEST_NAME)) from exc
+
+
+def _shape_error(exc: BaseException) -> str:
+    if isinstance(exc, KeyError):
+        return f"no {exc.args[0]!r} field"
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
 
 
 def alias_name_ok(alias: str) -> bool:
@@ -273,8 +318,8 @@ def read_alias(dest: Location | str, alias: str, storage_options: dict[str, Any]
         return None
     try:
         return PromotionManifest.from_dict(data)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PromotionError(f"malformed alias file: {exc!r}",
+    except _SHAPE_ERRORS as exc:
+        raise PromotionError(f"malformed alias file: {_shape_error(exc)}",
                              loc.display(f"{ALIASES_DIR}/{alias}.json")) from exc
 
 
@@ -362,6 +407,10 @@ def select_step(cdir: CheckpointDir, selector: int | str, *, prefix: str | None 
     if sel == "best":
         if not metric:
             raise PromotionError("--step best needs a metric name (--metric NAME)")
+        from .metrics import metric_name_problem
+
+        if problem := metric_name_problem(metric):
+            raise PromotionError(problem)
         if mode not in ("min", "max"):
             raise PromotionError(f"mode must be 'min' or 'max', not {mode!r}")
         steps = [s for s in cdir.select(prefix) if _usable(s)]
@@ -373,7 +422,7 @@ def select_step(cdir: CheckpointDir, selector: int | str, *, prefix: str | None 
             value = by_prefix.get(s.prefix, {}).get(metric)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
-            if value != value:  # NaN never wins
+            if not math.isfinite(value):  # NaN and +-inf never win (a diverged run is no best)
                 continue
             scored.append((float(value), s))
         if not scored:
@@ -704,17 +753,106 @@ def _now_iso(ts: float) -> str:
     return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def _rm(dst: Location, names: list[str]) -> list[str]:
+#: the destination's own files: never deleted by cleanup, whatever a manifest lists
+POINTER_NAMES = frozenset({STATE_FILENAME, MANIFEST_NAME, ALIASES_DIR, LOCK_NAME})
+#: the roles of the files a promotion writes (a step's own files and its sidecars)
+_STEP_ROLES = frozenset({"index", "data", "meta", "metrics", "v1", "v1_shard"})
+
+
+def _is_step_file(name: str, prefix: str) -> bool:
+    """``name`` is a file that a promotion of ``prefix`` writes: a plain name directly in DEST
+    that parses as one of that prefix's checkpoint files (never a pointer file, never anything
+    else, whatever a manifest says)."""
+    if not isinstance(name, str) or name in POINTER_NAMES or name_problem(name, local=False):
+        return False
+    role = classify(name)
+    return role is not None and role.role in _STEP_ROLES and role.prefix == prefix
+
+
+def _group_prefix(files: list[PromotedFile]) -> str | None:
+    """The one prefix whose checkpoint files a file list holds; ``None`` when not exactly one."""
+    found = {r.prefix for f in files if (r := classify(f.name)) is not None and r.role in _STEP_ROLES}
+    return found.pop() if len(found) == 1 else None
+
+
+def _step_files(prefix: str | None, files: list[PromotedFile]) -> list[PromotedFile]:
+    return [f for f in files if prefix is not None and _is_step_file(f.name, prefix)]
+
+
+def cleanup_candidates(m: PromotionManifest) -> dict[str, PromotedFile]:
+    """The files of an earlier promotion that a later one may delete: for each prefix the
+    manifest records (its own, and each retained group's), the files that parse as that prefix's
+    checkpoint files. Everything else a (possibly hostile) manifest lists is ignored."""
+    out = {f.name: f for f in _step_files(m.prefix, m.files)}
+    for key, files in m.retained.items():
+        prefix = key.split(":", 1)[1] if key.startswith("previous:") else _group_prefix(files)
+        out.update({f.name: f for f in _step_files(prefix, files)})
+    return out
+
+
+def _rm(dst: Location, names: list[str], records: dict[str, PromotedFile]) -> list[str]:
+    """Delete these files of earlier promotions: only plain files whose size is still the
+    recorded one (a file someone replaced is not ours any more). A failure is not fatal: the
+    promotion is already published, and the file is merely left behind."""
+    listing = dst.listdir()
     gone = []
     for name in names:
-        if "/" in name or name in ("", ".", ".."):  # never outside DEST: manifests hold basenames
+        info = listing.get(name)
+        if info is None or info.is_dir or info.is_link or info.size != records[name].size:
             continue
         try:
             dst.fs.rm_file(dst.join(name))
             gone.append(name)
         except FileNotFoundError:
             pass
+        except OSError:
+            continue  # e.g. permission denied: left behind, the promotion stands
     return gone
+
+
+def check_dest_writable(dst: Location, names: Iterable[str] = ()) -> None:
+    """Refuse (:class:`PromotionError`) a local DEST that is a dangling symlink or not a dir, and
+    any of ``names`` (paths relative to DEST that a promotion writes or removes) with a symlink
+    on its way: a promotion never writes through a symlink, so never outside DEST. A symlink of
+    DEST itself to a real dir is the user's choice of where DEST is, and is followed."""
+    if not dst.local:
+        return  # object stores have no symlinks, and every name is a plain name under DEST
+    root = dst.path
+    if os.path.islink(root) and not os.path.exists(root):
+        raise PromotionError(f"is a symlink to {os.readlink(root)!r}, which does not exist",
+                             dst.display())
+    if os.path.lexists(root) and not os.path.isdir(root):
+        raise PromotionError("is not a directory", dst.display())
+    for name in names:
+        parts = name.split("/")
+        for i in range(1, len(parts) + 1):
+            rel = "/".join(parts[:i])
+            path = dst.join(rel)
+            if os.path.islink(path):
+                raise PromotionError(f"is a symlink (to {os.readlink(path)!r}); a promotion never "
+                                     "writes through a symlink: remove it", dst.display(rel))
+            if i < len(parts) and os.path.lexists(path) and not os.path.isdir(path):
+                raise PromotionError("is not a directory", dst.display(rel))
+
+
+def _write_paths(plan: list[tuple[str, str]], alias: str | None) -> list[str]:
+    """Every path in DEST that a promotion writes (or removes to unpublish), relative to DEST."""
+    return [d for _, d in plan] + [STATE_FILENAME, MANIFEST_NAME, LOCK_NAME] + (
+        [f"{ALIASES_DIR}/{alias}.json"] if alias is not None else [])
+
+
+def _check_source_record(src: Location) -> None:
+    """Refuse before anything is published when the source's ``PROMOTIONS.json`` is malformed:
+    the promotion could not be recorded, and a task would fail after a published promotion."""
+    from .retention import read_promotions
+
+    try:
+        read_promotions(src)
+    except (OSError, StorageError):
+        return  # unreadable here (a read-only source): recording is then skipped, as before
+    except CheckpointError as exc:
+        raise PromotionError(f"{exc}; nothing was promoted (fix or remove it, or promote without "
+                             "recording: --no-record / record=False)") from exc
 
 
 def promote(source: Location | str, dest: Location | str, step: int | str = "latest", *,
@@ -777,6 +915,9 @@ def promote(source: Location | str, dest: Location | str, step: int | str = "lat
     sizes = {n: cdir.listing[n].size for n, _ in plan if n in cdir.listing}
     total = sum(sizes.values())
 
+    check_dest_writable(dst, _write_paths(plan, alias))
+    if record:
+        _check_source_record(src)
     method = copy_method(src, dst)
     owner = _lease_source(src, chosen, SOURCE_LEASE_TTL) if lease else None
     try:
@@ -823,6 +964,7 @@ def _promote_locked(src: Location, dst: Location, chosen: CheckpointStep, plan: 
             pass
         if hook:
             hook("locked", dst)
+        check_dest_writable(dst, _write_paths(plan, alias))  # again: it may have changed meanwhile
         old = read_manifest(dst)
         aliases = list_aliases(dst)
         dest_listing = dst.listdir()
@@ -942,12 +1084,12 @@ def _promote_locked(src: Location, dst: Location, chosen: CheckpointStep, plan: 
         new_names = manifest.file_names()
         # kept in DEST: the previous promotion for one more round, and every other alias target
         if keep_previous and old is not None and old.prefix != chosen.prefix:
-            kept = [f for f in old.files if f.name not in new_names]
+            kept = [f for f in _step_files(old.prefix, old.files) if f.name not in new_names]
             if kept:
                 manifest.retained[f"previous:{old.prefix}"] = kept
         for name, am in aliases.items():
             if name != alias:
-                kept = [f for f in am.files if f.name not in new_names]
+                kept = [f for f in _step_files(am.prefix, am.files) if f.name not in new_names]
                 if kept:
                     manifest.retained[f"alias:{name}"] = kept
 
@@ -971,11 +1113,11 @@ def _promote_locked(src: Location, dst: Location, chosen: CheckpointStep, plan: 
                 hook("alias_written", dst)
 
         # delete what only older promotions referenced (never a file no manifest recorded)
-        candidates = old_for_cleanup.all_file_names() if old_for_cleanup is not None else set()
+        candidates = cleanup_candidates(old_for_cleanup) if old_for_cleanup is not None else {}
         keep = manifest.all_file_names()
         for am in list_aliases(dst).values():
             keep |= am.file_names()
-        deleted = _rm(dst, sorted(candidates - keep))
+        deleted = _rm(dst, sorted(set(candidates) - keep), candidates)
         if hook:
             hook("cleaned", dst)
     finally:
@@ -983,6 +1125,7 @@ def _promote_locked(src: Location, dst: Location, chosen: CheckpointStep, plan: 
         _release_lock(dst, token)
 
     recorded = False
+    record_problem: str | None = None
     if record:  # while the source lease still holds
         from .retention import record_promotion
 
@@ -991,9 +1134,12 @@ def _promote_locked(src: Location, dst: Location, chosen: CheckpointStep, plan: 
             recorded = True
         except (OSError, StorageError):
             pass  # a read-only source: the promotion stands, retention there is not ours to run
+        except CheckpointError as exc:  # e.g. PROMOTIONS.json broken since the check above
+            record_problem = f"promoted, but not recorded in the source: {exc}"
 
     return PromotionResult(
         manifest=manifest, destination=dst.display(), copied=[f.name for f in copied],
         reused=sorted(reused_names), deleted=deleted, bytes_copied=sum(f.size for f in copied),
         method=method if copied else "none", unpublished=unpublished,
-        seconds=time.monotonic() - t0, alias_path=alias_path, recorded=recorded)
+        seconds=time.monotonic() - t0, alias_path=alias_path, recorded=recorded,
+        record_problem=record_problem)

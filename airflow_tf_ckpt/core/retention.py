@@ -255,9 +255,9 @@ class KeepBestK(RetentionPolicy):
     Steps without the metric are kept as "unevaluated" (``unevaluated="keep"``, the default):
     never delete what has not been evaluated yet. ``"newer"`` keeps only the unevaluated steps
     newer than the newest evaluated one (for an evaluator that skips steps and never goes back,
-    like ``checkpoints_iterator``); ``"drop"`` keeps none of them. NaN values count as evaluated
-    and never best. Ties go to the newer step. ``evaluator`` says whose sidecars hold the metric
-    (``None``: the default ``PREFIX.metrics.json``).
+    like ``checkpoints_iterator``); ``"drop"`` keeps none of them. Non-finite values (NaN, +-inf)
+    count as evaluated and are never best. Ties go to the newer step. ``evaluator`` says whose
+    sidecars hold the metric (``None``: the default ``PREFIX.metrics.json``).
     """
 
     k: int
@@ -276,6 +276,10 @@ class KeepBestK(RetentionPolicy):
         _check_int("keep_best", self.k, 0)
         if not isinstance(self.metric, str) or not self.metric:
             raise RetentionError("keep_best needs a metric name")
+        from .metrics import metric_name_problem
+
+        if problem := metric_name_problem(self.metric):
+            raise RetentionError(problem)
         if self.mode not in ("min", "max"):
             raise RetentionError(f"mode must be 'min' or 'max', not {self.mode!r}")
         if self.unevaluated not in ("keep", "newer", "drop"):
@@ -294,7 +298,7 @@ class KeepBestK(RetentionPolicy):
                 pending.append(s)
                 continue
             newest_eval = i
-            if not math.isnan(v):
+            if math.isfinite(v):  # NaN and +-inf: evaluated, never best
                 scored.append((v if self.mode == "min" else -v, -i, s))
         scored.sort(key=lambda x: (x[0], x[1]))
         out = {}

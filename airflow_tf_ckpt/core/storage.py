@@ -13,6 +13,7 @@ minute, so where an emulator endpoint is configured we build the plain
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import os
 import posixpath
 import tempfile
@@ -41,11 +42,31 @@ def emulator_endpoint(storage_options: dict[str, Any] | None = None) -> str | No
     return endpoint
 
 
+class _NoTracebacks(logging.Filter):
+    """gcsfs logs each request it gives up on with ``logger.exception``: two chained tracebacks
+    before the error that is raised (and that our CLI and tasks report in one line anyway). Keep
+    gcsfs's one-line message, drop the traceback (``TF_CKPT_DEBUG=1`` keeps it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and os.environ.get("TF_CKPT_DEBUG", "") in ("", "0"):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def quiet_gcsfs_tracebacks() -> None:
+    """Install :class:`_NoTracebacks` on gcsfs's logger (once; a public logging API, not gcsfs's)."""
+    logger = logging.getLogger("gcsfs")
+    if not any(isinstance(f, _NoTracebacks) for f in logger.filters):
+        logger.addFilter(_NoTracebacks())
+
+
 def filesystem_for(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """Map a URL (or plain path) to ``(filesystem, path)`` with the emulator trap handled."""
     opts = dict(storage_options or {})
     protocol = url.split("://", 1)[0] if "://" in url else "file"
     if protocol in GCS_PROTOCOLS:
+        quiet_gcsfs_tracebacks()
         endpoint = emulator_endpoint(opts)
         if endpoint:
             from gcsfs.core import GCSFileSystem  # the plain class: no gRPC bucket-type probe
@@ -203,6 +224,9 @@ class Location:
     def of(cls, url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None,
            fs: fsspec.AbstractFileSystem | None = None) -> Location:
         url = os.fspath(url)
+        if not url.strip() or url.strip() in ("file://", "gs://", "gcs://"):
+            # "" would be the working directory, "gs://" every bucket: never what was meant
+            raise StorageError(f"{url!r} is an empty path: give a checkpoint dir (a path or URL)")
         if fs is not None:
             path = fs._strip_protocol(url)
         else:

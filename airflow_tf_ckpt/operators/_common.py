@@ -124,6 +124,7 @@ class BaseCheckpointOperator(BaseOperator):
     def __init__(self, *, ckpt_dir: str, step: StepArg = "latest", prefix: str | None = None,
                  conn_id: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        require_path(ckpt_dir, "ckpt_dir")
         self.ckpt_dir = ckpt_dir
         self.step = step
         self.prefix = prefix
@@ -194,6 +195,13 @@ class BaseCheckpointOperator(BaseOperator):
             if fresh.status is StepStatus.INCOMPLETE and not allow_incomplete:
                 raise StepNotFoundError(f"step lost files before it could be leased: {fresh.missing[:5]}", url)
             yield fresh
+
+
+def require_path(value: Any, what: str) -> None:
+    """A dir argument must not be empty (``""`` would mean the worker's working directory); a
+    template that renders empty is refused at run time by the storage layer."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise ValueError(f"{what} must be a checkpoint dir (a path or URL), not {value!r}")
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowSkipException
 
-from airflow_tf_ckpt.operators._common import BaseCheckpointOperator, StepArg, parse_step_arg
+from airflow_tf_ckpt.operators._common import BaseCheckpointOperator, StepArg, parse_step_arg, require_path
 from airflow_tf_ckpt.operators.tensorflow import emit_asset_events
 
 
@@ -51,6 +51,7 @@ class PromoteCheckpointOperator(BaseCheckpointOperator):
                  dest_conn_id: str | None = None, record: bool = True, evaluator: str | None = None,
                  **kwargs: Any) -> None:
         super().__init__(ckpt_dir=ckpt_dir, step=step, **kwargs)
+        require_path(dest, "dest")
         self.dest = dest
         self.metric = metric
         self.mode = mode
@@ -89,6 +90,8 @@ class PromoteCheckpointOperator(BaseCheckpointOperator):
                          record=self.record, evaluator=evaluator)
         r = result.to_dict()
         uri = dst.display()
+        if result.record_problem:  # published all the same: retention there may not know of it
+            self.log.warning("%s", result.record_problem)
         self.log.info("Promoted %s (step %s) to %s: copied %d file(s), %d bytes (%s)%s",
                       src.display(chosen.prefix), result.step, uri, len(result.copied),
                       result.bytes_copied, result.method,
