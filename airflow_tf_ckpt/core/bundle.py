@@ -35,6 +35,8 @@ from .storage import Location
 from .table import FOOTER_SIZE, Table, TableCorruption, TableScan
 
 HEADER_KEY = b""
+# An index this big describes ~40M tensors (1M take 23 MB); a larger one is refused unread.
+MAX_INDEX_BYTES = 1 << 30
 INDEX_SUFFIX = ".index"
 FULL_EXTENT = -1  # TensorSlice kFullExtent
 
@@ -400,7 +402,8 @@ def parse_bundle_index(data: bytes, path: str) -> Bundle:
 def read_bundle(location: Location, prefix: str) -> Bundle:
     """Read and parse ``PREFIX.index`` (StorageError if absent, TableError if malformed)."""
     name = index_name(prefix)
-    return parse_bundle_index(location.read_bytes(name), location.display(name))
+    data = location.read_bytes(name, cap=MAX_INDEX_BYTES, what="a TensorBundle index")
+    return parse_bundle_index(data, location.display(name))
 
 
 # Files at most this big are read in one request: cheaper than three ranged ones.
@@ -421,7 +424,7 @@ def read_bundle_header(location: Location, prefix: str) -> Any:
         location.read_bytes(name)  # raises the StorageError with the usual wording
         raise
     if size <= _SMALL_INDEX:
-        data = location.read_bytes(name)
+        data = location.read_bytes(name, cap=MAX_INDEX_BYTES, what="a TensorBundle index")
         table = Table.from_bytes(data, display)
     else:
         def read_at(offset: int, length: int) -> bytes:

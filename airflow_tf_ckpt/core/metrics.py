@@ -29,7 +29,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 from .discovery import CheckpointDir
 from .errors import CheckpointError, StorageError
 from .naming import METRICS_SUFFIX, parse_prefix
-from .storage import Location
+from .storage import FileTooLargeError, Location, NotRegularFileError, loads_json, read_bounded
 
 _NONFINITE_OUT = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 _NONFINITE_IN = {"nan": math.nan, "infinity": math.inf, "inf": math.inf, "+infinity": math.inf,
@@ -108,8 +108,8 @@ def parse_metrics_record(data: bytes, where: str) -> dict[str, Any]:
     if len(data) > MAX_METRICS_BYTES:
         raise MetricsError(f"is {len(data)} bytes, too large for a metrics sidecar", where)
     try:
-        record = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        record = loads_json(data)
+    except ValueError as exc:
         raise MetricsError(f"is not valid JSON: {exc}", where) from exc
     if not isinstance(record, dict):
         raise MetricsError(f"holds a JSON {type(record).__name__}, not an object", where)
@@ -132,7 +132,9 @@ def read_metrics_record(loc: Location, prefix: str) -> dict[str, Any] | None:
     """The whole sidecar record (step, time, extra keys), or ``None`` when there is none."""
     name = metrics_name(prefix)
     try:
-        data = loc.read_bytes(name)
+        data = loc.read_bytes(name, cap=MAX_METRICS_BYTES, what="a metrics sidecar")
+    except (NotRegularFileError, FileTooLargeError) as exc:
+        raise MetricsError(exc.message, loc.display(name)) from exc
     except StorageError:
         if not loc.exists(name):
             return None
@@ -146,11 +148,14 @@ def read_metrics(loc: Location, prefix: str) -> dict[str, float] | None:
     return None if record is None else record["metrics"]
 
 
-def read_files(loc: Location, names: Iterable[str], max_workers: int = 16) -> dict[str, bytes | Exception]:
+def read_files(loc: Location, names: Iterable[str], max_workers: int = 16, *, cap: int = MAX_METRICS_BYTES,
+               what: str = "a sidecar") -> dict[str, bytes | Exception]:
     """Read several small files of one dir: concurrently on object stores, in order locally.
 
     Async filesystems (gcsfs) get one ``cat_ranges`` call, which gathers the reads on fsspec's
-    event loop and, unlike ``cat(list)``, never glob-expands the names.
+    event loop and, unlike ``cat(list)``, never glob-expands the names. Each read is bounded
+    (:func:`~.storage.read_bounded`): at most ``cap`` + 1 bytes, locally regular files only; a file
+    past the cap, or not a regular file, is its error in the result.
     """
     names = list(names)
     if not names:
@@ -159,16 +164,20 @@ def read_files(loc: Location, names: Iterable[str], max_workers: int = 16) -> di
     out: dict[str, bytes | Exception] = {}
     fs = loc.fs
     if isinstance(fs, AsyncFileSystem):
-        results = fs.cat_ranges(paths, [None] * len(paths), [None] * len(paths), on_error="return",
+        results = fs.cat_ranges(paths, [0] * len(paths), [cap + 1] * len(paths), on_error="return",
                                 batch_size=max_workers)
         for n, r in zip(names, results, strict=True):
+            if isinstance(r, Exception) and "416" in str(r):  # a range past the end of an empty object
+                r = b""
+            if not isinstance(r, Exception) and len(r) > cap:
+                r = FileTooLargeError(f"is more than {cap} bytes, too large for {what}", loc.display(n))
             out[n] = r if isinstance(r, (bytes, Exception)) else bytes(r)
         return out
 
     def one(n: str) -> bytes | Exception:
         try:
-            return fs.cat_file(loc.join(n))
-        except OSError as exc:  # FileNotFoundError included: the caller decides
+            return read_bounded(fs, loc.join(n), loc.display(n), cap, what)
+        except (OSError, StorageError) as exc:  # FileNotFoundError included: the caller decides
             return exc
 
     if loc.local or isinstance(fs, MemoryFileSystem) or len(names) == 1:
@@ -198,7 +207,7 @@ def metrics_for(cdir: CheckpointDir, *, problems: list[str] | None = None,
             if isinstance(data, FileNotFoundError):
                 continue  # deleted since the listing: as if there were none
             if isinstance(data, Exception):
-                raise MetricsError(f"cannot be read: {data}", where)
+                raise MetricsError(f"cannot be read: {getattr(data, 'message', data)}", where)
             out[wanted[name]] = parse_metrics_record(data, where)["metrics"]
         except MetricsError as exc:
             if problems is None:

@@ -72,7 +72,7 @@ from .discovery import CheckpointDir, CheckpointStep, StepStatus, discover
 from .errors import CheckpointError, StepNotFoundError, StorageError
 from .naming import META_SUFFIX, METRICS_SUFFIX, classify, parse_prefix
 from .state import STATE_FILENAME, StateFile, read_state, resolve_path, write_state
-from .storage import GCS_PROTOCOLS, Location, write_atomic
+from .storage import GCS_PROTOCOLS, Location, loads_json, write_atomic
 
 MANIFEST_NAME = "PROMOTED.json"
 ALIASES_DIR = "aliases"
@@ -230,9 +230,9 @@ class PromotionResult:
 def _read_json(loc: Location, name: str) -> dict[str, Any] | None:
     if not loc.exists(name):
         return None
-    raw = loc.read_bytes(name)
+    raw = loc.read_bytes(name, cap=64 << 20, what="a promotion record")
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = loads_json(raw)
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
     except (UnicodeDecodeError, ValueError) as exc:

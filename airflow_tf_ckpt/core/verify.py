@@ -29,6 +29,7 @@ not about the checkpoint (the directory does not exist) raise :class:`~.errors.S
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 import threading
@@ -44,6 +45,7 @@ from google.protobuf.message import DecodeError
 from .buffers import read_buffer
 from .bundle import (
     HEADER_KEY,
+    MAX_INDEX_BYTES,
     BundleEntry,
     bundle_from_scan,
     data_name,
@@ -58,7 +60,7 @@ from .crc import unmask
 from .errors import StorageError
 from .naming import v1_shard_name
 from .protos import BUNDLE_BIG_ENDIAN, BUNDLE_LITTLE_ENDIAN, DT_STRING, SavedTensorSlices
-from .storage import Location
+from .storage import FileTooLargeError, Location, NotRegularFileError, open_regular
 from .table import Table, TableCorruption
 
 DT_VARIANT = 21
@@ -367,8 +369,9 @@ class _ShardResult:
 
 def _open(location: Location, name: str, chunk_size: int) -> Any:
     path = location.join(name)
-    if location.local:
-        return location.fs.open(path, "rb")
+    if location.local:  # a regular file only, opened without blocking (a FIFO would hang us)
+        fd, _ = open_regular(path, location.display(name))
+        return os.fdopen(fd, "rb")
     try:  # object stores: one ranged request per read() of ours, no read-ahead copy
         return location.fs.open(path, "rb", block_size=chunk_size, cache_type="none")
     except TypeError:
@@ -525,7 +528,10 @@ def verify_v2(location: Location, prefix: str, *, progress: ProgressFn | None = 
     idisplay = location.display(iname)
     report.files.append(idisplay)
     try:
-        data = location.read_bytes(iname)
+        data = location.read_bytes(iname, cap=MAX_INDEX_BYTES, what="a TensorBundle index")
+    except (NotRegularFileError, FileTooLargeError) as exc:
+        problems.add(idisplay, None, "io_error", f"cannot read the index: {exc.message}")
+        return _done(report, problems, t0)
     except StorageError as exc:
         if not location.exists():
             raise
@@ -671,6 +677,9 @@ def _verify_shard(location: Location, job: _ShardJob, big_endian: bool, chunk_si
     except FileNotFoundError:
         problems.add(job.display, None, "missing_file", "data shard disappeared while verifying")
         return res
+    except NotRegularFileError as exc:
+        problems.add(job.display, None, "io_error", f"cannot read the data shard: {exc.message}")
+        return res
     except OSError as exc:
         problems.add(job.display, None, "io_error", f"error reading the data shard: {exc}")
         return res
@@ -753,6 +762,9 @@ def _verify_v1_table(location: Location, name: str, size: int, chunk_size: int, 
     checked = 0
     try:
         f = _open(location, name, chunk_size)
+    except NotRegularFileError as exc:
+        problems.add(display, None, "io_error", f"cannot open: {exc.message}")
+        return 0
     except OSError as exc:
         problems.add(display, None, "io_error", f"cannot open: {exc}")
         return 0
