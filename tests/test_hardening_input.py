@@ -29,8 +29,6 @@ from pathlib import Path
 
 import pytest
 
-from airflow_tf_ckpt.core.state import StateFile, format_state
-
 pytestmark = pytest.mark.tf
 
 GiB = 1 << 30
@@ -38,18 +36,24 @@ TIMEOUT_S = 90
 RSS_LIMIT_MB = 400  # a CLI run reads nothing big: ~100 MB with gcsfs imported
 NESTED = b"[" * 100_000 + b"]" * 100_000
 
-# cli.main in a child, under RLIMIT_AS, writing its peak RSS (MB) to the file named by argv[1]
+# cli.main in ONE child for a batch of commands (a start-up each would cost seconds), under
+# RLIMIT_AS: argv[1] is a JSON list of argument lists; it prints one JSON result per command, with
+# the peak RSS so far (MB), as each command ends (a hang leaves the ones before it on record)
 _CHILD = textwrap.dedent("""
-    import os, resource, sys
+    import contextlib, io, json, resource, sys
     resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
     from airflow_tf_ckpt import cli
-    try:
-        code = cli.main(sys.argv[2:])
-    finally:
-        sys.stdout.flush(); sys.stderr.flush()
-        with open(sys.argv[1], "w") as fh:
-            fh.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024))
-    sys.exit(code)
+    real = sys.stdout
+    for args in json.loads(sys.argv[1]):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main(args)
+            except BaseException as exc:  # noqa: BLE001 - reported, as the console script would
+                code, _ = 99, err.write(f"Traceback (escaped): {type(exc).__name__}: {exc}\\n")
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+        real.write(json.dumps({"code": code, "out": out.getvalue(), "err": err.getvalue(), "rss": rss}) + "\\n")
+        real.flush()
 """)
 
 
@@ -65,17 +69,24 @@ class Run:
         return self.out + self.err
 
 
-def run_cli(args: list[str], tmp: Path, timeout: float = TIMEOUT_S) -> Run:
-    rss_file = tmp / f"rss-{os.getpid()}-{len(list(tmp.glob('rss-*')))}"
+def run_batch(commands: list[list[str]], timeout: float = TIMEOUT_S) -> list[Run]:
+    """Run ``tf-ckpt`` commands in one child; a hang fails the test (naming the command)."""
     env = {**os.environ, "COLUMNS": "400", "MALLOC_ARENA_MAX": "2"}
     env.pop("TF_CKPT_DEBUG", None)
     try:
-        proc = subprocess.run([sys.executable, "-c", _CHILD, str(rss_file), *args], capture_output=True,
+        proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(commands)], capture_output=True,
                               text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"tf-ckpt {' '.join(args)} hung: no answer in {timeout} s")
-    rss = int(rss_file.read_text()) if rss_file.exists() else -1
-    return Run(proc.returncode, proc.stdout, proc.stderr, rss)
+        lines = proc.stdout.splitlines()
+    except subprocess.TimeoutExpired as exc:
+        done = (exc.stdout or b"").decode(errors="replace").splitlines() if isinstance(exc.stdout, bytes) \
+            else (exc.stdout or "").splitlines()
+        pytest.fail(f"tf-ckpt {' '.join(commands[len(done)])} hung: no answer in {timeout} s")
+    assert len(lines) == len(commands), proc.stderr[-3000:]
+    return [Run(d["code"], d["out"], d["err"], d["rss"]) for d in map(json.loads, lines)]
+
+
+def run_cli(args: list[str], timeout: float = TIMEOUT_S) -> Run:
+    return run_batch([args], timeout)[0]
 
 
 def assert_clear(r: Run, code: int | tuple[int, ...], *needles: str) -> None:
@@ -95,16 +106,8 @@ def assert_clear(r: Run, code: int | tuple[int, ...], *needles: str) -> None:
         assert n in where, f"{n!r} not in:\n{where[-3000:]}"
 
 
-def _state(paths: list[str]) -> bytes:
-    return format_state(StateFile(paths[-1], list(paths), [1.7e9 + i for i in range(len(paths))], 0.0)).encode()
-
-
 def _lease(expires: object) -> bytes:
     return json.dumps({"prefix": "ckpt-3", "owner": "alice", "acquired": 1.7e9, "expires": expires}).encode()
-
-
-def _metrics(step: int = 5) -> bytes:
-    return json.dumps({"step": step, "metrics": {"loss": 0.5}, "time": 1.7e9}).encode()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,7 +126,7 @@ FIFO_TARGETS = {  # the file replaced, and the commands that must answer at once
 
 def _special(kind: str) -> Callable[[Path], None]:
     def make(p: Path) -> None:
-        if p.exists():
+        if p.exists() or p.is_symlink():
             p.unlink()
         if kind == "fifo":
             os.mkfifo(p)
@@ -133,50 +136,47 @@ def _special(kind: str) -> Callable[[Path], None]:
 
 
 @pytest.mark.parametrize("special", ["fifo", "devzero"])
-@pytest.mark.parametrize("target", sorted(FIFO_TARGETS))
-def test_special_file_is_refused_at_once(target: str, special: str, copy_variant, tmp_path: Path) -> None:
-    d = copy_variant("tf2_manager")
-    name, commands = FIFO_TARGETS[target]
-    _special(special)(d / name)
-    for cmd in commands:
-        r = run_cli([cmd[0], str(d), *cmd[1:]], tmp_path)
-        assert "Traceback" not in r.text, r.text[-3000:]
-        assert 0 < r.rss_mb < RSS_LIMIT_MB, f"{cmd}: peak RSS {r.rss_mb} MB"
+def test_special_file_is_refused_at_once(special: str, copy_variant) -> None:
+    """Every reader of every kind of file: at once, in bounded memory, the file named."""
+    cases: list[tuple[str, str, list[str]]] = []
+    for target, (name, commands) in sorted(FIFO_TARGETS.items()):
+        d = copy_variant("tf2_manager")
+        _special(special)(d / name)
+        cases += [(target, name, [cmd[0], str(d), *cmd[1:]]) for cmd in commands]
+    for (target, name, args), r in zip(cases, run_batch([c[2] for c in cases]), strict=True):
+        assert "Traceback" not in r.text, (args, r.text[-3000:])
+        assert 0 < r.rss_mb < RSS_LIMIT_MB, f"{args}: peak RSS {r.rss_mb} MB"
         if r.code == 0:
             continue  # a sidecar this command does not need (ls of a lease, say): never read
         # otherwise the file is named with its problem, in one line (exit 2) or in the report
         where = r.err if r.code == 2 else " ".join(r.text.split())
-        assert name in where and "not a regular file" in where, f"{cmd} -> {r.code}\n{r.text[-3000:]}"
+        assert name in where and "not a regular file" in where, f"{target} {args} -> {r.code}\n{r.text[-3000:]}"
         if r.code == 2:
             assert len([ln for ln in r.err.splitlines() if ln.strip()]) == 1, r.err
 
 
-def test_fifo_state_file_validate_exits_2_naming_it(copy_variant, tmp_path: Path) -> None:
-    d = copy_variant("tf2_manager")
-    _special("fifo")(d / "checkpoint")
-    assert_clear(run_cli(["validate", str(d)], tmp_path), 2, "checkpoint", "not a regular file (a FIFO)")
-
-
-def test_fifo_index_is_a_problem_of_the_step(copy_variant, tmp_path: Path) -> None:
-    d = copy_variant("tf2_manager")
-    _special("fifo")(d / "ckpt-5.index")
-    assert_clear(run_cli(["validate", str(d), "--step", "5"], tmp_path), 1, "ckpt-5.index", "not a regular file")
-
-
-def test_devzero_shard_is_a_problem_of_the_step(copy_variant, tmp_path: Path) -> None:
-    d = copy_variant("tf2_manager")
-    _special("devzero")(d / "ckpt-5.data-00000-of-00001")
-    assert_clear(run_cli(["validate", str(d), "--step", "5"], tmp_path), 1, "ckpt-5.data-00000-of-00001",
-                 "not a regular file")
-
-
-def test_fifo_lease_keeps_its_step(copy_variant, tmp_path: Path) -> None:
-    """An unreadable lease is honoured: GC keeps the step (and answers at once)."""
-    d = copy_variant("tf2_manager")
-    _special("fifo")(d / "ckpt-3.lease-alice")
-    r = run_cli(["gc", str(d), "--keep-last", "1"], tmp_path)
-    assert_clear(r, (0, 1))
-    assert (d / "ckpt-3.index").exists() and not (d / "ckpt-4.index").exists()
+def test_special_files_exact_outcomes(copy_variant) -> None:
+    """Exit codes: an unusable state file is exit 2; a FIFO index or a /dev/zero shard is a problem
+    of the step (exit 1); a FIFO lease is honoured (GC keeps the step); a FIFO promotion lock is
+    one that cannot be read (broken, the promotion goes on)."""
+    dirs = [copy_variant("tf2_manager") for _ in range(5)]
+    _special("fifo")(dirs[0] / "checkpoint")
+    _special("fifo")(dirs[1] / "ckpt-5.index")
+    _special("devzero")(dirs[2] / "ckpt-5.data-00000-of-00001")
+    _special("fifo")(dirs[3] / "ckpt-3.lease-alice")
+    dest = dirs[4].parent / f"{dirs[4].name}-dest"
+    dest.mkdir()
+    _special("fifo")(dest / ".promote.lock")  # unreadable: broken as a lock that cannot be read
+    runs = run_batch([["validate", str(dirs[0])], ["validate", str(dirs[1]), "--step", "5"],
+                      ["validate", str(dirs[2]), "--step", "5"], ["gc", str(dirs[3]), "--keep-last", "1"],
+                      ["promote", str(dirs[4]), "--to", str(dest)]])
+    assert_clear(runs[0], 2, "checkpoint", "not a regular file (a FIFO)")
+    assert_clear(runs[1], 1, "ckpt-5.index", "not a regular file")
+    assert_clear(runs[2], 1, "ckpt-5.data-00000-of-00001", "not a regular file")
+    assert_clear(runs[3], (0, 1))
+    assert (dirs[3] / "ckpt-3.index").exists() and not (dirs[3] / "ckpt-4.index").exists()
+    assert_clear(runs[4], 0)
+    assert (dest / "PROMOTED.json").is_file() and not (dest / ".promote.lock").exists()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,45 +191,51 @@ SPARSE_TARGETS = {
 }
 
 
-@pytest.mark.parametrize("target", sorted(SPARSE_TARGETS))
-def test_sparse_3gib_file_is_too_large_unread(target: str, copy_variant, tmp_path: Path) -> None:
-    d = copy_variant("tf2_manager")
-    name, cmd, code = SPARSE_TARGETS[target]
-    p = d / name
+def _sparse(p: Path, size: int = 3 * GiB) -> None:
     p.unlink(missing_ok=True)
     with open(p, "wb") as fh:
-        fh.truncate(3 * GiB)
-    assert_clear(run_cli([cmd[0], str(d), *cmd[1:]], tmp_path), code, name, "too large")
+        fh.truncate(size)
 
 
-def test_sparse_3gib_lease_is_honoured_unread(copy_variant, tmp_path: Path) -> None:
-    d = copy_variant("tf2_manager")
-    with open(d / "ckpt-3.lease-alice", "wb") as fh:
-        fh.truncate(3 * GiB)
-    assert_clear(run_cli(["gc", str(d), "--keep-last", "1"], tmp_path), (0, 1))
-    assert (d / "ckpt-3.index").exists()
+def test_sparse_3gib_files_are_too_large_unread(copy_variant) -> None:
+    cases = []
+    for target, (name, cmd, code) in sorted(SPARSE_TARGETS.items()):
+        d = copy_variant("tf2_manager")
+        _sparse(d / name)
+        cases.append((target, name, code, [cmd[0], str(d), *cmd[1:]]))
+    lease_dir = copy_variant("tf2_manager")
+    _sparse(lease_dir / "ckpt-3.lease-alice")
+    runs = run_batch([c[3] for c in cases] + [["gc", str(lease_dir), "--keep-last", "1"]])
+    for (_target, name, code, _args), r in zip(cases, runs, strict=False):
+        assert_clear(r, code, name, "too large")
+    assert_clear(runs[-1], (0, 1))  # an unreadable lease: honoured, its step kept
+    assert (lease_dir / "ckpt-3.index").exists()
 
 
 # ---------------------------------------------------------------------------------------------
 # unparseable values
 
-BAD_EXPIRIES = {"1e20": 1e20, "infinity": float("inf"), "nan": float("nan"), "negative": -5.0,
-                "string": "soon", "bool": True, "huge-int": 10 ** 400}
+BAD_EXPIRIES = {"1e20": b"1e20", "infinity": b"Infinity", "nan": b"NaN", "negative": b"-5",
+                "string": b'"soon"', "bool": b"true", "huge-int": b"1" + b"0" * 400, "1e999": b"1e999"}
 
 
-@pytest.mark.parametrize("expiry", sorted(BAD_EXPIRIES))
-def test_bad_lease_expiry_is_a_live_lease(expiry: str, copy_variant, tmp_path: Path) -> None:
-    d = copy_variant("tf2_manager")
-    value = BAD_EXPIRIES[expiry]
-    body = (b'{"prefix": "ckpt-3", "owner": "alice", "acquired": 1.7e9, "expires": ' + b"1" + b"0" * 400 + b"}"
-            if expiry == "huge-int" else _lease(value))
-    (d / "ckpt-3.lease-alice").write_bytes(body)
-    r = run_cli(["gc", str(d), "--dry-run", "--keep-last", "1"], tmp_path)
-    assert_clear(r, 0, "ckpt-3", "alice", "held as live")
-    r = run_cli(["gc", str(d), "--keep-last", "1"], tmp_path)
-    assert_clear(r, (0, 1))
-    assert (d / "ckpt-3.index").exists(), "a lease whose expiry cannot be read must keep its step"
-    assert not (d / "ckpt-4.index").exists()
+def test_bad_lease_expiry_is_a_live_lease(copy_variant) -> None:
+    """Before: OverflowError (1e20, Infinity) and every GC of the dir failed; now a one-line
+    problem naming the lease file, and the lease is live: the step is kept."""
+    dirs = {}
+    for label, raw in BAD_EXPIRIES.items():
+        d = dirs[label] = copy_variant("tf2_manager")
+        (d / "ckpt-3.lease-alice").write_bytes(
+            b'{"prefix": "ckpt-3", "owner": "alice", "acquired": 1.7e9, "expires": ' + raw + b"}")
+    cmds = [c for d in dirs.values() for c in (["gc", str(d), "--dry-run", "--keep-last", "1"],
+                                               ["gc", str(d), "--keep-last", "1"])]
+    runs = run_batch(cmds)
+    for i, (label, d) in enumerate(dirs.items()):
+        dry, real = runs[2 * i], runs[2 * i + 1]
+        assert_clear(dry, 0, "ckpt-3", "ckpt-3.lease-alice", "held as live")
+        assert_clear(real, (0, 1))
+        assert (d / "ckpt-3.index").exists(), f"{label}: a lease whose expiry cannot be read must keep its step"
+        assert not (d / "ckpt-4.index").exists(), label
 
 
 NESTED_TARGETS = {
@@ -237,90 +243,68 @@ NESTED_TARGETS = {
     "promotions": ("PROMOTIONS.json", ["gc", "--dry-run", "--keep-last", "1"], 2),
     "lease": ("ckpt-3.lease-alice", ["gc", "--dry-run", "--keep-last", "1"], 0),
     "quarantine": ("ckpt-3.quarantine.json", ["gc", "--dry-run", "--keep-last", "1"], 0),
+    "metrics-ls": ("ckpt-5.metrics.json", ["ls"], 0),
 }
 
 
-@pytest.mark.parametrize("target", sorted(NESTED_TARGETS))
-def test_deeply_nested_json_sidecar(target: str, copy_variant, tmp_path: Path) -> None:
-    d = copy_variant("tf2_manager")
-    name, cmd, code = NESTED_TARGETS[target]
-    (d / name).write_bytes(NESTED)
-    r = run_cli([cmd[0], str(d), *cmd[1:]], tmp_path)
-    assert "RecursionError" not in r.text, r.text[-3000:]
-    needles = (name,) if code != 0 else ()
-    assert_clear(r, code, *needles)
-    if target in ("lease", "quarantine"):  # unreadable: the step is kept whatever the policy
-        assert "ckpt-3" in " ".join(r.text.split()) and "KEEP" in r.text.upper()
-
-
-def test_nested_metrics_named_in_ls(copy_variant, tmp_path: Path) -> None:
-    d = copy_variant("tf2_manager")
-    (d / "ckpt-5.metrics.json").write_bytes(NESTED)
-    r = run_cli(["ls", str(d)], tmp_path)
-    assert "RecursionError" not in r.text and "Traceback" not in r.text, r.text[-3000:]
-    assert "ckpt-5.metrics.json" in " ".join(r.text.split()) and "nested too deeply" in r.text
+def test_deeply_nested_json_sidecars(copy_variant) -> None:
+    """Before: RecursionError, naming no file. Now one line naming it (or, for a lease or a
+    quarantine record, a step kept whatever the policy)."""
+    cases = []
+    for target, (name, cmd, code) in sorted(NESTED_TARGETS.items()):
+        d = copy_variant("tf2_manager")
+        (d / name).write_bytes(NESTED)
+        cases.append((target, name, code, [cmd[0], str(d), *cmd[1:]]))
+    for (target, name, code, _args), r in zip(cases, run_batch([c[3] for c in cases]), strict=True):
+        assert "RecursionError" not in r.text, (target, r.text[-3000:])
+        assert_clear(r, code, *((name,) if code != 0 or target == "metrics-ls" else ()))
+        if target in ("lease", "quarantine"):  # unreadable: the step is kept whatever the policy
+            kept = [ln for ln in r.text.splitlines() if "ckpt-3 " in ln or "ckpt-3" in ln.split()]
+            assert kept and all("delete" not in ln.lower() or "keep" in ln.lower() for ln in kept), r.text
+        if target == "metrics-ls":
+            assert "nested too deeply" in r.text, r.text
 
 
 # ---------------------------------------------------------------------------------------------
-# gs:// (the emulator): size caps and nested JSON
+# gs:// (the emulator): size caps, nested JSON, bad expiries
 
 
-@pytest.fixture
-def gcs_dir(copy_variant, gcs_emulator):
+def _gcs_run(gcs_emulator, copy_variant) -> tuple[object, str]:
     from tests.fixtures.gcs_emulator import upload_dir
 
     fs = gcs_emulator.fs()
-    bucket = gcs_emulator.new_bucket("hard")
-    d = copy_variant("tf2_manager")
-    upload_dir(fs, d, f"{bucket}/run")
-    return fs, f"{bucket}/run"
+    remote = f"{gcs_emulator.new_bucket('hard')}/run"
+    upload_dir(fs, copy_variant("tf2_manager"), remote)
+    return fs, remote
 
 
 @pytest.mark.gcs
-def test_gcs_huge_lease_is_read_no_further_than_its_cap(gcs_dir, tmp_path: Path) -> None:
-    fs, remote = gcs_dir
-    fs.pipe_file(f"{remote}/ckpt-3.lease-alice", b" " * (320 << 20))  # 320 MB: read whole, 2-3x that in RSS
-    r = run_cli(["gc", f"gs://{remote}", "--keep-last", "1"], tmp_path, timeout=180)
-    assert_clear(r, (0, 1))
-    fs.invalidate_cache()
-    assert fs.exists(f"{remote}/ckpt-3.index")
-
-
-@pytest.mark.gcs
-def test_gcs_huge_metrics_too_large(gcs_dir, tmp_path: Path) -> None:
-    fs, remote = gcs_dir
-    fs.pipe_file(f"{remote}/ckpt-5.metrics.json", b" " * (320 << 20))
-    r = run_cli(["gc", f"gs://{remote}", "--dry-run", "--keep-best", "1", "--metric", "loss"], tmp_path,
-                timeout=180)
-    assert_clear(r, (1, 2), "ckpt-5.metrics.json", "too large")
-
-
-@pytest.mark.gcs
-def test_gcs_nested_promotions_names_the_file(gcs_dir, tmp_path: Path) -> None:
-    fs, remote = gcs_dir
-    fs.pipe_file(f"{remote}/PROMOTIONS.json", NESTED)
-    r = run_cli(["gc", f"gs://{remote}", "--dry-run", "--keep-last", "1"], tmp_path)
-    assert "RecursionError" not in r.text
-    assert_clear(r, 2, "PROMOTIONS.json", "nested too deeply")
-
-
-@pytest.mark.gcs
-def test_gcs_bad_lease_expiry_is_live(gcs_dir, tmp_path: Path) -> None:
-    fs, remote = gcs_dir
-    fs.pipe_file(f"{remote}/ckpt-3.lease-alice", _lease(1e20))
-    assert_clear(run_cli(["gc", f"gs://{remote}", "--keep-last", "1"], tmp_path), (0, 1))
-    fs.invalidate_cache()
-    assert fs.exists(f"{remote}/ckpt-3.index") and not fs.exists(f"{remote}/ckpt-4.index")
-
-
-@pytest.mark.gcs
-def test_gcs_empty_sidecar_reads_as_empty(gcs_dir, tmp_path: Path) -> None:
-    """The ranged read of cap + 1 bytes works on an empty object too (a malformed lease, honoured)."""
-    fs, remote = gcs_dir
-    fs.pipe_file(f"{remote}/ckpt-3.lease-alice", b"")
-    assert_clear(run_cli(["gc", f"gs://{remote}", "--keep-last", "1"], tmp_path), (0, 1))
-    fs.invalidate_cache()
-    assert fs.exists(f"{remote}/ckpt-3.index")
+def test_gcs_reads_are_bounded(copy_variant, gcs_emulator) -> None:
+    """A 320 MB lease and metrics sidecar (read whole before: 2-3x that in RSS), nested JSON, a bad
+    lease expiry and an empty sidecar, on the emulator."""
+    big = b" " * (320 << 20)
+    (fs1, lease_dir), (fs2, metrics_dir), (fs3, nested_dir), (fs4, expiry_dir), (fs5, empty_dir) = (
+        _gcs_run(gcs_emulator, copy_variant) for _ in range(5))
+    fs1.pipe_file(f"{lease_dir}/ckpt-3.lease-alice", big)
+    fs2.pipe_file(f"{metrics_dir}/ckpt-5.metrics.json", big)
+    fs3.pipe_file(f"{nested_dir}/PROMOTIONS.json", NESTED)
+    fs4.pipe_file(f"{expiry_dir}/ckpt-3.lease-alice", _lease(1e20))
+    fs5.pipe_file(f"{empty_dir}/ckpt-3.lease-alice", b"")
+    runs = run_batch([["gc", f"gs://{lease_dir}", "--keep-last", "1"],
+                      ["gc", f"gs://{metrics_dir}", "--dry-run", "--keep-best", "1", "--metric", "loss"],
+                      ["gc", f"gs://{nested_dir}", "--dry-run", "--keep-last", "1"],
+                      ["gc", f"gs://{expiry_dir}", "--keep-last", "1"],
+                      ["gc", f"gs://{empty_dir}", "--keep-last", "1"]], timeout=300)
+    assert_clear(runs[0], (0, 1))
+    assert_clear(runs[1], (1, 2), "ckpt-5.metrics.json", "too large")
+    assert "RecursionError" not in runs[2].text
+    assert_clear(runs[2], 2, "PROMOTIONS.json", "nested too deeply")
+    assert_clear(runs[3], (0, 1))
+    assert_clear(runs[4], (0, 1))
+    fs1.invalidate_cache()
+    for d in (lease_dir, expiry_dir, empty_dir):
+        assert fs1.exists(f"{d}/ckpt-3.index"), d
+    assert not fs1.exists(f"{expiry_dir}/ckpt-4.index")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,62 +319,49 @@ _POLL = textwrap.dedent("""
         return Poller(prefix=None, require_complete=True, settle_seconds=0, state_filename="checkpoint")
 
     hook = CheckpointStorageHook(None)
-    try:
-        poller().poll(hook.open(sys.argv[1]), None, "newest")
-        print("poke: no error")
-    except Exception as exc:
-        print("poke:", type(exc).__name__, exc)
+    for url in sys.argv[1:]:
+        try:
+            poller().poll(hook.open(url), None, "newest")
+            print(url, "poke: no error", flush=True)
+        except Exception as exc:
+            print(url, "poke:", type(exc).__name__, exc, flush=True)
 
-    async def main():
-        async with hook.aopen(sys.argv[1]) as adir:
-            await poller().apoll(adir, None, "newest")
-    try:
-        asyncio.run(main())
-        print("poll: no error")
-    except Exception as exc:
-        print("poll:", type(exc).__name__, exc)
+        async def main():
+            async with hook.aopen(url) as adir:
+                await poller().apoll(adir, None, "newest")
+        try:
+            asyncio.run(main())
+            print(url, "poll: no error", flush=True)
+        except Exception as exc:
+            print(url, "poll:", type(exc).__name__, exc, flush=True)
 """)
 
 
-def _poll(url: str) -> str:
+def _poll(urls: list[str]) -> dict[str, str]:
     env = {**os.environ, "MALLOC_ARENA_MAX": "2"}
     try:
-        proc = subprocess.run([sys.executable, "-c", _POLL, url], capture_output=True, text=True, timeout=TIMEOUT_S,
-                              env=env)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"a poll of {url} hung")
+        proc = subprocess.run([sys.executable, "-c", _POLL, *urls], capture_output=True, text=True,
+                              timeout=3 * TIMEOUT_S, env=env)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"a poll hung: {exc.stdout!r}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout
-
-
-@pytest.mark.parametrize("special", ["fifo", "devzero"])
-def test_poke_and_poll_refuse_a_special_state_file(special: str, copy_variant) -> None:
-    d = copy_variant("tf2_manager")
-    _special(special)(d / "checkpoint")
-    out = _poll(str(d))
-    for line in ("poke: NotRegularFileError", "poll: NotRegularFileError"):
-        assert line in out and "checkpoint: not a regular file" in out, out
-
-
-def test_poke_and_poll_refuse_a_sparse_state_file_unread(copy_variant) -> None:
-    d = copy_variant("tf2_manager")
-    (d / "checkpoint").unlink()
-    with open(d / "checkpoint", "wb") as fh:
-        fh.truncate(3 * GiB)
-    out = _poll(str(d))
-    assert out.count("FileTooLargeError") == 2 and "too large for a checkpoint state file" in out, out
+    return {u: "\n".join(ln for ln in proc.stdout.splitlines() if ln.startswith(u + " ")) for u in urls}
 
 
 @pytest.mark.gcs
-def test_gcs_poll_reads_a_huge_state_file_no_further_than_its_cap(gcs_dir) -> None:
-    fs, remote = gcs_dir
+def test_poke_and_poll_are_bounded(copy_variant, gcs_emulator) -> None:
+    """A FIFO, /dev/zero or a 3 GiB sparse state file (local) and an 80 MB one (gs://): the poke
+    and the poll answer at once with the error naming the file."""
+    fifo, zero, sparse = (copy_variant("tf2_manager") for _ in range(3))
+    _special("fifo")(fifo / "checkpoint")
+    _special("devzero")(zero / "checkpoint")
+    _sparse(sparse / "checkpoint")
+    fs, remote = _gcs_run(gcs_emulator, copy_variant)
     fs.pipe_file(f"{remote}/checkpoint", b"#" * (80 << 20))
-    out = _poll(f"gs://{remote}")
-    assert out.count("FileTooLargeError") == 2 and "too large for a checkpoint state file" in out, out
-
-
-def test_async_reader_is_bounded(tmp_path: Path) -> None:
-    """The hook's local async reader: a FIFO answers at once (in a thread: would hang the test)."""
-    os.mkfifo(tmp_path / "checkpoint")
-    out = _poll(str(tmp_path))
-    assert "poll: NotRegularFileError" in out, out
+    out = _poll([str(fifo), str(zero), str(sparse), f"gs://{remote}"])
+    for d in (fifo, zero):
+        assert out[str(d)].count("NotRegularFileError") == 2, out[str(d)]
+        assert "checkpoint: not a regular file" in out[str(d)], out[str(d)]
+    for u in (str(sparse), f"gs://{remote}"):
+        assert out[u].count("FileTooLargeError") == 2, out[u]
+        assert "too large for a checkpoint state file" in out[u], out[u]

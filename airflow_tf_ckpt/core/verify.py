@@ -646,7 +646,13 @@ def _verify_shard(location: Location, job: _ShardJob, big_endian: bool, chunk_si
     res = _ShardResult()
     path = location.join(job.name)
     try:
+        if location.local:  # a FIFO or a device reads as size 0: say what it is instead
+            os.close(open_regular(path, job.display)[0])
         size = int(location.fs.size(path))
+    except NotRegularFileError as exc:
+        problems.add(job.display, None, "io_error", f"cannot read the data shard: {exc.message}")
+        tally.add(_union_length(job.entries))
+        return res
     except FileNotFoundError:
         names = [e.display_name for e in job.entries]
         shown = ", ".join(names[:10]) + (f", ... ({len(names)} in all)" if len(names) > 10 else "")
