@@ -33,7 +33,7 @@ import _common as C  # noqa: E402
 MEMORY_FACTOR_TARGET = 8.0
 
 _VERIFY_CHILD = """
-import json, resource, sys, time
+import json, sys, time
 sys.path.insert(0, sys.argv[1])
 from airflow_tf_ckpt.core.verify import verify_step
 mode, d = sys.argv[2], sys.argv[3]
@@ -45,8 +45,9 @@ if mode == "read":
 else:
     r = verify_step(d, "ckpt-1")
     ok, n = r.ok, r.tensors_checked
-print(json.dumps({"ok": ok, "n": n, "secs": time.perf_counter() - t0,
-                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+# VmHWM, not ru_maxrss: Linux keeps the parent's peak from before exec in ru_maxrss
+hwm = next(int(ln.split()[1]) for ln in open("/proc/self/status") if ln.startswith("VmHWM"))
+print(json.dumps({"ok": ok, "n": n, "secs": time.perf_counter() - t0, "rss_mb": hwm / 1024}))
 """
 
 

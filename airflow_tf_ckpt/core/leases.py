@@ -227,7 +227,8 @@ def read_leases(target: CheckpointDir | Location, names: Iterable[str] | None = 
     if names is not None:
         wanted = set(names)
         infos = {n: i for n, i in infos.items() if n in wanted}
-    raw = read_files(loc, sorted(infos), cap=MAX_LEASE_BYTES, what="a lease file")
+    sizes = {n: i.size for n, i in infos.items() if i is not None} if not loc.local else None
+    raw = read_files(loc, sorted(infos), cap=MAX_LEASE_BYTES, what="a lease file", sizes=sizes)
     out: dict[str, Lease] = {}
     for n, data in raw.items():
         if isinstance(data, FileNotFoundError):

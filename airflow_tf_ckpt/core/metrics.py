@@ -149,24 +149,31 @@ def read_metrics(loc: Location, prefix: str) -> dict[str, float] | None:
 
 
 def read_files(loc: Location, names: Iterable[str], max_workers: int = 16, *, cap: int = MAX_METRICS_BYTES,
-               what: str = "a sidecar") -> dict[str, bytes | Exception]:
+               what: str = "a sidecar", sizes: Mapping[str, int] | None = None) -> dict[str, bytes | Exception]:
     """Read several small files of one dir: concurrently on object stores, in order locally.
 
     Async filesystems (gcsfs) get one ``cat_ranges`` call, which gathers the reads on fsspec's
     event loop and, unlike ``cat(list)``, never glob-expands the names. Each read is bounded
     (:func:`~.storage.read_bounded`): at most ``cap`` + 1 bytes, locally regular files only; a file
-    past the cap, or not a regular file, is its error in the result.
+    past the cap, or not a regular file, is its error in the result. ``sizes`` (from a listing)
+    spare object stores the reads of empty or oversized objects.
     """
     names = list(names)
     if not names:
         return {}
-    paths = [loc.join(n) for n in names]
     out: dict[str, bytes | Exception] = {}
     fs = loc.fs
     if isinstance(fs, AsyncFileSystem):
-        results = fs.cat_ranges(paths, [0] * len(paths), [cap + 1] * len(paths), on_error="return",
-                                batch_size=max_workers)
-        for n, r in zip(names, results, strict=True):
+        known = sizes or {}
+        for n in names:
+            if known.get(n) == 0:
+                out[n] = b""  # a ranged read of an empty object is refused (416): nothing to read
+            elif (known.get(n) or 0) > cap:
+                out[n] = FileTooLargeError(f"is {known[n]} bytes, too large for {what}", loc.display(n))
+        todo = [n for n in names if n not in out]
+        results = fs.cat_ranges([loc.join(n) for n in todo], [0] * len(todo), [cap + 1] * len(todo),
+                                on_error="return", batch_size=max_workers) if todo else []
+        for n, r in zip(todo, results, strict=True):
             if isinstance(r, Exception) and "416" in str(r):  # a range past the end of an empty object
                 r = b""
             if not isinstance(r, Exception) and len(r) > cap:
@@ -199,7 +206,9 @@ def metrics_for(cdir: CheckpointDir, *, problems: list[str] | None = None,
         name = metrics_name(s.prefix)
         if any(f.name == name for f in s.sidecars):
             wanted[name] = s.prefix
-    raw = read_files(cdir.location, wanted, max_workers=max_workers)
+    sizes = {f.name: f.size for s in cdir.steps for f in s.sidecars if f.name in wanted} \
+        if not cdir.location.local else None
+    raw = read_files(cdir.location, wanted, max_workers=max_workers, sizes=sizes)
     out: dict[str, dict[str, float]] = {}
     for name, data in raw.items():
         where = cdir.location.display(name)

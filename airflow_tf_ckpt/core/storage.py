@@ -114,18 +114,39 @@ def read_local_bounded(path: str, display: str, cap: int = MAX_READ_BYTES, what:
 
 
 def read_bounded(fs: fsspec.AbstractFileSystem, path: str, display: str, cap: int = MAX_READ_BYTES,
-                 what: str = "a file") -> bytes:
+                 what: str = "a file", size: int | None = None) -> bytes:
     """A whole file of any filesystem, at most ``cap`` bytes (:class:`FileTooLargeError` past it).
 
-    Local: :func:`read_local_bounded` (regular files only). Object stores: one ranged read of
-    ``cap`` + 1 bytes, so a huge object costs no more than the cap. Missing -> FileNotFoundError.
+    Local: :func:`read_local_bounded` (regular files only). Object stores: the size (``size``
+    when a listing gave it, else one ``info``), then one ranged read of at most ``cap`` + 1 bytes,
+    so a huge object costs no more than the cap. Missing -> FileNotFoundError.
     """
     if is_local(fs):
         return read_local_bounded(path, display, cap, what)
+    if size is None:  # the object's size first: a range on an empty object is refused (416)
+        size = int(fs.info(path).get("size") or 0)
+    if size > cap:
+        raise _too_large(size, cap, what, display)
+    if size == 0:
+        return b""
+    try:  # up to cap + 1 (not `size`: the object may have been replaced by a longer one since)
+        data = fs.cat_file(path, start=0, end=cap + 1)
+    except OSError as exc:
+        if getattr(exc, "errno", None) is None and "416" in str(exc):  # emptied meanwhile
+            return b""
+        raise
+    if len(data) > cap:
+        raise _too_large(len(data), cap, what, display)
+    return bytes(data)
+
+
+def read_ranged(fs: fsspec.AbstractFileSystem, path: str, display: str, cap: int, what: str) -> bytes:
+    """An object store's whole object in ONE request (a poll's hot path): a ranged read of
+    ``cap`` + 1 bytes. An empty object answers the range with 416, read as empty (gcsfs logs it)."""
     try:
         data = fs.cat_file(path, start=0, end=cap + 1)
     except OSError as exc:
-        if getattr(exc, "errno", None) is None and "416" in str(exc):  # a range past an empty object
+        if getattr(exc, "errno", None) is None and "416" in str(exc):
             return b""
         raise
     if len(data) > cap:

@@ -44,8 +44,8 @@ from airflow_tf_ckpt.core.storage import (
     FileTooLargeError,
     Location,
     emulator_endpoint,
-    read_bounded,
     read_local_bounded,
+    read_ranged,
 )
 
 EXTRA_PREFIXES = ("", "extra__tf_ckpt_storage__", "extra__google_cloud_platform__")
@@ -451,7 +451,9 @@ class CheckpointDirReader:
     def read(self, name: str, cap: int = MAX_READ_BYTES, what: str = "a file") -> bytes | None:
         path = self.location.join(name)
         try:
-            return read_bounded(self.location.fs, path, self.location.display(name), cap, what)
+            if self.location.local:
+                return read_local_bounded(path, self.location.display(name), cap, what)
+            return read_ranged(self.location.fs, path, self.location.display(name), cap, what)
         except (FileNotFoundError, NotADirectoryError):
             return None
 
