@@ -245,7 +245,7 @@ NESTED_TARGETS = {
     "promotions": ("PROMOTIONS.json", ["gc", "--dry-run", "--keep-last", "1"], 2),
     "lease": ("ckpt-3.lease-alice", ["gc", "--dry-run", "--keep-last", "1"], 0),
     "quarantine": ("ckpt-3.quarantine.json", ["gc", "--dry-run", "--keep-last", "1"], 0),
-    "metrics-ls": ("ckpt-5.metrics.json", ["ls"], 0),
+    "metrics-ls": ("ckpt-5.metrics.json", ["ls"], (0, 2)),
 }
 
 
