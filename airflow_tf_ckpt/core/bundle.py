@@ -451,7 +451,7 @@ def read_bundle_header(location: Location, prefix: str) -> Any:
         location.read_bytes(name)  # raises the StorageError with the usual wording
         raise
     if size <= _SMALL_INDEX:
-        data = location.read_bytes(name, cap=MAX_INDEX_BYTES, what="a TensorBundle index")
+        data = location.read_bytes(name, cap=MAX_INDEX_BYTES, what="a TensorBundle index", size=size)
         table = Table.from_bytes(data, display)
     else:
         def read_at(offset: int, length: int) -> bytes:

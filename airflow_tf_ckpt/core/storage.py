@@ -417,16 +417,17 @@ class Location:
         return self.fs.exists(self.join(name) if name else self.path)
 
     def read_bytes(self, name: str, start: int | None = None, end: int | None = None, *,
-                   cap: int = MAX_READ_BYTES, what: str = "a file") -> bytes:
+                   cap: int = MAX_READ_BYTES, what: str = "a file", size: int | None = None) -> bytes:
         """A file of the dir (or the range ``start:end``), bounded: at most ``cap`` bytes
         (:class:`FileTooLargeError`), and locally only a regular file (:class:`NotRegularFileError`),
-        opened without blocking."""
+        opened without blocking. ``size``: the object's size where a listing gave it (saves an
+        object store the request that asks it)."""
         path = self.join(name)
         try:
             if self.local:
                 return read_local_bounded(path, self.display(name), cap, what, start, end)
             if start is None and end is None:
-                return read_bounded(self.fs, path, self.display(name), cap, what)
+                return read_bounded(self.fs, path, self.display(name), cap, what, size)
             return self.fs.cat_file(path, start=start, end=end)
         except FileNotFoundError as exc:
             raise StorageError("file does not exist", self.display(name)) from exc
