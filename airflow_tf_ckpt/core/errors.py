@@ -12,6 +12,7 @@ class CheckpointError(Exception):
 
     def __init__(self, message: str, path: str | None = None) -> None:
         self.path = path
+        self.message = message  # without the path
         super().__init__(f"{path}: {message}" if path else message)
 
 

@@ -35,13 +35,31 @@ from typing import Any
 from .discovery import CheckpointDir, CheckpointStep
 from .errors import CheckpointError, StorageError
 from .naming import LEASE_RE, parse_prefix
-from .storage import FileInfo, Location
+from .storage import FileInfo, Location, loads_json
 
 LEASE_INFIX = ".lease-"
 GC_INTENT_SUFFIX = ".gc-intent.json"
 # A lease file that cannot be read is honoured for this long after its mtime (it may be a foreign
 # writer's; we never delete a step on the strength of an unreadable lease).
 UNREADABLE_LEASE_TTL_S = 24 * 3600.0
+MAX_LEASE_BYTES = 1 << 20  # a lease file is a few hundred bytes
+MAX_INTENT_BYTES = 64 << 20  # a GC intent lists the steps it deletes
+MAX_EXPIRY = 253402300799.0  # 9999-12-31T23:59:59Z: the last time that prints (and fits a datetime)
+
+
+def _lease_time(d: Mapping[str, Any], key: str) -> float:
+    """A lease file's time field, or ValueError: a number (not a string, a bool, NaN or
+    infinite) between 1970 and 9999."""
+    v = d[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"{key} is {v!r}, not a number of seconds")
+    try:
+        t = float(v)
+    except OverflowError:
+        t = float("inf")
+    if not 0.0 <= t <= MAX_EXPIRY:
+        raise ValueError(f"{key} {v!r} is not a time between 1970 and 9999")
+    return t
 
 
 class LeaseError(CheckpointError):
@@ -84,7 +102,11 @@ class Lease:
 
     def describe(self) -> str:
         text = f"leased by {self.owner} until {_iso(self.expires)}"
-        return text + (" (unreadable lease file, honoured for a day after its mtime)" if not self.readable else "")
+        if self.readable:
+            return text
+        if self.expires >= MAX_EXPIRY:  # an expiry that cannot be read: held until removed
+            return f"leased by {self.owner} ({self.problem})"
+        return text + " (unreadable lease file, honoured for a day after its mtime)"
 
     def to_dict(self) -> dict[str, Any]:
         return {"prefix": self.prefix, "owner": self.owner, "acquired": self.acquired,
@@ -97,21 +119,33 @@ def parse_lease(name: str, data: bytes | Exception | None, info: FileInfo | None
     m = LEASE_RE.match(name)
     prefix, owner = (m.group("prefix"), m.group("owner")) if m else (name, "?")
     problem = None
+    base = info.mtime if info is not None and info.mtime is not None else time.time()
     if isinstance(data, (bytes, bytearray)):
         try:
-            d = json.loads(bytes(data).decode("utf-8"))
-            expires = float(d["expires"])
-            acquired = float(d.get("acquired", expires))
-            if expires != expires:  # NaN
-                raise ValueError("expires is NaN")
+            d = loads_json(data)
+            if not isinstance(d, dict):
+                raise TypeError(f"holds a JSON {type(d).__name__}, not an object")
+            if "expires" not in d:
+                raise KeyError("expires")
             pid = d.get("pid")
-            return Lease(prefix, owner, acquired, expires, name, d.get("host"),
-                         pid if isinstance(pid, int) else None)
-        except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+            host = d.get("host") if isinstance(d.get("host"), str) else None
+            try:
+                expires = _lease_time(d, "expires")
+            except ValueError as exc:
+                # The holder meant a lease, and when it ends cannot be read: a live lease (never
+                # "expired, delete") until someone removes the file.
+                return Lease(prefix, owner, base, MAX_EXPIRY, name, host, pid if isinstance(pid, int) else None,
+                             readable=False, problem=f"lease file {name}: {exc}: held as live until the "
+                             "file is removed")
+            try:
+                acquired = _lease_time(d, "acquired") if "acquired" in d else expires
+            except ValueError:
+                acquired = base
+            return Lease(prefix, owner, acquired, expires, name, host, pid if isinstance(pid, int) else None)
+        except (ValueError, KeyError, TypeError) as exc:
             problem = f"malformed lease file: {exc}"
     else:
         problem = f"unreadable lease file: {data}"
-    base = info.mtime if info is not None and info.mtime is not None else time.time()
     return Lease(prefix, owner, base, base + UNREADABLE_LEASE_TTL_S, name, readable=False, problem=problem)
 
 
@@ -193,7 +227,8 @@ def read_leases(target: CheckpointDir | Location, names: Iterable[str] | None = 
     if names is not None:
         wanted = set(names)
         infos = {n: i for n, i in infos.items() if n in wanted}
-    raw = read_files(loc, sorted(infos))
+    sizes = {n: i.size for n, i in infos.items() if i is not None} if not loc.local else None
+    raw = read_files(loc, sorted(infos), cap=MAX_LEASE_BYTES, what="a lease file", sizes=sizes)
     out: dict[str, Lease] = {}
     for n, data in raw.items():
         if isinstance(data, FileNotFoundError):
@@ -247,11 +282,11 @@ def write_gc_intent(loc: Location, base: str, prefixes: Iterable[str], *, ttl_s:
 def read_gc_intent(loc: Location, base: str) -> GcIntent | None:
     """The GC intent for ``base`` (live or expired); ``None`` when there is none or it is garbage."""
     try:
-        data = loc.fs.cat_file(loc.join(gc_intent_name(base)))
-    except FileNotFoundError:
-        return None
+        data = loc.read_capped(gc_intent_name(base), MAX_INTENT_BYTES, "a GC intent")
+    except (FileNotFoundError, StorageError):
+        return None  # not ours (we write regular files, atomically): it blocks nothing, as garbage
     try:
-        d = json.loads(data.decode("utf-8"))
+        d = loads_json(data)
         return GcIntent(base, frozenset(str(p) for p in d["prefixes"]), float(d["started"]),
                         float(d["expires"]))
     except (UnicodeDecodeError, ValueError, KeyError, TypeError):

@@ -42,7 +42,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 from .discovery import CheckpointDir
 from .errors import CheckpointError, StorageError
 from .naming import EVALUATOR_RE, METRICS_SUFFIX, classify, parse_prefix
-from .storage import Location
+from .storage import FileTooLargeError, Location, NotRegularFileError, loads_json, read_bounded
 
 _NONFINITE_OUT = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 _NONFINITE_IN = {"nan": math.nan, "infinity": math.inf, "inf": math.inf, "+infinity": math.inf,
@@ -165,8 +165,8 @@ def _previous(old: bytes | None, where: str) -> dict[str, Any]:
     if len(old) > MAX_METRICS_BYTES:
         return {"evaluations": 1}
     try:
-        prev = json.loads(old.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        prev = loads_json(old)
+    except ValueError:  # bad UTF-8 or JSON, nested too deeply
         return {"evaluations": 1}
     if not isinstance(prev, dict):
         return {"evaluations": 1}
@@ -193,7 +193,7 @@ def _update_file(loc: Location, name: str, updated: Any, where: str) -> None:
 
     def old() -> bytes | None:
         try:
-            return loc.read_bytes(name)
+            return loc.read_bytes(name, cap=MAX_METRICS_BYTES, what="a metrics sidecar")
         except StorageError:
             if not loc.exists(name):
                 return None
@@ -214,8 +214,8 @@ def parse_metrics_record(data: bytes, where: str) -> dict[str, Any]:
     if len(data) > MAX_METRICS_BYTES:
         raise MetricsError(f"is {len(data)} bytes, too large for a metrics sidecar", where)
     try:
-        record = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        record = loads_json(data)
+    except ValueError as exc:
         raise MetricsError(f"is not valid JSON: {exc}", where) from exc
     if not isinstance(record, dict):
         raise MetricsError(f"holds a JSON {type(record).__name__}, not an object", where)
@@ -243,7 +243,9 @@ def read_metrics_record(loc: Location, prefix: str, evaluator: str | None = None
     or ``None`` when there is none."""
     name = metrics_name(prefix, evaluator)
     try:
-        data = loc.read_bytes(name)
+        data = loc.read_bytes(name, cap=MAX_METRICS_BYTES, what="a metrics sidecar")
+    except (NotRegularFileError, FileTooLargeError) as exc:
+        raise MetricsError(exc.message, loc.display(name)) from exc
     except StorageError:
         if not loc.exists(name):
             return None
@@ -258,29 +260,43 @@ def read_metrics(loc: Location, prefix: str, evaluator: str | None = None) -> di
     return None if record is None else record["metrics"]
 
 
-def read_files(loc: Location, names: Iterable[str], max_workers: int = 16) -> dict[str, bytes | Exception]:
+def read_files(loc: Location, names: Iterable[str], max_workers: int = 16, *, cap: int = MAX_METRICS_BYTES,
+               what: str = "a sidecar", sizes: Mapping[str, int] | None = None) -> dict[str, bytes | Exception]:
     """Read several small files of one dir: concurrently on object stores, in order locally.
 
     Async filesystems (gcsfs) get one ``cat_ranges`` call, which gathers the reads on fsspec's
-    event loop and, unlike ``cat(list)``, never glob-expands the names.
+    event loop and, unlike ``cat(list)``, never glob-expands the names. Each read is bounded
+    (:func:`~.storage.read_bounded`): at most ``cap`` + 1 bytes, locally regular files only; a file
+    past the cap, or not a regular file, is its error in the result. ``sizes`` (from a listing)
+    spare object stores the reads of empty or oversized objects.
     """
     names = list(names)
     if not names:
         return {}
-    paths = [loc.join(n) for n in names]
     out: dict[str, bytes | Exception] = {}
     fs = loc.fs
     if isinstance(fs, AsyncFileSystem):
-        results = fs.cat_ranges(paths, [None] * len(paths), [None] * len(paths), on_error="return",
-                                batch_size=max_workers)
-        for n, r in zip(names, results, strict=True):
+        known = sizes or {}
+        for n in names:
+            if known.get(n) == 0:
+                out[n] = b""  # a ranged read of an empty object is refused (416): nothing to read
+            elif (known.get(n) or 0) > cap:
+                out[n] = FileTooLargeError(f"is {known[n]} bytes, too large for {what}", loc.display(n))
+        todo = [n for n in names if n not in out]
+        results = fs.cat_ranges([loc.join(n) for n in todo], [0] * len(todo), [cap + 1] * len(todo),
+                                on_error="return", batch_size=max_workers) if todo else []
+        for n, r in zip(todo, results, strict=True):
+            if isinstance(r, Exception) and "416" in str(r):  # a range past the end of an empty object
+                r = b""
+            if not isinstance(r, Exception) and len(r) > cap:
+                r = FileTooLargeError(f"is more than {cap} bytes, too large for {what}", loc.display(n))
             out[n] = r if isinstance(r, (bytes, Exception)) else bytes(r)
         return out
 
     def one(n: str) -> bytes | Exception:
         try:
-            return fs.cat_file(loc.join(n))
-        except OSError as exc:  # FileNotFoundError included: the caller decides
+            return read_bounded(fs, loc.join(n), loc.display(n), cap, what)
+        except (OSError, StorageError) as exc:  # FileNotFoundError included: the caller decides
             return exc
 
     if loc.local or isinstance(fs, MemoryFileSystem) or len(names) == 1:
@@ -320,7 +336,9 @@ def evaluation_records(cdir: CheckpointDir, *, evaluators: Iterable[str | None] 
                 continue
             if only is None or role.evaluator in only:
                 wanted[f.name] = (s.prefix, role.evaluator)
-    raw = read_files(cdir.location, wanted, max_workers=max_workers)
+    sizes = {f.name: f.size for s in cdir.steps for f in s.sidecars if f.name in wanted} \
+        if not cdir.location.local else None
+    raw = read_files(cdir.location, wanted, max_workers=max_workers, sizes=sizes)
     out: dict[str, dict[str | None, dict[str, Any]]] = {}
     for name, data in raw.items():
         where = cdir.location.display(name)
@@ -328,7 +346,7 @@ def evaluation_records(cdir: CheckpointDir, *, evaluators: Iterable[str | None] 
             if isinstance(data, FileNotFoundError):
                 continue  # deleted since the listing: as if there were none
             if isinstance(data, Exception):
-                raise MetricsError(f"cannot be read: {data}", where)
+                raise MetricsError(f"cannot be read: {getattr(data, 'message', data)}", where)
             prefix, evaluator = wanted[name]
             out.setdefault(prefix, {})[evaluator] = parse_metrics_record(data, where)
         except MetricsError as exc:

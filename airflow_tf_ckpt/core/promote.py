@@ -78,7 +78,15 @@ from .errors import CheckpointError, StepNotFoundError, StorageError
 from .naming import META_SUFFIX, classify, parse_prefix
 from .safety import name_problem
 from .state import STATE_FILENAME, StateFile, read_state, resolve_path, write_state
-from .storage import GCS_PROTOCOLS, Location, write_atomic
+from .storage import (
+    GCS_PROTOCOLS,
+    FileTooLargeError,
+    Location,
+    NotRegularFileError,
+    loads_json,
+    read_bounded,
+    write_atomic,
+)
 
 MANIFEST_NAME = "PROMOTED.json"
 ALIASES_DIR = "aliases"
@@ -261,12 +269,12 @@ _SHAPE_ERRORS = (KeyError, TypeError, ValueError, AttributeError, RecursionError
 def _read_json(loc: Location, name: str) -> dict[str, Any] | None:
     if not loc.exists(name):
         return None
-    raw = loc.read_bytes(name, 0, MAX_MANIFEST_BYTES + 1)  # bounded: never the whole of a huge file
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise PromotionError(f"is larger than {MAX_MANIFEST_BYTES} bytes: not a promotion manifest",
-                             loc.display(name))
+    try:  # bounded, regular files only: never the whole of a huge file, never a FIFO
+        raw = loc.read_bytes(name, cap=MAX_MANIFEST_BYTES, what="a promotion manifest")
+    except (NotRegularFileError, FileTooLargeError) as exc:
+        raise PromotionError(exc.message, loc.display(name)) from exc
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = loads_json(raw)
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
     except RecursionError as exc:
@@ -624,6 +632,15 @@ def _lock_path(dst: Location) -> str:
     return dst.join(LOCK_NAME)
 
 
+def _read_lock(dst: Location, path: str) -> Any:
+    """The lock's JSON, read bounded (a FIFO or a huge file in its place is a ValueError:
+    "cannot be read", as garbage is)."""
+    try:
+        return loads_json(read_bounded(dst.fs, path, dst.display(LOCK_NAME), 1 << 20, "a promotion lock"))
+    except StorageError as exc:
+        raise ValueError(str(exc)) from exc
+
+
 def _pid_start(pid: int) -> str | None:
     """The start time of ``pid`` in clock ticks since boot (Linux), to tell a reused pid apart."""
     try:
@@ -681,7 +698,7 @@ def _acquire_lock(dst: Location, ttl: float) -> str:
             return token
         except FileExistsError:
             try:
-                held = json.loads(dst.fs.cat_file(path))
+                held = _read_lock(dst, path)
                 if held.get("token") == token:
                     # our own create: it took effect but the answer was lost, and the client's
                     # retry then found the object it had just written
@@ -719,7 +736,7 @@ class _Heartbeat:
         path = _lock_path(self.dst)
         while not self._stop.wait(max(self.ttl / 5, 0.05)):
             try:
-                held = json.loads(self.dst.fs.cat_file(path))
+                held = _read_lock(self.dst, path)
                 if held.get("token") != self.token:
                     return  # broken by someone who judged us dead: nothing of ours to refresh
                 write_atomic(self.dst.fs, path, _lock_body(self.token, self.ttl, float(held["created"])))
@@ -730,7 +747,7 @@ class _Heartbeat:
 def _release_lock(dst: Location, token: str) -> None:
     path = _lock_path(dst)
     try:
-        held = json.loads(dst.fs.cat_file(path))
+        held = _read_lock(dst, path)
         if held.get("token") == token:
             dst.fs.rm_file(path)
     except (OSError, ValueError):

@@ -54,7 +54,7 @@ from .discovery import CheckpointDir, CheckpointStep, StepStatus, discover
 from .errors import CheckpointError, StepNotFoundError, StorageError
 from .naming import QUARANTINE_SUFFIX, parse_prefix
 from .state import STATE_FILENAME, ResolvedPath, StateFile, read_state, resolve_path, write_state
-from .storage import Location
+from .storage import Location, loads_json
 
 if TYPE_CHECKING:
     from .verify import ProgressFn, VerifyReport
@@ -103,15 +103,20 @@ class QuarantineResult:
                 "removed_paths": self.removed_paths}
 
 
+MAX_QUARANTINE_BYTES = 4 << 20
+
+
 def read_quarantine(loc: Location, prefix: str) -> dict[str, Any] | None:
     """The quarantine record of a step, or ``None`` when it is not quarantined."""
     try:
-        data = loc.fs.cat_file(loc.join(quarantine_name(prefix)))
+        data = loc.read_capped(quarantine_name(prefix), MAX_QUARANTINE_BYTES, "a quarantine record")
     except FileNotFoundError:
         return None
+    except StorageError as exc:  # not a regular file, too large: still a quarantine (kept aside)
+        return {"prefix": prefix, "reason": f"unreadable quarantine record: {exc.message}"}
     try:
-        record = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        record = loads_json(data)
+    except ValueError:
         return {"prefix": prefix, "reason": "unreadable quarantine record"}
     return record if isinstance(record, dict) else {"prefix": prefix, "reason": str(record)}
 

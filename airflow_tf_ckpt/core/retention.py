@@ -61,7 +61,7 @@ from .leases import LEASE_INFIX, Lease, read_leases
 from .naming import classify, parse_prefix
 from .safety import Refusal, name_problem, root_realpath, symlink_problem
 from .state import STATE_FILENAME, StateFile
-from .storage import FileInfo, Location
+from .storage import FileInfo, Location, loads_json
 
 PROMOTIONS_FILENAME = "PROMOTIONS.json"
 KEEP, DELETE = "keep", "delete"
@@ -530,10 +530,13 @@ def _check_policies(policies: Iterable[RetentionPolicy]) -> tuple[RetentionPolic
 # promotions (written by core.promote in the SOURCE dir)
 
 
+MAX_PROMOTIONS_BYTES = 64 << 20  # ~200k promotions
+
+
 def read_promotions(loc: Location) -> list[dict[str, Any]]:
     """The records of ``PROMOTIONS.json`` (oldest first); ``[]`` when there is none."""
     try:
-        data = loc.fs.cat_file(loc.join(PROMOTIONS_FILENAME))
+        data = loc.read_capped(PROMOTIONS_FILENAME, MAX_PROMOTIONS_BYTES, "a promotions record")
     except FileNotFoundError:
         return []
     return _parse_promotions(data, loc.display(PROMOTIONS_FILENAME))
@@ -541,8 +544,8 @@ def read_promotions(loc: Location) -> list[dict[str, Any]]:
 
 def _parse_promotions(data: bytes, where: str) -> list[dict[str, Any]]:
     try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        doc = loads_json(data)
+    except ValueError as exc:
         # GC must not run blind: an unreadable record could hide a promoted step.
         raise CheckpointError(f"is not valid JSON ({exc}); fix or remove it before GC", where) from exc
     recs = doc.get("promotions") if isinstance(doc, dict) else None

@@ -158,7 +158,7 @@ def read_state(loc: Location, filename: str = STATE_FILENAME) -> StateFile | Non
     from .errors import StorageError
 
     try:
-        data = loc.read_bytes(filename)
+        data = loc.read_bytes(filename, cap=MAX_STATE_BYTES, what="a checkpoint state file")
     except StorageError:
         if not loc.exists(filename):
             return None

@@ -13,6 +13,7 @@ minute, so where an emulator endpoint is configured we build the plain
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 import os
 import posixpath
@@ -20,7 +21,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from stat import S_ISLNK
+from stat import S_ISBLK, S_ISCHR, S_ISDIR, S_ISFIFO, S_ISLNK, S_ISREG, S_ISSOCK
 from typing import Any
 
 import fsspec
@@ -29,6 +30,138 @@ from fsspec.implementations.local import LocalFileSystem
 from .errors import DirNotFoundError, StorageError
 
 GCS_PROTOCOLS = ("gs", "gcs")
+
+# The cap of a whole-file read that names none: more than any index we have seen (a 1M-tensor index
+# is 23 MB), far less than a sparse file of terabytes.
+MAX_READ_BYTES = 1 << 30
+
+
+class NotRegularFileError(StorageError):
+    """A file to read is a FIFO, a device, a socket or a directory: never read (it could block
+    forever, or never end, as ``/dev/zero``)."""
+
+
+class FileTooLargeError(StorageError):
+    """A file is larger than the cap for its kind: refused before it is read."""
+
+
+def _kind_of(mode: int) -> str:
+    for test, kind in ((S_ISFIFO, "a FIFO"), (S_ISCHR, "a character device"), (S_ISBLK, "a block device"),
+                       (S_ISSOCK, "a socket"), (S_ISDIR, "a directory")):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
+def open_regular(path: str, display: str | None = None) -> tuple[int, os.stat_result]:
+    """Open a local file for reading, only if it is a regular file: ``(fd, fstat)``.
+
+    ``O_NONBLOCK`` so that opening a FIFO never waits for a writer; the type check is on the open
+    descriptor (``fstat``), so a file swapped between a check and the open cannot slip through.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
+    try:
+        fd = os.open(path, flags)
+    except IsADirectoryError as exc:
+        raise NotRegularFileError("not a regular file (a directory)", display or path) from exc
+    try:
+        st = os.fstat(fd)
+        if not S_ISREG(st.st_mode):
+            raise NotRegularFileError(f"not a regular file ({_kind_of(st.st_mode)})", display or path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def _too_large(size: int, cap: int, what: str, display: str) -> FileTooLargeError:
+    return FileTooLargeError(f"is {size} bytes, too large for {what} (the limit is {cap} bytes)", display)
+
+
+def _pread_all(fd: int, length: int, offset: int) -> bytes:
+    chunks: list[bytes] = []
+    while length > 0:
+        chunk = os.pread(fd, min(length, 64 << 20), offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        length -= len(chunk)
+        offset += len(chunk)
+    return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+
+
+def read_local_bounded(path: str, display: str, cap: int = MAX_READ_BYTES, what: str = "a file",
+                       start: int | None = None, end: int | None = None) -> bytes:
+    """A regular local file's bytes (or the range ``start:end``), never more than ``cap`` + 1
+    read: the size is checked on the open descriptor first, and a file growing meanwhile is cut
+    at ``cap`` + 1 bytes and refused."""
+    fd, st = open_regular(path, display)
+    try:
+        if start is None and end is None:
+            if st.st_size > cap:
+                raise _too_large(st.st_size, cap, what, display)
+            data = _pread_all(fd, cap + 1, 0)
+            if len(data) > cap:
+                raise _too_large(len(data), cap, what, display)
+            return data
+        size = st.st_size
+        lo = 0 if start is None else (max(0, size + start) if start < 0 else start)
+        hi = size if end is None else (max(0, size + end) if end < 0 else min(end, size))
+        if hi - lo > cap:
+            raise _too_large(hi - lo, cap, f"one read of {what}", display)
+        return _pread_all(fd, hi - lo, lo) if hi > lo else b""
+    finally:
+        os.close(fd)
+
+
+def read_bounded(fs: fsspec.AbstractFileSystem, path: str, display: str, cap: int = MAX_READ_BYTES,
+                 what: str = "a file", size: int | None = None) -> bytes:
+    """A whole file of any filesystem, at most ``cap`` bytes (:class:`FileTooLargeError` past it).
+
+    Local: :func:`read_local_bounded` (regular files only). Object stores: the size (``size``
+    when a listing gave it, else one ``info``), then one ranged read of at most ``cap`` + 1 bytes,
+    so a huge object costs no more than the cap. Missing -> FileNotFoundError.
+    """
+    if is_local(fs):
+        return read_local_bounded(path, display, cap, what)
+    if size is None:  # the object's size first: a range on an empty object is refused (416)
+        size = int(fs.info(path).get("size") or 0)
+    if size > cap:
+        raise _too_large(size, cap, what, display)
+    if size == 0:
+        return b""
+    try:  # up to cap + 1 (not `size`: the object may have been replaced by a longer one since)
+        data = fs.cat_file(path, start=0, end=cap + 1)
+    except OSError as exc:
+        if getattr(exc, "errno", None) is None and "416" in str(exc):  # emptied meanwhile
+            return b""
+        raise
+    if len(data) > cap:
+        raise _too_large(len(data), cap, what, display)
+    return bytes(data)
+
+
+def read_ranged(fs: fsspec.AbstractFileSystem, path: str, display: str, cap: int, what: str) -> bytes:
+    """An object store's whole object in ONE request (a poll's hot path): a ranged read of
+    ``cap`` + 1 bytes. An empty object answers the range with 416, read as empty (gcsfs logs it)."""
+    try:
+        data = fs.cat_file(path, start=0, end=cap + 1)
+    except OSError as exc:
+        if getattr(exc, "errno", None) is None and "416" in str(exc):
+            return b""
+        raise
+    if len(data) > cap:
+        raise _too_large(len(data), cap, what, display)
+    return bytes(data)
+
+
+def loads_json(data: bytes | bytearray | memoryview) -> Any:
+    """``json.loads`` of UTF-8 bytes, every failure a ValueError (UnicodeDecodeError and
+    JSONDecodeError are ones): nesting too deep for the parser's recursion included."""
+    try:
+        return json.loads(bytes(data).decode("utf-8"))
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def emulator_endpoint(storage_options: dict[str, Any] | None = None) -> str | None:
@@ -307,9 +440,18 @@ class Location:
     def exists(self, name: str | None = None) -> bool:
         return self.fs.exists(self.join(name) if name else self.path)
 
-    def read_bytes(self, name: str, start: int | None = None, end: int | None = None) -> bytes:
+    def read_bytes(self, name: str, start: int | None = None, end: int | None = None, *,
+                   cap: int = MAX_READ_BYTES, what: str = "a file", size: int | None = None) -> bytes:
+        """A file of the dir (or the range ``start:end``), bounded: at most ``cap`` bytes
+        (:class:`FileTooLargeError`), and locally only a regular file (:class:`NotRegularFileError`),
+        opened without blocking. ``size``: the object's size where a listing gave it (saves an
+        object store the request that asks it)."""
         path = self.join(name)
         try:
+            if self.local:
+                return read_local_bounded(path, self.display(name), cap, what, start, end)
+            if start is None and end is None:
+                return read_bounded(self.fs, path, self.display(name), cap, what, size)
             return self.fs.cat_file(path, start=start, end=end)
         except FileNotFoundError as exc:
             raise StorageError("file does not exist", self.display(name)) from exc
@@ -317,6 +459,11 @@ class Location:
             raise StorageError(f"permission denied: {exc}", self.display(name)) from exc
         except IsADirectoryError as exc:
             raise StorageError("is a directory, not a file", self.display(name)) from exc
+
+    def read_capped(self, name: str, cap: int, what: str) -> bytes:
+        """:func:`read_bounded` of a file of the dir: FileNotFoundError when it is missing (for
+        the callers that treat that as "none"), NotRegularFileError / FileTooLargeError."""
+        return read_bounded(self.fs, self.join(name), self.display(name), cap, what)
 
     def write_atomic(self, name: str, data: bytes) -> None:
         """Write a whole file so readers see the old content or the new, never a mix.

@@ -38,7 +38,15 @@ from typing import Any
 from airflow.sdk import BaseHook
 
 from airflow_tf_ckpt.core.errors import StorageError
-from airflow_tf_ckpt.core.storage import GCS_PROTOCOLS, Location, emulator_endpoint
+from airflow_tf_ckpt.core.storage import (
+    GCS_PROTOCOLS,
+    MAX_READ_BYTES,
+    FileTooLargeError,
+    Location,
+    emulator_endpoint,
+    read_local_bounded,
+    read_ranged,
+)
 
 EXTRA_PREFIXES = ("", "extra__tf_ckpt_storage__", "extra__google_cloud_platform__")
 # Google-connection features that would silently change identity if ignored: refuse them.
@@ -402,8 +410,13 @@ class AsyncCheckpointDir:
     def url(self) -> str:
         return self.location.url
 
-    async def read(self, name: str) -> bytes | None:
-        """The whole file ``name`` of the dir, or ``None`` when it does not exist."""
+    async def read(self, name: str, cap: int = MAX_READ_BYTES, what: str = "a file") -> bytes | None:
+        """The whole file ``name`` of the dir, or ``None`` when it does not exist.
+
+        Bounded as the core's reads are: more than ``cap`` bytes raises FileTooLargeError (after
+        reading at most ``cap`` + 1), and a local file that is not a regular file (a FIFO, a
+        device) raises NotRegularFileError, without blocking.
+        """
         raise NotImplementedError
 
     async def list(self, prefix: str = "") -> list[dict[str, Any]]:
@@ -435,10 +448,12 @@ class CheckpointDirReader:
     def url(self) -> str:
         return self.location.url
 
-    def read(self, name: str) -> bytes | None:
+    def read(self, name: str, cap: int = MAX_READ_BYTES, what: str = "a file") -> bytes | None:
         path = self.location.join(name)
         try:
-            return self.location.fs.cat_file(path)
+            if self.location.local:
+                return read_local_bounded(path, self.location.display(name), cap, what)
+            return read_ranged(self.location.fs, path, self.location.display(name), cap, what)
         except (FileNotFoundError, NotADirectoryError):
             return None
 
@@ -460,13 +475,12 @@ class CheckpointDirReader:
 
 
 class _LocalAsyncDir(AsyncCheckpointDir):
-    async def read(self, name: str) -> bytes | None:
-        path = self.location.join(name)
+    async def read(self, name: str, cap: int = MAX_READ_BYTES, what: str = "a file") -> bytes | None:
+        path, display = self.location.join(name), self.location.display(name)
 
         def _read() -> bytes | None:
             try:
-                with open(path, "rb") as fh:
-                    return fh.read()
+                return read_local_bounded(path, display, cap, what)
             except (FileNotFoundError, NotADirectoryError):
                 return None
 
@@ -483,8 +497,8 @@ class _ThreadedAsyncDir(AsyncCheckpointDir):
         super().__init__(location, hook)
         self._reader = CheckpointDirReader(location, hook)
 
-    async def read(self, name: str) -> bytes | None:
-        return await asyncio.to_thread(self._reader.read, name)
+    async def read(self, name: str, cap: int = MAX_READ_BYTES, what: str = "a file") -> bytes | None:
+        return await asyncio.to_thread(self._reader.read, name, cap, what)
 
     async def list(self, prefix: str = "") -> list[dict[str, Any]]:
         return await asyncio.to_thread(self._reader.list, prefix)
@@ -535,12 +549,19 @@ class _GcsAsyncDir(AsyncCheckpointDir):
             return
         await asyncio.to_thread(creds.maybe_refresh, _REFRESH_MARGIN)
 
-    async def read(self, name: str) -> bytes | None:
+    async def read(self, name: str, cap: int = MAX_READ_BYTES, what: str = "a file") -> bytes | None:
         await self._fresh_credentials()
-        try:
-            return await self.afs._cat_file(self.location.join(name))
+        try:  # one ranged read of cap + 1 bytes: a huge object costs no more than the cap
+            data = await self.afs._cat_file(self.location.join(name), start=0, end=cap + 1)
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            if getattr(exc, "errno", None) is None and "416" in str(exc):  # a range past an empty object
+                return b""
+            raise
+        if len(data) > cap:
+            raise FileTooLargeError(f"is more than {cap} bytes, too large for {what}", self.location.display(name))
+        return data
 
     async def list(self, prefix: str = "") -> list[dict[str, Any]]:
         await self._fresh_credentials()

@@ -314,8 +314,10 @@ class Poller:
     async def apoll(self, adir: AsyncCheckpointDir, after: int | None, pick: str,
                     warn: Any = None) -> tuple[list[StepCheck], float | None]:
         """Async poll: the state file, then (only if it names steps after ``after``) their files."""
+        from airflow_tf_ckpt.core.state import MAX_STATE_BYTES
+
         self._count(1)
-        data = await adir.read(self.state_filename)
+        data = await adir.read(self.state_filename, MAX_STATE_BYTES, "a checkpoint state file")
         if data is None:
             return [], None
         if len(data) > INLINE_STATE_BYTES and hashlib.blake2b(data, digest_size=16).digest() != self._state_digest:
@@ -335,8 +337,10 @@ class Poller:
     def poll(self, reader: Any, after: int | None, pick: str,
              warn: Any = None) -> tuple[list[StepCheck], float | None]:
         """Blocking twin of :meth:`apoll` (for a sensor's ``poke``)."""
+        from airflow_tf_ckpt.core.state import MAX_STATE_BYTES
+
         self._count(1)
-        data = reader.read(self.state_filename)
+        data = reader.read(self.state_filename, MAX_STATE_BYTES, "a checkpoint state file")
         if data is None:
             return [], None
         cands = [c for c in self.named_steps(reader.location, data) if after is None or c.step > after]
