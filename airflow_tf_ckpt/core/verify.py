@@ -357,6 +357,8 @@ class _ShardJob:
     name: str  # file name in the location
     display: str
     entries: list[BundleEntry]
+    # the index was read whole: every tensor of the shard is known, so bytes past them are extra
+    check_tail: bool = True
 
 
 @dataclass
@@ -569,6 +571,12 @@ def verify_v2(location: Location, prefix: str, *, progress: ProgressFn | None = 
     per_shard: dict[int, list[BundleEntry]] = defaultdict(list)
     for e in bundle.entries:
         if e.is_sliced:
+            if e.dtype == DT_STRING:
+                # TF reads slices only of fixed-size dtypes (tensor_bundle.cc GetSliceValue): both
+                # get_tensor and a restore fail with "Dtype string not supported" (checked: TF 2.21)
+                problems.add(idisplay, e.name, "unrestorable",
+                             f"string tensor saved in {len(e.proto.slices)} slice(s) (MaxShardSizePolicy "
+                             "split it): TensorFlow cannot restore it (\"Dtype string not supported\")")
             # with an unreadable index block, absent slice entries are a consequence, not news
             for spec in (e.slices if not scan.bad_blocks else ()):
                 if encode_slice_key(e.name, spec) not in keys:
@@ -579,7 +587,8 @@ def verify_v2(location: Location, prefix: str, *, progress: ProgressFn | None = 
             per_shard[e.shard_id].append(e)
 
     jobs = [_ShardJob(data_name(prefix, k, num_shards), location.display(data_name(prefix, k, num_shards)),
-                      sorted(per_shard.get(k, []), key=lambda x: (x.offset, x.size)))
+                      sorted(per_shard.get(k, []), key=lambda x: (x.offset, x.size)),
+                      check_tail=scan.complete and not scan.bad_blocks and not table_problems)
             for k in range(num_shards)]
     report.files.extend(j.display for j in jobs)
     tally = _Tally(progress, sum(_union_length(j.entries) for j in jobs))
@@ -641,6 +650,8 @@ def _verify_shard(location: Location, job: _ShardJob, big_endian: bool, chunk_si
     except OSError as exc:
         problems.add(job.display, None, "io_error", f"cannot stat the data shard: {exc}")
         return res
+    if job.check_tail:
+        _check_tail(job.display, job.entries, size, problems)
     ok_entries = []
     for e in job.entries:
         if e.offset + e.size > size:
@@ -691,6 +702,50 @@ def _verify_shard(location: Location, job: _ShardJob, big_endian: bool, chunk_si
                          f"crc32c of bytes {e.offset}..{e.offset + e.size} ({e.dtype_name}"
                          f"{list(e.shape)}) does not match the index", f"0x{e.crc32c:08x}", f"0x{a.crc:08x}")
     return res
+
+
+def _check_tail(display: str, entries: list[BundleEntry], size: int, problems: _Problems) -> None:
+    """Bytes past the last tensor of a shard are a problem: TF writes the tensors back to back
+    and nothing after the last one. The size alone says so (nothing past the tensors is read: a
+    sparse 10 TiB shard costs no more than its tensors)."""
+    data_end = max((e.offset + e.size for e in entries), default=0)
+    if size > data_end:
+        problems.add(display, None, "trailing_bytes",
+                     f"{size - data_end} byte(s) after the end of the last tensor (byte {data_end}); "
+                     "TensorFlow writes none: bytes were appended or the file was extended",
+                     f"{data_end} bytes", f"{size} bytes")
+
+
+def shard_size_problems(location: Location, prefix: str) -> list[Problem]:
+    """What the sizes of a V2 step's data shards show against its index, reading no data byte:
+    trailing bytes, or a shard shorter than its tensors. Cheap enough to run before shipping a
+    step (promotion). Raises TableError when the index itself does not parse."""
+    from .bundle import read_bundle
+
+    bundle = read_bundle(location, prefix)
+    n = bundle.num_shards
+    if not 1 <= n <= MAX_SHARDS:
+        return [Problem(location.display(index_name(prefix)), None, "bad_header",
+                        f"header num_shards {n} is not in 1..{MAX_SHARDS}")]
+    per_shard: dict[int, list[BundleEntry]] = defaultdict(list)
+    for e in bundle.entries:
+        if e.has_data:
+            per_shard[e.shard_id].append(e)
+    problems = _Problems()
+    for k in range(n):
+        name = data_name(prefix, k, n)
+        try:
+            size = int(location.fs.size(location.join(name)))
+        except OSError as exc:
+            problems.add(location.display(name), None, "missing_file", f"cannot stat the data shard: {exc}")
+            continue
+        entries = per_shard.get(k, [])
+        _check_tail(location.display(name), entries, size, problems)
+        end = max((e.offset + e.size for e in entries), default=0)
+        if end > size:
+            problems.add(location.display(name), None, "truncated",
+                         f"the tensors end at byte {end}, past the end of the shard ({size} bytes)")
+    return problems.finish()
 
 
 def _done(report: VerifyReport, problems: _Problems, t0: float) -> VerifyReport:
@@ -874,5 +929,5 @@ def verify_step(location: Location | str, prefix: str, *, progress: ProgressFn |
     return verify_v2(loc, prefix, progress=progress, concurrency=concurrency, chunk_size=chunk_size)
 
 
-__all__ = ["MAX_SHARDS", "Problem", "ProgressFn", "VerifyReport", "detect_format", "verify_step",
-           "verify_v1", "verify_v2"]
+__all__ = ["MAX_SHARDS", "Problem", "ProgressFn", "VerifyReport", "detect_format", "shard_size_problems",
+           "verify_step", "verify_v1", "verify_v2"]
