@@ -107,10 +107,11 @@ class VerifyReport:
     files: list[str] = field(default_factory=list)
     location: str = ""
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)  # what was not checked, and why
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "prefix": self.prefix, "format": self.format, "location": self.location,
-                "problems": [p.to_dict() for p in self.problems],
+                "problems": [p.to_dict() for p in self.problems], "warnings": list(self.warnings),
                 "tensors_checked": self.tensors_checked, "bytes_checked": self.bytes_checked,
                 "files": list(self.files), "seconds": round(self.seconds, 3)}
 
@@ -923,10 +924,58 @@ def verify_step(location: Location | str, prefix: str, *, progress: ProgressFn |
     loc = location if isinstance(location, Location) else Location.of(location, storage_options)
     fmt = format or detect_format(loc, prefix)
     if fmt == "v1":
-        return verify_v1(loc, prefix, progress=progress, chunk_size=chunk_size)
-    if fmt != "v2":
+        report = verify_v1(loc, prefix, progress=progress, chunk_size=chunk_size)
+    elif fmt == "v2":
+        report = verify_v2(loc, prefix, progress=progress, concurrency=concurrency, chunk_size=chunk_size)
+    else:
         raise ValueError(f"unknown checkpoint format {fmt!r}")
-    return verify_v2(loc, prefix, progress=progress, concurrency=concurrency, chunk_size=chunk_size)
+    _check_meta(loc, prefix, report)
+    return report
+
+
+# A MetaGraphDef is parsed whole in memory, by TF as by us; beyond this, it is not read.
+MAX_META_BYTES = 256 << 20
+
+
+def _check_meta(location: Location, prefix: str, report: VerifyReport) -> None:
+    """``PREFIX.meta``, where there is one, must parse as the MetaGraphDef TF1's
+    ``import_meta_graph`` reads (a truncated or damaged one fails there) and hold a graph."""
+    from .protos import MetaGraphDef
+
+    name = prefix + ".meta"
+    display = location.display(name)
+    try:
+        size = int(location.fs.size(location.join(name)))
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        report.problems.append(Problem(display, None, "io_error", f"cannot stat the .meta file: {exc}"))
+        report.ok = False
+        return
+    if size > MAX_META_BYTES:
+        report.warnings.append(f"{display}: {size} bytes, over the {MAX_META_BYTES >> 20} MiB cap: "
+                               "not parsed, its graph is not checked")
+        return
+    try:
+        data = location.read_bytes(name)
+    except (OSError, StorageError) as exc:
+        report.problems.append(Problem(display, None, "io_error", f"cannot read the .meta file: {exc}"))
+        report.ok = False
+        return
+    problem = None
+    msg = MetaGraphDef()
+    try:
+        msg.ParseFromString(data)
+    except (DecodeError, ValueError, RecursionError) as exc:
+        problem = f"not a well-formed MetaGraphDef ({size} bytes; truncated or damaged?): {exc}"
+    else:
+        if not msg.graph_def.node:
+            problem = f"MetaGraphDef holds no graph ({size} bytes): import_meta_graph restores nothing from it"
+    if problem:
+        report.problems.append(Problem(display, None, "bad_meta", problem))
+        report.ok = False
+    report.files.append(display)
+    report.bytes_checked += size
 
 
 __all__ = ["MAX_SHARDS", "Problem", "ProgressFn", "VerifyReport", "detect_format", "shard_size_problems",
