@@ -31,20 +31,14 @@ from airflow_tf_ckpt.core.errors import StateFileError
 from airflow_tf_ckpt.core.promote import PromotionError, promote
 from airflow_tf_ckpt.core.state import parse_state
 from airflow_tf_ckpt.core.verify import verify_step
-from tests import tf_oracle
-from tests.fixtures.tf_checkpoints import tf_available, tf_batch
 
 pytestmark = pytest.mark.tf
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory) -> tuple[Path, dict[str, Any]]:
+@pytest.fixture
+def built(tf_built) -> tuple[Path, dict[str, Any]]:
     """(root, facts): the checkpoints of ``tf_oracle.BUILD`` and what TF said of them."""
-    if not tf_available():
-        pytest.skip("TensorFlow is not installed")
-    root = tmp_path_factory.mktemp("tf_agreement")
-    facts = tf_batch([(tf_oracle.BUILD, [str(root)])])[0]
-    return root, facts
+    return tf_built
 
 
 def fresh(built, name: str, tmp_path: Path) -> Path:

@@ -7,6 +7,11 @@ never imports TensorFlow.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import pytest
+
 # The TF1 graph of the V1 checkpoints: scalars (global_step, a float, a string), a string
 # vector, a variable partitioned in 3, a matrix. ``v1_restore(prefix)`` restores a V1 step into it
 # (``load_checkpoint(...).get_tensor`` cannot read a partitioned V1 variable: "Sliced checkpoints
@@ -156,3 +161,16 @@ result = out
 V1_RESTORE_VERDICTS = V1_GRAPH + r'''
 result = [v1_restore(p) for p in args[0]]
 '''
+
+
+@pytest.fixture(scope="session")
+def tf_built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """(root, facts): the checkpoints :data:`BUILD` writes (one TF subprocess per session) and
+    what TF said of them. Tests copy what they change."""
+    from tests.fixtures.tf_checkpoints import tf_available, tf_batch
+
+    if not tf_available():
+        pytest.skip("TensorFlow is not installed")
+    root = tmp_path_factory.mktemp("tf_oracle")
+    facts = tf_batch([(BUILD, [str(root)])])[0]
+    return root, facts

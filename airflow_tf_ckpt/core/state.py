@@ -246,6 +246,9 @@ def resolve_path(loc: Location, raw: str, existing_names: set[str] | None = None
     parts = [p for p in body.split("/") if p not in ("", ".")]
     if ".." in parts:
         return ResolvedPath(raw, None, "refused", "path climbs out of the checkpoint dir with '..'")
+    if body.endswith("/"):  # TF looks for "DIR/ckpt-4/.index": nothing is there
+        return ResolvedPath(raw, None, "refused", "path ends in '/': it names a directory, not a "
+                            "checkpoint prefix")
     if not is_abs:
         if len(parts) != 1:
             return ResolvedPath(raw, None, "refused", "path points into a sub-directory; only prefixes "
