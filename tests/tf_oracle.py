@@ -174,3 +174,26 @@ def tf_built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     root = tmp_path_factory.mktemp("tf_oracle")
     facts = tf_batch([(BUILD, [str(root)])])[0]
     return root, facts
+
+# args: [out_dir, cases]. Each case {"name", "keep", "hours", "gaps"} (gaps: hours between saves)
+# saves one step per gap with TF's clock (time.time) under control, twice: into NAME/all with
+# max_to_keep=None (every step kept: the input our planner sees) and into NAME/tf with the case's
+# max_to_keep and keep_checkpoint_every_n_hours. Result: {name: [prefixes TF kept in NAME/tf]}.
+RETENTION = r'''
+from unittest import mock
+out, cases = args
+result = {}
+for c in cases:
+    clock = [1.7e9]
+    with mock.patch("time.time", lambda: clock[0]):
+        for variant, keep, hours in (("all", None, None), ("tf", c["keep"], c["hours"])):
+            d = os.path.join(out, c["name"], variant)
+            clock[0] = 1.7e9
+            ck = tf.train.Checkpoint(v=tf.Variable(1.0))
+            mgr = tf.train.CheckpointManager(ck, d, max_to_keep=keep, keep_checkpoint_every_n_hours=hours)
+            for i, gap in enumerate(c["gaps"]):
+                clock[0] += gap * 3600
+                mgr.save(checkpoint_number=i + 1)
+    tf_dir = os.path.join(out, c["name"], "tf")
+    result[c["name"]] = sorted(f[:-len(".index")] for f in os.listdir(tf_dir) if f.endswith(".index"))
+'''
