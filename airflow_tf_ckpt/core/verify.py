@@ -945,13 +945,18 @@ def _check_meta(location: Location, prefix: str, report: VerifyReport) -> None:
     name = prefix + ".meta"
     display = location.display(name)
     try:
-        size = int(location.fs.size(location.join(name)))
+        info = location.fs.info(location.join(name))
     except FileNotFoundError:
         return
     except OSError as exc:
         report.problems.append(Problem(display, None, "io_error", f"cannot stat the .meta file: {exc}"))
         report.ok = False
         return
+    if info.get("type") != "file":  # a FIFO or a device would block or never end: never opened
+        report.problems.append(Problem(display, None, "bad_meta", f"not a regular file ({info.get('type')})"))
+        report.ok = False
+        return
+    size = int(info.get("size") or 0)
     if size > MAX_META_BYTES:
         report.warnings.append(f"{display}: {size} bytes, over the {MAX_META_BYTES >> 20} MiB cap: "
                                "not parsed, its graph is not checked")
@@ -974,8 +979,6 @@ def _check_meta(location: Location, prefix: str, report: VerifyReport) -> None:
     if problem:
         report.problems.append(Problem(display, None, "bad_meta", problem))
         report.ok = False
-    report.files.append(display)
-    report.bytes_checked += size
 
 
 __all__ = ["MAX_SHARDS", "Problem", "ProgressFn", "VerifyReport", "detect_format", "shard_size_problems",
