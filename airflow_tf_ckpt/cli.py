@@ -355,6 +355,7 @@ def ls_cmd(
         for s in doc["steps"]:
             s["metrics"] = default.get(s["prefix"], {})
             s["evaluations"] = evaluations.get(s["prefix"], [])
+        doc["latest_problem"] = cdir.latest_problem(prefix)
         _emit_json(doc)
         return EXIT_OK
     out = _out()
@@ -389,6 +390,8 @@ def ls_cmd(
         out.print(f"{len(cdir.steps)} step(s), {committed} committed, {_size(total)}")
     for p in cdir.problems + [f"{s.prefix}: {p}" for s in cdir.steps for p in s.problems]:
         out.print(f"[yellow]warning:[/yellow] {escape(p)}")
+    if lp := cdir.latest_problem(prefix):
+        out.print(f"[red]PROBLEM[/red] {escape(cdir.location.display())}: {escape(lp)}", soft_wrap=True)
     return EXIT_OK
 
 
@@ -436,6 +439,8 @@ def validate_cmd(
                for r in cdir.resolved if r.how == "refused"}
     dir_problems = [p for p in cdir.problems if p in refused]
     warnings = [p for p in cdir.problems if p not in refused]
+    if step.strip().lower() in ("latest", "all") and (lp := cdir.latest_problem(prefix)):
+        dir_problems.append(lp)  # TF's latest is not the step we fall back to: say so, exit 1
     if not chosen:
         incomplete = [s for s in cdir.steps if s.status is StepStatus.INCOMPLETE]
         dir_problems.append("no committed checkpoint step" + (f" with prefix {prefix!r}" if prefix else "")
@@ -465,6 +470,7 @@ def validate_cmd(
                              "bytes_checked": 0, "seconds": 0.0}
                 else:
                     report = verify_step(loc, s.prefix, progress=on_progress, format=s.format)
+                    warnings += report.warnings
                     entry = report.to_dict()
                     entry.update({"step": s.step, "status": s.status.value})
                     if s.status is StepStatus.INCOMPLETE:

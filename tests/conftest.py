@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.gcs_emulator",
     "tests.fixtures.tf_checkpoints",
     "tests.fixtures.airflow_env",
+    "tests.tf_oracle",
 ]

@@ -342,9 +342,10 @@ CASES: list[Case] = [
     Case("index-handle-past-end", c_index(_handles([(0, 10 ** 9)])), 1, ("ckpt-5.index", "past the end")),
     Case("index-handle-far-offset", c_index(_handles([(10 ** 12, 5)])), 1, ("ckpt-5.index", "past the end")),
     Case("index-footer-varint-overflow", c_index(_footer_varint_overflow), 1, ("ckpt-5.index",)),
-    Case("index-footer-past-end", c_index(lambda b: b[:-48] + (encode_varint(0) + encode_varint(10 ** 9)).ljust(
-        20, b"\0") + (encode_varint(0) + encode_varint(10 ** 9)).ljust(20, b"\0") + b[-8:]), 1,
-         ("ckpt-5.index", "past the end")),
+    # both handles past the end, back to back as in a footer (TF follows only the index handle)
+    Case("index-footer-past-end", c_index(lambda b: b[:-48] + (encode_varint(0) + encode_varint(10 ** 9)
+                                                               + encode_varint(0) + encode_varint(10 ** 9)).ljust(
+        40, b"\0") + b[-8:]), 1, ("ckpt-5.index", "past the end")),
     Case("index-header-bad-proto", c_index(_header_bytes(b"\xff\xff\xff garbage")), 1, ("ckpt-5.index",)),
     Case("index-header-empty", c_index(_header_bytes(b"")), 1, ("ckpt-5.index", "num_shards 0")),
     Case("index-num-shards-0", c_index(_num_shards(0)), 1, ("ckpt-5.index", "num_shards 0")),

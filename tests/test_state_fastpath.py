@@ -20,6 +20,7 @@ from airflow_tf_ckpt.core.state import (
     _parse_text_format,
     format_state,
     parse_state,
+    require_latest,
 )
 
 FIELDS = ("model_checkpoint_path", "all_model_checkpoint_paths", "all_model_checkpoint_timestamps",
@@ -122,9 +123,10 @@ def _near_canonical(draw) -> str:
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # text_format on bad escapes
 @settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(_state_text(), _near_canonical()))
-@example('model_checkpoint_path: "a"\nmodel_checkpoint_path: "b"\n')  # singular field twice: error
-@example('model_checkpoint_path: ""\nmodel_checkpoint_path: "b"\n')  # ...but not after a default
-@example('last_preserved_timestamp: 0\nlast_preserved_timestamp: 5\n')
+@example('model_checkpoint_path: "a"\nmodel_checkpoint_path: "b"\n')  # singular field twice: the last wins
+@example('model_checkpoint_path: "b"\nmodel_checkpoint_path: ""\n')  # ...even an empty one: refused
+@example('model_checkpoint_path: "a"\nlast_preserved_timestamp: 0\nlast_preserved_timestamp: 5\n')
+@example('model_checkpoint_path: "a"\nlast_preserved_timestamp: 5\nlast_preserved_timestamp: -0.0\n')
 @example('all_model_checkpoint_paths: "a\\"b"\n')
 @example('all_model_checkpoint_paths: "a" # c\n')
 @example('all_model_checkpoint_timestamps: 01.5\n')
@@ -132,13 +134,13 @@ def _near_canonical(draw) -> str:
 @example('model_checkpoint_path: "a"')
 @example("")
 def test_parse_state_is_text_format(text: str) -> None:
-    want = _outcome(_parse_text_format, text, "/d/checkpoint")
+    want = _outcome(lambda t, p: require_latest(_parse_text_format(t, p), p), text, "/d/checkpoint")
     assert _outcome(parse_state, text, "/d/checkpoint") == want
     if "\x00" not in text:  # bytes with a NUL are refused before any parsing
         assert _outcome(parse_state, text.encode("utf-8"), "/d/checkpoint") == want
     fast = _parse_canonical(text)
     if fast is not None:  # the fast path never accepts what text_format refuses
-        assert want == ("ok", _key(fast))
+        assert _outcome(_parse_text_format, text, "/d/checkpoint") == ("ok", _key(fast))
 
 
 # text_format's CEscape escapes '"', "'" and "\\": TF writes those as escapes (text_format's part)
@@ -158,8 +160,8 @@ def test_what_tf_writes_takes_the_fast_path(paths, stamps, latest, preserved) ->
 
 def test_anything_else_is_text_formats() -> None:
     # an escape, a comment, other spacing, inf: not canonical, still parsed (by text_format)
-    for text in ('all_model_checkpoint_paths: "a\\101"\n', "# c\nmodel_checkpoint_path: \"a\"\n",
-                 'model_checkpoint_path:"a"\n', "last_preserved_timestamp: inf\n"):
+    for text in ('model_checkpoint_path: "a\\101"\n', "# c\nmodel_checkpoint_path: \"a\"\n",
+                 'model_checkpoint_path:"a"\n', 'model_checkpoint_path: "a"\nlast_preserved_timestamp: inf\n'):
         assert _parse_canonical(text) is None
         parse_state(text)
     with pytest.raises(StateFileError, match=r"/d/checkpoint:2.*bogus_field"):

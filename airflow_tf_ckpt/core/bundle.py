@@ -188,7 +188,7 @@ def decode_slice_key(key: bytes) -> tuple[str, SliceSpec]:
         raise SliceKeyError(f"leading number is {num}, not 0")
     name, pos = _read_string(key, pos)
     rank, pos = _read_num_increasing(key, pos)
-    if rank == 0 or rank > 254:
+    if rank > 254:  # rank 0 is a scalar (V1 saves every scalar, e.g. global_step, so)
         raise SliceKeyError(f"implausible slice rank {rank}")
     extents: list[tuple[int, int | None]] = []
     for _ in range(rank):

@@ -154,6 +154,23 @@ class CheckpointDir:
         with_step = [s for s in committed if s.step is not None]
         return max(with_step, key=lambda s: s.step) if with_step else (committed[-1] if committed else None)
 
+    def latest_problem(self, prefix: str | None = None) -> str | None:
+        """Why TF cannot restore the state file's latest step, or ``None``.
+
+        :meth:`latest` falls back to the newest committed step; TF does not: with the latest's
+        ``.index`` gone ``tf.train.latest_checkpoint`` returns None (a trainer restarts from
+        scratch), and with a data shard gone its restore fails.
+        """
+        for s in self.select(prefix):
+            if s.latest and not s.committed:
+                indexed = any(f.name in (s.prefix + ".index", s.prefix) for f in s.files)
+                what = ("a restore of it fails" if indexed else
+                        "tf.train.latest_checkpoint returns None, so a trainer restarts from scratch")
+                missing = ", ".join(s.missing[:3]) or "all of them"
+                return (f"the state file's model_checkpoint_path {s.state_path!r} names a step whose "
+                        f"files are missing ({missing}): {what}")
+        return None
+
     def get(self, step: int | str, prefix: str | None = None) -> CheckpointStep:
         """A step by number or by prefix name. Raises :class:`StepNotFoundError`."""
         matches = [s for s in self.select(prefix)

@@ -914,6 +914,8 @@ def promote(source: Location | str, dest: Location | str, step: int | str = "lat
         if not report.ok:
             raise PromotionError("step is not named by the state file and does not verify: "
                                  + str(report.problems[0]), src.display(chosen.prefix))
+    elif chosen.format == "v2":
+        _refuse_bad_shard_sizes(src, chosen)
     metrics: dict[str, Any] = _metrics_by_prefix(cdir, evaluator).get(chosen.prefix, {})
 
     # (source name, DEST name): data shards first, sidecars, the .index last (as TF saves)
@@ -949,6 +951,17 @@ def promote(source: Location | str, dest: Location | str, step: int | str = "lat
                 release_lease(src, chosen.prefix, owner)
             except OSError:
                 pass  # it expires on its own
+
+
+def _refuse_bad_shard_sizes(src: Location, step: CheckpointStep) -> None:
+    """Never ship a shard with bytes after its last tensor (TF writes none; a sparse 10 TiB
+    file would be copied whole) or shorter than its tensors: one index read, no data read."""
+    from .verify import shard_size_problems
+
+    problems = shard_size_problems(src, step.prefix)
+    if problems:
+        raise PromotionError(f"step does not match its index, refusing: {problems[0]}",
+                             src.display(step.prefix))
 
 
 def _lease_source(src: Location, step: CheckpointStep, ttl: float) -> str | None:

@@ -84,13 +84,26 @@ def parse_state(data: bytes | str, path: str = STATE_FILENAME) -> StateFile:
     else:
         text = data
     fast = _parse_canonical(text)
-    return fast if fast is not None else _parse_text_format(text, path)
+    return require_latest(fast if fast is not None else _parse_text_format(text, path), path)
+
+
+def require_latest(state: StateFile, path: str = STATE_FILENAME) -> StateFile:
+    """``state``, if TF would load it: ``get_checkpoint_state`` raises ``ValueError("Invalid
+    checkpoint state loaded from ...")`` when ``model_checkpoint_path`` is missing or empty (an
+    empty file, whitespace or comments only included), and a trainer's ``CheckpointManager``
+    fails to start on such a dir. Raises :class:`StateFileError` then."""
+    if not state.model_checkpoint_path:
+        raise StateFileError("model_checkpoint_path is missing or empty: TensorFlow's "
+                             "get_checkpoint_state rejects this state file (ValueError: Invalid "
+                             "checkpoint state)", path)
+    return state
 
 
 # The canonical form, as TF writes it (``text_format.MessageToString``): one ``field: value`` per
 # line, strings of printable ASCII with nothing to unescape, numbers as Python prints a float.
-# Anything else (escapes, other spacing, comments, unknown fields, inf/nan, a singular field
-# twice, bad input) is left to text_format, the reference parser, which also makes the errors.
+# A singular field given twice: the last one wins, as in TF (``text_format.Merge``).
+# Anything else (escapes, other spacing, comments, unknown fields, inf/nan, bad input) is left to
+# text_format, the reference parser, which also makes the errors.
 _STR = r'"([ !#-\[\]-~]*)"(?=\n)'
 _NUM = r"(-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:e[-+]?[0-9]+)?)(?=\n)"
 # each starts with a literal ("\n" + the field name), so the scan skips ahead in C (a ``^`` with
@@ -112,25 +125,26 @@ def _parse_canonical(text: str) -> StateFile | None:
     text = "\n" + text if text.endswith("\n") or not text else "\n" + text + "\n"
     latest = _LATEST.findall(text)
     preserved = _PRESERVED.findall(text)
-    if len(latest) > 1 or len(preserved) > 1:  # text_format decides (an error, or not)
-        return None
     paths = _PATHS.findall(text)
     stamps = _STAMPS.findall(text)
     if len(latest) + len(preserved) + len(paths) + len(stamps) != text.count("\n") - 1:
         return None
     return StateFile(
-        model_checkpoint_path=latest[0] if latest else "",
+        model_checkpoint_path=latest[-1] if latest else "",
         all_model_checkpoint_paths=paths,
         all_model_checkpoint_timestamps=list(map(float, stamps)),
-        last_preserved_timestamp=float(preserved[0]) if preserved else 0.0,
+        last_preserved_timestamp=float(preserved[-1]) if preserved else 0.0,
     )
 
 
 def _parse_text_format(text: str, path: str) -> StateFile:
-    """The reference parser: protobuf ``text_format`` (any valid text, and the error messages)."""
+    """The reference parser: protobuf ``text_format`` (any valid text, and the error messages).
+
+    ``Merge``, not ``Parse``, as TF's ``get_checkpoint_state``: a singular field given twice is
+    accepted and the last one wins."""
     msg = CheckpointState()
     try:
-        text_format.Parse(text, msg)
+        text_format.Merge(text, msg)
     except text_format.ParseError as exc:
         line = exc.GetLine() if hasattr(exc, "GetLine") else None
         raise StateFileError(f"malformed CheckpointState: {exc}", path, line) from exc
@@ -232,6 +246,9 @@ def resolve_path(loc: Location, raw: str, existing_names: set[str] | None = None
     parts = [p for p in body.split("/") if p not in ("", ".")]
     if ".." in parts:
         return ResolvedPath(raw, None, "refused", "path climbs out of the checkpoint dir with '..'")
+    if body.endswith("/"):  # TF looks for "DIR/ckpt-4/.index": nothing is there
+        return ResolvedPath(raw, None, "refused", "path ends in '/': it names a directory, not a "
+                            "checkpoint prefix")
     if not is_abs:
         if len(parts) != 1:
             return ResolvedPath(raw, None, "refused", "path points into a sub-directory; only prefixes "

@@ -109,10 +109,11 @@ class VerifyReport:
     files: list[str] = field(default_factory=list)
     location: str = ""
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)  # what was not checked, and why
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "prefix": self.prefix, "format": self.format, "location": self.location,
-                "problems": [p.to_dict() for p in self.problems],
+                "problems": [p.to_dict() for p in self.problems], "warnings": list(self.warnings),
                 "tensors_checked": self.tensors_checked, "bytes_checked": self.bytes_checked,
                 "files": list(self.files), "seconds": round(self.seconds, 3)}
 
@@ -359,6 +360,8 @@ class _ShardJob:
     name: str  # file name in the location
     display: str
     entries: list[BundleEntry]
+    # the index was read whole: every tensor of the shard is known, so bytes past them are extra
+    check_tail: bool = True
 
 
 @dataclass
@@ -556,6 +559,7 @@ def verify_v2(location: Location, prefix: str, *, progress: ProgressFn | None = 
     scan = table.scan()
     bundle, table_problems = bundle_from_scan(scan, idisplay)
     bad_blocks = scan.bad_blocks
+    index_complete = scan.complete
     report.bytes_checked += len(data)
     del scan, table, data  # only the compact entries from here on (a big index holds millions)
     for tp in table_problems:
@@ -585,6 +589,12 @@ def verify_v2(location: Location, prefix: str, *, progress: ProgressFn | None = 
     per_shard: dict[int, list[BundleEntry]] = defaultdict(list)
     for e in bundle.entries:
         if e.is_sliced:
+            if e.dtype == DT_STRING:
+                # TF reads slices only of fixed-size dtypes (tensor_bundle.cc GetSliceValue): both
+                # get_tensor and a restore fail with "Dtype string not supported" (checked: TF 2.21)
+                problems.add(idisplay, e.name, "unrestorable",
+                             f"string tensor saved in {len(e.proto.slices)} slice(s) (MaxShardSizePolicy "
+                             "split it): TensorFlow cannot restore it (\"Dtype string not supported\")")
             # with an unreadable index block, absent slice entries are a consequence, not news
             for spec in (e.slices if not bad_blocks else ()):
                 if encode_slice_key(e.name, spec) not in keys:
@@ -595,7 +605,8 @@ def verify_v2(location: Location, prefix: str, *, progress: ProgressFn | None = 
             per_shard[e.shard_id].append(e)
 
     jobs = [_ShardJob(data_name(prefix, k, num_shards), location.display(data_name(prefix, k, num_shards)),
-                      sorted(per_shard.get(k, []), key=lambda x: (x.offset, x.size)))
+                      sorted(per_shard.get(k, []), key=lambda x: (x.offset, x.size)),
+                      check_tail=index_complete and not bad_blocks and not table_problems)
             for k in range(num_shards)]
     report.files.extend(j.display for j in jobs)
     tally = _Tally(progress, sum(_union_length(j.entries) for j in jobs))
@@ -663,6 +674,8 @@ def _verify_shard(location: Location, job: _ShardJob, big_endian: bool, chunk_si
     except OSError as exc:
         problems.add(job.display, None, "io_error", f"cannot stat the data shard: {exc}")
         return res
+    if job.check_tail:
+        _check_tail(job.display, job.entries, size, problems)
     ok_entries = []
     for e in job.entries:
         if e.offset + e.size > size:
@@ -716,6 +729,50 @@ def _verify_shard(location: Location, job: _ShardJob, big_endian: bool, chunk_si
                          f"crc32c of bytes {e.offset}..{e.offset + e.size} ({e.dtype_name}"
                          f"{list(e.shape)}) does not match the index", f"0x{e.crc32c:08x}", f"0x{a.crc:08x}")
     return res
+
+
+def _check_tail(display: str, entries: list[BundleEntry], size: int, problems: _Problems) -> None:
+    """Bytes past the last tensor of a shard are a problem: TF writes the tensors back to back
+    and nothing after the last one. The size alone says so (nothing past the tensors is read: a
+    sparse 10 TiB shard costs no more than its tensors)."""
+    data_end = max((e.offset + e.size for e in entries), default=0)
+    if size > data_end:
+        problems.add(display, None, "trailing_bytes",
+                     f"{size - data_end} byte(s) after the end of the last tensor (byte {data_end}); "
+                     "TensorFlow writes none: bytes were appended or the file was extended",
+                     f"{data_end} bytes", f"{size} bytes")
+
+
+def shard_size_problems(location: Location, prefix: str) -> list[Problem]:
+    """What the sizes of a V2 step's data shards show against its index, reading no data byte:
+    trailing bytes, or a shard shorter than its tensors. Cheap enough to run before shipping a
+    step (promotion). Raises TableError when the index itself does not parse."""
+    from .bundle import read_bundle
+
+    bundle = read_bundle(location, prefix)
+    n = bundle.num_shards
+    if not 1 <= n <= MAX_SHARDS:
+        return [Problem(location.display(index_name(prefix)), None, "bad_header",
+                        f"header num_shards {n} is not in 1..{MAX_SHARDS}")]
+    per_shard: dict[int, list[BundleEntry]] = defaultdict(list)
+    for e in bundle.entries:
+        if e.has_data:
+            per_shard[e.shard_id].append(e)
+    problems = _Problems()
+    for k in range(n):
+        name = data_name(prefix, k, n)
+        try:
+            size = int(location.fs.size(location.join(name)))
+        except OSError as exc:
+            problems.add(location.display(name), None, "missing_file", f"cannot stat the data shard: {exc}")
+            continue
+        entries = per_shard.get(k, [])
+        _check_tail(location.display(name), entries, size, problems)
+        end = max((e.offset + e.size for e in entries), default=0)
+        if end > size:
+            problems.add(location.display(name), None, "truncated",
+                         f"the tensors end at byte {end}, past the end of the shard ({size} bytes)")
+    return problems.finish()
 
 
 def _done(report: VerifyReport, problems: _Problems, t0: float) -> VerifyReport:
@@ -896,11 +953,62 @@ def verify_step(location: Location | str, prefix: str, *, progress: ProgressFn |
     loc = location if isinstance(location, Location) else Location.of(location, storage_options)
     fmt = format or detect_format(loc, prefix)
     if fmt == "v1":
-        return verify_v1(loc, prefix, progress=progress, chunk_size=chunk_size)
-    if fmt != "v2":
+        report = verify_v1(loc, prefix, progress=progress, chunk_size=chunk_size)
+    elif fmt == "v2":
+        report = verify_v2(loc, prefix, progress=progress, concurrency=concurrency, chunk_size=chunk_size)
+    else:
         raise ValueError(f"unknown checkpoint format {fmt!r}")
-    return verify_v2(loc, prefix, progress=progress, concurrency=concurrency, chunk_size=chunk_size)
+    _check_meta(loc, prefix, report)
+    return report
 
 
-__all__ = ["MAX_SHARDS", "Problem", "ProgressFn", "VerifyReport", "detect_format", "verify_step",
-           "verify_v1", "verify_v2"]
+# A MetaGraphDef is parsed whole in memory, by TF as by us; beyond this, it is not read.
+MAX_META_BYTES = 256 << 20
+
+
+def _check_meta(location: Location, prefix: str, report: VerifyReport) -> None:
+    """``PREFIX.meta``, where there is one, must parse as the MetaGraphDef TF1's
+    ``import_meta_graph`` reads (a truncated or damaged one fails there) and hold a graph."""
+    from .protos import MetaGraphDef
+
+    name = prefix + ".meta"
+    display = location.display(name)
+    try:
+        info = location.fs.info(location.join(name))
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        report.problems.append(Problem(display, None, "io_error", f"cannot stat the .meta file: {exc}"))
+        report.ok = False
+        return
+    if info.get("type") != "file":  # a FIFO or a device would block or never end: never opened
+        report.problems.append(Problem(display, None, "bad_meta", f"not a regular file ({info.get('type')})"))
+        report.ok = False
+        return
+    size = int(info.get("size") or 0)
+    if size > MAX_META_BYTES:
+        report.warnings.append(f"{display}: {size} bytes, over the {MAX_META_BYTES >> 20} MiB cap: "
+                               "not parsed, its graph is not checked")
+        return
+    try:
+        data = location.read_bytes(name)
+    except (OSError, StorageError) as exc:
+        report.problems.append(Problem(display, None, "io_error", f"cannot read the .meta file: {exc}"))
+        report.ok = False
+        return
+    problem = None
+    msg = MetaGraphDef()
+    try:
+        msg.ParseFromString(data)
+    except (DecodeError, ValueError, RecursionError) as exc:
+        problem = f"not a well-formed MetaGraphDef ({size} bytes; truncated or damaged?): {exc}"
+    else:
+        if not msg.graph_def.node:
+            problem = f"MetaGraphDef holds no graph ({size} bytes): import_meta_graph restores nothing from it"
+    if problem:
+        report.problems.append(Problem(display, None, "bad_meta", problem))
+        report.ok = False
+
+
+__all__ = ["MAX_SHARDS", "Problem", "ProgressFn", "VerifyReport", "detect_format", "shard_size_problems",
+           "verify_step", "verify_v1", "verify_v2"]
