@@ -84,7 +84,8 @@ def legacy_lease_name(prefix: str, owner: str) -> str | None:
     """The name older versions gave ``owner``'s lease (``PREFIX.lease-OWNER``), where it had one."""
     name = f"{prefix}{LEASE_INFIX}{owner}"
     m = LEASE_RE.match(name)
-    return name if m and m.group("owner") == owner and m.group("prefix") == prefix else None
+    ok = m and m.group("owner") == owner and m.group("prefix") == prefix and len(name.encode()) <= 255
+    return name if ok else None  # (a longer one was never written: no file system takes it)
 
 
 def _iso(t: float) -> str:

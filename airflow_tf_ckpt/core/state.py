@@ -199,22 +199,30 @@ class StateUpdate:
 
 
 _STATE_LOCK = threading.Lock()
+_HELD = threading.local()  # this thread holds the lock already (a hook that updates again)
 
 
 @contextmanager
 def _writers_serialized(loc: Location) -> Iterator[None]:
     """Our own state-file writers (GC, quarantine, release) one at a time: an ``flock`` of the
     dir locally (every process of this host), this process's threads elsewhere."""
+    if getattr(_HELD, "on", False):
+        yield
+        return
     with _STATE_LOCK:
-        if not loc.local or not os.path.isdir(loc.path):
-            yield
-            return
-        fd = os.open(loc.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        _HELD.on = True
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            if not loc.local or not os.path.isdir(loc.path):
+                yield
+                return
+            fd = os.open(loc.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # releases the lock
         finally:
-            os.close(fd)  # releases the lock
+            _HELD.on = False
 
 
 def _read_raw(loc: Location, filename: str) -> tuple[bytes | None, int]:
