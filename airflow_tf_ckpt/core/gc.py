@@ -1,6 +1,7 @@
 """Crash-safe execution of a :class:`~airflow_tf_ckpt.core.retention.RetentionPlan`.
 
-Order of operations (``hook(label, ...)`` runs before each I/O step, so tests can crash there):
+Order of operations (``hook(label, ...)`` runs before each I/O step, so tests can crash there),
+all under the dir's GC lock (:func:`.leases.acquire_gc_lock`: one deleting run per dir at a time):
 
 1. ``write_intent``  ``BASE.gc-intent.json`` names the steps about to go (lease handshake, see
    :mod:`.leases`);
@@ -15,10 +16,12 @@ Order of operations (``hook(label, ...)`` runs before each I/O step, so tests ca
    step that gained files after planning is not noticed (on local disk it is). Such a step is being
    rewritten by a trainer that restarted from an older step, and it only becomes safe to keep once
    the state file names it, which the re-read state file does show;
-3. ``write_state``   the state file is rewritten ATOMICALLY from the FRESH read (a trainer may have
-   saved meanwhile: its new steps stay), minus every spelling of the doomed steps, with
-   ``last_preserved_timestamp`` advanced as the every-N-hours policy settled it. Spellings
-   (relative / absolute) and timestamps of the others are untouched;
+3. ``write_state``   the state file is rewritten ATOMICALLY through :func:`.state.update_state`:
+   the file as it is at the moment of the write (re-read just before the rename locally, a
+   generation precondition on ``gs://``: a save that commits meanwhile stays), minus every
+   spelling of the doomed steps, with ``last_preserved_timestamp`` advanced as the every-N-hours
+   policy settled it. Spellings (relative / absolute) and timestamps of the others are untouched,
+   and its ``model_checkpoint_path`` is never dropped (such a step is spared, not deleted);
 4. ``delete``        the files of doomed steps (index first) and their sidecars, in batches:
    ``fs.rm(list)`` once per batch on object stores, ``unlink`` through a descriptor of the root
    locally; every path is re-checked by :mod:`.safety` right before removal;
