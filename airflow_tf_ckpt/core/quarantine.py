@@ -262,7 +262,6 @@ def _quarantine_change(loc: Location, cdir: CheckpointDir, name: str, t: float,
                     for raw in raws if raw}
         drop = {raw for raw, n in resolved.items() if n == name}
         if not drop:
-            result.new_latest = before.model_checkpoint_path or None
             return before
         result.removed_paths = sorted(drop)
         result.was_latest = before.model_checkpoint_path in drop
