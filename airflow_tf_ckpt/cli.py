@@ -561,7 +561,7 @@ def _quarantine_failed(loc: Location, steps: dict[str, CheckpointStep], results:
     incomplete and not named by the state file is left alone (it may be a save in progress), and
     so is one already quarantined (its record, with the first report, is kept)."""
     from .core.discovery import StepStatus
-    from .core.quarantine import quarantine_step
+    from .core.quarantine import QuarantineConflictError, quarantine_step
 
     warnings: list[str] = []
     for r in results:
@@ -583,6 +583,9 @@ def _quarantine_failed(loc: Location, steps: dict[str, CheckpointStep], results:
                                 report, state_filename=state_filename)
         except StepNotFoundError:
             warnings.append(f"{s.prefix}: not quarantined: its files are gone")
+            continue
+        except QuarantineConflictError:
+            warnings.append(f"{s.prefix}: not quarantined: a GC run is deleting it")
             continue
         r["quarantined"], r["new_latest"] = True, q.new_latest
     return warnings

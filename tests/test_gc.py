@@ -10,7 +10,13 @@ import pytest
 
 from airflow_tf_ckpt.core.discovery import discover
 from airflow_tf_ckpt.core.gc import PlanConflictError, apply_plan
-from airflow_tf_ckpt.core.leases import LeaseConflictError, acquire_lease, gc_intent_name, read_gc_intent
+from airflow_tf_ckpt.core.leases import (
+    LeaseConflictError,
+    acquire_lease,
+    gc_intent_name,
+    lease_name,
+    read_gc_intent,
+)
 from airflow_tf_ckpt.core.metrics import write_metrics
 from airflow_tf_ckpt.core.quarantine import quarantine_step
 from airflow_tf_ckpt.core.retention import (
@@ -336,8 +342,8 @@ def test_lease_handshake_with_a_running_gc(kind, tmp_path, request):
 
     res = apply_plan(plan, hook=hook)
     assert outcome["intent"] == ["ckpt-1", "ckpt-2", "ckpt-3"] and "being deleted by a GC run" in outcome["late"]
-    assert res.deleted_steps == ["ckpt-1", "ckpt-2"] and not loc.exists("ckpt-1.lease-late-reader")
-    assert loc.exists("ckpt-3.index") and loc.exists("ckpt-3.lease-early-reader")
+    assert res.deleted_steps == ["ckpt-1", "ckpt-2"] and not loc.exists(lease_name("ckpt-1", "late-reader"))
+    assert loc.exists("ckpt-3.index") and loc.exists(lease_name("ckpt-3", "early-reader"))
     assert not loc.exists(gc_intent_name("ckpt"))
     # once GC is done, leasing works again
     acquire_lease(loc, "ckpt-4", "reader", 60)

@@ -19,6 +19,7 @@ from airflow_tf_ckpt.core.leases import (
     acquire_lease,
     active_leases,
     clear_gc_intent,
+    lease_name,
     leased,
     read_leases,
     release_lease,
@@ -146,8 +147,8 @@ def test_lease_acquire_renew_release(kind, tmp_path):
     loc = Location.of(tmp_path) if kind == "local" else mem_loc()
     make_dir(loc, [1, 2])
     lease = acquire_lease(loc, "ckpt-1", "eval-1", 60, now=T0)
-    assert (lease.expires, lease.name) == (T0 + 60, "ckpt-1.lease-eval-1")
-    body = json.loads(loc.read_bytes("ckpt-1.lease-eval-1"))
+    assert (lease.expires, lease.name) == (T0 + 60, lease_name("ckpt-1", "eval-1"))
+    body = json.loads(loc.read_bytes(lease.name))
     assert body["owner"] == "eval-1" and body["expires"] == T0 + 60
     renewed = acquire_lease(loc, "ckpt-1", "eval-1", 600, now=T0 + 30)
     assert renewed.expires == T0 + 630
@@ -155,7 +156,7 @@ def test_lease_acquire_renew_release(kind, tmp_path):
     assert [x.owner for x in active_leases(step, T0 + 100, loc)] == ["eval-1"]
     records = read_leases(discover(loc))
     assert active_leases(step, T0 + 700, records) == []  # expired by then
-    assert "leased by eval-1 until" in records["ckpt-1.lease-eval-1"].describe()
+    assert "leased by eval-1 until" in records[lease.name].describe()
     assert release_lease(loc, "ckpt-1", "eval-1") and not release_lease(loc, "ckpt-1", "eval-1")
     assert discover(loc).get(1).leases == []
 
@@ -173,7 +174,7 @@ def test_lease_validation_and_context_manager(tmp_path):
         with leased(loc, "ckpt-1", "ev", 60) as lease:
             assert (tmp_path / lease.name).exists()
             raise RuntimeError("boom")
-    assert not (tmp_path / "ckpt-1.lease-ev").exists()
+    assert not (tmp_path / lease_name("ckpt-1", "ev")).exists()
 
 
 def test_unreadable_lease_is_honoured(tmp_path):
@@ -194,7 +195,7 @@ def test_gc_intent_blocks_new_leases_until_it_expires(tmp_path):
     write_gc_intent(loc, "ckpt", ["ckpt-1"], ttl_s=60, started=T0, now=T0)
     with pytest.raises(LeaseConflictError, match="being deleted by a GC run"):
         acquire_lease(loc, "ckpt-1", "ev", 60, now=T0 + 1)
-    assert not (tmp_path / "ckpt-1.lease-ev").exists()  # taken back
+    assert not (tmp_path / lease_name("ckpt-1", "ev")).exists()  # taken back
     acquire_lease(loc, "ckpt-2", "ev", 60, now=T0 + 1)  # not named by the intent
     acquire_lease(loc, "ckpt-1", "ev", 60, now=T0 + 61)  # the intent has expired
     clear_gc_intent(loc, "ckpt")

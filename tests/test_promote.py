@@ -531,9 +531,10 @@ def test_source_step_is_leased_while_copied(copy_variant, tmp_path):
     src = copy_variant("tf2_manager")
     during: list[list[str]] = []
     promote(src, tmp_path / "dest", 5,
-            hook=lambda p, _d: during.append(sorted(n.name for n in src.glob("ckpt-5.lease-*")))
+            hook=lambda p, _d: during.append(sorted(json.loads(n.read_bytes())["owner"]
+                                                    for n in src.glob("ckpt-5.lease-*")))
             if p == "copied" else None)
-    assert len(during) == 1 and len(during[0]) == 1 and during[0][0].startswith("ckpt-5.lease-promote-")
+    assert len(during) == 1 and len(during[0]) == 1 and during[0][0].startswith("promote-")
     assert not list(src.glob("*.lease-*"))  # released afterwards
     # a GC run that is deleting the step wins: the promotion backs off
     write_gc_intent(Location.of(src), "ckpt", ["ckpt-4"], ttl_s=600, started=0.0)

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from airflow_tf_ckpt.core.discovery import CheckpointDir, CheckpointStep, StepStatus, discover
 from airflow_tf_ckpt.core.gc import apply_plan
-from airflow_tf_ckpt.core.leases import acquire_lease
+from airflow_tf_ckpt.core.leases import acquire_lease, lease_name
 from airflow_tf_ckpt.core.metrics import write_metrics
 from airflow_tf_ckpt.core.quarantine import quarantine_step
 from airflow_tf_ckpt.core.retention import (
@@ -339,7 +339,7 @@ def test_guards_lease_quarantine_incomplete_orphans(tmp_path):
     assert plan.decision("ckpt-0").action == "delete" and "debris" in why["ckpt-0"][0]
     assert plan.decision("ckpt-3").action == "delete"  # orphan older than the newest: deletable
     d1 = plan.decision("ckpt-1")
-    assert d1.action == "delete" and "ckpt-1.lease-old-eval" in d1.delete_files
+    assert d1.action == "delete" and lease_name("ckpt-1", "old-eval") in d1.delete_files
     assert deleted_steps(plan) == [0, 1, 3, 5]
     # purge: the quarantined step and its record go
     plan = plan_retention(loc, [KeepLastN(1)], purge_quarantined=True)
@@ -491,7 +491,8 @@ def test_every_n_hours_keeps_tf_preserved_orphans(tmp_path):
         for f in tmp_path.glob(f"ckpt-{s}.*"):
             os.utime(f, (T0 + i * H - 0.5, T0 + i * H - 0.5))
     plan = plan_retention(loc, [KeepLastN(2), KeepEveryNHours(1.5)], now=T0 + 10 * H)
-    assert kept_steps(plan) == [1, 2, 3, 5, 6] and deleted_steps(plan) == [4]
+    # 4 too: TF dropped it from the state file without deleting it, and never judges it again
+    assert kept_steps(plan) == [1, 2, 3, 4, 5, 6] and deleted_steps(plan) == []
     assert "already preserved by TF" in plan.decision("ckpt-3").reasons[0]
     # without the hours policy they would go, and the plan says so
     plan = plan_retention(loc, [KeepLastN(2)], now=T0 + 10 * H)

@@ -31,7 +31,7 @@ from operator import itemgetter
 from typing import Any
 
 from .errors import CheckpointError, StepNotFoundError
-from .naming import FileRole, classify, parse_prefix, v1_shard_name, v2_data_name
+from .naming import LEASE_INFIX, FileRole, classify, parse_prefix, v1_shard_name, v2_data_name
 from .state import STATE_FILENAME, ResolvedPath, StateFile, read_state, relative_paths, resolve_path
 from .storage import FileInfo, Location, lazy_infos, lazy_special_info
 
@@ -292,6 +292,11 @@ def _split_names(names: Iterable[str]) -> tuple[dict[str, str], dict[str, str], 
             data1[name[:-20]] = name
         else:
             rest.append(name)
+    if any(LEASE_INFIX in p for p in index) or any(LEASE_INFIX in p for p in data1):
+        # a lease name is a lease whatever it ends with (see naming.classify): classify() judges it
+        for table in (index, data1):
+            for p in [p for p in table if LEASE_INFIX in p]:
+                rest.append(table.pop(p))
     return index, data1, rest
 
 

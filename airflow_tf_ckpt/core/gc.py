@@ -1,6 +1,7 @@
 """Crash-safe execution of a :class:`~airflow_tf_ckpt.core.retention.RetentionPlan`.
 
-Order of operations (``hook(label, ...)`` runs before each I/O step, so tests can crash there):
+Order of operations (``hook(label, ...)`` runs before each I/O step, so tests can crash there),
+all under the dir's GC lock (:func:`.leases.acquire_gc_lock`: one deleting run per dir at a time):
 
 1. ``write_intent``  ``BASE.gc-intent.json`` names the steps about to go (lease handshake, see
    :mod:`.leases`);
@@ -15,10 +16,12 @@ Order of operations (``hook(label, ...)`` runs before each I/O step, so tests ca
    step that gained files after planning is not noticed (on local disk it is). Such a step is being
    rewritten by a trainer that restarted from an older step, and it only becomes safe to keep once
    the state file names it, which the re-read state file does show;
-3. ``write_state``   the state file is rewritten ATOMICALLY from the FRESH read (a trainer may have
-   saved meanwhile: its new steps stay), minus every spelling of the doomed steps, with
-   ``last_preserved_timestamp`` advanced as the every-N-hours policy settled it. Spellings
-   (relative / absolute) and timestamps of the others are untouched;
+3. ``write_state``   the state file is rewritten ATOMICALLY through :func:`.state.update_state`:
+   the file as it is at the moment of the write (re-read just before the rename locally, a
+   generation precondition on ``gs://``: a save that commits meanwhile stays), minus every
+   spelling of the doomed steps, with ``last_preserved_timestamp`` advanced as the every-N-hours
+   policy settled it. Spellings (relative / absolute) and timestamps of the others are untouched,
+   and its ``model_checkpoint_path`` is never dropped (such a step is spared, not deleted);
 4. ``delete``        the files of doomed steps (index first) and their sidecars, in batches:
    ``fs.rm(list)`` once per batch on object stores, ``unlink`` through a descriptor of the root
    locally; every path is re-checked by :mod:`.safety` right before removal;
@@ -43,6 +46,8 @@ from .gcs import glob_escape, is_gcs, list_matching
 from .leases import (
     GC_INTENT_SUFFIX,
     LEASE_INFIX,
+    GcLock,
+    acquire_gc_lock,
     clear_gc_intent,
     gc_intent_name,
     read_leases,
@@ -60,7 +65,7 @@ from .retention import (
     read_promotions,
 )
 from .safety import Deleter, Refusal
-from .state import StateFile, write_state
+from .state import StateChange, StateFile, resolve_path, update_state
 from .storage import FileInfo
 
 Hook = Callable[..., Any]
@@ -224,35 +229,71 @@ def find_conflicts(plan: RetentionPlan, fresh: CheckpointDir, now: float | None 
     return out
 
 
+def state_change(plan: RetentionPlan, fresh: CheckpointDir, spared: set[str]) -> StateChange:
+    """GC's change to the state file (for :func:`state.update_state`, which applies it to the
+    file as it is at the moment of the write): every spelling of the plan's doomed steps goes,
+    ``last_preserved_timestamp`` advances as the plan settled it, everything else (a trainer's
+    new saves included) stays. A doomed step that has become ``model_checkpoint_path`` since
+    (a trainer rolled back to it) stays too, and is added to ``spared``: it is not deleted."""
+    doomed = {d.prefix for d in plan.decisions if d.action == DELETE}
+    known = {r.raw: r.name for r in fresh.resolved}
+    names = set(fresh.listing)
+    lp = plan.last_preserved_after if any(isinstance(p, KeepEveryNHours) for p in plan.policies) else None
+
+    def name(raw: str) -> str | None:
+        return known[raw] if raw in known else resolve_path(plan.location, raw, names).name
+
+    def change(st: StateFile | None) -> StateFile | None:
+        if st is None:
+            return None
+        latest = name(st.model_checkpoint_path) if st.model_checkpoint_path else None
+        if latest in doomed:
+            spared.add(latest)
+        all_raw = set(st.all_model_checkpoint_paths)
+        if st.model_checkpoint_path:
+            all_raw.add(st.model_checkpoint_path)
+        drop = {raw for raw in all_raw if (n := name(raw)) in doomed and n not in spared}
+        new = st.retained(all_raw - drop)
+        if lp is not None:
+            new.last_preserved_timestamp = max(lp, st.last_preserved_timestamp)
+        return new
+
+    return change
+
+
 def state_to_write(plan: RetentionPlan, fresh: CheckpointDir) -> StateFile | None:
     """The state file to write: the FRESH one minus every spelling of the plan's doomed steps."""
-    if fresh.state is None:
-        return None
-    doomed = {d.prefix for d in plan.decisions if d.action == DELETE}
-    drop = {r.raw for r in fresh.resolved if r.name is not None and r.name in doomed}
-    st = fresh.state
-    all_raw = set(st.all_model_checkpoint_paths)
-    if st.model_checkpoint_path:
-        all_raw.add(st.model_checkpoint_path)
-    new = st.retained(all_raw - drop)
-    if any(isinstance(p, KeepEveryNHours) for p in plan.policies) and plan.last_preserved_after is not None:
-        new.last_preserved_timestamp = max(plan.last_preserved_after, st.last_preserved_timestamp)
-    return new
+    return state_change(plan, fresh, set())(fresh.state)
 
 
 def apply_plan(plan: RetentionPlan, *, dry_run: bool = False, batch_size: int = 1000,
                hook: Hook | None = None, on_conflict: str = "replan", max_replans: int = 3,
-               intent_ttl_s: float = 600.0) -> GcResult:
+               intent_ttl_s: float = 600.0, lock_wait_s: float = 30.0) -> GcResult:
     """Execute ``plan`` (see the module docstring). Returns a :class:`GcResult`.
+
+    A run that deletes holds the dir's GC lock (:func:`leases.acquire_gc_lock`) from before its
+    intent until after it is cleared, waiting up to ``lock_wait_s`` for another run to finish
+    (then :class:`~.leases.GcBusyError`): two runs would overwrite each other's intent.
 
     ``hook(label)`` / ``hook(label, arg)`` runs before each I/O step: ``write_intent``, ``relist``,
     ``write_state``, ``delete`` (once per path), ``clear_intent``. An exception from the hook
-    propagates as if the process died there (nothing is cleaned up).
+    propagates as if the process died there (nothing is cleaned up but the lock).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, not {batch_size}")
     if on_conflict not in ("replan", "refuse"):
         raise ValueError(f"on_conflict must be 'replan' or 'refuse', not {on_conflict!r}")
+    if dry_run:
+        return _apply_plan(plan, True, batch_size, hook, on_conflict, max_replans, intent_ttl_s, None)
+    lock = acquire_gc_lock(plan.location, ttl_s=intent_ttl_s, wait_s=lock_wait_s)
+    try:
+        return _apply_plan(plan, False, batch_size, hook, on_conflict, max_replans, intent_ttl_s, lock)
+    finally:
+        lock.release()
+
+
+def _apply_plan(plan: RetentionPlan, dry_run: bool, batch_size: int, hook: Hook | None, on_conflict: str,
+                max_replans: int, intent_ttl_s: float, lock: GcLock | None) -> GcResult:
     t0 = time.monotonic()
     call: Hook = hook or _noop
     loc = plan.location
@@ -311,11 +352,12 @@ def apply_plan(plan: RetentionPlan, *, dry_run: bool = False, batch_size: int = 
         result.seconds = time.monotonic() - t0
         return result
 
+    spared: set[str] = set()
     if state_changes:
-        assert new_state is not None
-        call("write_state", current.state_filename)
-        write_state(loc, new_state, current.state_filename)
-        result.state_written = True
+        update = update_state(loc, state_change(current, fresh, spared), current.state_filename, hook=call)
+        result.state_written, result.new_state = update.written, update.after
+    for label in sorted(spared):
+        result.skipped[label] = "became the state file's latest while GC ran (a trainer rolled back to it)"
 
     last_intent = time.time()
     doomed_all = _doomed(current)
@@ -328,6 +370,8 @@ def apply_plan(plan: RetentionPlan, *, dry_run: bool = False, batch_size: int = 
             if not batch:
                 return True
             if time.time() - last_intent > intent_ttl_s / 2:  # keep the handshake alive
+                if lock is not None:
+                    lock.refresh()
                 for base in sorted(doomed_all):
                     call("write_intent", gc_intent_name(base))
                     write_gc_intent(loc, base, doomed_all[base], ttl_s=intent_ttl_s, started=started)
@@ -355,6 +399,8 @@ def apply_plan(plan: RetentionPlan, *, dry_run: bool = False, batch_size: int = 
 
         count = 0
         for label, paths, size in groups:
+            if label in spared:
+                continue
             if not paths:  # a state-file entry with no files: dropping it from the state was all
                 if state_changes:
                     result.dropped_from_state.append(label)

@@ -222,6 +222,13 @@ def write_if_generation(fs: Any, path: str, data: bytes, generation: int,
     """Upload ``data`` to ``path`` only while the object is still at ``generation`` (0: absent),
     in one request (``ifGenerationMatch``): GCS's compare-and-swap. False when someone else wrote
     it first (412); the caller re-reads and tries again."""
+    return upload_if_generation(fs, path, data, generation, content_type) is not None
+
+
+def upload_if_generation(fs: Any, path: str, data: bytes, generation: int,
+                         content_type: str = "application/json") -> int | None:
+    """:func:`write_if_generation` that returns the new object's generation (``None``: someone
+    else wrote first; 0 where the server's answer names none)."""
     from fsspec.asyn import sync
 
     bucket, key, _ = fs.split_path(path)
@@ -232,10 +239,27 @@ def write_if_generation(fs: Any, path: str, data: bytes, generation: int,
             f"{json.dumps({'name': key})}\r\n--{boundary}\r\nContent-Type: {content_type}\r\n\r\n"
             ).encode() + data + f"\r\n--{boundary}--\r\n".encode()
     try:
-        sync(fs.loop, fs._call, "POST", f"{fs._location}/upload/storage/v1/b/{_q(bucket)}/o",
-             uploadType="multipart", ifGenerationMatch=str(generation), data=body,
-             headers={"Content-Type": f'multipart/related; boundary="{boundary}"'})
+        _, content = sync(fs.loop, fs._call, "POST", f"{fs._location}/upload/storage/v1/b/{_q(bucket)}/o",
+                          uploadType="multipart", ifGenerationMatch=str(generation), data=body,
+                          headers={"Content-Type": f'multipart/related; boundary="{boundary}"'})
     except FileExistsError:  # gcsfs's spelling of 412 Precondition Failed
+        return None
+    fs.invalidate_cache(path)
+    try:
+        return int(json.loads(content)["generation"])
+    except (ValueError, KeyError, TypeError):
+        return 0
+
+
+def delete_if_generation(fs: Any, path: str, generation: int) -> bool:
+    """Delete ``path`` only while it is still at ``generation``. False when it changed (412) or
+    is gone already."""
+    from fsspec.asyn import sync
+
+    bucket, key, _ = fs.split_path(path)
+    try:
+        sync(fs.loop, fs._call, "DELETE", "b/{}/o/{}", bucket, key, ifGenerationMatch=str(generation))
+    except (FileExistsError, FileNotFoundError):
         return False
     fs.invalidate_cache(path)
     return True

@@ -1,9 +1,15 @@
-"""Evaluation leases: ``PREFIX.lease-OWNER`` files that stop GC from deleting a step under a reader.
+"""Evaluation leases: ``PREFIX.lease-TOKEN`` files that stop GC from deleting a step under a reader.
 
 A lease is a small JSON file next to the step::
 
     {"prefix": "ckpt-500", "owner": "eval-1", "acquired": 1717.0, "expires": 2317.0,
      "host": "worker-3", "pid": 4242}
+
+``TOKEN`` is 32 hex digits of the SHA-256 of the owner (:func:`lease_token`); the full owner is
+only inside the file. So a lease name never ends like another role's file (``.meta``, ``.index``,
+``.metrics.json``...), and two owners never share a file, however long or alike they are. A
+release removes the file only when the owner inside is the releaser. Lease files of older
+versions, ``PREFIX.lease-OWNER``, are still read and honoured (see :func:`naming.classify`).
 
 GC never deletes a step with an unexpired lease (reason ``leased by OWNER until T``); expired
 leases are deleted together with their step. Expiry is absolute unix time written by the lease
@@ -23,8 +29,10 @@ while it works), so a GC that died does not block readers for long.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import socket
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -34,10 +42,9 @@ from typing import Any
 
 from .discovery import CheckpointDir, CheckpointStep
 from .errors import CheckpointError, StorageError
-from .naming import LEASE_RE, parse_prefix
+from .naming import LEASE_INFIX, LEASE_RE, parse_prefix
 from .storage import FileInfo, Location, loads_json
 
-LEASE_INFIX = ".lease-"
 GC_INTENT_SUFFIX = ".gc-intent.json"
 # A lease file that cannot be read is honoured for this long after its mtime (it may be a foreign
 # writer's; we never delete a step on the strength of an unreadable lease).
@@ -70,13 +77,33 @@ class LeaseConflictError(LeaseError):
     """The step is being deleted by a GC run: the lease was taken back."""
 
 
+#: the longest owner name accepted (it is stored in the lease file, not in its name)
+MAX_OWNER_CHARS = 4096
+_OWNER_RE = re.compile(r"[A-Za-z0-9_.@-]+")
+
+
+def lease_token(owner: str) -> str:
+    """The owner's part of a lease file name: 32 hex digits of its SHA-256."""
+    return hashlib.sha256(owner.encode("utf-8")).hexdigest()[:32]
+
+
 def lease_name(prefix: str, owner: str) -> str:
-    """``PREFIX.lease-OWNER``; the owner must match ``[A-Za-z0-9_.@-]+``."""
+    """``PREFIX.lease-TOKEN`` (see the module docstring). An owner is 1 to :data:`MAX_OWNER_CHARS`
+    letters, digits and ``_.@-``; it is never cut."""
+    if not isinstance(owner, str) or not _OWNER_RE.fullmatch(owner) or len(owner) > MAX_OWNER_CHARS:
+        raise LeaseError(f"lease owner {str(owner)[:80]!r} must be 1 to {MAX_OWNER_CHARS} letters, "
+                         "digits and _.@- only")
+    if not prefix or "/" in prefix or "\x00" in prefix or "\n" in prefix:
+        raise LeaseError(f"cannot lease {prefix!r}: not a checkpoint prefix name")
+    return f"{prefix}{LEASE_INFIX}{lease_token(owner)}"
+
+
+def legacy_lease_name(prefix: str, owner: str) -> str | None:
+    """The name older versions gave ``owner``'s lease (``PREFIX.lease-OWNER``), where it had one."""
     name = f"{prefix}{LEASE_INFIX}{owner}"
     m = LEASE_RE.match(name)
-    if not owner or not m or m.group("owner") != owner or m.group("prefix") != prefix:
-        raise LeaseError(f"lease owner {owner!r} must be letters, digits and _.@- only")
-    return name
+    ok = m and m.group("owner") == owner and m.group("prefix") == prefix and len(name.encode()) <= 255
+    return name if ok else None  # (a longer one was never written: no file system takes it)
 
 
 def _iso(t: float) -> str:
@@ -127,6 +154,8 @@ def parse_lease(name: str, data: bytes | Exception | None, info: FileInfo | None
                 raise TypeError(f"holds a JSON {type(d).__name__}, not an object")
             if "expires" not in d:
                 raise KeyError("expires")
+            if isinstance(d.get("owner"), str) and d["owner"]:
+                owner = d["owner"]  # the full owner: a hashed name holds only its token
             pid = d.get("pid")
             host = d.get("host") if isinstance(d.get("host"), str) else None
             try:
@@ -174,13 +203,25 @@ def acquire_lease(loc: Location, prefix: str, owner: str, ttl_s: float, *, now: 
 
 
 def release_lease(loc: Location, prefix: str, owner: str) -> bool:
-    """Remove ``owner``'s lease on ``prefix``; ``False`` when there was none."""
-    name = lease_name(prefix, owner)
-    try:
-        loc.fs.rm_file(loc.join(name))
-        return True
-    except FileNotFoundError:
-        return False
+    """Remove ``owner``'s lease on ``prefix`` (and its lease under the older name, see the module
+    docstring); ``False`` when there was none. A file that holds another owner's lease is left."""
+    removed = False
+    for name in (lease_name(prefix, owner), legacy_lease_name(prefix, owner)):
+        if name is None:
+            continue
+        try:
+            data = loc.fs.cat_file(loc.join(name))
+        except FileNotFoundError:
+            continue
+        held = parse_lease(name, data)
+        if held.readable and held.owner != owner:
+            continue  # someone else's (an old name shared by owners cut to the same length)
+        try:
+            loc.fs.rm_file(loc.join(name))
+            removed = True
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 @contextmanager
@@ -300,3 +341,154 @@ def clear_gc_intent(loc: Location, base: str) -> None:
         loc.fs.rm_file(loc.join(gc_intent_name(base)))
     except FileNotFoundError:
         pass
+
+
+# --------------------------------------------------------------------------------------------
+# the GC lock: one GC run per dir at a time
+
+
+GC_LOCK_NAME = "tf-ckpt.gc-lock.json"
+
+
+class GcBusyError(CheckpointError):
+    """Another GC run holds the dir's GC lock (or took it over from this one)."""
+
+
+class GcLock:
+    """The GC lock of one dir, held: see :func:`acquire_gc_lock`."""
+
+    def __init__(self, loc: Location, ttl_s: float, fd: int | None = None, generation: int = 0) -> None:
+        self.loc, self.ttl_s, self.fd, self.generation = loc, ttl_s, fd, generation
+
+    def refresh(self) -> None:
+        """Push the expiry on (``gs://``); raises :class:`GcBusyError` when the lock was lost."""
+        from .gcs import is_gcs, upload_if_generation
+
+        if self.fd is not None or not is_gcs(self.loc.fs):
+            return
+        gen = upload_if_generation(self.loc.fs, self.loc.join(GC_LOCK_NAME), _lock_body(self.ttl_s),
+                                   self.generation)
+        if gen is None:
+            raise GcBusyError("another GC run took over this dir's GC lock (this run was too slow to "
+                              "renew it); stopped", self.loc.display(GC_LOCK_NAME))
+        self.generation = gen
+
+    def release(self) -> None:
+        from .gcs import delete_if_generation, is_gcs
+
+        if self.fd is not None:
+            try:  # still ours (identity checked when taken), so removing it is safe
+                os.unlink(self.loc.join(GC_LOCK_NAME))
+            except FileNotFoundError:
+                pass
+            os.close(self.fd)  # releases the flock
+            self.fd = None
+        elif is_gcs(self.loc.fs):
+            delete_if_generation(self.loc.fs, self.loc.join(GC_LOCK_NAME), self.generation)
+        else:
+            _PROCESS_LOCKS.pop(self.loc.join(GC_LOCK_NAME), None)
+
+
+_PROCESS_LOCKS: dict[str, float] = {}
+
+
+def _lock_body(ttl_s: float) -> bytes:
+    t = time.time()
+    return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "acquired": t,
+                       "expires": t + ttl_s}, sort_keys=True).encode("utf-8")
+
+
+def _holder(data: bytes | None) -> tuple[str, bool]:
+    """Who holds a lock (for the message) and whether the lock is stale (expired, or its process
+    is gone on this host)."""
+    try:
+        d = json.loads((data or b"").decode("utf-8"))
+        host, pid, expires = str(d["host"]), int(d["pid"]), float(d["expires"])
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return "an unreadable lock file", False
+    dead = False
+    if host == socket.gethostname():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            dead = True
+        except PermissionError:
+            pass
+    return f"{host} pid {pid} until {_iso(expires)}", dead or not (time.time() < expires)
+
+
+def _try_local(loc: Location) -> tuple[GcLock | None, str]:
+    import fcntl
+
+    path = loc.join(GC_LOCK_NAME)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as exc:  # a symlink planted there, a dir, no permission
+        raise StorageError(f"cannot open the GC lock file: {exc.strerror}", loc.display(GC_LOCK_NAME)) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        try:
+            with open(path, "rb") as fh:
+                return None, _holder(fh.read(4096))[0]
+        except OSError:
+            return None, "another process"
+    try:
+        same = os.fstat(fd).st_ino == os.stat(path, follow_symlinks=False).st_ino
+    except FileNotFoundError:
+        same = False
+    if not same:  # released (and removed) between our open and our flock: try again
+        os.close(fd)
+        return None, ""
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, _lock_body(0.0), 0)
+    return GcLock(loc, 0.0, fd=fd), ""
+
+
+def _try_gcs(loc: Location, ttl_s: float) -> tuple[GcLock | None, str]:
+    from .gcs import read_with_generation, upload_if_generation
+
+    path = loc.join(GC_LOCK_NAME)
+    gen = upload_if_generation(loc.fs, path, _lock_body(ttl_s), 0)  # create only
+    if gen is not None:
+        return GcLock(loc, ttl_s, generation=gen), ""
+    data, current = read_with_generation(loc.fs, path)
+    if data is None:
+        return None, ""  # released meanwhile: try again
+    who, stale = _holder(data)
+    if stale:  # a run that died: take over, unless someone else does first
+        gen = upload_if_generation(loc.fs, path, _lock_body(ttl_s), current)
+        if gen is not None:
+            return GcLock(loc, ttl_s, generation=gen), ""
+    return None, who
+
+
+def acquire_gc_lock(loc: Location, *, ttl_s: float = 600.0, wait_s: float = 0.0) -> GcLock:
+    """Take the dir's GC lock, waiting up to ``wait_s`` for a running GC to finish; raises
+    :class:`GcBusyError` naming the holder.
+
+    Locally it is an ``flock`` of ``tf-ckpt.gc-lock.json`` (freed by the kernel when its holder
+    dies). On ``gs://`` the object is created with ``ifGenerationMatch=0``; it expires after
+    ``ttl_s`` unless renewed (:meth:`GcLock.refresh`), and a lock whose holder died on this host,
+    or expired, is taken over with a generation precondition. Other stores: within this process.
+    """
+    from .gcs import is_gcs
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        if loc.local:
+            os.makedirs(loc.path, exist_ok=True)
+            lock, who = _try_local(loc)
+        elif is_gcs(loc.fs):
+            lock, who = _try_gcs(loc, ttl_s)
+        else:
+            mark = time.time()
+            mine = _PROCESS_LOCKS.setdefault(loc.join(GC_LOCK_NAME), mark) is mark  # atomic
+            lock, who = (GcLock(loc, ttl_s), "") if mine else (None, "another thread of this process")
+        if lock is not None:
+            return lock
+        if who and time.monotonic() >= deadline:
+            raise GcBusyError(f"another GC run is working on this dir ({who}); try again when it is done",
+                              loc.display(GC_LOCK_NAME))
+        time.sleep(0.05 if not who else 0.2)

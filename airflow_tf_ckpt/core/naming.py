@@ -4,7 +4,8 @@ V2: ``PREFIX.index``, ``PREFIX.data-00000-of-00004``; ``PREFIX.meta`` (MetaGraph
 V1: ``NAME.ckpt`` or any single-file table named by the state file, or ``PREFIX-00000-of-00002``.
 Ours: ``PREFIX.metrics.json`` (metrics sidecar), ``PREFIX.metrics~EVALUATOR.json`` (the metrics of
 one named evaluator; ``~`` is in no evaluator name, lease owner or TF name), ``PREFIX.lease-*``
-(evaluation leases),
+(evaluation leases; the infix ``.lease-`` is reserved: whatever follows it, such a name is a lease,
+never another role),
 ``PREFIX.quarantine.json`` (a corrupt step kept for inspection).
 The step is the ``-N`` suffix of the prefix (``model.ckpt-1000`` → base ``model.ckpt``, step 1000).
 """
@@ -23,6 +24,7 @@ V1_SHARD_RE = re.compile(r"^(?P<prefix>.+)-(?P<shard>\d{5})-of-(?P<num>\d{5})$")
 EVALUATOR_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,249}$")
 EVALUATOR_METRICS_RE = re.compile(r"^(?P<prefix>.+)\.metrics~(?P<evaluator>[A-Za-z0-9_][A-Za-z0-9_.-]{0,249})\.json$")
 LEASE_RE = re.compile(r"^(?P<prefix>.+)\.lease-(?P<owner>[A-Za-z0-9_.@-]+)$")
+LEASE_INFIX = ".lease-"
 
 # Suffixes that belong to a prefix (longest first so ``.metrics.json`` wins over ``.json``).
 SIDECAR_SUFFIXES = (".metrics.json", ".quarantine.json", ".meta")
@@ -79,6 +81,12 @@ def classify(name: str) -> FileRole | None:
     A bare V1 file (``NAME.ckpt`` or a prefix named only by the state file) is recognised by the
     ``.ckpt`` suffix here; discovery also treats any file the state file names as V1.
     """
+    if LEASE_INFIX in name:
+        # before every suffix test: a lease of an owner named ``x.meta`` or ``x.index`` (this
+        # package wrote before lease names were hashed) is a lease, not a MetaGraphDef or an index
+        m = LEASE_RE.match(name)
+        if m:
+            return FileRole(m.group("prefix"), "lease")
     if name.endswith(INDEX_SUFFIX):
         return FileRole(name[: -len(INDEX_SUFFIX)], "index")
     m = V2_DATA_RE.match(name)
@@ -90,9 +98,6 @@ def classify(name: str) -> FileRole | None:
                          (META_SUFFIX, "meta")):
         if name.endswith(suffix) and len(name) > len(suffix):
             return FileRole(name[: -len(suffix)], role)
-    m = LEASE_RE.match(name)
-    if m:
-        return FileRole(m.group("prefix"), "lease")
     m = V1_SHARD_RE.match(name)
     if m:
         return FileRole(m.group("prefix"), "v1_shard", int(m.group("shard")), int(m.group("num")))

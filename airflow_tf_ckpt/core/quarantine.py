@@ -13,6 +13,14 @@
    none, the state file is removed: TF's ``latest_checkpoint`` returns None for a dir without one,
    whereas a state file with an empty ``model_checkpoint_path`` makes it raise.
 
+Handshake with GC (as a lease's, see :mod:`.leases`): the record is written, THEN GC's intent is
+read; when a live intent names the step, or files the step had are gone (a GC run finished
+meanwhile), the record is taken back and :class:`QuarantineConflictError` raised. GC lists the
+dir after writing its intent, so it either sees the record (and keeps the step) or the
+quarantine sees the intent: a step quarantined while GC runs is never deleted, and no record is
+left with nothing behind it. The state-file rewrites (2, and a release's 1) go through
+:func:`.state.update_state`: a save that commits meanwhile is kept.
+
 A crash between 1 and 2 leaves a quarantined step still named by the state file; calling
 ``quarantine_step`` again finishes the job (it is idempotent). The record keeps how the state
 file named the step (``state_entry``: raw spelling, timestamp, latest or not), so that a release
@@ -53,7 +61,7 @@ from typing import TYPE_CHECKING, Any
 from .discovery import CheckpointDir, CheckpointStep, StepStatus, discover
 from .errors import CheckpointError, StepNotFoundError, StorageError
 from .naming import QUARANTINE_SUFFIX, parse_prefix
-from .state import STATE_FILENAME, ResolvedPath, StateFile, read_state, resolve_path, write_state
+from .state import STATE_FILENAME, ResolvedPath, StateChange, StateFile, resolve_path, update_state
 from .storage import Location, loads_json
 
 if TYPE_CHECKING:
@@ -180,59 +188,118 @@ def quarantine_step(target: CheckpointDir | Location | str | os.PathLike[str],
               "report": dict(report_dict) if report_dict is not None else None,
               "state_entry": _state_entry(loc, cdir, name)}
     rec_name = quarantine_name(name)
+    _refuse_if_doomed(loc, name)
+    previous = _record_bytes(loc, rec_name)
     if hook:
         hook("write_quarantine", rec_name)
     loc.write_atomic(rec_name, json.dumps(record, sort_keys=True, default=str).encode("utf-8"))
+    try:  # the handshake with GC (see the module docstring)
+        _refuse_if_doomed(loc, name)
+        _refuse_if_deleted(loc, cdir, name)
+    except CheckpointError:
+        _put_back(loc, rec_name, previous)
+        raise
 
-    before = read_state(loc, state_filename)
-    result = QuarantineResult(name, rec_name, record, before, before)
-    if before is None:
-        return result
-    raws = list(dict.fromkeys(before.all_model_checkpoint_paths + [before.model_checkpoint_path]))
+    result = QuarantineResult(name, rec_name, record, None, None)
+    update = update_state(loc, _quarantine_change(loc, cdir, name, t, result), state_filename, hook=hook)
+    result.state_before, result.state_after = update.before, update.after
+    result.state_removed = update.before is not None and update.after is None
+    return result
+
+
+class QuarantineConflictError(CheckpointError):
+    """The step is being deleted by a GC run: it was not quarantined (no record is left)."""
+
+
+def _refuse_if_doomed(loc: Location, name: str) -> None:
+    """Raise :class:`QuarantineConflictError` when a live GC intent names the step."""
+    from .leases import read_gc_intent  # noqa: PLC0415 (leases imports discovery, as we do)
+
+    intent = read_gc_intent(loc, parse_prefix(name).base)
+    if intent is not None and name in intent.prefixes and intent.expires > time.time():
+        raise QuarantineConflictError(f"step {name} is being deleted by a GC run (started "
+                                      f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(intent.started))});"
+                                      " not quarantined", loc.display(name))
+
+
+def _refuse_if_deleted(loc: Location, cdir: CheckpointDir, name: str) -> None:
+    """Raise when files the step had at the start are gone (a GC run that finished, intent and
+    all, while the record was written): a record must not be left with nothing behind it."""
+    s = next((x for x in cdir.steps if x.prefix == name), None)
+    had = {f.name for f in s.files} if s is not None else set()
+    if had and not had <= set(loc.listdir()):
+        raise QuarantineConflictError(f"step {name} was deleted while it was being quarantined; "
+                                      "not quarantined", loc.display(name))
+
+
+def _record_bytes(loc: Location, rec_name: str) -> bytes | None:
+    try:
+        return loc.fs.cat_file(loc.join(rec_name))
+    except FileNotFoundError:
+        return None
+
+
+def _put_back(loc: Location, rec_name: str, previous: bytes | None) -> None:
+    """Undo the record write: the previous record back, or none."""
+    if previous is not None:
+        loc.write_atomic(rec_name, previous)
+        return
+    try:
+        loc.fs.rm_file(loc.join(rec_name))
+    except FileNotFoundError:
+        pass
+
+
+def _quarantine_change(loc: Location, cdir: CheckpointDir, name: str, t: float,
+                       result: QuarantineResult) -> StateChange:
+    """Step 2 of a quarantine as a change to the state file as it is when written (see
+    :func:`state.update_state`): without the step, latest falling back (module docstring)."""
+    names = set(cdir.listing)
     # discovery's resolution first (it knows V1 shard patterns like ``model.ckpt-7-?????-of-00002``)
     known = {r.raw: r.name for r in cdir.resolved}
-    resolved = {raw: known[raw] if raw in known else resolve_path(loc, raw, names).name for raw in raws if raw}
-    drop = {raw for raw, n in resolved.items() if n == name}
-    if not drop:
-        return result
-    result.removed_paths = sorted(drop)
-    result.was_latest = before.model_checkpoint_path in drop
-    keep = {raw for raw in raws if raw not in drop}
-    after = before.retained(keep)
+
+    def change(before: StateFile | None) -> StateFile | None:
+        result.removed_paths, result.was_latest, result.new_latest = [], False, None
+        if before is None:
+            return None
+        raws = list(dict.fromkeys(before.all_model_checkpoint_paths + [before.model_checkpoint_path]))
+        resolved = {raw: known[raw] if raw in known else resolve_path(loc, raw, names).name
+                    for raw in raws if raw}
+        drop = {raw for raw, n in resolved.items() if n == name}
+        if not drop:
+            return before
+        result.removed_paths = sorted(drop)
+        result.was_latest = before.model_checkpoint_path in drop
+        after = before.retained({raw for raw in raws if raw not in drop})
+        if result.was_latest:
+            _fall_back(cdir, name, before, after, resolved, t)
+        result.new_latest = after.model_checkpoint_path or None
+        if not after.model_checkpoint_path and not after.all_model_checkpoint_paths:
+            return None
+        return after
+
+    return change
+
+
+def _fall_back(cdir: CheckpointDir, name: str, before: StateFile, after: StateFile,
+               resolved: dict[str, str | None], t: float) -> None:
+    """The new latest when the quarantined step was the latest (see the module docstring)."""
     base = parse_prefix(name).base
-    if result.was_latest:
-        same_base = [p for p in after.all_model_checkpoint_paths
-                     if (n := resolved.get(p)) is not None and parse_prefix(n).base == base]
-        if same_base:
-            after.model_checkpoint_path = same_base[-1]
-        elif not after.all_model_checkpoint_paths:
-            q = next((s for s in cdir.steps if s.prefix == name), None)
-            older = [s for s in cdir.steps
-                     if s.base == base and s.status is StepStatus.ORPHAN and not s.quarantined
-                     and s.prefix != name and (q is None or _order(s) < _order(q))]
-            if older:
-                fallback = max(older, key=_order)
-                after.model_checkpoint_path = fallback.prefix
-                after.all_model_checkpoint_paths = [fallback.prefix]
-                aligned = bool(before.all_model_checkpoint_timestamps)
-                after.all_model_checkpoint_timestamps = (
-                    [fallback.timestamp or t] if aligned else [])
-    result.new_latest = after.model_checkpoint_path or None
-    if hook:
-        hook("write_state", state_filename)
-    if not after.model_checkpoint_path and not after.all_model_checkpoint_paths:
-        try:
-            loc.fs.rm_file(loc.join(state_filename))
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise StorageError(f"cannot remove the state file: {exc}", loc.display(state_filename)) from exc
-        result.state_after = None
-        result.state_removed = True
-        return result
-    write_state(loc, after, state_filename)
-    result.state_after = after
-    return result
+    same_base = [p for p in after.all_model_checkpoint_paths
+                 if (n := resolved.get(p)) is not None and parse_prefix(n).base == base]
+    if same_base:
+        after.model_checkpoint_path = same_base[-1]
+    elif not after.all_model_checkpoint_paths:
+        q = next((s for s in cdir.steps if s.prefix == name), None)
+        older = [s for s in cdir.steps
+                 if s.base == base and s.status is StepStatus.ORPHAN and not s.quarantined
+                 and s.prefix != name and (q is None or _order(s) < _order(q))]
+        if older:
+            fallback = max(older, key=_order)
+            after.model_checkpoint_path = fallback.prefix
+            after.all_model_checkpoint_paths = [fallback.prefix]
+            aligned = bool(before.all_model_checkpoint_timestamps)
+            after.all_model_checkpoint_timestamps = [fallback.timestamp or t] if aligned else []
 
 
 @dataclass
@@ -330,10 +397,18 @@ def release_quarantine(target: CheckpointDir | Location | str | os.PathLike[str]
 
 def _restore_entry(loc: Location, cdir: CheckpointDir, step: CheckpointStep, record: dict[str, Any],
                    state_filename: str, result: ReleaseResult, hook: Callable[..., Any] | None) -> None:
-    """Step 1 of a release: name the step in the state file again (see the module docstring)."""
+    """Step 1 of a release: name the step in the state file again (see the module docstring),
+    applied to the state file as it is when written (a trainer may have saved while we verified)."""
+    update = update_state(loc, _release_change(loc, cdir, step, record, result), state_filename, hook=hook)
+    result.state_before = update.before
+    if update.written:
+        result.state_after, result.state_written = update.after, True
+
+
+def _release_change(loc: Location, cdir: CheckpointDir, step: CheckpointStep, record: dict[str, Any],
+                    result: ReleaseResult) -> StateChange:
+    """:func:`_restore_entry`'s change to the state file."""
     name = step.prefix
-    before = read_state(loc, state_filename)  # fresh: a trainer may have saved while we verified
-    result.state_before = before
     entry = record.get("state_entry") if isinstance(record.get("state_entry"), dict) else {}
     names = set(cdir.listing)
     known = {r.raw: r for r in cdir.resolved}  # discovery's resolution (it knows V1 shard patterns)
@@ -344,66 +419,67 @@ def _restore_entry(loc: Location, cdir: CheckpointDir, step: CheckpointStep, rec
     def resolve(raw: str) -> str | None:
         return where(raw).name
 
-    if before is not None and any(resolve(raw) == name for raw in
-                                  [*before.all_model_checkpoint_paths, before.model_checkpoint_path] if raw):
-        result.already_named = True
-        return
+    def change(before: StateFile | None) -> StateFile | None:
+        result.already_named = result.state_created = result.made_latest = False
+        result.restored_path = None
+        if before is not None and any(resolve(raw) == name for raw in
+                                      [*before.all_model_checkpoint_paths, before.model_checkpoint_path] if raw):
+            result.already_named = True
+            return before
 
-    raw = entry.get("path") if isinstance(entry.get("path"), str) else None
-    if raw is None or where(raw).name != name or where(raw).how not in ("relative", "absolute"):
-        raw = _spelling(before, name, where)  # (an absolute path of the dir's old home is not kept)
-    ts = entry.get("timestamp")
-    if not isinstance(ts, (int, float)) or isinstance(ts, bool):
-        mtimes = [f.mtime for f in step.files if f.mtime is not None]
-        ts = max(mtimes) if mtimes else time.time()
+        raw = entry.get("path") if isinstance(entry.get("path"), str) else None
+        if raw is None or where(raw).name != name or where(raw).how not in ("relative", "absolute"):
+            raw = _spelling(before, name, where)  # (an absolute path of the dir's old home is not kept)
+        ts = entry.get("timestamp")
+        if not isinstance(ts, (int, float)) or isinstance(ts, bool):
+            mtimes = [f.mtime for f in step.files if f.mtime is not None]
+            ts = max(mtimes) if mtimes else time.time()
 
-    if before is None:
-        lp = entry.get("last_preserved_timestamp")
-        after = StateFile(raw, [raw], [float(ts)],
-                          float(lp) if isinstance(lp, (int, float)) and not isinstance(lp, bool) else 0.0)
-        result.state_created = True
-    else:
-        paths = list(before.all_model_checkpoint_paths)
-        stamps = list(before.all_model_checkpoint_timestamps)
-        # the file keeps timestamps when it has one per path (an empty file: as TF writes, yes)
-        keeps = len(stamps) == len(paths)
-        me = parse_prefix(name)
-        my_key = (-1 if me.step is None else me.step, float(ts))
-        lo, hi = 0, len(paths)  # step order among the paths of the same base
-        for i, p in enumerate(paths):
-            n = resolve(p)
-            if n is None or parse_prefix(n).base != me.base:
-                continue
-            other = parse_prefix(n).step
-            other = -1 if other is None else other
-            if other < my_key[0]:
-                lo = i + 1
-            elif other > my_key[0] and hi == len(paths):
-                hi = i
-        hi = max(hi, lo)
-        at = hi
-        if keeps:  # among other bases' paths, by time
-            at = next((i for i in range(lo, hi) if stamps[i] > ts), hi)
-        paths.insert(at, raw)
-        if keeps:
-            stamps.insert(at, float(ts))
-        latest = before.model_checkpoint_path
-        latest_name = resolve(latest) if latest else None
-        newer = False  # a latest we cannot resolve here is left as it is
-        if not latest:
-            newer = True
-        elif latest_name is not None and parse_prefix(latest_name).base == me.base:
-            other = parse_prefix(latest_name).step
-            lt = before.timestamp_of(latest)
-            newer = (-1 if other is None else other, ts if lt is None else lt) < my_key
-        after = StateFile(raw if newer else latest, paths, stamps, before.last_preserved_timestamp)
-    result.made_latest = after.model_checkpoint_path == raw
-    result.restored_path = raw
-    if hook:
-        hook("write_state", state_filename)
-    write_state(loc, after, state_filename)
-    result.state_after = after
-    result.state_written = True
+        if before is None:
+            lp = entry.get("last_preserved_timestamp")
+            after = StateFile(raw, [raw], [float(ts)],
+                              float(lp) if isinstance(lp, (int, float)) and not isinstance(lp, bool) else 0.0)
+            result.state_created = True
+        else:
+            paths = list(before.all_model_checkpoint_paths)
+            stamps = list(before.all_model_checkpoint_timestamps)
+            # the file keeps timestamps when it has one per path (an empty file: as TF writes, yes)
+            keeps = len(stamps) == len(paths)
+            me = parse_prefix(name)
+            my_key = (-1 if me.step is None else me.step, float(ts))
+            lo, hi = 0, len(paths)  # step order among the paths of the same base
+            for i, p in enumerate(paths):
+                n = resolve(p)
+                if n is None or parse_prefix(n).base != me.base:
+                    continue
+                other = parse_prefix(n).step
+                other = -1 if other is None else other
+                if other < my_key[0]:
+                    lo = i + 1
+                elif other > my_key[0] and hi == len(paths):
+                    hi = i
+            hi = max(hi, lo)
+            at = hi
+            if keeps:  # among other bases' paths, by time
+                at = next((i for i in range(lo, hi) if stamps[i] > ts), hi)
+            paths.insert(at, raw)
+            if keeps:
+                stamps.insert(at, float(ts))
+            latest = before.model_checkpoint_path
+            latest_name = resolve(latest) if latest else None
+            newer = False  # a latest we cannot resolve here is left as it is
+            if not latest:
+                newer = True
+            elif latest_name is not None and parse_prefix(latest_name).base == me.base:
+                other = parse_prefix(latest_name).step
+                lt = before.timestamp_of(latest)
+                newer = (-1 if other is None else other, ts if lt is None else lt) < my_key
+            after = StateFile(raw if newer else latest, paths, stamps, before.last_preserved_timestamp)
+        result.made_latest = after.model_checkpoint_path == raw
+        result.restored_path = raw
+        return after
+
+    return change
 
 
 def _spelling(state: StateFile | None, name: str, where: Callable[[str], ResolvedPath]) -> str:

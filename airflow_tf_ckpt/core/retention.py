@@ -27,7 +27,9 @@ state file) or older than the newest committed step. Always-on guards, each with
 exactly (``_sweep``): walking oldest to newest from the state file's ``last_preserved_timestamp``,
 a step whose ``timestamp - hours*3600 >= last_preserved`` is preserved and becomes the new
 ``last_preserved``. Steps saved at or before the recorded ``last_preserved_timestamp`` were already
-judged by TF (which stops managing them) and are kept. The timestamp written back only advances
+judged by TF (which stops managing them) and are kept; so are steps missing from a state file that
+records save times and ``last_preserved_timestamp`` and older than every step it names, whatever
+their mtimes (:func:`judged_by_tf`). The timestamp written back only advances
 through steps whose fate is settled (preserved or deleted now), never past a step that another
 policy merely holds for now; so a TF trainer restarted on the rewritten state file makes the same
 choices, and re-planning converges. (``tf.compat.v1.train.Saver`` records no timestamps and uses a
@@ -203,7 +205,14 @@ class KeepEveryNHours(RetentionPolicy):
         keeps: dict[str, str] = {}
         advance: dict[str, float] = {}
         earlier: set[str] = set()
+        judged = judged_by_tf(ctx)
         for s in candidates:
+            if s.prefix in judged:
+                keeps[s.prefix] = (f"every {self.hours:g}h: older than every step the state file names, which "
+                                   "records save times and a last_preserved_timestamp: TF's CheckpointManager "
+                                   "already judged it and left it (already preserved by TF)")
+                earlier.add(s.prefix)
+                continue
             if s.timestamp is None:
                 keeps[s.prefix] = f"every {self.hours:g}h: no timestamp, cannot be judged"
                 continue
@@ -228,6 +237,28 @@ class KeepEveryNHours(RetentionPolicy):
 
     def describe(self) -> str:
         return f"keep one every {self.hours:g} hours"
+
+
+def judged_by_tf(ctx: PolicyContext) -> frozenset[str]:
+    """Steps of the base that ``CheckpointManager`` already judged: not in the state file, and
+    older (by step number) than every step it names, in a state file that records save times and
+    a ``last_preserved_timestamp`` (as ``CheckpointManager`` writes it).
+
+    TF drops a step from the state file only in its sweep, where it deletes the files or
+    preserves the step for good (``keep_checkpoint_every_n_hours``); it never looks at such a step
+    again. One that still has its files was preserved, whatever its file mtimes say (a dir copied
+    with ``cp -r``, a storage clock ahead of the trainer's): the state file's times are the truth.
+    """
+    st = ctx.state
+    if st is None or not ctx.last_preserved_timestamp or not st.all_model_checkpoint_paths or \
+            len(st.all_model_checkpoint_timestamps) != len(st.all_model_checkpoint_paths):
+        return frozenset()
+    named = [s.step for s in ctx.all_steps if s.in_state and s.step is not None]
+    if not named:
+        return frozenset()
+    oldest = min(named)
+    return frozenset(s.prefix for s in ctx.all_steps
+                     if not s.in_state and s.step is not None and s.step < oldest and s.files)
 
 
 @dataclass(frozen=True)

@@ -12,15 +12,23 @@ elsewhere with no local twin, and URLs of other buckets are reported, never reso
 
 from __future__ import annotations
 
+import fcntl
+import os
 import posixpath
+import random
 import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import text_format
 
 from .errors import StateFileError
 from .protos import CheckpointState
+from .storage import write_atomic
 
 if TYPE_CHECKING:
     from .storage import Location
@@ -181,8 +189,133 @@ def read_state(loc: Location, filename: str = STATE_FILENAME) -> StateFile | Non
 
 
 def write_state(loc: Location, state: StateFile, filename: str = STATE_FILENAME) -> None:
-    """Atomically replace the state file (temp + rename locally, one put on object stores)."""
+    """Atomically replace the state file (temp + rename locally, one put on object stores).
+
+    Only for a state file written from scratch: a change to the one a trainer writes goes
+    through :func:`update_state`, which loses no save that commits meanwhile.
+    """
     loc.write_atomic(filename, format_state(state).encode("utf-8"))
+
+
+#: ``change`` callbacks of :func:`update_state` get the state file as it is now (``None``: there
+#: is none) and return the one to write (``None``: remove it; equal to the argument: no write).
+StateChange = Callable[["StateFile | None"], "StateFile | None"]
+
+
+@dataclass
+class StateUpdate:
+    """What :func:`update_state` did: the state file it changed and what it made of it."""
+
+    before: StateFile | None
+    after: StateFile | None
+    written: bool = False  # replaced or removed
+    attempts: int = 1
+
+
+_STATE_LOCK = threading.Lock()
+_HELD = threading.local()  # this thread holds the lock already (a hook that updates again)
+
+
+@contextmanager
+def _writers_serialized(loc: Location) -> Iterator[None]:
+    """Our own state-file writers (GC, quarantine, release) one at a time: an ``flock`` of the
+    dir locally (every process of this host), this process's threads elsewhere."""
+    if getattr(_HELD, "on", False):
+        yield
+        return
+    with _STATE_LOCK:
+        _HELD.on = True
+        try:
+            if not loc.local or not os.path.isdir(loc.path):
+                yield
+                return
+            fd = os.open(loc.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # releases the lock
+        finally:
+            _HELD.on = False
+
+
+def _read_raw(loc: Location, filename: str) -> tuple[bytes | None, int]:
+    """The state file's bytes (``None``: absent) and, on ``gs://``, the generation they are of."""
+    from .errors import StorageError
+    from .gcs import is_gcs, read_with_generation
+
+    if is_gcs(loc.fs):
+        return read_with_generation(loc.fs, loc.join(filename))
+    try:
+        return loc.fs.cat_file(loc.join(filename)), 0
+    except FileNotFoundError:
+        return None, 0
+    except (PermissionError, IsADirectoryError) as exc:
+        raise StorageError(f"cannot read the state file: {exc}", loc.display(filename)) from exc
+
+
+def _write_if_unchanged(loc: Location, filename: str, seen: tuple[bytes | None, int], after: StateFile | None,
+                        gcs: bool) -> bool:
+    """Write ``after`` (``None``: remove the file) only while the state file still holds ``seen``
+    (its bytes and, on ``gs://``, generation); False when it changed."""
+    from .gcs import delete_if_generation, upload_if_generation
+
+    path = loc.join(filename)
+
+    def unchanged() -> bool:
+        return _read_raw(loc, filename) == seen
+
+    if gcs:  # the re-read narrows the window; the generation precondition closes it
+        if not unchanged():
+            return False
+        if after is None:
+            return seen[0] is None or delete_if_generation(loc.fs, path, seen[1])
+        return upload_if_generation(loc.fs, path, format_state(after).encode("utf-8"), seen[1],
+                                    "text/plain") is not None
+    if after is None:
+        if not unchanged():
+            return False
+        try:
+            loc.fs.rm_file(path)
+        except FileNotFoundError:
+            pass
+        return True
+    return write_atomic(loc.fs, path, format_state(after).encode("utf-8"), check=unchanged)
+
+
+def update_state(loc: Location, change: StateChange, filename: str = STATE_FILENAME, *,
+                 hook: Callable[..., Any] | None = None, attempts: int = 50) -> StateUpdate:
+    """Read-modify-write of the state file that loses no update written meanwhile (a trainer's
+    save, another GC run, a quarantine): TF writes the file without any lock, so the change is
+    applied to what the file holds at the moment of the write.
+
+    ``change`` (see :data:`StateChange`) may run several times: on ``gs://`` the write carries
+    ``ifGenerationMatch`` of what was read (GCS's compare-and-swap) and, when someone else wrote
+    first, the file is read again and ``change`` re-applied. Locally the new file is written to a
+    temp file, then the state file is read again just before the rename; when it changed, the
+    temp file is dropped and ``change`` re-applied to the new content. Other stores are re-read
+    just before the write. Our own writers are serialized (see :func:`_writers_serialized`).
+    ``hook("write_state", filename)`` runs after each read, before the write (crash tests).
+    """
+    from .gcs import is_gcs
+
+    where = loc.display(filename)
+    gcs = is_gcs(loc.fs)
+    with _writers_serialized(loc):
+        for attempt in range(1, attempts + 1):
+            data, generation = _read_raw(loc, filename)
+            before = parse_state(data, where) if data is not None else None
+            after = change(before)
+            if after == before:
+                return StateUpdate(before, after, False, attempt)
+            if hook:
+                hook("write_state", filename)
+
+            ok = _write_if_unchanged(loc, filename, (data, generation), after, gcs)
+            if ok:
+                return StateUpdate(before, after, True, attempt)
+            time.sleep(random.uniform(0, 0.005 * attempt))
+    raise StateFileError(f"kept changing under {attempts} attempts to update it; not written", where)
 
 
 @dataclass(frozen=True)

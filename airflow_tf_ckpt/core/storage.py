@@ -18,7 +18,7 @@ import logging
 import os
 import posixpath
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from stat import S_ISBLK, S_ISCHR, S_ISDIR, S_ISFIFO, S_ISLNK, S_ISREG, S_ISSOCK
@@ -480,7 +480,13 @@ def _umask() -> int:
     return mask
 
 
-def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes,
+                 check: Callable[[], bool] | None = None) -> bool:
+    """See :meth:`Location.write_atomic`. Locally, ``check()`` runs after the temp file is durable,
+    just before the rename; when it returns False the temp file is removed and nothing replaced
+    (returns False). Elsewhere it runs just before the upload. Returns True when written."""
+    if check is not None and not is_local(fs) and not check():
+        return False
     if is_local(fs):
         directory = os.path.dirname(path) or "."
         os.makedirs(directory, exist_ok=True)
@@ -493,6 +499,9 @@ def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
+            if check is not None and not check():
+                os.unlink(tmp)
+                return False
             os.replace(tmp, path)
         except BaseException:
             try:
@@ -510,3 +519,4 @@ def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
             pass
     else:
         fs.pipe_file(path, data)
+    return True

@@ -99,12 +99,13 @@ _OWNER_BAD = re.compile(r"[^A-Za-z0-9_.@-]+")
 
 
 def lease_owner(context: Any) -> str:
-    """A lease owner name for this task try (file-name safe: ``[A-Za-z0-9_.@-]``)."""
+    """A lease owner name for this task try, in full (the lease file's name holds only its hash,
+    so a long ``run_id`` is never cut: mapped instances of one run never share a lease)."""
     ti = context.get("ti") if hasattr(context, "get") else None
     parts = [getattr(ti, "dag_id", None) or "dag", getattr(ti, "task_id", None) or "task",
              getattr(ti, "run_id", None) or "run", str(getattr(ti, "map_index", -1)),
              str(getattr(ti, "try_number", 0) or 0)]
-    return ".".join(_OWNER_BAD.sub("_", str(p)) for p in parts)[:200]
+    return ".".join(_OWNER_BAD.sub("_", str(p)) for p in parts)
 
 
 class BaseCheckpointOperator(BaseOperator):
