@@ -210,7 +210,7 @@ def release_lease(loc: Location, prefix: str, owner: str) -> bool:
         if name is None:
             continue
         try:
-            data = loc.fs.cat_file(loc.join(name))
+            data = loc.read_capped(name, MAX_LEASE_BYTES, "a lease file")
         except FileNotFoundError:
             continue
         held = parse_lease(name, data)

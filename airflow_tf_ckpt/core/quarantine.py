@@ -234,7 +234,7 @@ def _refuse_if_deleted(loc: Location, cdir: CheckpointDir, name: str) -> None:
 
 def _record_bytes(loc: Location, rec_name: str) -> bytes | None:
     try:
-        return loc.fs.cat_file(loc.join(rec_name))
+        return loc.read_capped(rec_name, MAX_QUARANTINE_BYTES, "a quarantine record")
     except FileNotFoundError:
         return None
 

@@ -247,7 +247,7 @@ def _read_raw(loc: Location, filename: str) -> tuple[bytes | None, int]:
     if is_gcs(loc.fs):
         return read_with_generation(loc.fs, loc.join(filename))
     try:
-        return loc.fs.cat_file(loc.join(filename)), 0
+        return loc.read_capped(filename, MAX_STATE_BYTES, "a checkpoint state file"), 0
     except FileNotFoundError:
         return None, 0
     except (PermissionError, IsADirectoryError) as exc:
