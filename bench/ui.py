@@ -112,7 +112,8 @@ def run(steps: int, rounds: int) -> int:
                                                                      for _ in range(rounds)])
             else:
                 print(f"  browser figures skipped: {why}")
-            ui.request(f"/tf-ckpt/api/dirs/{d['id']}/summary?wait=true", token=token)
+            status, _ = ui.request(f"/tf-ckpt/api/dirs/{d['id']}/summary?wait=true", token=token, timeout=1800)
+            assert status == 200
             t_full = time.perf_counter() - t0
             print(f"  the page's background listing was in {C.fmt_s(t_full)} after the first request")
             warm = [C.timed(lambda: first_paint_http(ui, token, d["id"], preliminary=False))[0] for _ in range(rounds)]
@@ -121,7 +122,8 @@ def run(steps: int, rounds: int) -> int:
             if driver is not None:
                 w_browser = C.summary("warm first paint in Chromium", [C.timed(lambda: browser_paint(ui, driver))[0]
                                                                      for _ in range(rounds)])
-            after = {n: C.timed(lambda n=n: ui.request(f"/tf-ckpt/api/dirs/{d['id']}/{n}", token=token))[0]
+            after = {n: C.timed(lambda n=n: ui.request(f"/tf-ckpt/api/dirs/{d['id']}/{n}", token=token,
+                                                         timeout=1800))[0]
                      for n in ("metrics", "retention")}
             print(f"  after first paint: plot data {C.fmt_s(after['metrics'])}, "
                   f"retention dry run {C.fmt_s(after['retention'])}")

@@ -129,7 +129,7 @@ class AirflowUI:
             return json.loads(r.read())["access_token"]
 
     def request(self, path: str, *, token: str | None = None, method: str = "GET",
-                body: Any = None) -> tuple[int, Any]:
+                body: Any = None, timeout: float = 60) -> tuple[int, Any]:
         """``(status, parsed JSON or text)`` of one request to the server."""
         headers = {"Accept": "application/json"}
         if token:
@@ -140,7 +140,7 @@ class AirflowUI:
             headers["Content-Type"] = "application/json"
         req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=60) as r:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
                 status, raw = r.status, r.read()
         except urllib.error.HTTPError as exc:
             status, raw = exc.code, exc.read()

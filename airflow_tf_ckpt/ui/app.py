@@ -48,7 +48,7 @@ def _get_user_dep():
 
 
 class _Cache:
-    """Dirs and listings kept a few seconds, one refresh at a time per key."""
+    """Values (the list of dirs) kept a few seconds, one refresh at a time per key."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -153,8 +153,11 @@ class _Listings:
         self._lock = threading.Lock()
         self._items: dict[str, dict[str, Any]] = {}
 
-    def get(self, d: sources.WatchedDir, wait: bool) -> tuple[CheckpointDir | None, float | None]:
-        """``(listing or None, its age in seconds)``; with ``wait``, a listing there is."""
+    def get(self, d: sources.WatchedDir, wait: bool, fresh: bool = True,
+            ) -> tuple[CheckpointDir | None, float | None]:
+        """``(listing or None, its age in seconds)``. Without ``wait`` it never blocks (a stale
+        listing, or None for a dir never listed); with ``wait`` it returns a fresh listing, or with
+        ``fresh=False`` any listing (waiting only for a dir never listed)."""
         deadline = time.monotonic() + 600
         while True:
             with self._lock:
@@ -167,10 +170,9 @@ class _Listings:
                     threading.Thread(target=self._refresh, args=(d, e, e["gen"]), daemon=True,
                                      name=f"tf-ckpt-ls-{d.id}").start()
                 cdir, at, done = e["cdir"], e["at"], e["done"]
-            if cdir is not None:
-                return cdir, time.monotonic() - at
-            if not wait or done is None or time.monotonic() > deadline:
-                return None, None
+            # ``wait``: also wait for a refresh in flight, so that the answer is at most a TTL old
+            if not wait or done is None or (cdir is not None and not fresh) or time.monotonic() > deadline:
+                return cdir, None if cdir is None else time.monotonic() - at
             done.wait(max(0.0, deadline - time.monotonic()))
 
     def _refresh(self, d: sources.WatchedDir, e: dict[str, Any], gen: int) -> None:
@@ -198,8 +200,8 @@ _listings = _Listings()
 
 
 def _listing(d: sources.WatchedDir) -> CheckpointDir:
-    """A listing of the dir (waits for one when there is none yet)."""
-    cdir, _ = _listings.get(d, wait=True)
+    """The kept listing of the dir, however old (the page asked for a fresh one just before)."""
+    cdir, _ = _listings.get(d, wait=True, fresh=False)
     if cdir is None:
         raise HTTPException(504, f"listing {d.url} takes too long; try again")
     return cdir

@@ -48,7 +48,8 @@ async function showDir() {
   $("#usedby").title = info ? info.used_by.join("\n") : "";
   // first paint: never waits for a listing (a dir never listed paints from its state file)
   const [s] = await Promise.all([loadSummary(false), loadSteps(false)]);
-  if (s && s.preliminary) await Promise.all([loadSummary(true), loadSteps(true)]);
+  // then the table from a listing at most a few seconds old (the server refreshes it meanwhile)
+  if (s && (s.preliminary || s.listed_s_ago > 5)) await Promise.all([loadSummary(true), loadSteps(true)]);
   loadMetrics(); loadQuarantine(); loadPromotions(); loadRetention();  // then the rest, in parallel
 }
 
@@ -59,7 +60,7 @@ async function loadSummary(wait) {
       Object.entries(s.counts).map(([k, v]) => `<span class="count"><span class="badge ${k}">${k}</span>${v}</span>`).join("") +
       (s.latest ? ` latest: <b>${esc(s.latest)}</b>` : "") +
       (s.preliminary ? ' <span class="small" id="listing-note">from the state file; listing the dir&hellip;</span>' :
-        (s.listed_s_ago > 10 ? ` <span class="small">listed ${Math.round(s.listed_s_ago)} s ago (refresh for a new listing)</span>` : "")) +
+        (s.listed_s_ago > 5 ? ` <span class="small">listed ${Math.round(s.listed_s_ago)} s ago; listing again&hellip;</span>` : "")) +
       (s.problem_count ? `<div class="small">${s.problem_count} problem(s): ${esc(s.problems.slice(0, 3).join("; "))}</div>` : "");
     return s;
   } catch (e) { if (e.message !== "401") banner(e.message); return null; }
