@@ -22,7 +22,9 @@ import os
 import posixpath
 import re
 import shutil
+import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,9 +54,74 @@ class CheckpointRestoreError(CheckpointError):
 
 def _tf() -> Any:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf  # noqa: PLC0415 - lazy on purpose, see the module docstring
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    with native_stderr_to_log():  # TF's C++ start-up lines, at their own level (see below)
+        import tensorflow as tf  # noqa: PLC0415 - lazy on purpose, see the module docstring
 
     return tf
+
+
+# --------------------------------------------------------------------------------------------
+# TensorFlow's native log lines
+#
+# TF's C++ code (absl logging) writes straight to file descriptor 2. Airflow's task supervisor
+# reads a task's fd 2 as plain text and logs every line of it at ERROR ("task.stderr"), so a
+# successful evaluation on a CPU-only worker showed "failed call to cuInit" and "Could not find
+# cuda drivers" as errors. Around the calls that print them (the import, the first device
+# listing) fd 2 goes to a temp file, and each line is then logged through Python logging at the
+# level its own prefix gives (which Airflow forwards as is).
+
+# absl: "E0000 00:00:1796159260.069097   29528 cuda_platform.cc:52] msg"; TF < 2.16:
+# "2024-01-01 12:00:00.123456: E tensorflow/stream_executor/cuda/cuda_driver.cc:271] msg"
+_ABSL_LINE = re.compile(r"^(?P<level>[IWEF])\d{4} \d\d:\d\d:[\d.]+\s+\d+ [^\]]*\] ")
+_OLD_TF_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: (?P<level>[IWEF]) \S+\] ")
+_LEVELS = {"I": logging.INFO, "W": logging.WARNING, "E": logging.ERROR, "F": logging.CRITICAL}
+#: errors TF prints on any host without a usable CUDA driver: expected on a CPU worker
+_NO_GPU_NOISE = re.compile(r"failed call to cuInit|Could not find cuda drivers|Unable to register cu(DNN|FFT|BLAS) "
+                           r"factory|could not open file to read NUMA node|TF-TRT Warning|"
+                           r"cuda_diagnostics|kernel driver does not appear to be running", re.I)
+_native_lock = threading.RLock()
+
+
+def native_log_level(line: str) -> int:
+    """The logging level of one line TF wrote to fd 2: its absl/TF level letter; an error that
+    only says there is no usable GPU is a WARNING (the CPU is used); absl's "before InitializeLog"
+    notice is DEBUG; anything else (e.g. a Python warning printed meanwhile) a WARNING."""
+    m = _ABSL_LINE.match(line) or _OLD_TF_LINE.match(line)
+    if m:
+        level = _LEVELS[m.group("level")]
+        if level >= logging.ERROR and level < logging.CRITICAL and _NO_GPU_NOISE.search(line):
+            return logging.WARNING
+        return level
+    if line.startswith("WARNING: All log messages before absl::InitializeLog() is called"):
+        return logging.DEBUG
+    return logging.WARNING
+
+
+@contextlib.contextmanager
+def native_stderr_to_log(logger: logging.Logger | None = None) -> Iterator[None]:
+    """Send what is written to fd 2 meanwhile (by C++ or Python) to ``logger``, line by line, at
+    :func:`native_log_level`. A temp file, not a pipe: no reader thread, no full-buffer stall."""
+    lg = logger or logging.getLogger("airflow_tf_ckpt.tf_native")
+    with _native_lock, tempfile.TemporaryFile() as sink:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                with contextlib.suppress(Exception):
+                    sys.stderr.flush()
+                os.dup2(saved, 2)
+        finally:
+            os.close(saved)
+        sink.seek(0)
+        for raw in sink.read().decode("utf-8", errors="replace").splitlines():
+            if raw.strip():
+                lg.log(native_log_level(raw), "%s", raw.rstrip())
 
 
 # --------------------------------------------------------------------------------------------
@@ -85,7 +152,8 @@ def detect_devices(*, require_gpu: bool = False, logger: logging.Logger | Any | 
     """
     tf = _tf()
     lg = logger or log
-    gpus = tf.config.list_physical_devices("GPU")
+    with native_stderr_to_log():  # the first listing initialises CUDA: "failed call to cuInit"
+        gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
         with contextlib.suppress(RuntimeError, ValueError):
             tf.config.experimental.set_memory_growth(gpu, True)

@@ -284,3 +284,56 @@ def test_cli_imports_neither_tensorflow_nor_airflow():
             "print(bad); sys.exit(1 if bad else 0)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluators (issue 8): per-evaluator metrics, gc --evaluator/--keep-unevaluated, a missing dir
+
+
+def test_metrics_ls_gc_promote_per_evaluator(copy_variant, tmp_path):
+    d = copy_variant("tf2_manager")  # ckpt-3, ckpt-4, ckpt-5
+    assert run("metrics", str(d), "--step", "3", "--set", "loss=0.5").returncode == 0  # default sidecar
+    for step, loss in (("3", "0.9"), ("4", "0.1")):
+        p = run("metrics", str(d), "--step", step, "--set", f"loss={loss}", "--evaluator", "dag_a")
+        assert p.returncode == 0, p.stderr
+    assert (d / "ckpt-4.metrics~dag_a.json").exists() and not (d / "ckpt-4.metrics.json").exists()
+    doc = run_json("metrics", str(d))
+    rows = {r["prefix"]: r for r in doc["steps"]}
+    assert rows["ckpt-3"]["metrics"] == {"loss": 0.5}  # the default evaluator's, as before
+    assert [(e["evaluator"], e["metrics"], e["evaluations"]) for e in rows["ckpt-3"]["evaluations"]] == [
+        (None, {"loss": 0.5}, 1), ("dag_a", {"loss": 0.9}, 1)]
+    assert run_json("metrics", str(d), "--evaluator", "dag_a")["steps"][1]["metrics"] == {"loss": 0.1}
+    p = run("metrics", str(d))
+    assert p.returncode == 0 and "dag_a:loss" in p.stdout
+    p = run("ls", str(d))
+    assert p.returncode == 0 and "dag_a:loss=0.1" in p.stdout
+    ls = run_json("ls", str(d))
+    assert ls["steps"][1]["evaluations"][0]["evaluator"] == "dag_a"
+    # gc: keep the best by dag_a's metric; keep what dag_b has not evaluated
+    plan = run_json("gc", str(d), "--keep-best", "1", "--metric", "loss", "--evaluator", "dag_a",
+                    "--dry-run")["plan"]
+    assert [s["prefix"] for s in plan["steps"] if s["action"] == "keep"] == ["ckpt-4", "ckpt-5"]
+    plan = run_json("gc", str(d), "--keep-last", "1", "--keep-unevaluated", "dag_b", "--dry-run",
+                    "--unevaluated-max-age", "none")["plan"]
+    assert [s["prefix"] for s in plan["steps"] if s["action"] == "keep"] == ["ckpt-3", "ckpt-4", "ckpt-5"]
+    assert "unevaluated by dag_b" in plan["steps"][0]["reasons"][0]
+    assert_one_line_error(run("gc", str(d), "--keep-last", "1", "--keep-unevaluated", "a~b"), 2,
+                          "invalid evaluator name")
+    assert_one_line_error(run("gc", str(d), "--keep-unevaluated", "dag_b", "--unevaluated-max-age", "soon"),
+                          2, "not a duration")
+    # promote --step best by dag_a's metric; by the default evaluator's it is ckpt-3
+    r = run_json("promote", str(d), "--to", str(tmp_path / "serve"), "--step", "best", "--metric", "loss",
+                 "--evaluator", "dag_a")
+    assert r["prefix"] == "ckpt-4"
+    r = run_json("promote", str(d), "--to", str(tmp_path / "serve2"), "--step", "best", "--metric", "loss")
+    assert r["prefix"] == "ckpt-3"
+
+
+def test_gc_of_a_dir_that_does_not_exist_yet_is_nothing_to_do(tmp_path):
+    missing = tmp_path / "not-trained-yet"
+    p = run("gc", str(missing), "--keep-last", "1")
+    assert p.returncode == 0, p.stderr
+    assert "does not exist yet: nothing to do" in p.stdout and not missing.exists()
+    assert run_json("gc", str(missing), "--keep-last", "1")["missing_dir"] is True
+    (tmp_path / "a-file").write_text("x")  # exists, but is no dir: still an error
+    assert_one_line_error(run("gc", str(tmp_path / "a-file"), "--keep-last", "1"), 2, "not a directory")

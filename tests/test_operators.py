@@ -265,11 +265,70 @@ CheckpointRetentionOperator(task_id="gc", ckpt_dir={str(d)!r}, prefix="ckpt", ke
     assert x["dry_run"] is False and x["deleted"] == 2 and sorted(x["deleted_steps"]) == [3, 4]
     assert x["kept"] == 1 and x["bytes_freed"] > 0
     assert set(x) == {"dry_run", "kept", "deleted", "deleted_steps", "bytes_freed", "bytes_to_free",
-                      "state_file_rewritten"}  # small: no file lists
+                      "state_file_rewritten", "missing_dir"}  # small: no file lists
     left = set(os.listdir(d))
     assert not any(n.startswith(("ckpt-3.", "ckpt-4.")) for n in left)
     assert {"ckpt-5.index", "ckpt-5.data-00000-of-00001", "checkpoint"} <= left
     assert _state_latest(d) == "ckpt-5"
+
+
+def test_retention_of_a_dir_not_created_yet_succeeds_and_an_unreadable_one_fails(dag_runner, tmp_path,
+                                                                                   capfd) -> None:
+    missing = tmp_path / "not-trained-yet"
+    r = dag_runner(_dag("op_retention_missing", f"""
+CheckpointRetentionOperator(task_id="gc", ckpt_dir={str(missing)!r}, keep_last=1,
+                            keep_unevaluated=["dag_a", "dag_b"], unevaluated_max_age="1h")
+"""), "op_retention_missing")
+    out = capfd.readouterr().out
+    assert r.ok, r
+    assert r.xcoms["gc"]["missing_dir"] is True and r.xcoms["gc"]["deleted"] == 0
+    assert "does not exist yet: nothing to do" in out and not missing.exists()
+    # a path that exists but is no readable dir (here a file: root reads any dir) still fails
+    not_a_dir = tmp_path / "a-file"
+    not_a_dir.write_text("x")
+    r = dag_runner(_dag("op_retention_not_a_dir", f"""
+CheckpointRetentionOperator(task_id="gc", ckpt_dir={str(not_a_dir)!r}, keep_last=1)
+"""), "op_retention_not_a_dir")
+    assert r.task_states == {"gc": "failed"}, r
+
+
+def test_two_evaluators_keep_separate_records_and_promote_uses_the_named_one(dag_runner, copy_variant,
+                                                                              tmp_path) -> None:
+    from airflow_tf_ckpt.core.discovery import discover
+    from airflow_tf_ckpt.core.metrics import evaluation_counts, write_metrics
+    from airflow_tf_ckpt.core.storage import Location
+
+    d = copy_variant("tf2_manager")  # ckpt-3, ckpt-4, ckpt-5
+    loc = Location.of(str(d))
+    write_metrics(loc, "ckpt-3", {"restored_step": 1.0}, evaluator="dag_b")  # dag_b's best, by min
+    dest = tmp_path / "promoted"
+    r = dag_runner(_dag("op_two_evaluators", f"""
+a = EvaluateCheckpointOperator(task_id="eval_a", ckpt_dir={str(d)!r}, step="ckpt-4", evaluator="dag_a",
+                               build_fn="{HELPERS}.build_manager_ckpt", eval_fn="{HELPERS}.eval_manager")
+b = EvaluateCheckpointOperator(task_id="eval_b", ckpt_dir={str(d)!r}, step="ckpt-4", evaluator="dag_b",
+                               build_fn="{HELPERS}.build_manager_ckpt", eval_fn="{HELPERS}.eval_manager")
+a2 = EvaluateCheckpointOperator(task_id="eval_a_again", ckpt_dir={str(d)!r}, step="ckpt-4",
+                                evaluator="{{{{ dag.dag_id.replace('op_two_evaluators', 'dag_a') }}}}",
+                                build_fn="{HELPERS}.build_manager_ckpt", eval_fn="{HELPERS}.eval_manager")
+best_a = PromoteCheckpointOperator(task_id="best_a", ckpt_dir={str(d)!r}, dest={str(dest)!r}, step="best",
+                                   metric="restored_step", evaluator="dag_a", only_if_step="ckpt-4")
+best_b = PromoteCheckpointOperator(task_id="best_b", ckpt_dir={str(d)!r}, dest={str(dest)!r}, step="best",
+                                   metric="restored_step", evaluator="dag_b", only_if_step="ckpt-4")
+gc = CheckpointRetentionOperator(task_id="gc", ckpt_dir={str(d)!r}, keep_last=1, keep_promoted=False,
+                                 keep_unevaluated=["dag_a", "dag_b"], dry_run=True, trigger_rule="none_failed")
+a >> b >> a2 >> best_a >> best_b >> gc
+"""), "op_two_evaluators")
+    assert r.task_states == {"eval_a": "success", "eval_b": "success", "eval_a_again": "success",
+                             "best_a": "success", "best_b": "skipped", "gc": "success"}, r
+    assert r.xcoms["eval_a_again"]["evaluations"] == 2, r.xcoms
+    assert r.xcoms["eval_a"]["evaluator"] == "dag_a" and r.xcoms["eval_a"]["evaluations"] == 1
+    assert r.xcoms["eval_a_again"]["evaluations"] == 2
+    counts = evaluation_counts(discover(loc))
+    assert counts == {"ckpt-3": {"dag_b": 1}, "ckpt-4": {"dag_a": 2, "dag_b": 1}}
+    assert not (d / "ckpt-4.metrics.json").exists()  # the default sidecar is not touched
+    assert r.xcoms["best_a"]["prefix"] == "ckpt-4" and (dest / "ckpt-4.metrics~dag_a.json").exists()
+    # ckpt-3 lacks dag_a's evaluation: held; ckpt-4 has both: not held (dry run: nothing deleted)
+    assert r.xcoms["gc"]["deleted_steps"] == [4]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -260,6 +260,18 @@ def test_keep_unevaluated_holds_pending_steps_up_to_a_bound(tmp_path):
     assert [s.step for s in discover(loc).steps] == [4, 5, 6]
 
 
+def test_an_orphaned_evaluator_sidecar_is_deleted_with_the_other_orphans(tmp_path):
+    loc = Location.of(tmp_path)
+    make_dir(loc, [2, 3])
+    put(loc, "ckpt-1.metrics~dag_a.json", b"{}")  # its step is gone
+    put(loc, "ckpt-1.metrics.json", b"{}")
+    plan = plan_retention(loc, [KeepLastN(2)])
+    assert sorted((sc.name, sc.role, sc.action) for sc in plan.sidecars) == [
+        ("ckpt-1.metrics.json", "metrics", "delete"), ("ckpt-1.metrics~dag_a.json", "metrics", "delete")]
+    apply_plan(plan)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("ckpt-1.")]
+
+
 def test_keep_unevaluated_options():
     ps = policies_from_options(keep_unevaluated=["a", "b", "a"], unevaluated_max_age=60)
     assert ps == [KeepUnevaluated(["a", "b"], 60.0), KeepPromoted()]

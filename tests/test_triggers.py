@@ -590,3 +590,18 @@ async def test_triggerer_gc_freeze_option(on, tmp_path, monkeypatch):
         assert mod.freeze_gc_once() is False  # once per process
     finally:
         gc.unfreeze()
+
+
+def test_a_dir_that_does_not_exist_yet_is_waited_for_not_an_error(tmp_path):
+    """The sensor (poke) and the triggers poll a dir the trainer has not created yet as empty."""
+    from airflow_tf_ckpt.hooks.storage import CheckpointStorageHook
+
+    missing = str(tmp_path / "not" / "yet")
+    poller = CheckpointTrigger(dir=missing, poll_interval=0.2).make_poller()
+    assert poller.poll(CheckpointStorageHook(None).open(missing), None, "newest") == ([], None)
+
+    async def apoll():
+        async with CheckpointStorageHook(None).aopen(missing) as adir:
+            return await poller.apoll(adir, None, "newest")
+
+    assert asyncio.run(apoll()) == ([], None)

@@ -148,6 +148,8 @@ def _previous(old: bytes | None, where: str) -> dict[str, Any]:
     """The record being replaced, for its count and history; an unreadable one counts as one."""
     if old is None:
         return {}
+    if len(old) > MAX_METRICS_BYTES:
+        return {"evaluations": 1}
     try:
         prev = json.loads(old.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):

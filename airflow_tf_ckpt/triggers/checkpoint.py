@@ -356,6 +356,28 @@ class _Fatal(Exception):
 
 
 _GC_FROZEN = False
+_PRELOADED: set[bool] = set()  # True: gcsfs too
+
+
+def _preload(gcs: bool) -> None:
+    """Import what a poll needs: the storage hook (fsspec), the core (the state file's protobuf,
+    discovery) and, for gs://, gcsfs. Done in a thread by :func:`preload`: a first import of these
+    takes 0.3-1 s on a busy machine, which on the loop stalls every trigger of the triggerer."""
+    import airflow_tf_ckpt.core.discovery  # noqa: F401
+    import airflow_tf_ckpt.core.naming  # noqa: F401
+    import airflow_tf_ckpt.core.state  # noqa: F401 - and protobuf
+    import airflow_tf_ckpt.hooks.storage  # noqa: F401
+
+    if gcs:
+        import gcsfs.core  # noqa: F401
+
+
+async def preload(dir_: str) -> None:
+    """:func:`_preload` once per process (and once more for the first gs:// dir), off the loop."""
+    gcs = str(dir_).startswith(("gs://", "gcs://"))
+    if gcs not in _PRELOADED and True not in _PRELOADED:
+        await asyncio.to_thread(_preload, gcs)
+        _PRELOADED.add(gcs)
 
 
 def freeze_gc_once() -> bool:
@@ -508,6 +530,7 @@ class CheckpointTrigger(_CheckpointTriggerBase, BaseTrigger):
                     "message": _describe(exc, hook)}
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        await preload(self.dir)  # before gc.freeze(): the imported modules are frozen too
         freeze_gc_once()
         payload = await self._wait_for_event()  # storage is released before the event leaves
         if payload["status"] == "success":
@@ -615,6 +638,7 @@ class CheckpointEventTrigger(_CheckpointTriggerBase, BaseEventTrigger):
     # ------------------------------------------------------------------ run
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        await preload(self.dir)
         from airflow_tf_ckpt.hooks.storage import CheckpointStorageHook
 
         freeze_gc_once()
