@@ -160,7 +160,7 @@ def main() -> int:
         ready = json.loads(warm.stdout.readline()) if warm.stdout else {}
         print(f"warm loop ready (TF import + model build {ready.get('import_s', 0):.1f} s)", flush=True)
         commits = train_steps(dep.ckpt_dir, args.steps, args.gap)
-        ours = _wait_ours(dep, commits, timeout=args.gap + 180)
+        ours = _wait_ours(dep, commits, timeout=args.gap + 900)
         warm_lat = _read_warm(warm, commits)
     finally:
         if warm is not None:

@@ -91,6 +91,10 @@ def idle(dep: Deployment, ledger: Ledger) -> bool:
     if any(r["state"] not in ("success", "failed") for r in event_runs):
         return False
     cont = ledger.runs["tf_ckpt_evaluate_each_step"]
+    # one successful run per committed step (the corrupt one may have been quarantined by the
+    # other DAG first): the run of the last step has committed its watermark too
+    if sum(r["state"] == "success" for r in cont) < len(ledger.committed()):
+        return False
     return all(r["state"] in ("success", "failed") for r in cont[:-1])
 
 

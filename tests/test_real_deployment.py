@@ -62,7 +62,9 @@ def _wait_all_evaluated(dep: Deployment, timeout: float) -> Ledger:
         ledger = read_ledger(dep)
         done = all(ledger.count(d, s) >= 1 for d in EVAL_DAGS for s in ledger.committed())
         event_idle = all(r["state"] in ("success", "failed") for r in ledger.runs["tf_ckpt_event_driven"])
-        if (done and event_idle) or ledger.failed_runs():
+        # one successful continuous run per committed step: its last run has committed too
+        cont_ok = sum(r["state"] == "success" for r in ledger.runs["tf_ckpt_evaluate_each_step"])
+        if (done and event_idle and cont_ok >= len(ledger.committed())) or ledger.failed_runs():
             time.sleep(5)  # let a run that is about to start show up (a second evaluation)
             return read_ledger(dep)
         if time.monotonic() > deadline:

@@ -206,9 +206,13 @@ class EvaluateCheckpointOperator(RestoreCheckpointOperator):
         self.write_sidecar = write_sidecar
         self.evaluator = evaluator
         if evaluator is not None and "{{" not in str(evaluator):
-            from airflow_tf_ckpt.core.metrics import check_evaluator
+            # core.naming, not core.metrics: this runs at DAG parse, where the discovery core
+            # (protobuf) and the storage seam must not be imported
+            from airflow_tf_ckpt.core.naming import EVALUATOR_RE
 
-            check_evaluator(evaluator)
+            if not isinstance(evaluator, str) or not EVALUATOR_RE.match(evaluator):
+                raise ValueError(f"invalid evaluator name {evaluator!r} (letters, digits, '_', '.', '-'; "
+                                 "at most 250; not starting with '.' or '-')")
 
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_tf_ckpt.core.metrics import check_evaluator, write_metrics
