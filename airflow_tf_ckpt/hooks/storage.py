@@ -595,6 +595,12 @@ class _SnapshotFS:
             raise FileNotFoundError(path)
         return self._files[name][start:end]
 
+    def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        name = posixpath.basename(path)
+        if posixpath.dirname(path).rstrip("/") != self._path or name not in self._files:
+            raise FileNotFoundError(path)
+        return {"name": path, "size": len(self._files[name]), "type": "file"}
+
     def exists(self, path: str, **kwargs: Any) -> bool:
         name = posixpath.basename(path)
         return name in self._files or any(posixpath.basename(e["name"].rstrip("/")) == name
