@@ -60,7 +60,8 @@ def start(dep: Deployment) -> None:
     dep.start()
     dep.wait_dags(ALL_DAGS)
     say(f"scheduler, dag-processor, triggerer, api-server up; DAGs parsed [{time.monotonic() - t0:.0f} s]")
-    say(f"UI: {dep.url}  (user admin, password {dep.password}) -- while the demo runs")
+    say(f"UI: {dep.url}  (user admin, password {dep.password}) -- while the demo runs; the Checkpoints "
+        f"page: {dep.url}/plugin/checkpoints (Browse > Checkpoints)")
 
 
 def drive(dep: Deployment) -> str:
@@ -214,7 +215,7 @@ def main() -> int:
     say("\nevery committed step was evaluated exactly once by each evaluation DAG; the corrupt one was "
         "quarantined; GC deleted nothing unevaluated; the best step is promoted.")
     say(f"Airflow demo took {time.monotonic() - t0:.0f} s. `make up` starts the same deployment and "
-        "leaves it running.")
+        "leaves it running, with the demo's dirs on the Checkpoints page (/plugin/checkpoints).")
     return 0
 
 

@@ -52,6 +52,7 @@ def up(fresh: bool) -> int:
         raise
     print(f"""
 Airflow is up: {dep.url}
+  the Checkpoints page: {dep.url}/plugin/checkpoints (Browse > Checkpoints)
   user admin, password {dep.password}
   AIRFLOW_HOME {dep.home}   checkpoints {dep.ckpt_dir}
   component logs {dep.logs}
