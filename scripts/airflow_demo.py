@@ -117,6 +117,15 @@ def wait_done(dep: Deployment, deadline: float) -> Ledger:
         time.sleep(5)
 
 
+def final_gc(dep: Deployment) -> None:
+    """One more GC run now that both DAGs have evaluated every step: it may delete what the runs
+    during training had to keep (unevaluated, leased), so the summary shows GC at work."""
+    banner("GC once more, now that every committed step is evaluated")
+    run_id = dep.trigger("tf_ckpt_gc", {})
+    run = dep.wait_run("tf_ckpt_gc", run_id, timeout=300)
+    say(f"tf_ckpt_gc {run_id}: {run['state']}")
+
+
 def summary(dep: Deployment, ledger: Ledger) -> list[str]:
     from airflow_tf_ckpt.core.discovery import discover
     from airflow_tf_ckpt.core.promote import read_manifest
@@ -202,6 +211,9 @@ def main() -> int:
         drive(dep)
         banner("wait until both evaluation DAGs have handled every committed step")
         ledger = wait_done(dep, time.monotonic() + TIMEOUT)
+        if not ledger.failed_runs():
+            final_gc(dep)
+            ledger = read_ledger(dep)
         problems = summary(dep, ledger)
     except KeyboardInterrupt:
         say("\ninterrupted")
