@@ -69,7 +69,6 @@ def _flip_in_tensor(d: Path, prefix: str, tensor: str) -> str:
     ("ls", "/no/such/dir"),
     ("validate", "/no/such/dir"),
     ("validate", "/no/such/dir", "--step", "all", "--json"),
-    ("gc", "/no/such/dir", "--keep-last", "2"),
     ("promote", "/no/such/dir", "--to", "/tmp/never-written"),
 ])
 def test_missing_dir_is_exit_2_one_line(args):
