@@ -109,4 +109,6 @@ def test_gc_on_gcs_sends_batches_and_one_filtered_relisting(gcs_emulator, gcs_bu
     assert len(batches) == 3, seen  # 100 + 100 + 58
     assert len(lists) == 1 and "matchGlob=" in lists[0][1], lists
     # the only single DELETE clears GC's intent file
-    assert [r[1].rsplit("%2F", 1)[-1] for r in seen if r[0] == "DELETE"] == ["ckpt.gc-intent.json"]
+    # single DELETEs: the intent, then the run's GC lock (released only if still ours: a precondition)
+    singles = [r[1].rsplit("%2F", 1)[-1].split("?")[0] for r in seen if r[0] == "DELETE"]
+    assert singles == ["ckpt.gc-intent.json", "tf-ckpt.gc-lock.json"]
