@@ -27,7 +27,8 @@ def test_provider_info_matches_airflows_schema():
     assert info["package-name"] == "airflow-tf-ckpt" and info["versions"] == [__version__]
     options = info["config"]["tf_ckpt"]["options"]
     assert {k: v["default"] for k, v in options.items()} == {
-        "gpu_queue": "gpu", "poll_interval": "30", "settle_seconds": "0", "triggerer_gc_freeze": "False"}
+        "gpu_queue": "gpu", "poll_interval": "30", "settle_seconds": "0", "triggerer_gc_freeze": "False",
+        "ui_dirs": "", "ui_conn_id": ""}
 
 
 def test_registered_modules_and_classes_import():
