@@ -152,7 +152,8 @@ def test_retention_dry_run_uses_the_gc_dags_policies(page: Page, tokens: dict[st
     assert status == 200, body
     (plan,) = body["plans"]
     assert plan["task"] == "tf_ckpt_gc.retention"
-    assert plan["policies"][:3] == ["keep the last 3", "keep every 10th step", "keep the best 2 by loss (min)"]
+    assert plan["policies"][:3] == ["keep the last 3", "keep every 10th step",
+                                    "keep the best 2 by loss of tf_ckpt_evaluate_each_step (min)"]
     why = {prefix: (action, reasons) for _, prefix, action, reasons in plan["decisions"]}
     assert why["ckpt-4"] == ("keep", "quarantined")
     assert "promoted" in why["ckpt-3"][1]

@@ -46,7 +46,9 @@ def test_example_dags_give_one_dir_with_the_gc_policies(serialized_example_dags,
     assert spec.label == "tf_ckpt_gc.retention"
     # rendered from the GC DAG's Param defaults, with their types
     assert spec.options == {"keep_last": 3, "keep_best": 2, "keep_every_steps": 10, "metric": "loss",
-                            "mode": "min", "pins": [], "unevaluated_max_age": 86400.0}
+                            "mode": "min", "pins": [], "unevaluated_max_age": 86400.0,
+                            "evaluator": "tf_ckpt_evaluate_each_step",
+                            "keep_unevaluated": ["tf_ckpt_evaluate_each_step", "tf_ckpt_event_driven"]}
     assert notes == []
 
 
