@@ -367,3 +367,21 @@ def test_poke_and_poll_are_bounded(copy_variant, gcs_emulator) -> None:
     for u in (str(sparse), f"gs://{remote}"):
         assert out[u].count("FileTooLargeError") == 2, out[u]
         assert "too large for a checkpoint state file" in out[u], out[u]
+
+
+def test_a_missing_file_whose_path_holds_416_is_missing_not_empty() -> None:
+    """A poll reads a missing state file as "none yet"; the 416 ("range not satisfiable": an empty
+    object) check looks at the status, never at the digits of a uuid-named dir (found as a flaky
+    torn-writes run: ``memory://torn-41603ce850`` read as an empty, TF-rejected state file)."""
+    import uuid
+
+    from airflow_tf_ckpt.core.storage import Location, range_not_satisfiable, read_ranged
+
+    loc = Location.of(f"memory://run-416-{uuid.uuid4().hex[:8]}/ckpts")
+    loc.fs.mkdir(loc.path)
+    path = loc.join("checkpoint")
+    with pytest.raises(FileNotFoundError):
+        read_ranged(loc.fs, path, loc.display("checkpoint"), 1 << 20, "a checkpoint state file")
+    assert not range_not_satisfiable(FileNotFoundError(path), path)
+    assert not range_not_satisfiable(OSError(f"Forbidden: {path}"), path)
+    assert range_not_satisfiable(OSError("Requested range not satisfiable, 416"), path)

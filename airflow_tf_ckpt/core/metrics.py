@@ -42,7 +42,14 @@ from fsspec.implementations.memory import MemoryFileSystem
 from .discovery import CheckpointDir
 from .errors import CheckpointError, StorageError
 from .naming import EVALUATOR_RE, METRICS_SUFFIX, classify, parse_prefix
-from .storage import FileTooLargeError, Location, NotRegularFileError, loads_json, read_bounded
+from .storage import (
+    FileTooLargeError,
+    Location,
+    NotRegularFileError,
+    loads_json,
+    range_not_satisfiable,
+    read_bounded,
+)
 
 _NONFINITE_OUT = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 _NONFINITE_IN = {"nan": math.nan, "infinity": math.inf, "inf": math.inf, "+infinity": math.inf,
@@ -286,7 +293,7 @@ def read_files(loc: Location, names: Iterable[str], max_workers: int = 16, *, ca
         results = fs.cat_ranges([loc.join(n) for n in todo], [0] * len(todo), [cap + 1] * len(todo),
                                 on_error="return", batch_size=max_workers) if todo else []
         for n, r in zip(todo, results, strict=True):
-            if isinstance(r, Exception) and "416" in str(r):  # a range past the end of an empty object
+            if isinstance(r, Exception) and range_not_satisfiable(r, loc.join(n)):  # an empty object
                 r = b""
             if not isinstance(r, Exception) and len(r) > cap:
                 r = FileTooLargeError(f"is more than {cap} bytes, too large for {what}", loc.display(n))

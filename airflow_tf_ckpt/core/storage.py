@@ -133,12 +133,21 @@ def read_bounded(fs: fsspec.AbstractFileSystem, path: str, display: str, cap: in
     try:  # up to cap + 1 (not `size`: the object may have been replaced by a longer one since)
         data = fs.cat_file(path, start=0, end=cap + 1)
     except OSError as exc:
-        if getattr(exc, "errno", None) is None and "416" in str(exc):  # emptied meanwhile
+        if range_not_satisfiable(exc, path):  # emptied meanwhile
             return b""
         raise
     if len(data) > cap:
         raise _too_large(len(data), cap, what, display)
     return bytes(data)
+
+
+def range_not_satisfiable(exc: BaseException, path: str) -> bool:
+    """Whether a ranged read failed with HTTP 416 (a range on an empty object). Never for a missing
+    file, and the status is looked for in the message, not in the path it names (a uuid-named dir
+    can hold the digits "416")."""
+    if isinstance(exc, FileNotFoundError) or not isinstance(exc, OSError):
+        return False
+    return getattr(exc, "errno", None) is None and "416" in str(exc).replace(path, "")
 
 
 def read_ranged(fs: fsspec.AbstractFileSystem, path: str, display: str, cap: int, what: str) -> bytes:
@@ -147,7 +156,7 @@ def read_ranged(fs: fsspec.AbstractFileSystem, path: str, display: str, cap: int
     try:
         data = fs.cat_file(path, start=0, end=cap + 1)
     except OSError as exc:
-        if getattr(exc, "errno", None) is None and "416" in str(exc):
+        if range_not_satisfiable(exc, path):
             return b""
         raise
     if len(data) > cap:

@@ -44,6 +44,7 @@ from airflow_tf_ckpt.core.storage import (
     FileTooLargeError,
     Location,
     emulator_endpoint,
+    range_not_satisfiable,
     read_local_bounded,
     read_ranged,
 )
@@ -556,7 +557,7 @@ class _GcsAsyncDir(AsyncCheckpointDir):
         except FileNotFoundError:
             return None
         except OSError as exc:
-            if getattr(exc, "errno", None) is None and "416" in str(exc):  # a range past an empty object
+            if range_not_satisfiable(exc, self.location.join(name)):  # a range past an empty object
                 return b""
             raise
         if len(data) > cap:
