@@ -31,9 +31,9 @@ from .core.errors import CheckpointError, StepNotFoundError, StorageError
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from .core.discovery import CheckpointDir, CheckpointStep
-    from .core.retention import RetentionPlan
-    from .core.storage import Location
+    from .core.retention.planner import RetentionPlan
+    from .core.steps.discovery import CheckpointDir, CheckpointStep
+    from .core.storage.location import Location
 
 # Start-up time matters (``tf-ckpt validate`` is a whole process): rich, fsspec and protobuf (the
 # core's discovery) are imported by the commands that use them, not at import time.
@@ -237,14 +237,14 @@ def _parse_kv(items: list[str] | None, what: str) -> dict[str, Any]:
 
 
 def _location(url: str, storage_options: list[str] | None) -> Location:
-    from .core.storage import Location
+    from .core.storage.location import Location
 
     return Location.of(url, _parse_kv(storage_options, "--storage-option") or None)
 
 
 def _discover(url: str, prefix: str | None, storage_options: list[str] | None) -> CheckpointDir:
     loc = _location(url, storage_options)
-    from .core.discovery import discover
+    from .core.steps.discovery import discover
 
     return discover(loc, prefix)
 
@@ -270,7 +270,7 @@ def _metrics(cdir: CheckpointDir, evaluator: str | None = None, *, every: bool =
              ) -> dict[str, dict[str, Any]]:
     """``{prefix: {label: value}}``: with ``every``, all evaluators' metrics, the default one's
     as ``metric`` and a named evaluator's as ``EVALUATOR:metric``; else ``evaluator``'s only."""
-    from .core.metrics import evaluation_records
+    from .core.sidecars.metrics import evaluation_records
 
     records = evaluation_records(cdir, evaluators=None if every else [evaluator])
     out: dict[str, dict[str, Any]] = {}
@@ -286,7 +286,7 @@ def _metrics(cdir: CheckpointDir, evaluator: str | None = None, *, every: bool =
 
 def _evaluations(cdir: CheckpointDir) -> dict[str, list[dict[str, Any]]]:
     """``{prefix: [{evaluator, evaluations, metrics, time}, ...]}`` (default evaluator first)."""
-    from .core.metrics import evaluation_records
+    from .core.sidecars.metrics import evaluation_records
 
     return {p: [{"evaluator": ev, "evaluations": r["evaluations"], "metrics": r["metrics"], "time": r.get("time")}
                 for ev, r in sorted(by_ev.items(), key=lambda t: (t[0] is not None, t[0] or ""))]
@@ -425,8 +425,8 @@ def validate_cmd(
     storage_option: StorageOpt = None,
 ) -> int:
     """Verify every checksum TF checks on restore, without TF. Exit 1 names what is broken."""
-    from .core.discovery import StepStatus
-    from .core.verify import verify_step
+    from .core.steps.discovery import StepStatus
+    from .core.verify.engine import verify_step
 
     cdir = _discover(directory, prefix, storage_option)
     loc = cdir.location
@@ -539,7 +539,7 @@ def _lease_for_validate(loc: Location, steps: list[CheckpointStep], held: contex
     """Lease each step for ``validate --quarantine``; a step a GC run is deleting is skipped."""
     import socket
 
-    from .core.leases import LeaseConflictError, LeaseError, leased
+    from .core.sidecars.leases import LeaseConflictError, LeaseError, leased
 
     owner = f"validate-{socket.gethostname().split('.')[0]}-{os.getpid()}"
     out = []
@@ -560,8 +560,8 @@ def _quarantine_failed(loc: Location, steps: dict[str, CheckpointStep], results:
     """``validate --quarantine``: quarantine each failed step; returns warnings. A step that is
     incomplete and not named by the state file is left alone (it may be a save in progress), and
     so is one already quarantined (its record, with the first report, is kept)."""
-    from .core.discovery import StepStatus
-    from .core.quarantine import QuarantineConflictError, quarantine_step
+    from .core.sidecars.quarantine import QuarantineConflictError, quarantine_step
+    from .core.steps.discovery import StepStatus
 
     warnings: list[str] = []
     for r in results:
@@ -623,8 +623,8 @@ def gc_cmd(
 
     A dir that does not exist (yet) is nothing to do (exit 0)."""
     from .core.errors import DirNotFoundError
-    from .core.gc import apply_plan
-    from .core.retention import parse_duration, plan_retention, policies_from_options
+    from .core.retention.executor import apply_plan
+    from .core.retention.planner import parse_duration, plan_retention, policies_from_options
 
     if mode not in ("min", "max"):
         raise CliError(f"--mode must be 'min' or 'max', not {mode!r}")
@@ -706,8 +706,8 @@ def promote_cmd(
     storage_option: StorageOpt = None,
 ) -> int:
     """Copy one step to DEST atomically: data, index, state file, then PROMOTED.json last."""
-    from .core.promote import promote
-    from .core.storage import Location
+    from .core.promote.promote import promote
+    from .core.storage.location import Location
 
     if mode not in ("min", "max"):
         raise CliError(f"--mode must be 'min' or 'max', not {mode!r}")
@@ -763,7 +763,7 @@ def metrics_cmd(
     storage_option: StorageOpt = None,
 ) -> int:
     """Show the metrics sidecars of a dir, or write metrics for one step (--set loss=0.25)."""
-    from .core.metrics import metric_name_problem, read_metrics, write_metrics
+    from .core.sidecars.metrics import metric_name_problem, read_metrics, write_metrics
 
     new = _parse_kv(set_, "--set")
     for k, v in new.items():  # checked before anything is read or written
@@ -851,7 +851,7 @@ def quarantine_cmd(
     storage_option: StorageOpt = None,
 ) -> int:
     """Take a step out of the state file and mark it corrupt: GC keeps it, promotion refuses it."""
-    from .core.quarantine import quarantine_step
+    from .core.sidecars.quarantine import quarantine_step
 
     if not reason.strip():
         raise CliError("--reason must not be empty")
@@ -897,7 +897,7 @@ def unquarantine_cmd(
     storage_option: StorageOpt = None,
 ) -> int:
     """Lift a quarantine: verify the step, name it in the state file again, then remove the record."""
-    from .core.quarantine import StillCorruptError, release_quarantine
+    from .core.sidecars.quarantine import StillCorruptError, release_quarantine
 
     cdir = _discover(directory, prefix, storage_option)
     loc = cdir.location

@@ -29,10 +29,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from airflow_tf_ckpt.core.discovery import discover
 from airflow_tf_ckpt.core.errors import CheckpointError, StepNotFoundError
-from airflow_tf_ckpt.core.naming import META_SUFFIX, classify, parse_prefix
-from airflow_tf_ckpt.core.storage import Location
+from airflow_tf_ckpt.core.formats.naming import META_SUFFIX, classify, parse_prefix
+from airflow_tf_ckpt.core.steps.discovery import discover
+from airflow_tf_ckpt.core.storage.location import Location
 
 log = logging.getLogger(__name__)
 

@@ -82,8 +82,7 @@ def ensure_bucket(emu: Any, root: Path, bucket: str) -> None:
 
 
 def _crc32c_b64(data: bytes) -> str:
-    from airflow_tf_ckpt.core import crc
-
+    from airflow_tf_ckpt.core.formats import crc
     return base64.b64encode(crc.value(data).to_bytes(4, "big")).decode()
 
 

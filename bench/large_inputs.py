@@ -35,7 +35,7 @@ MEMORY_FACTOR_TARGET = 8.0
 _VERIFY_CHILD = """
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
-from airflow_tf_ckpt.core.verify import verify_step
+from airflow_tf_ckpt.core.verify.engine import verify_step
 mode, d = sys.argv[2], sys.argv[3]
 t0 = time.perf_counter()
 if mode == "read":
@@ -56,8 +56,8 @@ def build_index(entries: int) -> Path:
     d = C.cache_dir(f"large-index-{entries}")
     if (d / "ckpt-1.index").exists():
         return d
-    from airflow_tf_ckpt.core import crc
-    from airflow_tf_ckpt.core.protos import BundleEntryProto, BundleHeaderProto
+    from airflow_tf_ckpt.core.formats import crc
+    from airflow_tf_ckpt.core.formats.protos import BundleEntryProto, BundleHeaderProto
     from tests.reliability_helpers import write_table
 
     print(f"  building a {entries:,}-entry index (once) ...", flush=True)
@@ -103,7 +103,7 @@ def build_state(mb: int, d: Path) -> tuple[bytes, str]:
     lines = [f'model_checkpoint_path:"ckpt-{n}"'] + [f'all_model_checkpoint_paths:"ckpt-{i}"'
                                                      for i in range(1, n + 1)]
     data = ("\n".join(lines) + "\n").encode()
-    from airflow_tf_ckpt.core.protos import BundleHeaderProto
+    from airflow_tf_ckpt.core.formats.protos import BundleHeaderProto
     from tests.reliability_helpers import write_table
 
     (d / f"ckpt-{n}.index").write_bytes(write_table([(b"", BundleHeaderProto(num_shards=1).SerializeToString())]))
@@ -113,7 +113,7 @@ def build_state(mb: int, d: Path) -> tuple[bytes, str]:
 
 def bench_state(mb: int, polls: int) -> bool:
     C.airflow_home()
-    import airflow_tf_ckpt.core.state as state_mod
+    import airflow_tf_ckpt.core.formats.state as state_mod
     from airflow_tf_ckpt.hooks.storage import CheckpointStorageHook
     from airflow_tf_ckpt.triggers.checkpoint import Poller
 

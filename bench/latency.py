@@ -79,8 +79,8 @@ def train_steps(ckpt_dir: Path, steps: int, gap: float) -> dict[str, float]:
 
 
 def metrics_time(ckpt_dir: Path, prefix: str) -> float | None:
-    from airflow_tf_ckpt.core import metrics
-    from airflow_tf_ckpt.core.storage import Location
+    from airflow_tf_ckpt.core.sidecars import metrics
+    from airflow_tf_ckpt.core.storage.location import Location
 
     loc = Location.of(str(ckpt_dir))
     try:

@@ -62,8 +62,8 @@ def source_step(size_mib: int) -> tuple[Path, str, list[Path]]:
 
 
 def gs_bench(src_dir: Path, prefix: str, files: list[Path], rounds: int) -> None:
-    from airflow_tf_ckpt.core.promote import promote
-    from airflow_tf_ckpt.core.storage import Location
+    from airflow_tf_ckpt.core.promote.promote import promote
+    from airflow_tf_ckpt.core.storage.location import Location
 
     total = sum(p.stat().st_size for p in files)
     root = C.CACHE / f"gcs-promote-{total}"
@@ -133,7 +133,7 @@ def gs_bench(src_dir: Path, prefix: str, files: list[Path], rounds: int) -> None
 
 
 def local_bench(src_dir: Path, prefix: str, files: list[Path], rounds: int) -> None:
-    from airflow_tf_ckpt.core.promote import promote
+    from airflow_tf_ckpt.core.promote.promote import promote
 
     total = sum(p.stat().st_size for p in files)
     work = Path(tempfile.mkdtemp(prefix="promote-local-", dir=C.cache_dir()))

@@ -74,8 +74,8 @@ def browser_paint(ui, driver) -> None:
 
 
 def run(steps: int, rounds: int) -> int:
-    from airflow_tf_ckpt.core.discovery import discover
-    from airflow_tf_ckpt.core.storage import Location
+    from airflow_tf_ckpt.core.steps.discovery import discover
+    from airflow_tf_ckpt.core.storage.location import Location
     from tests.ui_server import AirflowUI, chromium_driver, chromium_missing, login
 
     root = C.CACHE / "gcs-ui"

@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 import _common as C  # noqa: E402
 
-from airflow_tf_ckpt.core.verify import verify_step  # noqa: E402
+from airflow_tf_ckpt.core.verify.engine import verify_step  # noqa: E402
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -159,7 +159,7 @@ def main() -> int:
     cmd_tf = [sys.executable, "-c", tf_code, str(d / prefix)]
     base, label = tf_ckpt_cmd()
     cmd_py = [sys.executable, "-c",
-              "import sys; from airflow_tf_ckpt.core.verify import verify_step\n"
+              "import sys; from airflow_tf_ckpt.core.verify.engine import verify_step\n"
               "r = verify_step(sys.argv[1], sys.argv[2]); sys.exit(0 if r.ok else 1)",
               str(d), prefix]
     ours = []

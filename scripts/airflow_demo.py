@@ -127,9 +127,9 @@ def final_gc(dep: Deployment) -> None:
 
 
 def summary(dep: Deployment, ledger: Ledger) -> list[str]:
-    from airflow_tf_ckpt.core.discovery import discover
-    from airflow_tf_ckpt.core.promote import read_manifest
-    from airflow_tf_ckpt.core.storage import Location
+    from airflow_tf_ckpt.core.promote.promote import read_manifest
+    from airflow_tf_ckpt.core.steps.discovery import discover
+    from airflow_tf_ckpt.core.storage.location import Location
 
     banner("summary")
     on_disk = {s.step: s for s in discover(Location.of(str(dep.ckpt_dir)), "ckpt").steps if s.step is not None}
@@ -172,9 +172,9 @@ def summary(dep: Deployment, ledger: Ledger) -> list[str]:
 
 def _sidecar_problems(dep: Deployment, ledger: Ledger) -> list[str]:
     """The sidecars' own counts (``evaluations`` per evaluator) of the steps still on disk."""
-    from airflow_tf_ckpt.core.discovery import discover
-    from airflow_tf_ckpt.core.metrics import evaluation_counts
-    from airflow_tf_ckpt.core.storage import Location
+    from airflow_tf_ckpt.core.sidecars.metrics import evaluation_counts
+    from airflow_tf_ckpt.core.steps.discovery import discover
+    from airflow_tf_ckpt.core.storage.location import Location
 
     cdir = discover(Location.of(str(dep.ckpt_dir)), "ckpt")
     counts = evaluation_counts(cdir)

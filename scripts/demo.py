@@ -63,8 +63,8 @@ def tf_ckpt(*args: str, expect: int = 0) -> int:
 
 def _train_child(ckpt_dir: str) -> None:
     """Runs in the child: train, save every SAVE_EVERY steps, write each step's eval metrics."""
-    from airflow_tf_ckpt.core.metrics import write_metrics
-    from airflow_tf_ckpt.core.storage import Location
+    from airflow_tf_ckpt.core.sidecars.metrics import write_metrics
+    from airflow_tf_ckpt.core.storage.location import Location
     from airflow_tf_ckpt.examples.eval import build_checkpoint, evaluate
     from airflow_tf_ckpt.examples.train import train
 
@@ -102,8 +102,8 @@ def train_checkpoints(ckpt_dir: Path = CKPTS) -> None:
 
 def _flip_a_tensor_byte(ckpt_dir: Path, prefix: str) -> tuple[str, str]:
     """Flip one byte inside the largest tensor of ``prefix``; returns (data file, tensor)."""
-    from airflow_tf_ckpt.core.bundle import read_bundle
-    from airflow_tf_ckpt.core.storage import Location
+    from airflow_tf_ckpt.core.formats.bundle import read_bundle
+    from airflow_tf_ckpt.core.storage.location import Location
 
     bundle = read_bundle(Location.of(ckpt_dir), prefix)
     entry = max((e for e in bundle.entries if e.has_data and not e.display_name.startswith("_")),

@@ -47,9 +47,9 @@ def _killer(kill_at: int):
 
 
 def run_gc(directory: str, kill_at: int, policy_json: str) -> list[str]:
-    from airflow_tf_ckpt.core.gc import apply_plan
-    from airflow_tf_ckpt.core.retention import plan_retention, policies_from_options
-    from airflow_tf_ckpt.core.storage import Location
+    from airflow_tf_ckpt.core.retention.executor import apply_plan
+    from airflow_tf_ckpt.core.retention.planner import plan_retention, policies_from_options
+    from airflow_tf_ckpt.core.storage.location import Location
 
     points, point = _killer(kill_at)
     loc = Location.of(directory)
@@ -61,7 +61,7 @@ def run_gc(directory: str, kill_at: int, policy_json: str) -> list[str]:
 
 
 def run_promote(src: str, dest: str, step: str, alias: str, kill_at: int) -> list[str]:
-    from airflow_tf_ckpt.core.promote import promote
+    from airflow_tf_ckpt.core.promote.promote import promote
 
     points, point = _killer(kill_at)
     promote(src, dest, int(step) if step.isdigit() else step, alias=alias or None,
@@ -107,10 +107,10 @@ def run_trainer(directory: str, ready: str, stop: str, interval: float) -> dict:
 
 
 def run_evaluator(directory: str, ready: str, stop: str) -> dict:
-    from airflow_tf_ckpt.core.discovery import discover
     from airflow_tf_ckpt.core.errors import CheckpointError
-    from airflow_tf_ckpt.core.leases import LeaseConflictError, leased
-    from airflow_tf_ckpt.core.storage import Location
+    from airflow_tf_ckpt.core.sidecars.leases import LeaseConflictError, leased
+    from airflow_tf_ckpt.core.steps.discovery import discover
+    from airflow_tf_ckpt.core.storage.location import Location
 
     tf = _tf()
     loc = Location.of(directory)

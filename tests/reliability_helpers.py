@@ -15,10 +15,10 @@ from pathlib import Path
 
 import cramjam
 
-from airflow_tf_ckpt.core.bundle import parse_bundle_index
-from airflow_tf_ckpt.core.crc import mask, value
-from airflow_tf_ckpt.core.protos import BundleHeaderProto
-from airflow_tf_ckpt.core.table import FOOTER_SIZE, TABLE_MAGIC, BlockHandle, Table, encode_varint
+from airflow_tf_ckpt.core.formats.bundle import parse_bundle_index
+from airflow_tf_ckpt.core.formats.crc import mask, value
+from airflow_tf_ckpt.core.formats.protos import BundleHeaderProto
+from airflow_tf_ckpt.core.formats.table import FOOTER_SIZE, TABLE_MAGIC, BlockHandle, Table, encode_varint
 
 
 def variant_bytes(dir_: Path, names: list[str] | None = None) -> dict[str, bytes]:

@@ -6,7 +6,7 @@ import mmap
 
 import pytest
 
-from airflow_tf_ckpt.core.buffers import HUGE_PAGE, read_buffer
+from airflow_tf_ckpt.core.storage.buffers import HUGE_PAGE, read_buffer
 
 
 @pytest.mark.parametrize("size", [1, 4096, HUGE_PAGE - 1, HUGE_PAGE, 3 * HUGE_PAGE + 5])

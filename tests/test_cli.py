@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from airflow_tf_ckpt.core.bundle import read_bundle
-from airflow_tf_ckpt.core.storage import Location
+from airflow_tf_ckpt.core.formats.bundle import read_bundle
+from airflow_tf_ckpt.core.storage.location import Location
 from tests.fixtures.gcs_emulator import upload_dir
 from tests.fixtures.tf_checkpoints import tf_batch
 
@@ -277,8 +277,8 @@ def test_empty_dir(tmp_path):
 
 
 def test_cli_imports_neither_tensorflow_nor_airflow():
-    code = ("import sys, airflow_tf_ckpt.cli, airflow_tf_ckpt.core.promote, airflow_tf_ckpt.core.verify, "
-            "airflow_tf_ckpt.core.gc; "
+    code = ("import sys, airflow_tf_ckpt.cli, airflow_tf_ckpt.core.promote.promote, airflow_tf_ckpt.core.verify.engine, "
+            "airflow_tf_ckpt.core.retention.executor; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'airflow', 'keras')]; "
             "print(bad); sys.exit(1 if bad else 0)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)

@@ -70,8 +70,8 @@ def test_every_dag_file_imports_without_tensorflow(tmp_path: Path) -> None:
     assert set(out["dag_ids"]) == DAG_IDS
     assert out["tensorflow_imported"] is False
     assert out["protobuf_imported"] is False
-    task_time_only = {"airflow_tf_ckpt.core.state", "airflow_tf_ckpt.core.protos", "airflow_tf_ckpt.core.discovery",
-                      "airflow_tf_ckpt.core.storage", "airflow_tf_ckpt.hooks.storage", "airflow_tf_ckpt.tf_runtime"}
+    task_time_only = {"airflow_tf_ckpt.core.formats.state", "airflow_tf_ckpt.core.formats.protos", "airflow_tf_ckpt.core.steps.discovery",
+                      "airflow_tf_ckpt.core.storage.location", "airflow_tf_ckpt.hooks.storage", "airflow_tf_ckpt.tf_runtime"}
     assert task_time_only.isdisjoint(out["provider_modules"]), out["provider_modules"]
     py_files = sorted(p.name for p in DAGS.glob("*.py"))
     assert out["files"] == py_files  # every file in dags/ holds a DAG
@@ -132,9 +132,9 @@ def example_dags(airflow_db: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
 
 def _chain(run: Any, demo_root: str, capfd: Any) -> dict[str, Any]:
     """train 2 steps -> evaluate each (oldest first) -> event-driven eval -> GC -> checks."""
-    from airflow_tf_ckpt.core.discovery import discover
-    from airflow_tf_ckpt.core.metrics import read_metrics
-    from airflow_tf_ckpt.core.promote import read_manifest
+    from airflow_tf_ckpt.core.promote.promote import read_manifest
+    from airflow_tf_ckpt.core.sidecars.metrics import read_metrics
+    from airflow_tf_ckpt.core.steps.discovery import discover
     from airflow_tf_ckpt.hooks.storage import CheckpointStorageHook
 
     ckpt_dir, promoted = f"{demo_root}/checkpoints", f"{demo_root}/promoted"

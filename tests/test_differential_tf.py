@@ -30,9 +30,9 @@ from typing import Any
 
 import pytest
 
-from airflow_tf_ckpt.core.discovery import discover
 from airflow_tf_ckpt.core.errors import StateFileError
-from airflow_tf_ckpt.core.verify import verify_step
+from airflow_tf_ckpt.core.steps.discovery import discover
+from airflow_tf_ckpt.core.verify.engine import verify_step
 from tests import tf_oracle
 from tests.fixtures.tf_checkpoints import tf_batch
 
@@ -271,7 +271,7 @@ def _retention_cases(rng: random.Random, n: int) -> list[dict[str, Any]]:
 
 
 def _run_retention(tmp_path: Path, n: int, seed: int) -> None:
-    from airflow_tf_ckpt.core.retention import plan_retention, policies_from_options
+    from airflow_tf_ckpt.core.retention.planner import plan_retention, policies_from_options
 
     cases = _retention_cases(random.Random(seed), n)
     kept_by_tf = tf_batch([(tf_oracle.RETENTION, [str(tmp_path), cases])])[0]

@@ -17,10 +17,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from airflow_tf_ckpt.core import discovery
-from airflow_tf_ckpt.core.discovery import discover
-from airflow_tf_ckpt.core.state import StateFile, format_state
-from airflow_tf_ckpt.core.storage import FileInfo, Location, _mtime
+from airflow_tf_ckpt.core.formats.state import StateFile, format_state
+from airflow_tf_ckpt.core.steps import discovery
+from airflow_tf_ckpt.core.steps.discovery import discover
+from airflow_tf_ckpt.core.storage.location import FileInfo, Location, _mtime
 
 PREFIXES = ["ckpt-1", "ckpt-2", "ckpt-3", "ckpt-01", "ckpt-10", "model.ckpt-3", "model.ckpt-12", "ckpt",
             "a-b-7", "x-" + "9" * 19, "y-" + "8" * 19, "z-" + "9" * 18, "ckpt-\u0663", "ckpt-5-", "-5", ""]
@@ -190,8 +190,8 @@ def test_memory_fs_is_left_alone() -> None:
 def test_plan_sizes_are_read_lazily_and_survive_gc(tmp_path) -> None:
     """A plan's sizes come from lazily stat'ed local files: they must be read before GC deletes
     them, so the report after GC still says how many bytes went."""
-    from airflow_tf_ckpt.core.gc import apply_plan
-    from airflow_tf_ckpt.core.retention import StepDecision, plan_retention, policies_from_options
+    from airflow_tf_ckpt.core.retention.executor import apply_plan
+    from airflow_tf_ckpt.core.retention.planner import StepDecision, plan_retention, policies_from_options
 
     for i in range(1, 6):
         (tmp_path / f"ckpt-{i}.index").write_bytes(b"I" * 8)

@@ -8,26 +8,26 @@ from pathlib import Path
 
 import pytest
 
-from airflow_tf_ckpt.core.discovery import discover
-from airflow_tf_ckpt.core.gc import PlanConflictError, apply_plan
-from airflow_tf_ckpt.core.leases import (
-    LeaseConflictError,
-    acquire_lease,
-    gc_intent_name,
-    lease_name,
-    read_gc_intent,
-)
-from airflow_tf_ckpt.core.metrics import write_metrics
-from airflow_tf_ckpt.core.quarantine import quarantine_step
-from airflow_tf_ckpt.core.retention import (
+from airflow_tf_ckpt.core.formats.state import StateFile, read_state, resolve_path, write_state
+from airflow_tf_ckpt.core.retention.executor import PlanConflictError, apply_plan
+from airflow_tf_ckpt.core.retention.planner import (
     KeepEveryNHours,
     KeepLastN,
     KeepPromoted,
     plan_retention,
     record_promotion,
 )
-from airflow_tf_ckpt.core.state import StateFile, read_state, resolve_path, write_state
-from airflow_tf_ckpt.core.storage import Location
+from airflow_tf_ckpt.core.sidecars.leases import (
+    LeaseConflictError,
+    acquire_lease,
+    gc_intent_name,
+    lease_name,
+    read_gc_intent,
+)
+from airflow_tf_ckpt.core.sidecars.metrics import write_metrics
+from airflow_tf_ckpt.core.sidecars.quarantine import quarantine_step
+from airflow_tf_ckpt.core.steps.discovery import discover
+from airflow_tf_ckpt.core.storage.location import Location
 from tests.test_retention import T0, H, make_dir, make_step, mem_loc, put
 
 

@@ -7,11 +7,11 @@ import dataclasses
 
 import pytest
 
-from airflow_tf_ckpt.core import gcs
-from airflow_tf_ckpt.core.gc import apply_plan
-from airflow_tf_ckpt.core.retention import KeepLastN, plan_retention
-from airflow_tf_ckpt.core.safety import Deleter
-from airflow_tf_ckpt.core.storage import Location
+from airflow_tf_ckpt.core.retention.executor import apply_plan
+from airflow_tf_ckpt.core.retention.planner import KeepLastN, plan_retention
+from airflow_tf_ckpt.core.storage import gcs
+from airflow_tf_ckpt.core.storage.location import Location
+from airflow_tf_ckpt.core.storage.safety import Deleter
 from tests.faulty_proxy import FaultyProxy
 from tests.test_retention import make_dir
 

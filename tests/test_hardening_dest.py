@@ -24,7 +24,8 @@ from typing import Any
 import fsspec
 import pytest
 
-from airflow_tf_ckpt.core.promote import (
+from airflow_tf_ckpt.core.formats.state import read_state
+from airflow_tf_ckpt.core.promote.promote import (
     ALIASES_DIR,
     LOCK_NAME,
     MANIFEST_NAME,
@@ -33,9 +34,8 @@ from airflow_tf_ckpt.core.promote import (
     promote,
     read_manifest,
 )
-from airflow_tf_ckpt.core.retention import read_promotions
-from airflow_tf_ckpt.core.state import read_state
-from airflow_tf_ckpt.core.storage import Location
+from airflow_tf_ckpt.core.retention.planner import read_promotions
+from airflow_tf_ckpt.core.storage.location import Location
 from tests.fixtures.gcs_emulator import upload_dir
 
 
@@ -389,8 +389,8 @@ def test_metrics_set_refuses_non_finite_values(value, store, capsys):
 @pytest.mark.parametrize("name", ["val loss", "a\nb", "tab\there", "bell\x07", "", "é", "x" * 257])
 def test_metric_names_follow_one_rule_everywhere(name, copy_variant, capsys):
     from airflow_tf_ckpt.cli import main
-    from airflow_tf_ckpt.core.metrics import MetricsError, write_metrics
-    from airflow_tf_ckpt.core.retention import KeepBestK, RetentionError
+    from airflow_tf_ckpt.core.retention.planner import KeepBestK, RetentionError
+    from airflow_tf_ckpt.core.sidecars.metrics import MetricsError, write_metrics
 
     src = copy_variant("tf2_manager")
     assert main(["metrics", str(src), "--step", "5", "--set", f"{name}=1"]) == 2
@@ -403,8 +403,8 @@ def test_metric_names_follow_one_rule_everywhere(name, copy_variant, capsys):
     assert not (src / "ckpt-5.metrics.json").exists()
     with pytest.raises(RetentionError, match="metric name .* is not valid|needs a metric name"):
         KeepBestK(1, name)
-    from airflow_tf_ckpt.core.discovery import discover
-    from airflow_tf_ckpt.core.promote import select_step
+    from airflow_tf_ckpt.core.promote.promote import select_step
+    from airflow_tf_ckpt.core.steps.discovery import discover
 
     with pytest.raises(PromotionError, match="metric name .* is not valid|needs a metric"):
         select_step(discover(src), "best", metric=name)
@@ -422,10 +422,10 @@ def test_valid_metric_names_are_accepted(names, copy_variant):
 def test_best_never_chooses_a_non_finite_value(store):
     import math
 
-    from airflow_tf_ckpt.core.discovery import discover
-    from airflow_tf_ckpt.core.metrics import write_metrics
-    from airflow_tf_ckpt.core.promote import select_step
-    from airflow_tf_ckpt.core.retention import plan_retention, policies_from_options
+    from airflow_tf_ckpt.core.promote.promote import select_step
+    from airflow_tf_ckpt.core.retention.planner import plan_retention, policies_from_options
+    from airflow_tf_ckpt.core.sidecars.metrics import write_metrics
+    from airflow_tf_ckpt.core.steps.discovery import discover
 
     loc = Location.of(store.src)
     # what an evaluator may record for a diverged run (the sidecar keeps it, spelled "Infinity")

@@ -375,7 +375,7 @@ def test_a_missing_file_whose_path_holds_416_is_missing_not_empty() -> None:
     torn-writes run: ``memory://torn-41603ce850`` read as an empty, TF-rejected state file)."""
     import uuid
 
-    from airflow_tf_ckpt.core.storage import Location, range_not_satisfiable, read_ranged
+    from airflow_tf_ckpt.core.storage.location import Location, range_not_satisfiable, read_ranged
 
     loc = Location.of(f"memory://run-416-{uuid.uuid4().hex[:8]}/ckpts")
     loc.fs.mkdir(loc.path)

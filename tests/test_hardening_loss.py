@@ -14,9 +14,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from airflow_tf_ckpt.core.discovery import discover
-from airflow_tf_ckpt.core.gc import apply_plan
-from airflow_tf_ckpt.core.leases import (
+from airflow_tf_ckpt.core.formats.state import StateFile, read_state, write_state
+from airflow_tf_ckpt.core.retention.executor import apply_plan
+from airflow_tf_ckpt.core.retention.planner import KeepEveryNHours, KeepLastN, plan_retention
+from airflow_tf_ckpt.core.sidecars.leases import (
     GC_LOCK_NAME,
     GcBusyError,
     LeaseConflictError,
@@ -25,10 +26,13 @@ from airflow_tf_ckpt.core.leases import (
     read_leases,
     release_lease,
 )
-from airflow_tf_ckpt.core.quarantine import QuarantineConflictError, quarantine_step, release_quarantine
-from airflow_tf_ckpt.core.retention import KeepEveryNHours, KeepLastN, plan_retention
-from airflow_tf_ckpt.core.state import StateFile, read_state, write_state
-from airflow_tf_ckpt.core.storage import Location
+from airflow_tf_ckpt.core.sidecars.quarantine import (
+    QuarantineConflictError,
+    quarantine_step,
+    release_quarantine,
+)
+from airflow_tf_ckpt.core.steps.discovery import discover
+from airflow_tf_ckpt.core.storage.location import Location
 
 KINDS = ["local", pytest.param("gcs", marks=pytest.mark.gcs)]
 T0 = 1_700_000_000.0

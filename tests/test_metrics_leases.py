@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from airflow_tf_ckpt.core.discovery import discover
 from airflow_tf_ckpt.core.errors import StepNotFoundError
-from airflow_tf_ckpt.core.leases import (
+from airflow_tf_ckpt.core.formats.naming import FileRole, classify
+from airflow_tf_ckpt.core.formats.state import StateFile, read_state, write_state
+from airflow_tf_ckpt.core.sidecars.leases import (
     LeaseConflictError,
     LeaseError,
     acquire_lease,
@@ -25,7 +26,7 @@ from airflow_tf_ckpt.core.leases import (
     release_lease,
     write_gc_intent,
 )
-from airflow_tf_ckpt.core.metrics import (
+from airflow_tf_ckpt.core.sidecars.metrics import (
     MetricsError,
     evaluation_counts,
     metrics_for,
@@ -33,10 +34,9 @@ from airflow_tf_ckpt.core.metrics import (
     read_metrics_record,
     write_metrics,
 )
-from airflow_tf_ckpt.core.naming import FileRole, classify
-from airflow_tf_ckpt.core.quarantine import quarantine_step, read_quarantine
-from airflow_tf_ckpt.core.state import StateFile, read_state, write_state
-from airflow_tf_ckpt.core.storage import Location
+from airflow_tf_ckpt.core.sidecars.quarantine import quarantine_step, read_quarantine
+from airflow_tf_ckpt.core.steps.discovery import discover
+from airflow_tf_ckpt.core.storage.location import Location
 from tests.test_retention import T0, make_dir, mem_loc, put
 
 # --------------------------------------------------------------------------------------------
@@ -184,7 +184,7 @@ def test_unreadable_lease_is_honoured(tmp_path):
     step = discover(loc).get(1)
     [lease] = active_leases(step, time.time(), loc)
     assert not lease.readable and "malformed" in lease.problem and "unreadable" in lease.describe()
-    from airflow_tf_ckpt.core.retention import KeepLastN, plan_retention
+    from airflow_tf_ckpt.core.retention.planner import KeepLastN, plan_retention
 
     assert plan_retention(loc, [KeepLastN(1)]).decision("ckpt-1").action == "keep"
 
@@ -249,7 +249,7 @@ def test_quarantine_absolute_spelling_and_crash_between_writes(tmp_path):
         quarantine_step(loc, "ckpt-2", "bad", hook=crash)
     assert read_quarantine(loc, "ckpt-2") is not None  # the record is written first...
     assert read_state(loc).model_checkpoint_path == str(tmp_path / "ckpt-2")  # ...state not yet
-    from airflow_tf_ckpt.core.retention import KeepLastN, plan_retention
+    from airflow_tf_ckpt.core.retention.planner import KeepLastN, plan_retention
 
     assert plan_retention(loc, [KeepLastN(1)]).decision("ckpt-2").action == "keep"  # GC keeps it anyway
     quarantine_step(loc, "ckpt-2", "bad")

@@ -37,7 +37,7 @@ def _flip(path: Path, offset: int) -> None:
 
 
 def _state_latest(d: Path) -> str:
-    from airflow_tf_ckpt.core.state import parse_state
+    from airflow_tf_ckpt.core.formats.state import parse_state
 
     return parse_state((d / "checkpoint").read_bytes()).model_checkpoint_path
 
@@ -109,7 +109,7 @@ ValidateCheckpointOperator(task_id="from_sensor", ckpt_dir={str(d)!r}, step={sen
 
 
 def test_validate_fails_listing_every_problem(dag_runner, copy_variant, capfd) -> None:
-    from airflow_tf_ckpt.core.verify import verify_step
+    from airflow_tf_ckpt.core.verify.engine import verify_step
 
     d = copy_variant("tf2_manager")
     shard = d / "ckpt-4.data-00000-of-00001"
@@ -227,8 +227,8 @@ EvaluateCheckpointOperator(task_id="evaluate", ckpt_dir={str(d)!r}, step="ckpt-4
     assert x["prefix"] == "ckpt-4" and x["step"] == 4 and x["url"] == f"{d}/ckpt-4"
     assert x["metrics"]["restored_step"] == 4.0 and x["metrics"]["leases_seen"] == 1.0
     # the sidecar, as the core reads it
-    from airflow_tf_ckpt.core.metrics import read_metrics
-    from airflow_tf_ckpt.core.storage import Location
+    from airflow_tf_ckpt.core.sidecars.metrics import read_metrics
+    from airflow_tf_ckpt.core.storage.location import Location
 
     assert read_metrics(Location.of(str(d)), "ckpt-4") == pytest.approx(x["metrics"])
     # during the evaluation: one lease, and GC (keep_last=1) would have KEPT the step because of it
@@ -294,9 +294,9 @@ CheckpointRetentionOperator(task_id="gc", ckpt_dir={str(not_a_dir)!r}, keep_last
 
 def test_two_evaluators_keep_separate_records_and_promote_uses_the_named_one(dag_runner, copy_variant,
                                                                               tmp_path) -> None:
-    from airflow_tf_ckpt.core.discovery import discover
-    from airflow_tf_ckpt.core.metrics import evaluation_counts, write_metrics
-    from airflow_tf_ckpt.core.storage import Location
+    from airflow_tf_ckpt.core.sidecars.metrics import evaluation_counts, write_metrics
+    from airflow_tf_ckpt.core.steps.discovery import discover
+    from airflow_tf_ckpt.core.storage.location import Location
 
     d = copy_variant("tf2_manager")  # ckpt-3, ckpt-4, ckpt-5
     loc = Location.of(str(d))
@@ -336,8 +336,8 @@ a >> b >> a2 >> best_a >> best_b >> gc
 
 
 def test_promote_best_with_asset_events(dag_runner, copy_variant, tmp_path) -> None:
-    from airflow_tf_ckpt.core.metrics import write_metrics
-    from airflow_tf_ckpt.core.storage import Location
+    from airflow_tf_ckpt.core.sidecars.metrics import write_metrics
+    from airflow_tf_ckpt.core.storage.location import Location
 
     d = copy_variant("tf2_manager")
     loc = Location.of(str(d))
@@ -371,8 +371,8 @@ def test_a_step_being_deleted_by_gc_is_skipped_not_validated(dag_runner, copy_va
     whose files are disappearing)."""
     import time
 
-    from airflow_tf_ckpt.core.leases import write_gc_intent
-    from airflow_tf_ckpt.core.storage import Location
+    from airflow_tf_ckpt.core.sidecars.leases import write_gc_intent
+    from airflow_tf_ckpt.core.storage.location import Location
 
     d = copy_variant("tf2_manager")
     now = time.time()

@@ -20,11 +20,10 @@ from typing import Any
 import google_crc32c
 import pytest
 
-from airflow_tf_ckpt.core import promote as promote_mod
-from airflow_tf_ckpt.core.discovery import discover
 from airflow_tf_ckpt.core.errors import StepNotFoundError
-from airflow_tf_ckpt.core.metrics import write_metrics
-from airflow_tf_ckpt.core.promote import (
+from airflow_tf_ckpt.core.formats.state import read_state
+from airflow_tf_ckpt.core.promote import promote as promote_mod
+from airflow_tf_ckpt.core.promote.promote import (
     ALIASES_DIR,
     LOCK_NAME,
     MANIFEST_NAME,
@@ -36,9 +35,10 @@ from airflow_tf_ckpt.core.promote import (
     read_manifest,
     select_step,
 )
-from airflow_tf_ckpt.core.state import read_state
-from airflow_tf_ckpt.core.storage import Location
-from airflow_tf_ckpt.core.verify import verify_step
+from airflow_tf_ckpt.core.sidecars.metrics import write_metrics
+from airflow_tf_ckpt.core.steps.discovery import discover
+from airflow_tf_ckpt.core.storage.location import Location
+from airflow_tf_ckpt.core.verify.engine import verify_step
 from tests.fixtures.gcs_emulator import upload_dir
 from tests.fixtures.tf_checkpoints import tf_batch
 
@@ -241,7 +241,7 @@ def test_heartbeat_keeps_a_long_promotion_locked(copy_variant, tmp_path):
 
 
 def test_record_promotion_is_called(copy_variant, tmp_path, monkeypatch):
-    import airflow_tf_ckpt.core.retention as retention
+    import airflow_tf_ckpt.core.retention.planner as retention
 
     calls = []
     monkeypatch.setattr(retention, "record_promotion", lambda *a, **k: calls.append(a))
@@ -522,7 +522,7 @@ result = all((src.get_tensor(n) == dst.get_tensor(n)).all() if hasattr(src.get_t
 
 
 def test_source_step_is_leased_while_copied(copy_variant, tmp_path):
-    from airflow_tf_ckpt.core.leases import write_gc_intent
+    from airflow_tf_ckpt.core.sidecars.leases import write_gc_intent
 
     src = copy_variant("tf2_manager")
     during: list[list[str]] = []

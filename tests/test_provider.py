@@ -83,7 +83,7 @@ def test_config_accessors(monkeypatch):
 def test_core_and_provider_info_stay_airflow_free():
     """The core, the config accessors and get_provider_info import neither Airflow nor TF."""
     code = ("import sys; import airflow_tf_ckpt.get_provider_info, airflow_tf_ckpt.config, "
-            "airflow_tf_ckpt.core.discovery; "
+            "airflow_tf_ckpt.core.steps.discovery; "
             "bad = [m for m in ('airflow', 'tensorflow') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"

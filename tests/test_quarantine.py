@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from airflow_tf_ckpt.core.discovery import StepStatus, discover
 from airflow_tf_ckpt.core.errors import StepNotFoundError
-from airflow_tf_ckpt.core.promote import PromotionError, select_step
-from airflow_tf_ckpt.core.quarantine import (
+from airflow_tf_ckpt.core.formats.state import StateFile, read_state, write_state
+from airflow_tf_ckpt.core.promote.promote import PromotionError, select_step
+from airflow_tf_ckpt.core.retention.planner import KeepLastN, plan_retention
+from airflow_tf_ckpt.core.sidecars.quarantine import (
     NotQuarantinedError,
     StillCorruptError,
     quarantine_name,
@@ -28,9 +29,8 @@ from airflow_tf_ckpt.core.quarantine import (
     read_quarantine,
     release_quarantine,
 )
-from airflow_tf_ckpt.core.retention import KeepLastN, plan_retention
-from airflow_tf_ckpt.core.state import StateFile, read_state, write_state
-from airflow_tf_ckpt.core.storage import Location
+from airflow_tf_ckpt.core.steps.discovery import StepStatus, discover
+from airflow_tf_ckpt.core.storage.location import Location
 from tests.test_cli import REPO, _flip_in_tensor, assert_one_line_error, run, run_json
 from tests.test_retention import T0, H, make_dir, make_step, mem_loc, put, set_mtime
 
@@ -333,7 +333,7 @@ def test_tf_round_trip_on_gcs(tf_checkpoints, gcs_emulator):
 
 def test_the_core_imports_neither_airflow_nor_tensorflow(tmp_path):
     make_dir(Location.of(tmp_path), [1, 2])
-    code = ("import sys\nfrom airflow_tf_ckpt.core.quarantine import quarantine_step, release_quarantine, "
+    code = ("import sys\nfrom airflow_tf_ckpt.core.sidecars.quarantine import quarantine_step, release_quarantine, "
             "StillCorruptError\n"
             f"quarantine_step({str(tmp_path)!r}, 'ckpt-2', 'bad')\n"
             "try:\n"
@@ -461,7 +461,7 @@ def test_cli_quarantine_input_errors_are_exit_2(args, needle, tmp_path):
 def test_cli_validate_quarantine_leases_and_respects_a_running_gc(copy_variant):
     """validate --quarantine leases each step while it checks and marks it (a GC cannot delete it
     in between), leaves no lease behind, and skips a step that a GC run has announced it deletes."""
-    from airflow_tf_ckpt.core.leases import write_gc_intent
+    from airflow_tf_ckpt.core.sidecars.leases import write_gc_intent
 
     d = copy_variant("tf2_manager")
     _flip_in_tensor(d, "ckpt-5", KERNEL)

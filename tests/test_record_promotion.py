@@ -8,9 +8,9 @@ import threading
 
 import pytest
 
-from airflow_tf_ckpt.core import gcs
-from airflow_tf_ckpt.core.retention import PROMOTIONS_FILENAME, read_promotions, record_promotion
-from airflow_tf_ckpt.core.storage import Location
+from airflow_tf_ckpt.core.retention.planner import PROMOTIONS_FILENAME, read_promotions, record_promotion
+from airflow_tf_ckpt.core.storage import gcs
+from airflow_tf_ckpt.core.storage.location import Location
 
 WRITERS, EACH = 6, 8
 

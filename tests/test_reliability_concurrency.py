@@ -35,10 +35,10 @@ from pathlib import Path
 
 import pytest
 
-from airflow_tf_ckpt.core.gc import PlanConflictError, apply_plan
-from airflow_tf_ckpt.core.retention import DELETE, KeepLastN, plan_retention
-from airflow_tf_ckpt.core.state import parse_state
-from airflow_tf_ckpt.core.storage import Location
+from airflow_tf_ckpt.core.formats.state import parse_state
+from airflow_tf_ckpt.core.retention.executor import PlanConflictError, apply_plan
+from airflow_tf_ckpt.core.retention.planner import DELETE, KeepLastN, plan_retention
+from airflow_tf_ckpt.core.storage.location import Location
 from tests.fixtures.tf_checkpoints import REPO_ROOT, _env, tf_available
 
 WORKER = REPO_ROOT / "tests" / "crash_worker.py"

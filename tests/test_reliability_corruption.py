@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from airflow_tf_ckpt.core.storage import Location
-from airflow_tf_ckpt.core.verify import verify_step
+from airflow_tf_ckpt.core.storage.location import Location
+from airflow_tf_ckpt.core.verify.engine import verify_step
 from tests.reliability_helpers import (
     entry_ranges,
     footer_index_handle,

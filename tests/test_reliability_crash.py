@@ -28,18 +28,18 @@ from pathlib import Path
 
 import pytest
 
-from airflow_tf_ckpt.core.discovery import discover
-from airflow_tf_ckpt.core.gc import apply_plan
-from airflow_tf_ckpt.core.promote import (
+from airflow_tf_ckpt.core.formats.state import read_state, resolve_path
+from airflow_tf_ckpt.core.promote.promote import (
     LOCK_NAME,
     promote,
     read_alias,
     read_manifest,
 )
-from airflow_tf_ckpt.core.retention import plan_retention, policies_from_options
-from airflow_tf_ckpt.core.state import read_state, resolve_path
-from airflow_tf_ckpt.core.storage import Location
-from airflow_tf_ckpt.core.verify import verify_step
+from airflow_tf_ckpt.core.retention.executor import apply_plan
+from airflow_tf_ckpt.core.retention.planner import plan_retention, policies_from_options
+from airflow_tf_ckpt.core.steps.discovery import discover
+from airflow_tf_ckpt.core.storage.location import Location
+from airflow_tf_ckpt.core.verify.engine import verify_step
 from tests.fixtures.tf_checkpoints import REPO_ROOT, _env, tf_batch
 
 WORKER = REPO_ROOT / "tests" / "crash_worker.py"
@@ -306,7 +306,7 @@ def test_promote_sigkill_at_every_point_gcs(variant, tf_checkpoints, tmp_path, r
 def test_worker_never_imports_tensorflow():
     """The crash children must start fast: the core path imports no TF."""
     code = ("import sys; sys.argv=['x']; import tests.crash_worker as w; "
-            "from airflow_tf_ckpt.core import gc, promote; print('tensorflow' in sys.modules)")
+            "import airflow_tf_ckpt.core.retention.executor, airflow_tf_ckpt.core.promote.promote; print('tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=_env(), capture_output=True,
                          text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr

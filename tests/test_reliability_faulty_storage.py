@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from airflow_tf_ckpt.core.discovery import discover
-from airflow_tf_ckpt.core.gc import apply_plan
-from airflow_tf_ckpt.core.promote import check_promotion, promote, read_alias, read_manifest
-from airflow_tf_ckpt.core.retention import plan_retention, policies_from_options
-from airflow_tf_ckpt.core.state import read_state
-from airflow_tf_ckpt.core.storage import Location
-from airflow_tf_ckpt.core.verify import verify_step
+from airflow_tf_ckpt.core.formats.state import read_state
+from airflow_tf_ckpt.core.promote.promote import check_promotion, promote, read_alias, read_manifest
+from airflow_tf_ckpt.core.retention.executor import apply_plan
+from airflow_tf_ckpt.core.retention.planner import plan_retention, policies_from_options
+from airflow_tf_ckpt.core.steps.discovery import discover
+from airflow_tf_ckpt.core.storage.location import Location
+from airflow_tf_ckpt.core.verify.engine import verify_step
 from tests.faulty_proxy import FaultyProxy
 from tests.test_dags import example_dags  # noqa: F401 - the DAG-chain fixture, reused below
 

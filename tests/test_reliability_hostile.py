@@ -40,9 +40,9 @@ from pathlib import Path
 import pytest
 
 from airflow_tf_ckpt import cli
-from airflow_tf_ckpt.core.protos import BundleEntryProto, BundleHeaderProto
-from airflow_tf_ckpt.core.state import StateFile, format_state
-from airflow_tf_ckpt.core.table import encode_varint
+from airflow_tf_ckpt.core.formats.protos import BundleEntryProto, BundleHeaderProto
+from airflow_tf_ckpt.core.formats.state import StateFile, format_state
+from airflow_tf_ckpt.core.formats.table import encode_varint
 from tests.reliability_helpers import reencode_index, table_entries, write_table
 
 pytestmark = pytest.mark.tf
@@ -189,7 +189,7 @@ def _snappy_bomb(b: bytes) -> bytes:
     """A data block that claims snappy compression with a huge declared length."""
     import struct
 
-    from airflow_tf_ckpt.core.crc import mask, value
+    from airflow_tf_ckpt.core.formats.crc import mask, value
 
     contents = encode_varint(1 << 40) + b"\x00" * 8
     trailer = bytes([1]) + struct.pack("<I", mask(value(contents + b"\x01")))
@@ -443,7 +443,7 @@ def test_symlinked_shard_out_of_root_is_read_for_validate(copy_variant, tmp_path
 def test_dir_that_is_an_object_memory(cmd: str) -> None:
     """Regression: fsspec lists a FILE as itself, which read as an empty dir (exit 0 'no
     checkpoints'); a DIR that is a file is now 'not a directory' (exit 2), on object stores too."""
-    from airflow_tf_ckpt.core.storage import Location
+    from airflow_tf_ckpt.core.storage.location import Location
 
     url = f"memory://hostile-{uuid.uuid4().hex[:8]}/a-file"
     loc = Location.of(url)
@@ -507,8 +507,8 @@ def test_gc_never_deletes_outside_the_root(layout: str, how: str, copy_variant, 
             assert o.code in (0, 1), o.text
             report = " ".join(o.text.split())
         else:
-            from airflow_tf_ckpt.core.gc import apply_plan
-            from airflow_tf_ckpt.core.retention import plan_retention, policies_from_options
+            from airflow_tf_ckpt.core.retention.executor import apply_plan
+            from airflow_tf_ckpt.core.retention.planner import plan_retention, policies_from_options
 
             result = apply_plan(plan_retention(str(d), policies_from_options(keep_last=1)))
             report = str(result.to_dict()) + " " + result.summary()

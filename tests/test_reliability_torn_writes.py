@@ -42,10 +42,10 @@ from pathlib import Path
 import pytest
 
 from airflow_tf_ckpt import cli
-from airflow_tf_ckpt.core.discovery import discover
 from airflow_tf_ckpt.core.errors import StorageError
-from airflow_tf_ckpt.core.state import StateFile, format_state
-from airflow_tf_ckpt.core.storage import Location
+from airflow_tf_ckpt.core.formats.state import StateFile, format_state
+from airflow_tf_ckpt.core.steps.discovery import discover
+from airflow_tf_ckpt.core.storage.location import Location
 from tests.reliability_helpers import step_files, variant_bytes
 
 pytestmark = pytest.mark.tf

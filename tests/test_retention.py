@@ -22,12 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from airflow_tf_ckpt.core.discovery import CheckpointDir, CheckpointStep, StepStatus, discover
-from airflow_tf_ckpt.core.gc import apply_plan
-from airflow_tf_ckpt.core.leases import acquire_lease, lease_name
-from airflow_tf_ckpt.core.metrics import write_metrics
-from airflow_tf_ckpt.core.quarantine import quarantine_step
-from airflow_tf_ckpt.core.retention import (
+from airflow_tf_ckpt.core.formats.state import StateFile, read_state, write_state
+from airflow_tf_ckpt.core.retention.executor import apply_plan
+from airflow_tf_ckpt.core.retention.planner import (
     KeepBestK,
     KeepEveryNHours,
     KeepEveryNSteps,
@@ -42,8 +39,11 @@ from airflow_tf_ckpt.core.retention import (
     promoted_prefixes,
     record_promotion,
 )
-from airflow_tf_ckpt.core.state import StateFile, read_state, write_state
-from airflow_tf_ckpt.core.storage import FileInfo, Location
+from airflow_tf_ckpt.core.sidecars.leases import acquire_lease, lease_name
+from airflow_tf_ckpt.core.sidecars.metrics import write_metrics
+from airflow_tf_ckpt.core.sidecars.quarantine import quarantine_step
+from airflow_tf_ckpt.core.steps.discovery import CheckpointDir, CheckpointStep, StepStatus, discover
+from airflow_tf_ckpt.core.storage.location import FileInfo, Location
 
 T0 = 1_700_000_000.0
 H = 3600.0
@@ -614,7 +614,7 @@ def synthetic_dir(steps: Sequence[int], base: str = "ckpt") -> CheckpointDir:
                                   in_state=True, state_path=p, latest=(i == len(steps) - 1)))
         paths.append(p)
         stamps.append(T0 + i * 60.0)
-    from airflow_tf_ckpt.core.state import ResolvedPath
+    from airflow_tf_ckpt.core.formats.state import ResolvedPath
 
     state = StateFile(paths[-1], paths, stamps, T0 - 1)
     resolved = [ResolvedPath(p, p, "relative") for p in paths]
@@ -681,8 +681,8 @@ def test_plan_on_gcs(gcs_bucket):
 TIMELINE_SRC = r'''
 import os
 from tensorflow.python.checkpoint import checkpoint_management as cm
-from airflow_tf_ckpt.core.gc import apply_plan
-from airflow_tf_ckpt.core.retention import KeepEveryNHours, KeepLastN, plan_retention
+from airflow_tf_ckpt.core.retention.executor import apply_plan
+from airflow_tf_ckpt.core.retention.planner import KeepEveryNHours, KeepLastN, plan_retention
 
 clock = [0.0]
 

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from airflow_tf_ckpt.core.errors import StateFileError
-from airflow_tf_ckpt.core.state import (
+from airflow_tf_ckpt.core.formats.state import (
     StateFile,
     _parse_canonical,
     _parse_text_format,

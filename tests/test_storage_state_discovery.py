@@ -6,10 +6,10 @@ import os
 
 import pytest
 
-from airflow_tf_ckpt.core.discovery import StepStatus, discover
 from airflow_tf_ckpt.core.errors import StateFileError, StorageError
-from airflow_tf_ckpt.core.state import StateFile, format_state, parse_state, resolve_path, write_state
-from airflow_tf_ckpt.core.storage import Location
+from airflow_tf_ckpt.core.formats.state import StateFile, format_state, parse_state, resolve_path, write_state
+from airflow_tf_ckpt.core.steps.discovery import StepStatus, discover
+from airflow_tf_ckpt.core.storage.location import Location
 
 STATE = b'''model_checkpoint_path: "ckpt-3"
 all_model_checkpoint_paths: "ckpt-2"

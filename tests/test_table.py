@@ -1,4 +1,4 @@
-"""leveldb table reader (core/table.py), slice keys and bundle parsing (core/bundle.py).
+"""leveldb table reader (core/formats/table.py), slice keys and bundle parsing (core/formats/bundle.py).
 
 Hostile input must only ever raise TableError (naming the file); real TF files must parse.
 Synthetic and fuzzed tables come from the tests' one leveldb table writer,
@@ -15,8 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from airflow_tf_ckpt.core import bundle as bundle_mod
-from airflow_tf_ckpt.core.bundle import (
+from airflow_tf_ckpt.core.errors import CheckpointError, StorageError, TableError
+from airflow_tf_ckpt.core.formats import bundle as bundle_mod
+from airflow_tf_ckpt.core.formats.bundle import (
     SliceKeyError,
     SliceSpec,
     decode_slice_key,
@@ -25,11 +26,9 @@ from airflow_tf_ckpt.core.bundle import (
     read_bundle,
     read_bundle_header,
 )
-from airflow_tf_ckpt.core.crc import mask, unmask, value
-from airflow_tf_ckpt.core.errors import CheckpointError, StorageError, TableError
-from airflow_tf_ckpt.core.protos import BundleEntryProto, BundleHeaderProto
-from airflow_tf_ckpt.core.storage import Location
-from airflow_tf_ckpt.core.table import (
+from airflow_tf_ckpt.core.formats.crc import mask, unmask, value
+from airflow_tf_ckpt.core.formats.protos import BundleEntryProto, BundleHeaderProto
+from airflow_tf_ckpt.core.formats.table import (
     FOOTER_SIZE,
     TABLE_MAGIC,
     BlockHandle,
@@ -42,6 +41,7 @@ from airflow_tf_ckpt.core.table import (
     scan_table,
     verify_table_blocks,
 )
+from airflow_tf_ckpt.core.storage.location import Location
 from tests.reliability_helpers import _block, _trailer, write_table
 
 PATH = "mem://x/test.index"
@@ -76,7 +76,7 @@ def test_crc_mask_roundtrip_and_known_value() -> None:
 def test_extend_buffer_matches_for_every_buffer_kind() -> None:
     import os
 
-    from airflow_tf_ckpt.core.crc import extend, extend_buffer
+    from airflow_tf_ckpt.core.formats.crc import extend, extend_buffer
 
     raw = os.urandom(70_000)
     buf = bytearray(raw)

@@ -28,9 +28,9 @@ import pytest
 
 from airflow_tf_ckpt import cli
 from airflow_tf_ckpt.core.errors import StateFileError
-from airflow_tf_ckpt.core.promote import PromotionError, promote
-from airflow_tf_ckpt.core.state import parse_state
-from airflow_tf_ckpt.core.verify import verify_step
+from airflow_tf_ckpt.core.formats.state import parse_state
+from airflow_tf_ckpt.core.promote.promote import PromotionError, promote
+from airflow_tf_ckpt.core.verify.engine import verify_step
 
 pytestmark = pytest.mark.tf
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from airflow_tf_ckpt.core.state import StateFile, write_state
-from airflow_tf_ckpt.core.storage import Location
+from airflow_tf_ckpt.core.formats.state import StateFile, write_state
+from airflow_tf_ckpt.core.storage.location import Location
 from airflow_tf_ckpt.hooks.storage import (
     CheckpointStorageHook,
     GcsAuth,
@@ -190,7 +190,7 @@ def test_serialized_kwargs_roundtrip_and_stay_small(tmp_path):
 def test_parse_time_defaults_agree_with_the_core():
     """The trigger module repeats the state file's name so that importing it (at DAG parse) does
     not import core.state and protobuf; the default and the serialized kwargs are unchanged."""
-    from airflow_tf_ckpt.core import state
+    from airflow_tf_ckpt.core.formats import state
     from airflow_tf_ckpt.sensors import checkpoint as sensor_mod
     from airflow_tf_ckpt.triggers import checkpoint as trigger_mod
 

@@ -50,10 +50,10 @@ class Page:
 
 
 def _make_dir(tf_checkpoints: Any, root: Path) -> Path:
-    from airflow_tf_ckpt.core.metrics import write_metrics
-    from airflow_tf_ckpt.core.promote import promote
-    from airflow_tf_ckpt.core.quarantine import quarantine_step
-    from airflow_tf_ckpt.core.storage import Location
+    from airflow_tf_ckpt.core.promote.promote import promote
+    from airflow_tf_ckpt.core.sidecars.metrics import write_metrics
+    from airflow_tf_ckpt.core.sidecars.quarantine import quarantine_step
+    from airflow_tf_ckpt.core.storage.location import Location
 
     ckpt = tf_checkpoints.copy("tf2_manager", root / "checkpoints")
     loc = Location.of(str(ckpt))

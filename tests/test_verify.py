@@ -17,12 +17,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from airflow_tf_ckpt.core.bundle import read_bundle
 from airflow_tf_ckpt.core.errors import StorageError
-from airflow_tf_ckpt.core.protos import BundleEntryProto
-from airflow_tf_ckpt.core.storage import Location
-from airflow_tf_ckpt.core.table import Table
-from airflow_tf_ckpt.core.verify import Problem, VerifyReport, verify_step
+from airflow_tf_ckpt.core.formats.bundle import read_bundle
+from airflow_tf_ckpt.core.formats.protos import BundleEntryProto
+from airflow_tf_ckpt.core.formats.table import Table
+from airflow_tf_ckpt.core.storage.location import Location
+from airflow_tf_ckpt.core.verify.engine import Problem, VerifyReport, verify_step
 from tests.fixtures.tf_checkpoints import tf_batch
 from tests.test_table import bundle_index
 
@@ -362,8 +362,8 @@ def test_fuzz_damage_never_raises(tf_checkpoints, target: str, cut: int | None,
 
 def _string_layout(elems: list[bytes]) -> tuple[bytes, int]:
     """DT_STRING bytes + unmasked tensor crc, per tensor_bundle.cc WriteStringTensor."""
-    from airflow_tf_ckpt.core.crc import extend, mask
-    from airflow_tf_ckpt.core.table import encode_varint
+    from airflow_tf_ckpt.core.formats.crc import extend, mask
+    from airflow_tf_ckpt.core.formats.table import encode_varint
 
     crc = 0
     for e in elems:
@@ -379,7 +379,7 @@ def _string_layout(elems: list[bytes]) -> tuple[bytes, int]:
 def test_overlapping_gapped_and_empty_entries(tmp_path: Path, chunk_size: int) -> None:
     import os as _os
 
-    from airflow_tf_ckpt.core.crc import mask, value
+    from airflow_tf_ckpt.core.formats.crc import mask, value
 
     blob = bytearray(_os.urandom(20_000))
     sdata, scrc = _string_layout([b"a" * 200, b"", b"xyz" * 50])

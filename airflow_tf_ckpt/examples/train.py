@@ -84,7 +84,7 @@ def _mirror(local_dir: str, remote_url: str, prefix: str, dropped: list[str],
     ``dropped`` are prefixes TF's ``max_to_keep`` dropped in this save; their remote files go only
     when TF really deleted the local ones (a step kept by ``keep_checkpoint_every_n_hours`` stays).
     """
-    from airflow_tf_ckpt.core.storage import Location
+    from airflow_tf_ckpt.core.storage.location import Location
 
     loc = Location.of(remote_url, storage_options)
     names = sorted(os.listdir(local_dir))
@@ -176,10 +176,10 @@ def _pull_latest(remote_url: str, work_dir: str, storage_options: dict[str, Any]
 
     The state file is copied whole, so the next mirrored state file still names the older steps.
     """
-    from airflow_tf_ckpt.core.discovery import discover
     from airflow_tf_ckpt.core.errors import StorageError
-    from airflow_tf_ckpt.core.state import format_state
-    from airflow_tf_ckpt.core.storage import Location
+    from airflow_tf_ckpt.core.formats.state import format_state
+    from airflow_tf_ckpt.core.steps.discovery import discover
+    from airflow_tf_ckpt.core.storage.location import Location
 
     loc = Location.of(remote_url, storage_options)
     try:

@@ -28,7 +28,7 @@ def location(ckpt_dir: str) -> Any:
 
 def discover_or_none(loc: Any) -> Any:
     """The dir's steps, or ``None`` when the dir does not exist yet (nothing trained)."""
-    from airflow_tf_ckpt.core.discovery import discover
+    from airflow_tf_ckpt.core.steps.discovery import discover
 
     if not loc.exists():
         return None
@@ -37,7 +37,7 @@ def discover_or_none(loc: Any) -> Any:
 
 def evaluated(loc: Any, prefix: str, evaluator: str | None) -> bool:
     """Has ``evaluator`` recorded metrics for ``prefix``?"""
-    from airflow_tf_ckpt.core.metrics import read_metrics
+    from airflow_tf_ckpt.core.sidecars.metrics import read_metrics
 
     return read_metrics(loc, prefix, evaluator=evaluator) is not None
 
@@ -78,7 +78,7 @@ def advance_over(ckpt_dir: str, offered: Sequence[str], evaluator: str | None) -
 
 
 def _step_number(prefix: str) -> int:
-    from airflow_tf_ckpt.core.naming import parse_prefix
+    from airflow_tf_ckpt.core.formats.naming import parse_prefix
 
     step = parse_prefix(prefix).step
     if step is None:

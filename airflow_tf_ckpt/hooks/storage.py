@@ -38,7 +38,7 @@ from typing import Any
 from airflow.sdk import BaseHook
 
 from airflow_tf_ckpt.core.errors import StorageError
-from airflow_tf_ckpt.core.storage import (
+from airflow_tf_ckpt.core.storage.location import (
     GCS_PROTOCOLS,
     MAX_READ_BYTES,
     FileTooLargeError,

@@ -30,8 +30,8 @@ from airflow.sdk.exceptions import AirflowSkipException
 from airflow_tf_ckpt.core.errors import StepNotFoundError
 
 if TYPE_CHECKING:  # core.discovery pulls core.state and protobuf: imported when a task runs, not at parse
-    from airflow_tf_ckpt.core.discovery import CheckpointDir, CheckpointStep
-    from airflow_tf_ckpt.core.storage import Location
+    from airflow_tf_ckpt.core.steps.discovery import CheckpointDir, CheckpointStep
+    from airflow_tf_ckpt.core.storage.location import Location
 
 StepArg = int | str | dict[str, Any] | None
 
@@ -140,7 +140,7 @@ class BaseCheckpointOperator(BaseOperator):
         return self.get_hook().get_location(str(url or self.ckpt_dir))
 
     def discover(self, loc: Location) -> CheckpointDir:
-        from airflow_tf_ckpt.core.discovery import discover
+        from airflow_tf_ckpt.core.steps.discovery import discover
 
         return discover(loc, self.prefix or None)
 
@@ -152,7 +152,7 @@ class BaseCheckpointOperator(BaseOperator):
         act on a half-written step), unless ``allow_incomplete`` (the validator, whose job is to
         report exactly that).
         """
-        from airflow_tf_ckpt.core.discovery import StepStatus
+        from airflow_tf_ckpt.core.steps.discovery import StepStatus
 
         sel = parse_step_arg(self.step if value is None else value)
         where = cdir.location.display()
@@ -178,8 +178,8 @@ class BaseCheckpointOperator(BaseOperator):
         between our listing and the lease. When a retention run is deleting it right now (its
         intent names the step), the task is SKIPPED: the step is going away, nothing to do.
         """
-        from airflow_tf_ckpt.core.discovery import StepStatus
-        from airflow_tf_ckpt.core.leases import LeaseConflictError, leased
+        from airflow_tf_ckpt.core.sidecars.leases import LeaseConflictError, leased
+        from airflow_tf_ckpt.core.steps.discovery import StepStatus
 
         owner = lease_owner(context)
         url = loc.display(step.prefix)

@@ -34,7 +34,7 @@ def _seconds(value: Any) -> float | None:
         return value.total_seconds()
     if value in (None, "", "None"):
         return None
-    from airflow_tf_ckpt.core.retention import parse_duration
+    from airflow_tf_ckpt.core.retention.planner import parse_duration
 
     return parse_duration(str(value)) if isinstance(value, str) else float(value)
 
@@ -111,7 +111,7 @@ class CheckpointRetentionOperator(BaseCheckpointOperator):
             raise ValueError(f"mode must be 'min' or 'max', not {mode!r}")
 
     def policies(self) -> list[Any]:
-        from airflow_tf_ckpt.core.retention import policies_from_options
+        from airflow_tf_ckpt.core.retention.planner import policies_from_options
 
         pins = self.pins
         if isinstance(pins, str):  # a templated list renders to text
@@ -135,8 +135,8 @@ class CheckpointRetentionOperator(BaseCheckpointOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_tf_ckpt.core.errors import DirNotFoundError
-        from airflow_tf_ckpt.core.gc import apply_plan
-        from airflow_tf_ckpt.core.retention import plan_retention
+        from airflow_tf_ckpt.core.retention.executor import apply_plan
+        from airflow_tf_ckpt.core.retention.planner import plan_retention
 
         dry_run = self.dry_run if isinstance(self.dry_run, bool) else \
             str(self.dry_run).strip().lower() in ("1", "true", "yes", "on")

@@ -24,8 +24,8 @@ from airflow.sdk.exceptions import AirflowFailException
 from airflow_tf_ckpt.operators._common import BaseCheckpointOperator, StepArg, lease_owner, load_callable
 
 if TYPE_CHECKING:  # discovery pulls in protobuf, storage the fsspec seam: not at DAG-parse time
-    from airflow_tf_ckpt.core.discovery import CheckpointStep
-    from airflow_tf_ckpt.core.storage import Location
+    from airflow_tf_ckpt.core.steps.discovery import CheckpointStep
+    from airflow_tf_ckpt.core.storage.location import Location
 
 FORMATS = ("tf2", "tf1")
 
@@ -208,14 +208,14 @@ class EvaluateCheckpointOperator(RestoreCheckpointOperator):
         if evaluator is not None and "{{" not in str(evaluator):
             # core.naming, not core.metrics: this runs at DAG parse, where the discovery core
             # (protobuf) and the storage seam must not be imported
-            from airflow_tf_ckpt.core.naming import EVALUATOR_RE
+            from airflow_tf_ckpt.core.formats.naming import EVALUATOR_RE
 
             if not isinstance(evaluator, str) or not EVALUATOR_RE.match(evaluator):
                 raise ValueError(f"invalid evaluator name {evaluator!r} (letters, digits, '_', '.', '-'; "
                                  "at most 250; not starting with '.' or '-')")
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from airflow_tf_ckpt.core.metrics import check_evaluator, write_metrics
+        from airflow_tf_ckpt.core.sidecars.metrics import check_evaluator, write_metrics
 
         evaluator = check_evaluator(None if self.evaluator in (None, "", "None") else str(self.evaluator))
         evaluate = load_callable(self.eval_fn, "eval_fn")

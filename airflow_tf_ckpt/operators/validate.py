@@ -73,7 +73,7 @@ class ValidateCheckpointOperator(BaseCheckpointOperator):
         self.lease_ttl = lease_ttl
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from airflow_tf_ckpt.core.verify import verify_step
+        from airflow_tf_ckpt.core.verify.engine import verify_step
 
         loc = self.get_location()
         cdir = self.discover(loc)
@@ -97,7 +97,7 @@ class ValidateCheckpointOperator(BaseCheckpointOperator):
             quarantined = ""
             if _truthy(self.quarantine):
                 # still under the lease: retention cannot delete the step before it is marked
-                from airflow_tf_ckpt.core.quarantine import quarantine_step
+                from airflow_tf_ckpt.core.sidecars.quarantine import quarantine_step
 
                 q = quarantine_step(loc, step.prefix, f"validation failed with {len(problems)} problem(s)",
                                     report.to_dict())

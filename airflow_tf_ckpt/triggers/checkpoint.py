@@ -55,9 +55,9 @@ from typing import TYPE_CHECKING, Any
 from airflow.triggers.base import BaseEventTrigger, BaseTrigger, TriggerEvent
 
 if TYPE_CHECKING:
-    from airflow_tf_ckpt.core.discovery import CheckpointStep
-    from airflow_tf_ckpt.core.state import StateFile
-    from airflow_tf_ckpt.core.storage import Location
+    from airflow_tf_ckpt.core.formats.state import StateFile
+    from airflow_tf_ckpt.core.steps.discovery import CheckpointStep
+    from airflow_tf_ckpt.core.storage.location import Location
     from airflow_tf_ckpt.hooks.storage import AsyncCheckpointDir, CheckpointStorageHook
 
 # This module is imported when a DAG file is parsed (a CheckpointEventTrigger is built for its
@@ -65,7 +65,7 @@ if TYPE_CHECKING:
 # base classes. The core (discovery, the state file and with it protobuf) and the storage hook are
 # imported by the methods that poll, which run in the triggerer or the worker.
 
-# = airflow_tf_ckpt.core.state.STATE_FILENAME (TF's name for it), repeated so that the constructors'
+# = airflow_tf_ckpt.core.formats.state.STATE_FILENAME (TF's name for it), repeated so that the constructors'
 # default does not import core.state and protobuf; tests/test_triggers.py checks that they agree.
 STATE_FILENAME = "checkpoint"
 
@@ -147,7 +147,7 @@ class Poller:
         """The ordered steps the state file names (cached while the file is unchanged)."""
         digest = hashlib.blake2b(data, digest_size=16).digest()
         if digest != self._state_digest:
-            from airflow_tf_ckpt.core.state import parse_state
+            from airflow_tf_ckpt.core.formats.state import parse_state
 
             state = parse_state(data, location.display(self.state_filename))
             self._candidates = self._named_steps(location, state)
@@ -157,8 +157,8 @@ class Poller:
         return self._candidates
 
     def _named_steps(self, location: Location, state: StateFile) -> list[Candidate]:
-        from airflow_tf_ckpt.core.naming import parse_prefix
-        from airflow_tf_ckpt.core.state import resolve_path
+        from airflow_tf_ckpt.core.formats.naming import parse_prefix
+        from airflow_tf_ckpt.core.formats.state import resolve_path
 
         raws = list(dict.fromkeys(state.all_model_checkpoint_paths + (
             [state.model_checkpoint_path] if state.model_checkpoint_path else [])))
@@ -189,7 +189,7 @@ class Poller:
     def _group(self, location: Location, listings: list[list[dict[str, Any]]],
                names: set[str]) -> dict[str, list[dict[str, Any]]]:
         """Listing entries by the checkpoint prefix they belong to (only candidates' prefixes)."""
-        from airflow_tf_ckpt.core.naming import classify
+        from airflow_tf_ckpt.core.formats.naming import classify
 
         groups: dict[str, list[dict[str, Any]]] = {}
         seen: set[str] = set()
@@ -208,8 +208,8 @@ class Poller:
 
     def _judge_chunk(self, reader: Any, groups: dict[str, list[dict[str, Any]]],
                      chunk: list[Candidate]) -> dict[str, StepCheck]:
-        from airflow_tf_ckpt.core.discovery import StepStatus, discover
-        from airflow_tf_ckpt.core.state import StateFile, format_state
+        from airflow_tf_ckpt.core.formats.state import StateFile, format_state
+        from airflow_tf_ckpt.core.steps.discovery import StepStatus, discover
 
         location: Location = reader.location
         raws = [c.raw for c in chunk]
@@ -314,7 +314,7 @@ class Poller:
     async def apoll(self, adir: AsyncCheckpointDir, after: int | None, pick: str,
                     warn: Any = None) -> tuple[list[StepCheck], float | None]:
         """Async poll: the state file, then (only if it names steps after ``after``) their files."""
-        from airflow_tf_ckpt.core.state import MAX_STATE_BYTES
+        from airflow_tf_ckpt.core.formats.state import MAX_STATE_BYTES
 
         self._count(1)
         data = await adir.read(self.state_filename, MAX_STATE_BYTES, "a checkpoint state file")
@@ -337,7 +337,7 @@ class Poller:
     def poll(self, reader: Any, after: int | None, pick: str,
              warn: Any = None) -> tuple[list[StepCheck], float | None]:
         """Blocking twin of :meth:`apoll` (for a sensor's ``poke``)."""
-        from airflow_tf_ckpt.core.state import MAX_STATE_BYTES
+        from airflow_tf_ckpt.core.formats.state import MAX_STATE_BYTES
 
         self._count(1)
         data = reader.read(self.state_filename, MAX_STATE_BYTES, "a checkpoint state file")
@@ -367,9 +367,9 @@ def _preload(gcs: bool) -> None:
     """Import what a poll needs: the storage hook (fsspec), the core (the state file's protobuf,
     discovery) and, for gs://, gcsfs. Done in a thread by :func:`preload`: a first import of these
     takes 0.3-1 s on a busy machine, which on the loop stalls every trigger of the triggerer."""
-    import airflow_tf_ckpt.core.discovery  # noqa: F401
-    import airflow_tf_ckpt.core.naming  # noqa: F401
-    import airflow_tf_ckpt.core.state  # noqa: F401 - and protobuf
+    import airflow_tf_ckpt.core.formats.naming  # noqa: F401
+    import airflow_tf_ckpt.core.formats.state  # noqa: F401 - and protobuf
+    import airflow_tf_ckpt.core.steps.discovery  # noqa: F401
     import airflow_tf_ckpt.hooks.storage  # noqa: F401
 
     if gcs:

@@ -26,8 +26,8 @@ from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from airflow_tf_ckpt import config
-from airflow_tf_ckpt.core.discovery import CheckpointDir, discover
 from airflow_tf_ckpt.core.errors import CheckpointError
+from airflow_tf_ckpt.core.steps.discovery import CheckpointDir, discover
 from airflow_tf_ckpt.ui import sources, views
 
 DIRS_TTL_S = 30.0  # how long the list of dirs (read from the serialized DAGs) is reused
@@ -216,7 +216,7 @@ def _fresh_listing(d: sources.WatchedDir) -> CheckpointDir:
 
 
 def _state_only(d: sources.WatchedDir) -> Any:
-    from airflow_tf_ckpt.core.state import STATE_FILENAME, read_state
+    from airflow_tf_ckpt.core.formats.state import STATE_FILENAME, read_state
 
     try:
         return read_state(_hook(d.conn_id).get_location(d.url), STATE_FILENAME)
@@ -347,7 +347,7 @@ def _routes(app: FastAPI) -> None:
     @app.post("/api/dirs/{dir_id}/steps/{prefix}/quarantine")
     def quarantine_one(request: Request, dir_id: str, prefix: str,
                        reason: Annotated[str, Body(embed=True, min_length=1, max_length=500)]) -> dict[str, Any]:
-        from airflow_tf_ckpt.core.quarantine import quarantine_step
+        from airflow_tf_ckpt.core.sidecars.quarantine import quarantine_step
 
         d = _dir(dir_id)
         _authorize(request, d, "PUT")
@@ -360,7 +360,7 @@ def _routes(app: FastAPI) -> None:
 
     @app.post("/api/dirs/{dir_id}/steps/{prefix}/unquarantine")
     def unquarantine_one(request: Request, dir_id: str, prefix: str) -> dict[str, Any]:
-        from airflow_tf_ckpt.core.quarantine import release_quarantine
+        from airflow_tf_ckpt.core.sidecars.quarantine import release_quarantine
 
         d = _dir(dir_id)
         _authorize(request, d, "PUT")

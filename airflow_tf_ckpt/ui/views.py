@@ -13,18 +13,18 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from airflow_tf_ckpt.core.discovery import CheckpointDir, CheckpointStep
 from airflow_tf_ckpt.core.errors import CheckpointError
-from airflow_tf_ckpt.core.leases import read_leases
-from airflow_tf_ckpt.core.metrics import evaluation_records, read_files
-from airflow_tf_ckpt.core.naming import QUARANTINE_SUFFIX, classify
-from airflow_tf_ckpt.core.retention import (
+from airflow_tf_ckpt.core.formats.naming import QUARANTINE_SUFFIX, classify
+from airflow_tf_ckpt.core.retention.planner import (
     PROMOTIONS_FILENAME,
     RetentionPolicy,
     current_promotions,
     plan_retention,
     read_promotions,
 )
+from airflow_tf_ckpt.core.sidecars.leases import read_leases
+from airflow_tf_ckpt.core.sidecars.metrics import evaluation_records, read_files
+from airflow_tf_ckpt.core.steps.discovery import CheckpointDir, CheckpointStep
 
 # PREFIX.metrics.json, the sidecar of evaluations that name no evaluator; parentheses are not
 # allowed in evaluator names, so this label never clashes with one
@@ -194,7 +194,7 @@ def destination_aliases(records: Sequence[Mapping[str, Any]], open_location: Any
     ``open_location(url)`` gives the destination's Location (through the same hook as the dir). A
     destination that cannot be read is reported with its error, not raised.
     """
-    from airflow_tf_ckpt.core.promote import list_aliases
+    from airflow_tf_ckpt.core.promote.promote import list_aliases
 
     out = []
     for dest in dict.fromkeys(str(r.get("dest")) for r in records if r.get("current") and r.get("dest")):
@@ -216,7 +216,7 @@ def preliminary(state: Any, base: str | None = None, offset: int = 0, limit: int
     """
     import posixpath
 
-    from airflow_tf_ckpt.core.naming import parse_prefix
+    from airflow_tf_ckpt.core.formats.naming import parse_prefix
 
     paths = [] if state is None else list(dict.fromkeys(state.all_model_checkpoint_paths
                                                           + [state.model_checkpoint_path]))

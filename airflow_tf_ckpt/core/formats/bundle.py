@@ -1,6 +1,6 @@
 """V2 TensorBundle index (``PREFIX.index``): header, entries, and slice keys.
 
-The ``.index`` is a leveldb table (see :mod:`.table`). Key ``""`` holds a ``BundleHeaderProto``;
+The ``.index`` is a leveldb table (see :mod:`airflow_tf_ckpt.core.formats.table`). Key ``""`` holds a ``BundleHeaderProto``;
 every other key a ``BundleEntryProto`` (tensorflow/core/util/tensor_bundle/tensor_bundle.cc).
 
 Slices: when a tensor is saved in pieces (``MaxShardSizePolicy`` splits large tensors; old
@@ -27,12 +27,12 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from .crc import unmask
-from .errors import TableError
-from .naming import v2_data_name
-from .protos import BundleEntryProto, BundleHeaderProto, dtype_name
-from .storage import Location
-from .table import FOOTER_SIZE, Table, TableCorruption, TableScan
+from airflow_tf_ckpt.core.errors import TableError
+from airflow_tf_ckpt.core.formats.crc import unmask
+from airflow_tf_ckpt.core.formats.naming import v2_data_name
+from airflow_tf_ckpt.core.formats.protos import BundleEntryProto, BundleHeaderProto, dtype_name
+from airflow_tf_ckpt.core.formats.table import FOOTER_SIZE, Table, TableCorruption, TableScan
+from airflow_tf_ckpt.core.storage.location import Location
 
 HEADER_KEY = b""
 # An index this big describes ~40M tensors (1M take 23 MB); a larger one is refused unread.

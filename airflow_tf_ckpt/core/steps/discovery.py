@@ -30,10 +30,24 @@ from itertools import chain
 from operator import itemgetter
 from typing import Any
 
-from .errors import CheckpointError, StepNotFoundError
-from .naming import LEASE_INFIX, FileRole, classify, parse_prefix, v1_shard_name, v2_data_name
-from .state import STATE_FILENAME, ResolvedPath, StateFile, read_state, relative_paths, resolve_path
-from .storage import FileInfo, Location, lazy_infos, lazy_special_info
+from airflow_tf_ckpt.core.errors import CheckpointError, StepNotFoundError
+from airflow_tf_ckpt.core.formats.naming import (
+    LEASE_INFIX,
+    FileRole,
+    classify,
+    parse_prefix,
+    v1_shard_name,
+    v2_data_name,
+)
+from airflow_tf_ckpt.core.formats.state import (
+    STATE_FILENAME,
+    ResolvedPath,
+    StateFile,
+    read_state,
+    relative_paths,
+    resolve_path,
+)
+from airflow_tf_ckpt.core.storage.location import FileInfo, Location, lazy_infos, lazy_special_info
 
 _V1_SHARD_PATTERN = re.compile(r"^(.+)-\?{5}-of-\d{5}$")
 
@@ -492,7 +506,7 @@ def _general_step(loc: Location, pfx: str, roles: dict[str, list], by_name: dict
         counts = {r.num_shards for _, r in data}
         if deep and "index" in roles:
             try:
-                from .bundle import read_bundle_header  # noqa: PLC0415 (optional, heavier path)
+                from airflow_tf_ckpt.core.formats.bundle import read_bundle_header  # noqa: PLC0415 (optional, heavier path)
 
                 num_shards = int(read_bundle_header(loc, pfx).num_shards)
             except CheckpointError as exc:

@@ -24,7 +24,7 @@ data entry must parse and belong to a tensor the meta lists.
 
 Nothing here raises for a damaged checkpoint: every finding is a :class:`Problem` naming the file
 (and the tensor where one is concerned) in a :class:`VerifyReport`. Only storage errors that are
-not about the checkpoint (the directory does not exist) raise :class:`~.errors.StorageError`.
+not about the checkpoint (the directory does not exist) raise :class:`~airflow_tf_ckpt.core.errors.StorageError`.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from .buffers import read_buffer
-from .bundle import (
+from airflow_tf_ckpt.core.errors import StorageError
+from airflow_tf_ckpt.core.formats.bundle import (
     HEADER_KEY,
     MAX_INDEX_BYTES,
     BundleEntry,
@@ -55,13 +55,23 @@ from .bundle import (
     is_slice_key,
     key_text,
 )
-from .crc import extend_buffer as _extend
-from .crc import unmask
-from .errors import StorageError
-from .naming import v1_shard_name
-from .protos import BUNDLE_BIG_ENDIAN, BUNDLE_LITTLE_ENDIAN, DT_STRING, SavedTensorSlices
-from .storage import FileTooLargeError, Location, NotRegularFileError, open_regular
-from .table import Table, TableCorruption
+from airflow_tf_ckpt.core.formats.crc import extend_buffer as _extend
+from airflow_tf_ckpt.core.formats.crc import unmask
+from airflow_tf_ckpt.core.formats.naming import v1_shard_name
+from airflow_tf_ckpt.core.formats.protos import (
+    BUNDLE_BIG_ENDIAN,
+    BUNDLE_LITTLE_ENDIAN,
+    DT_STRING,
+    SavedTensorSlices,
+)
+from airflow_tf_ckpt.core.formats.table import Table, TableCorruption
+from airflow_tf_ckpt.core.storage.buffers import read_buffer
+from airflow_tf_ckpt.core.storage.location import (
+    FileTooLargeError,
+    Location,
+    NotRegularFileError,
+    open_regular,
+)
 
 DT_VARIANT = 21
 MAX_SHARDS = 100_000  # far beyond any real checkpoint; a larger count is a corrupt header
@@ -747,7 +757,7 @@ def shard_size_problems(location: Location, prefix: str) -> list[Problem]:
     """What the sizes of a V2 step's data shards show against its index, reading no data byte:
     trailing bytes, or a shard shorter than its tensors. Cheap enough to run before shipping a
     step (promotion). Raises TableError when the index itself does not parse."""
-    from .bundle import read_bundle
+    from airflow_tf_ckpt.core.formats.bundle import read_bundle
 
     bundle = read_bundle(location, prefix)
     n = bundle.num_shards
@@ -919,7 +929,7 @@ def _verify_v1_table(location: Location, name: str, size: int, chunk_size: int, 
 
 
 def _slice_text(proto: Any, rank: int) -> str:
-    from .bundle import SliceSpec
+    from airflow_tf_ckpt.core.formats.bundle import SliceSpec
 
     return str(SliceSpec.from_proto(proto, rank))
 
@@ -969,7 +979,7 @@ MAX_META_BYTES = 256 << 20
 def _check_meta(location: Location, prefix: str, report: VerifyReport) -> None:
     """``PREFIX.meta``, where there is one, must parse as the MetaGraphDef TF1's
     ``import_meta_graph`` reads (a truncated or damaged one fails there) and hold a graph."""
-    from .protos import MetaGraphDef
+    from airflow_tf_ckpt.core.formats.protos import MetaGraphDef
 
     name = prefix + ".meta"
     display = location.display(name)

@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 
 import cramjam
 
-from . import crc as _crc
-from .errors import TableError
+from airflow_tf_ckpt.core.errors import TableError
+from airflow_tf_ckpt.core.formats import crc as _crc
 
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48  # 2 * BlockHandle::kMaxEncodedLength (2 * 10 each) + 8 bytes of magic

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import quote
 
-from .storage import FileInfo, Location, _mtime
+from airflow_tf_ckpt.core.storage.location import FileInfo, Location, _mtime
 
 #: GCS's maximum number of calls in one batch request.
 BATCH_LIMIT = 100

@@ -27,7 +27,7 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from .errors import DirNotFoundError, StorageError
+from airflow_tf_ckpt.core.errors import DirNotFoundError, StorageError
 
 GCS_PROTOCOLS = ("gs", "gcs")
 

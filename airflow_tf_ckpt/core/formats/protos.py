@@ -29,7 +29,7 @@ def build_file_descriptor() -> Any:
     This is the source of truth. Importing ``descriptor_pb2`` costs ~0.2 s (a third of a
     ``tf-ckpt validate`` start-up), so the module loads the serialized form of this descriptor,
     ``SERIALIZED_FILE_DESCRIPTOR``; ``tests/test_protos.py`` checks that the two are identical.
-    Regenerate with ``python -m airflow_tf_ckpt.core.protos`` after changing this function.
+    Regenerate with ``python -m airflow_tf_ckpt.core.formats.protos`` after changing this function.
     """
     from google.protobuf import descriptor_pb2
 

@@ -1,10 +1,10 @@
-"""Crash-safe execution of a :class:`~airflow_tf_ckpt.core.retention.RetentionPlan`.
+"""Crash-safe execution of a :class:`~airflow_tf_ckpt.core.retention.planner.RetentionPlan`.
 
 Order of operations (``hook(label, ...)`` runs before each I/O step, so tests can crash there),
-all under the dir's GC lock (:func:`.leases.acquire_gc_lock`: one deleting run per dir at a time):
+all under the dir's GC lock (:func:`airflow_tf_ckpt.core.sidecars.leases.acquire_gc_lock`: one deleting run per dir at a time):
 
 1. ``write_intent``  ``BASE.gc-intent.json`` names the steps about to go (lease handshake, see
-   :mod:`.leases`);
+   :mod:`airflow_tf_ckpt.core.sidecars.leases`);
 2. ``relist``        a fresh listing + state-file read. Anything that invalidates the plan (a
    doomed step is now the latest or the newest committed, newly leased, quarantined or promoted,
    changed files or status, another ``last_preserved_timestamp``) makes GC re-plan with the same
@@ -16,7 +16,7 @@ all under the dir's GC lock (:func:`.leases.acquire_gc_lock`: one deleting run p
    step that gained files after planning is not noticed (on local disk it is). Such a step is being
    rewritten by a trainer that restarted from an older step, and it only becomes safe to keep once
    the state file names it, which the re-read state file does show;
-3. ``write_state``   the state file is rewritten ATOMICALLY through :func:`.state.update_state`:
+3. ``write_state``   the state file is rewritten ATOMICALLY through :func:`airflow_tf_ckpt.core.formats.state.update_state`:
    the file as it is at the moment of the write (re-read just before the rename locally, a
    generation precondition on ``gs://``: a save that commits meanwhile stays), minus every
    spelling of the doomed steps, with ``last_preserved_timestamp`` advanced as the every-N-hours
@@ -24,7 +24,7 @@ all under the dir's GC lock (:func:`.leases.acquire_gc_lock`: one deleting run p
    and its ``model_checkpoint_path`` is never dropped (such a step is spared, not deleted);
 4. ``delete``        the files of doomed steps (index first) and their sidecars, in batches:
    ``fs.rm(list)`` once per batch on object stores, ``unlink`` through a descriptor of the root
-   locally; every path is re-checked by :mod:`.safety` right before removal;
+   locally; every path is re-checked by :mod:`airflow_tf_ckpt.core.storage.safety` right before removal;
 5. ``clear_intent``.
 
 Invariant: the state file only ever loses names before files are deleted, so after a crash at any
@@ -40,21 +40,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .discovery import CheckpointDir, discover
-from .errors import CheckpointError, StorageError
-from .gcs import glob_escape, is_gcs, list_matching
-from .leases import (
-    GC_INTENT_SUFFIX,
-    LEASE_INFIX,
-    GcLock,
-    acquire_gc_lock,
-    clear_gc_intent,
-    gc_intent_name,
-    read_leases,
-    write_gc_intent,
-)
-from .naming import EVALUATOR_METRICS_INFIX, METRICS_SUFFIX, QUARANTINE_SUFFIX
-from .retention import (
+from airflow_tf_ckpt.core.errors import CheckpointError, StorageError
+from airflow_tf_ckpt.core.formats.naming import EVALUATOR_METRICS_INFIX, METRICS_SUFFIX, QUARANTINE_SUFFIX
+from airflow_tf_ckpt.core.formats.state import StateChange, StateFile, resolve_path, update_state
+from airflow_tf_ckpt.core.retention.planner import (
     DELETE,
     PROMOTIONS_FILENAME,
     KeepEveryNHours,
@@ -64,9 +53,20 @@ from .retention import (
     plan_retention,
     read_promotions,
 )
-from .safety import Deleter, Refusal
-from .state import StateChange, StateFile, resolve_path, update_state
-from .storage import FileInfo
+from airflow_tf_ckpt.core.sidecars.leases import (
+    GC_INTENT_SUFFIX,
+    LEASE_INFIX,
+    GcLock,
+    acquire_gc_lock,
+    clear_gc_intent,
+    gc_intent_name,
+    read_leases,
+    write_gc_intent,
+)
+from airflow_tf_ckpt.core.steps.discovery import CheckpointDir, discover
+from airflow_tf_ckpt.core.storage.gcs import glob_escape, is_gcs, list_matching
+from airflow_tf_ckpt.core.storage.location import FileInfo
+from airflow_tf_ckpt.core.storage.safety import Deleter, Refusal
 
 Hook = Callable[..., Any]
 _RECHECK_SUFFIXES = (QUARANTINE_SUFFIX, METRICS_SUFFIX, GC_INTENT_SUFFIX)
@@ -273,7 +273,7 @@ def apply_plan(plan: RetentionPlan, *, dry_run: bool = False, batch_size: int = 
 
     A run that deletes holds the dir's GC lock (:func:`leases.acquire_gc_lock`) from before its
     intent until after it is cleared, waiting up to ``lock_wait_s`` for another run to finish
-    (then :class:`~.leases.GcBusyError`): two runs would overwrite each other's intent.
+    (then :class:`~airflow_tf_ckpt.core.sidecars.leases.GcBusyError`): two runs would overwrite each other's intent.
 
     ``hook(label)`` / ``hook(label, arg)`` runs before each I/O step: ``write_intent``, ``relist``,
     ``write_state``, ``delete`` (once per path), ``clear_intent``. An exception from the hook

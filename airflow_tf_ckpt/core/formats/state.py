@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 from google.protobuf import text_format
 
-from .errors import StateFileError
-from .protos import CheckpointState
-from .storage import write_atomic
+from airflow_tf_ckpt.core.errors import StateFileError
+from airflow_tf_ckpt.core.formats.protos import CheckpointState
+from airflow_tf_ckpt.core.storage.location import write_atomic
 
 if TYPE_CHECKING:
-    from .storage import Location
+    from airflow_tf_ckpt.core.storage.location import Location
 
 STATE_FILENAME = "checkpoint"
 # A state file of 100k steps is ~10 MiB; anything far larger is not a state file.
@@ -177,7 +177,7 @@ def format_state(state: StateFile) -> str:
 
 def read_state(loc: Location, filename: str = STATE_FILENAME) -> StateFile | None:
     """Read the dir's state file; ``None`` when there is none yet."""
-    from .errors import StorageError
+    from airflow_tf_ckpt.core.errors import StorageError
 
     try:
         data = loc.read_bytes(filename, cap=MAX_STATE_BYTES, what="a checkpoint state file")
@@ -241,8 +241,8 @@ def _writers_serialized(loc: Location) -> Iterator[None]:
 
 def _read_raw(loc: Location, filename: str) -> tuple[bytes | None, int]:
     """The state file's bytes (``None``: absent) and, on ``gs://``, the generation they are of."""
-    from .errors import StorageError
-    from .gcs import is_gcs, read_with_generation
+    from airflow_tf_ckpt.core.errors import StorageError
+    from airflow_tf_ckpt.core.storage.gcs import is_gcs, read_with_generation
 
     if is_gcs(loc.fs):
         return read_with_generation(loc.fs, loc.join(filename))
@@ -258,7 +258,7 @@ def _write_if_unchanged(loc: Location, filename: str, seen: tuple[bytes | None, 
                         gcs: bool) -> bool:
     """Write ``after`` (``None``: remove the file) only while the state file still holds ``seen``
     (its bytes and, on ``gs://``, generation); False when it changed."""
-    from .gcs import delete_if_generation, upload_if_generation
+    from airflow_tf_ckpt.core.storage.gcs import delete_if_generation, upload_if_generation
 
     path = loc.join(filename)
 
@@ -297,7 +297,7 @@ def update_state(loc: Location, change: StateChange, filename: str = STATE_FILEN
     just before the write. Our own writers are serialized (see :func:`_writers_serialized`).
     ``hook("write_state", filename)`` runs after each read, before the write (crash tests).
     """
-    from .gcs import is_gcs
+    from airflow_tf_ckpt.core.storage.gcs import is_gcs
 
     where = loc.display(filename)
     gcs = is_gcs(loc.fs)

@@ -40,10 +40,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from .discovery import CheckpointDir, CheckpointStep
-from .errors import CheckpointError, StorageError
-from .naming import LEASE_INFIX, LEASE_RE, parse_prefix
-from .storage import FileInfo, Location, loads_json
+from airflow_tf_ckpt.core.errors import CheckpointError, StorageError
+from airflow_tf_ckpt.core.formats.naming import LEASE_INFIX, LEASE_RE, parse_prefix
+from airflow_tf_ckpt.core.steps.discovery import CheckpointDir, CheckpointStep
+from airflow_tf_ckpt.core.storage.location import FileInfo, Location, loads_json
 
 GC_INTENT_SUFFIX = ".gc-intent.json"
 # A lease file that cannot be read is honoured for this long after its mtime (it may be a foreign
@@ -256,7 +256,7 @@ def lease_files(cdir: CheckpointDir) -> list[FileInfo]:
 def read_leases(target: CheckpointDir | Location, names: Iterable[str] | None = None,
                 listing: Mapping[str, FileInfo] | None = None) -> dict[str, Lease]:
     """``{lease file name: Lease}`` for the lease files of a dir (one concurrent read of each)."""
-    from .metrics import read_files  # shared bulk reader
+    from airflow_tf_ckpt.core.sidecars.metrics import read_files  # shared bulk reader
 
     if isinstance(target, CheckpointDir):
         loc = target.location
@@ -362,7 +362,7 @@ class GcLock:
 
     def refresh(self) -> None:
         """Push the expiry on (``gs://``); raises :class:`GcBusyError` when the lock was lost."""
-        from .gcs import is_gcs, upload_if_generation
+        from airflow_tf_ckpt.core.storage.gcs import is_gcs, upload_if_generation
 
         if self.fd is not None or not is_gcs(self.loc.fs):
             return
@@ -374,7 +374,7 @@ class GcLock:
         self.generation = gen
 
     def release(self) -> None:
-        from .gcs import delete_if_generation, is_gcs
+        from airflow_tf_ckpt.core.storage.gcs import delete_if_generation, is_gcs
 
         if self.fd is not None:
             try:  # still ours (identity checked when taken), so removing it is safe
@@ -447,7 +447,7 @@ def _try_local(loc: Location) -> tuple[GcLock | None, str]:
 
 
 def _try_gcs(loc: Location, ttl_s: float) -> tuple[GcLock | None, str]:
-    from .gcs import read_with_generation, upload_if_generation
+    from airflow_tf_ckpt.core.storage.gcs import read_with_generation, upload_if_generation
 
     path = loc.join(GC_LOCK_NAME)
     gen = upload_if_generation(loc.fs, path, _lock_body(ttl_s), 0)  # create only
@@ -473,7 +473,7 @@ def acquire_gc_lock(loc: Location, *, ttl_s: float = 600.0, wait_s: float = 0.0)
     ``ttl_s`` unless renewed (:meth:`GcLock.refresh`), and a lock whose holder died on this host,
     or expired, is taken over with a generation precondition. Other stores: within this process.
     """
-    from .gcs import is_gcs
+    from airflow_tf_ckpt.core.storage.gcs import is_gcs
 
     deadline = time.monotonic() + wait_s
     while True:

@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .gcs import batch_delete, is_gcs
-from .storage import Location
+from airflow_tf_ckpt.core.storage.gcs import batch_delete, is_gcs
+from airflow_tf_ckpt.core.storage.location import Location
 
 GLOB_CHARS = frozenset("*?[")
 
@@ -114,7 +114,7 @@ class Deleter:
 
     ``delete(paths)`` returns ``(deleted, missing, refused)``. Local dirs unlink one file at a time
     through a descriptor of the resolved root; ``gs://`` (Google or an emulator) gets JSON API batch
-    requests (:func:`.gcs.batch_delete`: 100 objects each, several in flight); other object stores
+    requests (:func:`airflow_tf_ckpt.core.storage.gcs.batch_delete`: 100 objects each, several in flight); other object stores
     one ``fs.rm(list)`` per call.
     """
 

@@ -57,13 +57,19 @@ from itertools import islice
 from operator import attrgetter, indexOf
 from typing import Any, ClassVar
 
-from .discovery import CheckpointDir, CheckpointStep, StepStatus, discover, gc_paused
-from .errors import CheckpointError
-from .leases import LEASE_INFIX, Lease, read_leases
-from .naming import classify, parse_prefix
-from .safety import Refusal, name_problem, root_realpath, symlink_problem
-from .state import STATE_FILENAME, StateFile
-from .storage import FileInfo, Location, loads_json
+from airflow_tf_ckpt.core.errors import CheckpointError
+from airflow_tf_ckpt.core.formats.naming import classify, parse_prefix
+from airflow_tf_ckpt.core.formats.state import STATE_FILENAME, StateFile
+from airflow_tf_ckpt.core.sidecars.leases import LEASE_INFIX, Lease, read_leases
+from airflow_tf_ckpt.core.steps.discovery import (
+    CheckpointDir,
+    CheckpointStep,
+    StepStatus,
+    discover,
+    gc_paused,
+)
+from airflow_tf_ckpt.core.storage.location import FileInfo, Location, loads_json
+from airflow_tf_ckpt.core.storage.safety import Refusal, name_problem, root_realpath, symlink_problem
 
 PROMOTIONS_FILENAME = "PROMOTIONS.json"
 KEEP, DELETE = "keep", "delete"
@@ -307,7 +313,7 @@ class KeepBestK(RetentionPolicy):
         _check_int("keep_best", self.k, 0)
         if not isinstance(self.metric, str) or not self.metric:
             raise RetentionError("keep_best needs a metric name")
-        from .metrics import metric_name_problem
+        from airflow_tf_ckpt.core.sidecars.metrics import metric_name_problem
 
         if problem := metric_name_problem(self.metric):
             raise RetentionError(problem)
@@ -349,7 +355,7 @@ class KeepBestK(RetentionPolicy):
 
 
 def _check_evaluator(evaluator: str | None) -> None:
-    from .metrics import MetricsError, check_evaluator
+    from airflow_tf_ckpt.core.sidecars.metrics import MetricsError, check_evaluator
 
     try:
         check_evaluator(evaluator)
@@ -648,7 +654,7 @@ def record_promotion(loc: Location, prefix: str, dest: str, alias: str | None = 
         keep = [r for r in records if (r.get("prefix"), r.get("dest"), r.get("alias")) != (prefix, dest, alias)]
         return json.dumps({"version": 1, "promotions": keep + [rec]}, indent=1, sort_keys=True).encode("utf-8")
 
-    from .gcs import is_gcs, read_with_generation, write_if_generation
+    from airflow_tf_ckpt.core.storage.gcs import is_gcs, read_with_generation, write_if_generation
 
     if is_gcs(loc.fs):
         path = loc.join(PROMOTIONS_FILENAME)
@@ -912,7 +918,7 @@ def _plan_retention(target: CheckpointDir | Location | str | os.PathLike[str], p
     metrics: dict[str, dict[str, float]] = {}
     evaluations: dict[str, dict[str | None, dict[str, Any]]] = {}
     if any(p.needs_metrics for p in ps):
-        from .metrics import evaluation_records
+        from airflow_tf_ckpt.core.sidecars.metrics import evaluation_records
 
         wanted = {ev for p in ps if p.needs_metrics for ev in p.evaluators}
         evaluations = evaluation_records(replace(cdir, steps=steps), evaluators=wanted, problems=problems)

@@ -73,12 +73,17 @@ from typing import Any
 
 import google_crc32c
 
-from .discovery import CheckpointDir, CheckpointStep, StepStatus, discover
-from .errors import CheckpointError, StepNotFoundError, StorageError
-from .naming import META_SUFFIX, classify, parse_prefix
-from .safety import name_problem
-from .state import STATE_FILENAME, StateFile, read_state, resolve_path, write_state
-from .storage import (
+from airflow_tf_ckpt.core.errors import CheckpointError, StepNotFoundError, StorageError
+from airflow_tf_ckpt.core.formats.naming import META_SUFFIX, classify, parse_prefix
+from airflow_tf_ckpt.core.formats.state import (
+    STATE_FILENAME,
+    StateFile,
+    read_state,
+    resolve_path,
+    write_state,
+)
+from airflow_tf_ckpt.core.steps.discovery import CheckpointDir, CheckpointStep, StepStatus, discover
+from airflow_tf_ckpt.core.storage.location import (
     GCS_PROTOCOLS,
     FileTooLargeError,
     Location,
@@ -87,6 +92,7 @@ from .storage import (
     read_bounded,
     write_atomic,
 )
+from airflow_tf_ckpt.core.storage.safety import name_problem
 
 MANIFEST_NAME = "PROMOTED.json"
 ALIASES_DIR = "aliases"
@@ -379,7 +385,9 @@ def check_promotion(dest: Location | str, storage_options: dict[str, Any] | None
 
 
 def _metrics_by_prefix(cdir: CheckpointDir, evaluator: str | None = None) -> dict[str, dict[str, Any]]:
-    from .metrics import metrics_for  # helper module; imported here to keep this one light
+    from airflow_tf_ckpt.core.sidecars.metrics import (
+        metrics_for,  # helper module; imported here to keep this one light
+    )
 
     return {k: dict(v) for k, v in metrics_for(cdir, evaluator=evaluator).items() if v}
 
@@ -400,7 +408,7 @@ def select_step(cdir: CheckpointDir, selector: int | str, *, prefix: str | None 
     where = cdir.location.display()
     sel = str(selector).strip()
     if evaluator is not None:
-        from .metrics import check_evaluator
+        from airflow_tf_ckpt.core.sidecars.metrics import check_evaluator
 
         check_evaluator(evaluator)
     if sel == "latest":
@@ -415,7 +423,7 @@ def select_step(cdir: CheckpointDir, selector: int | str, *, prefix: str | None 
     if sel == "best":
         if not metric:
             raise PromotionError("--step best needs a metric name (--metric NAME)")
-        from .metrics import metric_name_problem
+        from airflow_tf_ckpt.core.sidecars.metrics import metric_name_problem
 
         if problem := metric_name_problem(metric):
             raise PromotionError(problem)
@@ -861,7 +869,7 @@ def _write_paths(plan: list[tuple[str, str]], alias: str | None) -> list[str]:
 def _check_source_record(src: Location) -> None:
     """Refuse before anything is published when the source's ``PROMOTIONS.json`` is malformed:
     the promotion could not be recorded, and a task would fail after a published promotion."""
-    from .retention import read_promotions
+    from airflow_tf_ckpt.core.retention.planner import read_promotions
 
     try:
         read_promotions(src)
@@ -908,7 +916,7 @@ def promote(source: Location | str, dest: Location | str, step: int | str = "lat
     if chosen.status is StepStatus.ORPHAN:
         # complete by its file names but not committed by the state file: possibly a save still
         # being written (its .index half there), so check every checksum before shipping it
-        from .verify import verify_step
+        from airflow_tf_ckpt.core.verify.engine import verify_step
 
         report = verify_step(src, chosen.prefix, format=chosen.format)
         if not report.ok:
@@ -925,7 +933,7 @@ def promote(source: Location | str, dest: Location | str, step: int | str = "lat
     meta = _meta_for(cdir, chosen)
     if meta is not None:
         plan.append((meta, f"{chosen.prefix}{META_SUFFIX}"))
-    from .metrics import metrics_name as _metrics_name
+    from airflow_tf_ckpt.core.sidecars.metrics import metrics_name as _metrics_name
 
     metrics_name = _metrics_name(chosen.prefix, evaluator)
     if metrics_name in cdir.listing:
@@ -945,7 +953,7 @@ def promote(source: Location | str, dest: Location | str, step: int | str = "lat
                                lock_ttl=lock_ttl, progress=progress, hook=hook, t0=t0)
     finally:
         if owner is not None:
-            from .leases import release_lease
+            from airflow_tf_ckpt.core.sidecars.leases import release_lease
 
             try:
                 release_lease(src, chosen.prefix, owner)
@@ -956,7 +964,7 @@ def promote(source: Location | str, dest: Location | str, step: int | str = "lat
 def _refuse_bad_shard_sizes(src: Location, step: CheckpointStep) -> None:
     """Never ship a shard with bytes after its last tensor (TF writes none; a sparse 10 TiB
     file would be copied whole) or shorter than its tensors: one index read, no data read."""
-    from .verify import shard_size_problems
+    from airflow_tf_ckpt.core.verify.engine import shard_size_problems
 
     problems = shard_size_problems(src, step.prefix)
     if problems:
@@ -966,7 +974,7 @@ def _refuse_bad_shard_sizes(src: Location, step: CheckpointStep) -> None:
 
 def _lease_source(src: Location, step: CheckpointStep, ttl: float) -> str | None:
     """Lease the source step so GC leaves it alone while it is copied; ``None`` if read-only."""
-    from .leases import LeaseConflictError, LeaseError, acquire_lease
+    from airflow_tf_ckpt.core.sidecars.leases import LeaseConflictError, LeaseError, acquire_lease
 
     owner = f"promote-{uuid.uuid4().hex[:8]}"
     try:
@@ -1157,7 +1165,7 @@ def _promote_locked(src: Location, dst: Location, chosen: CheckpointStep, plan: 
     recorded = False
     record_problem: str | None = None
     if record:  # while the source lease still holds
-        from .retention import record_promotion
+        from airflow_tf_ckpt.core.retention.planner import record_promotion
 
         try:
             record_promotion(src, chosen.prefix, dst.display(), alias)

@@ -13,13 +13,13 @@
    none, the state file is removed: TF's ``latest_checkpoint`` returns None for a dir without one,
    whereas a state file with an empty ``model_checkpoint_path`` makes it raise.
 
-Handshake with GC (as a lease's, see :mod:`.leases`): the record is written, THEN GC's intent is
+Handshake with GC (as a lease's, see :mod:`airflow_tf_ckpt.core.sidecars.leases`): the record is written, THEN GC's intent is
 read; when a live intent names the step, or files the step had are gone (a GC run finished
 meanwhile), the record is taken back and :class:`QuarantineConflictError` raised. GC lists the
 dir after writing its intent, so it either sees the record (and keeps the step) or the
 quarantine sees the intent: a step quarantined while GC runs is never deleted, and no record is
 left with nothing behind it. The state-file rewrites (2, and a release's 1) go through
-:func:`.state.update_state`: a save that commits meanwhile is kept.
+:func:`airflow_tf_ckpt.core.formats.state.update_state`: a save that commits meanwhile is kept.
 
 A crash between 1 and 2 leaves a quarantined step still named by the state file; calling
 ``quarantine_step`` again finishes the job (it is idempotent). The record keeps how the state
@@ -58,14 +58,21 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .discovery import CheckpointDir, CheckpointStep, StepStatus, discover
-from .errors import CheckpointError, StepNotFoundError, StorageError
-from .naming import QUARANTINE_SUFFIX, parse_prefix
-from .state import STATE_FILENAME, ResolvedPath, StateChange, StateFile, resolve_path, update_state
-from .storage import Location, loads_json
+from airflow_tf_ckpt.core.errors import CheckpointError, StepNotFoundError, StorageError
+from airflow_tf_ckpt.core.formats.naming import QUARANTINE_SUFFIX, parse_prefix
+from airflow_tf_ckpt.core.formats.state import (
+    STATE_FILENAME,
+    ResolvedPath,
+    StateChange,
+    StateFile,
+    resolve_path,
+    update_state,
+)
+from airflow_tf_ckpt.core.steps.discovery import CheckpointDir, CheckpointStep, StepStatus, discover
+from airflow_tf_ckpt.core.storage.location import Location, loads_json
 
 if TYPE_CHECKING:
-    from .verify import ProgressFn, VerifyReport
+    from airflow_tf_ckpt.core.verify.engine import ProgressFn, VerifyReport
 
 
 def quarantine_name(prefix: str) -> str:
@@ -80,7 +87,7 @@ class StillCorruptError(CheckpointError):
     """``release_quarantine`` refused: the step still fails verification (the quarantine stays).
 
     ``problems`` lists every finding as one line each (the message names the first);
-    ``report`` is the verifier's :class:`~.verify.VerifyReport` (``None`` when files are missing
+    ``report`` is the verifier's :class:`~airflow_tf_ckpt.core.verify.engine.VerifyReport` (``None`` when files are missing
     and verification was not asked for).
     """
 
@@ -213,7 +220,7 @@ class QuarantineConflictError(CheckpointError):
 
 def _refuse_if_doomed(loc: Location, name: str) -> None:
     """Raise :class:`QuarantineConflictError` when a live GC intent names the step."""
-    from .leases import read_gc_intent  # noqa: PLC0415 (leases imports discovery, as we do)
+    from airflow_tf_ckpt.core.sidecars.leases import read_gc_intent  # noqa: PLC0415 (leases imports discovery, as we do)
 
     intent = read_gc_intent(loc, parse_prefix(name).base)
     if intent is not None and name in intent.prefixes and intent.expires > time.time():
@@ -338,7 +345,7 @@ def release_quarantine(target: CheckpointDir | Location | str | os.PathLike[str]
     """Lift the quarantine of one step (see the module docstring for the order of the writes).
 
     ``prefix_or_step`` is a prefix, a step number or a :class:`CheckpointStep`. Raises
-    :class:`~.errors.StepNotFoundError` when the step has no files here,
+    :class:`~airflow_tf_ckpt.core.errors.StepNotFoundError` when the step has no files here,
     :class:`NotQuarantinedError` when it has no quarantine record, and :class:`StillCorruptError`
     when ``verify`` finds a problem (or, with ``restore_state``, when files are missing: the state
     file must not name an incomplete step). ``hook(label, name)`` runs before each write (crash
@@ -360,7 +367,7 @@ def release_quarantine(target: CheckpointDir | Location | str | os.PathLike[str]
 
     missing = [loc.display(m) for m in step.missing if "?" not in m]
     if verify:
-        from .verify import verify_step  # noqa: PLC0415 (the verifier is only needed here)
+        from airflow_tf_ckpt.core.verify.engine import verify_step  # noqa: PLC0415 (the verifier is only needed here)
 
         report = verify_step(loc, name, progress=progress, format=step.format)
         problems = [str(p) for p in report.problems]

@@ -39,10 +39,10 @@ from typing import Any
 from fsspec.asyn import AsyncFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
-from .discovery import CheckpointDir
-from .errors import CheckpointError, StorageError
-from .naming import EVALUATOR_RE, METRICS_SUFFIX, classify, parse_prefix
-from .storage import (
+from airflow_tf_ckpt.core.errors import CheckpointError, StorageError
+from airflow_tf_ckpt.core.formats.naming import EVALUATOR_RE, METRICS_SUFFIX, classify, parse_prefix
+from airflow_tf_ckpt.core.steps.discovery import CheckpointDir
+from airflow_tf_ckpt.core.storage.location import (
     FileTooLargeError,
     Location,
     NotRegularFileError,
@@ -187,7 +187,7 @@ def _previous(old: bytes | None, where: str) -> dict[str, Any]:
 
 def _update_file(loc: Location, name: str, updated: Any, where: str) -> None:
     """Replace ``name`` with ``updated(old bytes or None)``, serialized against other writers."""
-    from .gcs import is_gcs, read_with_generation, write_if_generation
+    from airflow_tf_ckpt.core.storage.gcs import is_gcs, read_with_generation, write_if_generation
 
     if is_gcs(loc.fs):
         path = loc.join(name)
@@ -207,7 +207,9 @@ def _update_file(loc: Location, name: str, updated: Any, where: str) -> None:
             raise
 
     if loc.local:
-        from .retention import _dir_lock  # the dir flock that PROMOTIONS.json's writers take
+        from airflow_tf_ckpt.core.retention.planner import (
+            _dir_lock,  # the dir flock that PROMOTIONS.json's writers take
+        )
 
         with _dir_lock(loc.path):
             loc.write_atomic(name, updated(old()))
@@ -273,7 +275,7 @@ def read_files(loc: Location, names: Iterable[str], max_workers: int = 16, *, ca
 
     Async filesystems (gcsfs) get one ``cat_ranges`` call, which gathers the reads on fsspec's
     event loop and, unlike ``cat(list)``, never glob-expands the names. Each read is bounded
-    (:func:`~.storage.read_bounded`): at most ``cap`` + 1 bytes, locally regular files only; a file
+    (:func:`~airflow_tf_ckpt.core.storage.location.read_bounded`): at most ``cap`` + 1 bytes, locally regular files only; a file
     past the cap, or not a regular file, is its error in the result. ``sizes`` (from a listing)
     spare object stores the reads of empty or oversized objects.
     """

@@ -1,0 +1,1 @@
+"""Promotion of a step to a destination dir, atomically, with aliases."""

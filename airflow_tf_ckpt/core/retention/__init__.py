@@ -1,0 +1,1 @@
+"""Retention: preservation policies, the plan as data, the planner, and the crash-safe GC executor."""

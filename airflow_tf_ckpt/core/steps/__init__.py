@@ -1,0 +1,1 @@
+"""Steps of a checkpoint dir: discovery, selection and ordering."""

@@ -1,0 +1,1 @@
+"""Verification of a step without TensorFlow: completeness, index parse and every CRC32C."""
