@@ -84,8 +84,20 @@ def _install_fast_coercion() -> None:
                 return args[0]
         return None
 
-    bools = {"1": True, "true": True, "t": True, "yes": True, "y": True, "on": True,
-             "0": False, "false": False, "f": False, "no": False, "n": False, "off": False}
+    bools = {
+        "1": True,
+        "true": True,
+        "t": True,
+        "yes": True,
+        "y": True,
+        "on": True,
+        "0": False,
+        "false": False,
+        "f": False,
+        "no": False,
+        "n": False,
+        "off": False,
+    }
 
     def convert(kind: type, value: Any, info: Any) -> Any:
         if kind is str:
@@ -120,14 +132,17 @@ def _install_fast_coercion() -> None:
                     if f is not None and f.is_integer():
                         out = int(f)
                     elif f is not None:
-                        raise ValueError("Input should be a valid integer, got a number with a "
-                                         "fractional part") from None
+                        raise ValueError(
+                            "Input should be a valid integer, got a number with a fractional part"
+                        ) from None
                     else:
-                        raise ValueError("Input should be a valid integer, unable to parse string "
-                                         "as an integer") from None
+                        raise ValueError(
+                            "Input should be a valid integer, unable to parse string as an integer"
+                        ) from None
                 else:
-                    raise ValueError("Input should be a valid number, unable to parse string as "
-                                     "a number") from None
+                    raise ValueError(
+                        "Input should be a valid number, unable to parse string as a number"
+                    ) from None
         lo, hi = getattr(info, "min", None), getattr(info, "max", None)
         if lo is not None and out < lo:
             raise ValueError(f"Input should be greater than or equal to {lo}")
@@ -152,8 +167,11 @@ def _install_fast_coercion() -> None:
     def build_runtime_param(descriptor: Any) -> Any:
         info = descriptor.parameter_info
         ann = descriptor.annotation
-        simple = (descriptor.file_annotation is None and getattr(info, "parser", None) is None
-                  and not getattr(info, "clamp", False))
+        simple = (
+            descriptor.file_annotation is None
+            and getattr(info, "parser", None) is None
+            and not getattr(info, "clamp", False)
+        )
         if simple:
             many = typing.get_origin(ann) is list
             kind = leaf(typing.get_args(ann)[0]) if many and len(typing.get_args(ann)) == 1 else leaf(ann)
@@ -170,8 +188,12 @@ _install_fast_coercion()
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 
 app = typer.Typer(
-    name="tf-ckpt", add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-    rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]},
+    name="tf-ckpt",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Inspect, validate, garbage-collect, promote and quarantine TensorFlow checkpoints (local or gs://).",
 )
 
@@ -208,15 +230,29 @@ def _emit_json(doc: Any) -> None:
 # common options
 
 
-PrefixOpt = Annotated[str | None, typer.Option("--prefix", "-p", help="Only checkpoints of this base "
-                                               "name (e.g. 'ckpt', 'model.ckpt').")]
+PrefixOpt = Annotated[
+    str | None,
+    typer.Option("--prefix", "-p", help="Only checkpoints of this base name (e.g. 'ckpt', 'model.ckpt')."),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, nothing else.")]
-EvaluatorOpt = Annotated[str | None, typer.Option(
-    "--evaluator", metavar="NAME", help="Whose metrics rank the steps (the evaluator named by the "
-    "evaluating task, e.g. its dag_id); default: the default sidecar PREFIX.metrics.json.")]
-StorageOpt = Annotated[list[str] | None, typer.Option(
-    "--storage-option", "-o", metavar="KEY=VALUE",
-    help="fsspec storage option (repeatable), e.g. -o project=my-proj -o token=anon.")]
+EvaluatorOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--evaluator",
+        metavar="NAME",
+        help="Whose metrics rank the steps (the evaluator named by the "
+        "evaluating task, e.g. its dag_id); default: the default sidecar PREFIX.metrics.json.",
+    ),
+]
+StorageOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--storage-option",
+        "-o",
+        metavar="KEY=VALUE",
+        help="fsspec storage option (repeatable), e.g. -o project=my-proj -o token=anon.",
+    ),
+]
 
 
 def _parse_kv(items: list[str] | None, what: str) -> dict[str, Any]:
@@ -266,8 +302,12 @@ def _size(n: int | None) -> str:
     return f"{n} B"
 
 
-def _metrics(cdir: CheckpointDir, evaluator: str | None = None, *, every: bool = True,
-             ) -> dict[str, dict[str, Any]]:
+def _metrics(
+    cdir: CheckpointDir,
+    evaluator: str | None = None,
+    *,
+    every: bool = True,
+) -> dict[str, dict[str, Any]]:
     """``{prefix: {label: value}}``: with ``every``, all evaluators' metrics, the default one's
     as ``metric`` and a named evaluator's as ``EVALUATOR:metric``; else ``evaluator``'s only."""
     from .core.sidecars.metrics import evaluation_records
@@ -288,9 +328,13 @@ def _evaluations(cdir: CheckpointDir) -> dict[str, list[dict[str, Any]]]:
     """``{prefix: [{evaluator, evaluations, metrics, time}, ...]}`` (default evaluator first)."""
     from .core.sidecars.metrics import evaluation_records
 
-    return {p: [{"evaluator": ev, "evaluations": r["evaluations"], "metrics": r["metrics"], "time": r.get("time")}
-                for ev, r in sorted(by_ev.items(), key=lambda t: (t[0] is not None, t[0] or ""))]
-            for p, by_ev in evaluation_records(cdir).items()}
+    return {
+        p: [
+            {"evaluator": ev, "evaluations": r["evaluations"], "metrics": r["metrics"], "time": r.get("time")}
+            for ev, r in sorted(by_ev.items(), key=lambda t: (t[0] is not None, t[0] or ""))
+        ]
+        for p, by_ev in evaluation_records(cdir).items()
+    }
 
 
 def _fmt_metrics(m: dict[str, Any]) -> str:
@@ -319,8 +363,15 @@ def _progress(enabled: bool, description: str, total: int) -> Iterator[Any]:
         TransferSpeedColumn,
     )
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                  TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=True) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
         task = bar.add_task(description, total=total or None)
 
         def update(done: int, total_: int | None = None, name: str = "") -> None:
@@ -360,13 +411,23 @@ def ls_cmd(
         return EXIT_OK
     out = _out()
     if not cdir.steps:
-        out.print(f"no checkpoints in {escape(cdir.location.display())}"
-                  + (f" with prefix {prefix!r}" if prefix else ""))
+        out.print(
+            f"no checkpoints in {escape(cdir.location.display())}"
+            + (f" with prefix {prefix!r}" if prefix else "")
+        )
     else:
         table = Table(title=escape(cdir.location.display()), title_justify="left")
-        for col, kw in (("step", {"justify": "right"}), ("prefix", {}), ("status", {}), ("fmt", {}),
-                        ("shards", {"justify": "right"}), ("size", {"justify": "right"}),
-                        ("saved (UTC)", {}), ("metrics", {}), ("notes", {})):
+        for col, kw in (
+            ("step", {"justify": "right"}),
+            ("prefix", {}),
+            ("status", {}),
+            ("fmt", {}),
+            ("shards", {"justify": "right"}),
+            ("size", {"justify": "right"}),
+            ("saved (UTC)", {}),
+            ("metrics", {}),
+            ("notes", {}),
+        ):
             table.add_column(col, **kw)
         for s in cdir.steps:
             notes = []
@@ -379,11 +440,17 @@ def ls_cmd(
             if s.leases:
                 notes.append(f"{len(s.leases)} lease(s)")
             style = {"committed": "green", "orphan": "yellow", "incomplete": "red"}[s.status.value]
-            table.add_row("-" if s.step is None else str(s.step), escape(s.prefix),
-                          f"[{style}]{s.status.value}[/{style}]", s.format,
-                          "-" if s.num_shards is None else str(s.num_shards), _size(s.size),
-                          _when(s.timestamp), escape(_fmt_metrics(metrics.get(s.prefix, {}))),
-                          ", ".join(notes))
+            table.add_row(
+                "-" if s.step is None else str(s.step),
+                escape(s.prefix),
+                f"[{style}]{s.status.value}[/{style}]",
+                s.format,
+                "-" if s.num_shards is None else str(s.num_shards),
+                _size(s.size),
+                _when(s.timestamp),
+                escape(_fmt_metrics(metrics.get(s.prefix, {}))),
+                ", ".join(notes),
+            )
         out.print(table)
         total = sum(s.size for s in cdir.steps)
         committed = sum(1 for s in cdir.steps if s.committed)
@@ -416,10 +483,16 @@ def _select_for_validate(cdir: CheckpointDir, step: str, prefix: str | None) -> 
 @app.command("validate")
 def validate_cmd(
     directory: Annotated[str, typer.Argument(metavar="DIR", help="Checkpoint dir: a path or URL.")],
-    step: Annotated[str, typer.Option("--step", "-s", metavar="N|latest|all",
-                                      help="Which step(s) to verify.")] = "latest",
-    quarantine: Annotated[bool, typer.Option("--quarantine", help="Quarantine each step that fails "
-                                             "(as 'tf-ckpt quarantine' does); exit 1 still.")] = False,
+    step: Annotated[
+        str, typer.Option("--step", "-s", metavar="N|latest|all", help="Which step(s) to verify.")
+    ] = "latest",
+    quarantine: Annotated[
+        bool,
+        typer.Option(
+            "--quarantine",
+            help="Quarantine each step that fails (as 'tf-ckpt quarantine' does); exit 1 still.",
+        ),
+    ] = False,
     prefix: PrefixOpt = None,
     as_json: JsonOpt = False,
     storage_option: StorageOpt = None,
@@ -435,16 +508,22 @@ def validate_cmd(
     problems_total = 0
     # a state-file path that resolves to nothing here breaks TF's restore: a problem; one that
     # was re-homed by basename (the dir was moved) is only a warning
-    refused = {f"{loc.display(cdir.state_filename)}: {r.raw!r}: {r.problem}"
-               for r in cdir.resolved if r.how == "refused"}
+    refused = {
+        f"{loc.display(cdir.state_filename)}: {r.raw!r}: {r.problem}"
+        for r in cdir.resolved
+        if r.how == "refused"
+    }
     dir_problems = [p for p in cdir.problems if p in refused]
     warnings = [p for p in cdir.problems if p not in refused]
     if step.strip().lower() in ("latest", "all") and (lp := cdir.latest_problem(prefix)):
         dir_problems.append(lp)  # TF's latest is not the step we fall back to: say so, exit 1
     if not chosen:
         incomplete = [s for s in cdir.steps if s.status is StepStatus.INCOMPLETE]
-        dir_problems.append("no committed checkpoint step" + (f" with prefix {prefix!r}" if prefix else "")
-                            + (f" ({len(incomplete)} incomplete)" if incomplete else ""))
+        dir_problems.append(
+            "no committed checkpoint step"
+            + (f" with prefix {prefix!r}" if prefix else "")
+            + (f" ({len(incomplete)} incomplete)" if incomplete else "")
+        )
         chosen = incomplete
     held = contextlib.ExitStack()
     if quarantine:  # as the operator does: GC must not delete a step between its check and its mark
@@ -459,15 +538,34 @@ def validate_cmd(
                 def on_progress(done: int, _total: int, _base: int = base, _name: str = s.prefix) -> None:
                     update(_base + done, total_bytes, _name)
 
-                if s.status is StepStatus.INCOMPLETE and not any(
-                        f.name.endswith(".index") for f in s.files) and s.format == "v2":
+                if (
+                    s.status is StepStatus.INCOMPLETE
+                    and not any(f.name.endswith(".index") for f in s.files)
+                    and s.format == "v2"
+                ):
                     # no index to read: report the missing files directly
-                    probs = [{"file": loc.display(m), "tensor": None, "kind": "missing_file",
-                              "message": "file is missing (step incomplete)", "expected": None,
-                              "actual": None} for m in s.missing]
-                    entry = {"prefix": s.prefix, "step": s.step, "status": s.status.value, "ok": False,
-                             "format": s.format, "problems": probs, "tensors_checked": 0,
-                             "bytes_checked": 0, "seconds": 0.0}
+                    probs = [
+                        {
+                            "file": loc.display(m),
+                            "tensor": None,
+                            "kind": "missing_file",
+                            "message": "file is missing (step incomplete)",
+                            "expected": None,
+                            "actual": None,
+                        }
+                        for m in s.missing
+                    ]
+                    entry = {
+                        "prefix": s.prefix,
+                        "step": s.step,
+                        "status": s.status.value,
+                        "ok": False,
+                        "format": s.format,
+                        "problems": probs,
+                        "tensors_checked": 0,
+                        "bytes_checked": 0,
+                        "seconds": 0.0,
+                    }
                 else:
                     report = verify_step(loc, s.prefix, progress=on_progress, format=s.format)
                     warnings += report.warnings
@@ -477,17 +575,31 @@ def validate_cmd(
                         known = {p["file"] for p in entry["problems"]}
                         for m in s.missing:
                             if loc.display(m) not in known and "?" not in m:
-                                entry["problems"].append({
-                                    "file": loc.display(m), "tensor": None, "kind": "missing_file",
-                                    "message": "file is missing (step incomplete)", "expected": None,
-                                    "actual": None})
+                                entry["problems"].append(
+                                    {
+                                        "file": loc.display(m),
+                                        "tensor": None,
+                                        "kind": "missing_file",
+                                        "message": "file is missing (step incomplete)",
+                                        "expected": None,
+                                        "actual": None,
+                                    }
+                                )
                         entry["ok"] = False
                 # what discovery saw beside the files the index names (stray shards, a state file
                 # naming a step whose files are gone) is a problem of the step too
-                entry["problems"] += [{"file": loc.display(s.prefix), "tensor": None, "kind": "layout",
-                                       "message": p, "expected": None, "actual": None}
-                                      for p in s.problems
-                                      if not (s.status is StepStatus.INCOMPLETE and "files are missing" in p)]
+                entry["problems"] += [
+                    {
+                        "file": loc.display(s.prefix),
+                        "tensor": None,
+                        "kind": "layout",
+                        "message": p,
+                        "expected": None,
+                        "actual": None,
+                    }
+                    for p in s.problems
+                    if not (s.status is StepStatus.INCOMPLETE and "files are missing" in p)
+                ]
                 entry["ok"] = entry["ok"] and not entry["problems"]
                 done_before += s.size
                 problems_total += len(entry["problems"])
@@ -498,44 +610,68 @@ def validate_cmd(
         held.close()
     ok = problems_total == 0 and not dir_problems
     if as_json:
-        _emit_json({"dir": loc.display(), "ok": ok, "steps": results, "problems": dir_problems,
-                    "warnings": warnings})
+        _emit_json(
+            {"dir": loc.display(), "ok": ok, "steps": results, "problems": dir_problems, "warnings": warnings}
+        )
         return EXIT_OK if ok else EXIT_PROBLEM
     out = _out()
     table = Table(title=escape(f"validate {loc.display()}"), title_justify="left")
-    for col, kw in (("step", {"justify": "right"}), ("prefix", {}), ("status", {}), ("result", {}),
-                    ("tensors", {"justify": "right"}), ("checked", {"justify": "right"}),
-                    ("secs", {"justify": "right"})):
+    for col, kw in (
+        ("step", {"justify": "right"}),
+        ("prefix", {}),
+        ("status", {}),
+        ("result", {}),
+        ("tensors", {"justify": "right"}),
+        ("checked", {"justify": "right"}),
+        ("secs", {"justify": "right"}),
+    ):
         table.add_column(col, **kw)
     for r in results:
         res = "[green]OK[/green]" if r["ok"] else f"[red]{len(r['problems'])} problem(s)[/red]"
-        table.add_row("-" if r["step"] is None else str(r["step"]), escape(r["prefix"]), r["status"], res,
-                      str(r["tensors_checked"]), _size(r["bytes_checked"]), f"{r['seconds']:.2f}")
+        table.add_row(
+            "-" if r["step"] is None else str(r["step"]),
+            escape(r["prefix"]),
+            r["status"],
+            res,
+            str(r["tensors_checked"]),
+            _size(r["bytes_checked"]),
+            f"{r['seconds']:.2f}",
+        )
     if results:
         out.print(table)
     for r in results:
         for p in r["problems"]:
             where = f"{p['file']}: tensor {p['tensor']}" if p["tensor"] else p["file"]
-            extra = (f" (expected {p['expected']}, got {p['actual']})"
-                     if p.get("expected") or p.get("actual") else "")
+            extra = (
+                f" (expected {p['expected']}, got {p['actual']})"
+                if p.get("expected") or p.get("actual")
+                else ""
+            )
             line = f"{where}: [{p['kind']}] {p['message']}{extra}"
             out.print(f"[red]CORRUPT[/red] {escape(line)}", soft_wrap=True)
     for p in dir_problems:
         out.print(f"[red]PROBLEM[/red] {escape(loc.display())}: {escape(p)}", soft_wrap=True)
     for r in results:
         if r.get("quarantined") and not r.get("already_quarantined"):
-            out.print(f"[yellow]QUARANTINED[/yellow] {escape(loc.display(r['prefix']))}: the state file's "
-                      f"latest is now {escape(r['new_latest'] or '-')} (lift it with: tf-ckpt unquarantine "
-                      f"{escape(directory)} {escape(r['prefix'])})", soft_wrap=True)
+            out.print(
+                f"[yellow]QUARANTINED[/yellow] {escape(loc.display(r['prefix']))}: the state file's "
+                f"latest is now {escape(r['new_latest'] or '-')} (lift it with: tf-ckpt unquarantine "
+                f"{escape(directory)} {escape(r['prefix'])})",
+                soft_wrap=True,
+            )
     for w in warnings:
         out.print(f"[yellow]warning:[/yellow] {escape(w)}", soft_wrap=True)
-    out.print("[green]all good[/green]" if ok else
-              f"[red]{problems_total + len(dir_problems)} problem(s) found[/red]")
+    out.print(
+        "[green]all good[/green]"
+        if ok
+        else f"[red]{problems_total + len(dir_problems)} problem(s) found[/red]"
+    )
     return EXIT_OK if ok else EXIT_PROBLEM
 
 
-def _lease_for_validate(loc: Location, steps: list[CheckpointStep], held: contextlib.ExitStack,
-                        warnings: list[str]) -> list[CheckpointStep]:
+def _lease_for_validate(
+    loc: Location, steps: list[CheckpointStep], held: contextlib.ExitStack, warnings: list[str]
+) -> list[CheckpointStep]:
     """Lease each step for ``validate --quarantine``; a step a GC run is deleting is skipped."""
     import socket
 
@@ -555,8 +691,9 @@ def _lease_for_validate(loc: Location, steps: list[CheckpointStep], held: contex
     return out
 
 
-def _quarantine_failed(loc: Location, steps: dict[str, CheckpointStep], results: list[dict[str, Any]],
-                       state_filename: str) -> list[str]:
+def _quarantine_failed(
+    loc: Location, steps: dict[str, CheckpointStep], results: list[dict[str, Any]], state_filename: str
+) -> list[str]:
     """``validate --quarantine``: quarantine each failed step; returns warnings. A step that is
     incomplete and not named by the state file is left alone (it may be a save in progress), and
     so is one already quarantined (its record, with the first report, is kept)."""
@@ -574,13 +711,20 @@ def _quarantine_failed(loc: Location, steps: dict[str, CheckpointStep], results:
             continue
         r.update(quarantined=False, already_quarantined=False, new_latest=None)
         if s.status is StepStatus.INCOMPLETE and not s.in_state:
-            warnings.append(f"{s.prefix}: not quarantined: incomplete and not named by the state file "
-                            "(a save may be in progress)")
+            warnings.append(
+                f"{s.prefix}: not quarantined: incomplete and not named by the state file "
+                "(a save may be in progress)"
+            )
             continue
         report = {k: v for k, v in r.items() if k not in ("quarantined", "already_quarantined", "new_latest")}
         try:
-            q = quarantine_step(loc, s.prefix, f"tf-ckpt validate: {len(r['problems'])} problem(s)",
-                                report, state_filename=state_filename)
+            q = quarantine_step(
+                loc,
+                s.prefix,
+                f"tf-ckpt validate: {len(r['problems'])} problem(s)",
+                report,
+                state_filename=state_filename,
+            )
         except StepNotFoundError:
             warnings.append(f"{s.prefix}: not quarantined: its files are gone")
             continue
@@ -599,22 +743,45 @@ def _quarantine_failed(loc: Location, steps: dict[str, CheckpointStep], results:
 def gc_cmd(
     directory: Annotated[str, typer.Argument(metavar="DIR", help="Checkpoint dir: a path or URL.")],
     prefix: PrefixOpt = None,
-    keep_last: Annotated[int | None, typer.Option("--keep-last", min=0, help="Keep the N newest steps.")] = None,
-    keep_every_hours: Annotated[float | None, typer.Option(
-        "--keep-every-hours", min=0.0, help="Keep one step per H hours (like TF's keep_checkpoint_every_n_hours).")] = None,
-    keep_every_steps: Annotated[int | None, typer.Option(
-        "--keep-every-steps", min=1, help="Keep steps that are multiples of S.")] = None,
-    keep_best: Annotated[int | None, typer.Option("--keep-best", min=0, help="Keep the K best by --metric.")] = None,
+    keep_last: Annotated[
+        int | None, typer.Option("--keep-last", min=0, help="Keep the N newest steps.")
+    ] = None,
+    keep_every_hours: Annotated[
+        float | None,
+        typer.Option(
+            "--keep-every-hours",
+            min=0.0,
+            help="Keep one step per H hours (like TF's keep_checkpoint_every_n_hours).",
+        ),
+    ] = None,
+    keep_every_steps: Annotated[
+        int | None, typer.Option("--keep-every-steps", min=1, help="Keep steps that are multiples of S.")
+    ] = None,
+    keep_best: Annotated[
+        int | None, typer.Option("--keep-best", min=0, help="Keep the K best by --metric.")
+    ] = None,
     metric: Annotated[str | None, typer.Option("--metric", help="Metric name for --keep-best.")] = None,
     mode: Annotated[str, typer.Option("--mode", help="min or max: which metric values are best.")] = "min",
-    pin: Annotated[list[int] | None, typer.Option("--pin", metavar="STEP", help="Never delete this step (repeatable).")] = None,
+    pin: Annotated[
+        list[int] | None, typer.Option("--pin", metavar="STEP", help="Never delete this step (repeatable).")
+    ] = None,
     evaluator: EvaluatorOpt = None,
-    keep_unevaluated: Annotated[list[str] | None, typer.Option(
-        "--keep-unevaluated", metavar="EVALUATOR[,EVALUATOR...]",
-        help="Keep steps these evaluators have not evaluated yet (repeatable).")] = None,
-    unevaluated_max_age: Annotated[str, typer.Option(
-        "--unevaluated-max-age", metavar="DURATION",
-        help="How long after its save --keep-unevaluated holds a step (90s, 30m, 24h, 2d; 'none': no bound).")] = "24h",
+    keep_unevaluated: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--keep-unevaluated",
+            metavar="EVALUATOR[,EVALUATOR...]",
+            help="Keep steps these evaluators have not evaluated yet (repeatable).",
+        ),
+    ] = None,
+    unevaluated_max_age: Annotated[
+        str,
+        typer.Option(
+            "--unevaluated-max-age",
+            metavar="DURATION",
+            help="How long after its save --keep-unevaluated holds a step (90s, 30m, 24h, 2d; 'none': no bound).",
+        ),
+    ] = "24h",
     dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="Show the plan; delete nothing.")] = False,
     as_json: JsonOpt = False,
     storage_option: StorageOpt = None,
@@ -630,16 +797,25 @@ def gc_cmd(
         raise CliError(f"--mode must be 'min' or 'max', not {mode!r}")
     if keep_best and not metric:
         raise CliError("--keep-best needs --metric NAME")
-    policies = policies_from_options(keep_last=keep_last, keep_every_hours=keep_every_hours,
-                                     keep_every_steps=keep_every_steps, keep_best=keep_best,
-                                     metric=metric, mode=mode, pins=list(pin or []), evaluator=evaluator,
-                                     keep_unevaluated=[n.strip() for v in keep_unevaluated or []
-                                                       for n in v.split(",") if n.strip()],
-                                     unevaluated_max_age=None if unevaluated_max_age.strip().lower() == "none"
-                                     else parse_duration(unevaluated_max_age))
+    policies = policies_from_options(
+        keep_last=keep_last,
+        keep_every_hours=keep_every_hours,
+        keep_every_steps=keep_every_steps,
+        keep_best=keep_best,
+        metric=metric,
+        mode=mode,
+        pins=list(pin or []),
+        evaluator=evaluator,
+        keep_unevaluated=[n.strip() for v in keep_unevaluated or [] for n in v.split(",") if n.strip()],
+        unevaluated_max_age=None
+        if unevaluated_max_age.strip().lower() == "none"
+        else parse_duration(unevaluated_max_age),
+    )
     if not policies:
-        raise CliError("no retention policy given: pass --keep-last/--keep-every-hours/--keep-every-steps/"
-                       "--keep-best/--keep-unevaluated/--pin (deleting everything is not an option)")
+        raise CliError(
+            "no retention policy given: pass --keep-last/--keep-every-hours/--keep-every-steps/"
+            "--keep-best/--keep-unevaluated/--pin (deleting everything is not an option)"
+        )
     loc = _location(directory, storage_option)
     try:
         plan = plan_retention(loc, policies, prefix=prefix)
@@ -677,8 +853,14 @@ def _print_plan(out: Console, plan: RetentionPlan) -> None:
         table.add_column(col, justify="right" if col in ("step", "size") else "left")
     for d in plan.decisions:
         style = "green" if d.keep else "red"
-        table.add_row("-" if d.step is None else str(d.step), escape(d.prefix), d.status, _size(d.size),
-                      f"[{style}]{escape(d.action)}[/{style}]", escape("; ".join(d.reasons)))
+        table.add_row(
+            "-" if d.step is None else str(d.step),
+            escape(d.prefix),
+            d.status,
+            _size(d.size),
+            f"[{style}]{escape(d.action)}[/{style}]",
+            escape("; ".join(d.reasons)),
+        )
     out.print(table)
     for sc in plan.sidecars:  # files without a step of their own: orphaned sidecars, dead temp files
         if sc.action == "delete":
@@ -693,15 +875,26 @@ def _print_plan(out: Console, plan: RetentionPlan) -> None:
 def promote_cmd(
     directory: Annotated[str, typer.Argument(metavar="DIR", help="Source checkpoint dir: a path or URL.")],
     to: Annotated[str, typer.Option("--to", metavar="DEST", help="Destination dir or URL.")],
-    step: Annotated[str, typer.Option("--step", "-s", metavar="N|latest|best",
-                                      help="Which step: a number, latest, or best by --metric.")] = "latest",
+    step: Annotated[
+        str,
+        typer.Option(
+            "--step", "-s", metavar="N|latest|best", help="Which step: a number, latest, or best by --metric."
+        ),
+    ] = "latest",
     metric: Annotated[str | None, typer.Option("--metric", help="Metric for --step best.")] = None,
     mode: Annotated[str, typer.Option("--mode", help="min or max: which metric values are best.")] = "min",
-    alias: Annotated[str | None, typer.Option("--alias", help="Also point DEST/aliases/NAME.json at it.")] = None,
+    alias: Annotated[
+        str | None, typer.Option("--alias", help="Also point DEST/aliases/NAME.json at it.")
+    ] = None,
     prefix: PrefixOpt = None,
     evaluator: EvaluatorOpt = None,
-    no_record: Annotated[bool, typer.Option("--no-record", help="Do not record the promotion in the "
-                                            "source dir (retention then may delete the step).")] = False,
+    no_record: Annotated[
+        bool,
+        typer.Option(
+            "--no-record",
+            help="Do not record the promotion in the source dir (retention then may delete the step).",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
     storage_option: StorageOpt = None,
 ) -> int:
@@ -719,8 +912,18 @@ def promote_cmd(
     src = Location.of(directory, opts)
     dst = Location.of(to, opts)
     with _progress(not as_json, "promoting", 0) as update:
-        result = promote(src, dst, step, prefix=prefix, metric=metric, mode=mode, alias=alias,
-                         record=not no_record, progress=update, evaluator=evaluator)
+        result = promote(
+            src,
+            dst,
+            step,
+            prefix=prefix,
+            metric=metric,
+            mode=mode,
+            alias=alias,
+            record=not no_record,
+            progress=update,
+            evaluator=evaluator,
+        )
     if result.record_problem:  # published all the same: a warning, not a failure
         sys.stderr.write(f"tf-ckpt: warning: {_one_line(result.record_problem)}\n")
     if as_json:
@@ -731,12 +934,19 @@ def promote_cmd(
     table = Table(title=escape(f"promoted to {result.destination}"), title_justify="left", show_header=False)
     table.add_column("key")
     table.add_column("value")
-    rows = [("step", "-" if m.step is None else str(m.step)), ("prefix", m.prefix),
-            ("selected by", m.selector), ("source", m.source), ("metrics", _fmt_metrics(m.metrics) or "-"),
-            ("copied", f"{len(result.copied)} file(s), {_size(result.bytes_copied)} ({result.method})"),
-            ("reused", f"{len(result.reused)} file(s)"), ("deleted", ", ".join(result.deleted) or "-"),
-            ("alias", f"{m.alias} -> {result.alias_path}" if m.alias else "-"),
-            ("manifest", f"{result.destination}/PROMOTED.json"), ("time", f"{result.seconds:.2f} s")]
+    rows = [
+        ("step", "-" if m.step is None else str(m.step)),
+        ("prefix", m.prefix),
+        ("selected by", m.selector),
+        ("source", m.source),
+        ("metrics", _fmt_metrics(m.metrics) or "-"),
+        ("copied", f"{len(result.copied)} file(s), {_size(result.bytes_copied)} ({result.method})"),
+        ("reused", f"{len(result.reused)} file(s)"),
+        ("deleted", ", ".join(result.deleted) or "-"),
+        ("alias", f"{m.alias} -> {result.alias_path}" if m.alias else "-"),
+        ("manifest", f"{result.destination}/PROMOTED.json"),
+        ("time", f"{result.seconds:.2f} s"),
+    ]
     for k, v in rows:
         table.add_row(k, escape(v))
     out.print(table)
@@ -750,15 +960,25 @@ def promote_cmd(
 @app.command("metrics")
 def metrics_cmd(
     directory: Annotated[str, typer.Argument(metavar="DIR", help="Checkpoint dir: a path or URL.")],
-    step: Annotated[str | None, typer.Option("--step", "-s", metavar="N|latest",
-                                             help="The step to show or set.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", metavar="NAME=VALUE",
-                                                   help="Write a numeric metric into the step's sidecar (repeatable).")] = None,
+    step: Annotated[
+        str | None, typer.Option("--step", "-s", metavar="N|latest", help="The step to show or set.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", metavar="NAME=VALUE", help="Write a numeric metric into the step's sidecar (repeatable)."
+        ),
+    ] = None,
     prefix: PrefixOpt = None,
-    evaluator: Annotated[str | None, typer.Option(
-        "--evaluator", metavar="NAME",
-        help="Only this evaluator's sidecars (and --set writes its sidecar); default: show every "
-             "evaluator (a named one's metrics as NAME:metric), --set the default sidecar.")] = None,
+    evaluator: Annotated[
+        str | None,
+        typer.Option(
+            "--evaluator",
+            metavar="NAME",
+            help="Only this evaluator's sidecars (and --set writes its sidecar); default: show every "
+            "evaluator (a named one's metrics as NAME:metric), --set the default sidecar.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
     storage_option: StorageOpt = None,
 ) -> int:
@@ -812,9 +1032,11 @@ def metrics_cmd(
         table.add_column(escape(n), justify="right")
     for r in rows:
         vals = [r["metrics"].get(n) for n in names]
-        table.add_row("-" if r["step"] is None else str(r["step"]), escape(r["prefix"]),
-                      *["-" if v is None else (f"{v:.6g}" if isinstance(v, float) else escape(str(v)))
-                        for v in vals])
+        table.add_row(
+            "-" if r["step"] is None else str(r["step"]),
+            escape(r["prefix"]),
+            *["-" if v is None else (f"{v:.6g}" if isinstance(v, float) else escape(str(v))) for v in vals],
+        )
     out.print(table)
     return EXIT_OK
 
@@ -831,8 +1053,10 @@ def _one_step(cdir: CheckpointDir, step: str, prefix: str | None, allow_latest: 
     if allow_latest and sel.lower() == "latest":
         latest = cdir.latest(prefix)
         if latest is None:
-            raise CliError(f"no committed step in {cdir.location.display()}"
-                           + (f" with prefix {prefix!r}" if prefix else ""))
+            raise CliError(
+                f"no committed step in {cdir.location.display()}"
+                + (f" with prefix {prefix!r}" if prefix else "")
+            )
         return latest
     try:
         number: int | str = int(sel)
@@ -860,26 +1084,35 @@ def quarantine_cmd(
     s = _one_step(cdir, step, prefix, allow_latest=True)
     result = quarantine_step(loc, s.prefix, reason, state_filename=cdir.state_filename)
     if as_json:
-        doc = {"dir": loc.display(), "step": s.step, "already_quarantined": s.quarantined,
-               "record_url": loc.display(result.record_name)}
+        doc = {
+            "dir": loc.display(),
+            "step": s.step,
+            "already_quarantined": s.quarantined,
+            "record_url": loc.display(result.record_name),
+        }
         doc.update(result.to_dict())
         _emit_json(doc)
         return EXIT_OK
     out = _out()
     again = " (it was already quarantined: record replaced)" if s.quarantined else ""
-    out.print(f"[yellow]quarantined[/yellow] {escape(loc.display(s.prefix))}{again}: {escape(reason)}",
-              soft_wrap=True)
+    out.print(
+        f"[yellow]quarantined[/yellow] {escape(loc.display(s.prefix))}{again}: {escape(reason)}",
+        soft_wrap=True,
+    )
     if result.state_removed:
-        state_line = ("state file removed: no step left to name (TF's latest_checkpoint now returns "
-                      "None)")
+        state_line = "state file removed: no step left to name (TF's latest_checkpoint now returns None)"
     elif result.removed_paths:
-        state_line = (f"state file no longer names it; latest is "
-                      f"{result.new_latest or '-'}" + (" (it was the latest)" if result.was_latest else ""))
+        state_line = f"state file no longer names it; latest is {result.new_latest or '-'}" + (
+            " (it was the latest)" if result.was_latest else ""
+        )
     else:
         state_line = "state file did not name it; not rewritten"
     out.print(escape(state_line), soft_wrap=True)
-    out.print(f"record: {escape(loc.display(result.record_name))} (GC keeps the step, promotion refuses it; "
-              f"lift it with: tf-ckpt unquarantine {escape(directory)} {escape(s.prefix)})", soft_wrap=True)
+    out.print(
+        f"record: {escape(loc.display(result.record_name))} (GC keeps the step, promotion refuses it; "
+        f"lift it with: tf-ckpt unquarantine {escape(directory)} {escape(s.prefix)})",
+        soft_wrap=True,
+    )
     return EXIT_OK
 
 
@@ -887,11 +1120,22 @@ def quarantine_cmd(
 def unquarantine_cmd(
     directory: Annotated[str, typer.Argument(metavar="DIR", help="Checkpoint dir: a path or URL.")],
     step: StepArg,
-    no_verify: Annotated[bool, typer.Option("--no-verify", help="Do not verify the step first "
-                                            "(files must still all be there to name it again).")] = False,
-    no_restore_state: Annotated[bool, typer.Option("--no-restore-state", help="Only remove the record; "
-                                                   "leave the state file alone (GC may then delete the step "
-                                                   "as an orphan).")] = False,
+    no_verify: Annotated[
+        bool,
+        typer.Option(
+            "--no-verify",
+            help="Do not verify the step first (files must still all be there to name it again).",
+        ),
+    ] = False,
+    no_restore_state: Annotated[
+        bool,
+        typer.Option(
+            "--no-restore-state",
+            help="Only remove the record; "
+            "leave the state file alone (GC may then delete the step "
+            "as an orphan).",
+        ),
+    ] = False,
     prefix: PrefixOpt = None,
     as_json: JsonOpt = False,
     storage_option: StorageOpt = None,
@@ -904,21 +1148,36 @@ def unquarantine_cmd(
     s = _one_step(cdir, step, prefix, allow_latest=False)
     try:
         with _progress(not as_json and not no_verify, "verifying", s.size) as update:
-            result = release_quarantine(loc, s.prefix, verify=not no_verify,
-                                        restore_state=not no_restore_state,
-                                        state_filename=cdir.state_filename,
-                                        progress=lambda done, total: update(done, total, s.prefix))
+            result = release_quarantine(
+                loc,
+                s.prefix,
+                verify=not no_verify,
+                restore_state=not no_restore_state,
+                state_filename=cdir.state_filename,
+                progress=lambda done, total: update(done, total, s.prefix),
+            )
     except StillCorruptError as exc:
         if as_json:
-            _emit_json({"dir": loc.display(), "prefix": s.prefix, "step": s.step, "ok": False,
-                        "released": False, "problems": exc.problems,
-                        "report": None if exc.report is None else exc.report.to_dict()})
+            _emit_json(
+                {
+                    "dir": loc.display(),
+                    "prefix": s.prefix,
+                    "step": s.step,
+                    "ok": False,
+                    "released": False,
+                    "problems": exc.problems,
+                    "report": None if exc.report is None else exc.report.to_dict(),
+                }
+            )
             return EXIT_PROBLEM
         out = _out()
         for p in exc.problems:
             out.print(f"[red]CORRUPT[/red] {escape(p)}", soft_wrap=True)
-        out.print(f"[red]{escape(loc.display(s.prefix))} still fails verification "
-                  f"({len(exc.problems)} problem(s)): it stays quarantined[/red]", soft_wrap=True)
+        out.print(
+            f"[red]{escape(loc.display(s.prefix))} still fails verification "
+            f"({len(exc.problems)} problem(s)): it stays quarantined[/red]",
+            soft_wrap=True,
+        )
         return EXIT_PROBLEM
     if as_json:
         doc = {"dir": loc.display(), "step": s.step, "ok": True, "released": True}
@@ -942,12 +1201,20 @@ def unquarantine_cmd(
     table = Table(title=escape(f"released {loc.display(s.prefix)}"), title_justify="left", show_header=False)
     table.add_column("key")
     table.add_column("value")
-    rows = [("step", "-" if s.step is None else str(s.step)), ("prefix", s.prefix),
-            ("quarantined for", str(result.record.get("reason") or "-")), ("verified", verified),
-            ("state file", state),
-            ("latest", f"{latest} (this step)" if result.made_latest else (f"{latest} (unchanged)"
-                                                                             if result.state_written else "-")),
-            ("record", f"{loc.display(result.record_name)} removed")]
+    rows = [
+        ("step", "-" if s.step is None else str(s.step)),
+        ("prefix", s.prefix),
+        ("quarantined for", str(result.record.get("reason") or "-")),
+        ("verified", verified),
+        ("state file", state),
+        (
+            "latest",
+            f"{latest} (this step)"
+            if result.made_latest
+            else (f"{latest} (unchanged)" if result.state_written else "-"),
+        ),
+        ("record", f"{loc.display(result.record_name)} removed"),
+    ]
     for k, v in rows:
         table.add_row(k, escape(v))
     out.print(table)
@@ -964,6 +1231,7 @@ def _one_line(msg: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit code (0 ok, 1 problem found, 2 usage/input)."""
+
     def fail(msg: str, code: int = EXIT_USAGE) -> int:
         sys.stdout.flush()
         sys.stderr.write(f"tf-ckpt: error: {_one_line(msg)}\n")

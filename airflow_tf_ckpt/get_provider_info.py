@@ -23,7 +23,7 @@ def get_provider_info() -> dict[str, Any]:
         "package-name": "airflow-tf-ckpt",
         "name": "TensorFlow Checkpoints",
         "description": "Watch, validate, evaluate, garbage-collect and promote TensorFlow checkpoints "
-                       "on local disk or gs:// from Apache Airflow 3.",
+        "on local disk or gs:// from Apache Airflow 3.",
         "versions": [__version__],
         "integrations": [
             {
@@ -82,7 +82,7 @@ def get_provider_info() -> dict[str, Any]:
                 "options": {
                     "gpu_queue": {
                         "description": "Executor queue that TensorFlow restore/evaluate tasks are sent to "
-                                       "(a Celery worker started with ``-q`` this queue on a GPU host).",
+                        "(a Celery worker started with ``-q`` this queue on a GPU host).",
                         "version_added": "0.1.0",
                         "type": "string",
                         "example": "gpu",
@@ -90,8 +90,8 @@ def get_provider_info() -> dict[str, Any]:
                     },
                     "poll_interval": {
                         "description": "Seconds between two polls of a checkpoint dir by sensors and "
-                                       "triggers (each poll reads the state file; it lists the dir only "
-                                       "when the state file names a new step).",
+                        "triggers (each poll reads the state file; it lists the dir only "
+                        "when the state file names a new step).",
                         "version_added": "0.1.0",
                         "type": "float",
                         "example": "30",
@@ -99,7 +99,7 @@ def get_provider_info() -> dict[str, Any]:
                     },
                     "settle_seconds": {
                         "description": "A committed step counts only once its newest file and its state "
-                                       "timestamp are at least this many seconds old.",
+                        "timestamp are at least this many seconds old.",
                         "version_added": "0.1.0",
                         "type": "float",
                         "example": "60",
@@ -107,11 +107,11 @@ def get_provider_info() -> dict[str, Any]:
                     },
                     "triggerer_gc_freeze": {
                         "description": "When True, the first checkpoint trigger to run in a triggerer "
-                                       "process calls ``gc.freeze()``: CPython's full collections then skip "
-                                       "the ~200k objects Airflow loaded at start-up, which otherwise stall "
-                                       "the triggerer's event loop for 0.1-0.3 s each time (Airflow's own "
-                                       "dag processor does the same). Costs nothing per poll; the objects "
-                                       "frozen are never collected, which suits start-up objects.",
+                        "process calls ``gc.freeze()``: CPython's full collections then skip "
+                        "the ~200k objects Airflow loaded at start-up, which otherwise stall "
+                        "the triggerer's event loop for 0.1-0.3 s each time (Airflow's own "
+                        "dag processor does the same). Costs nothing per poll; the objects "
+                        "frozen are never collected, which suits start-up objects.",
                         "version_added": "0.1.0",
                         "type": "boolean",
                         "example": "True",
@@ -119,9 +119,9 @@ def get_provider_info() -> dict[str, Any]:
                     },
                     "ui_dirs": {
                         "description": "More checkpoint dirs (local paths or gs:// URLs, separated by "
-                                       "commas or newlines) for the Checkpoints page under Browse. The "
-                                       "page already shows every dir the deployment's DAGs watch "
-                                       "(sensors, asset watchers, retention and other provider tasks).",
+                        "commas or newlines) for the Checkpoints page under Browse. The "
+                        "page already shows every dir the deployment's DAGs watch "
+                        "(sensors, asset watchers, retention and other provider tasks).",
                         "version_added": "0.1.0",
                         "type": "string",
                         "example": "gs://my-bucket/run-7/checkpoints, /data/ckpt",
@@ -129,8 +129,8 @@ def get_provider_info() -> dict[str, Any]:
                     },
                     "ui_conn_id": {
                         "description": "Airflow connection the Checkpoints page uses for a gs:// dir "
-                                       "when no sensor or asset watcher of that dir names one "
-                                       "(operators do not keep their conn_id in the serialized DAG).",
+                        "when no sensor or asset watcher of that dir names one "
+                        "(operators do not keep their conn_id in the serialized DAG).",
                         "version_added": "0.1.0",
                         "type": "string",
                         "example": "google_cloud_default",

@@ -46,8 +46,7 @@ class GpuNotAvailableError(RuntimeError):
 class CheckpointRestoreError(CheckpointError):
     """The checkpoint could not be restored into the object (or graph) the caller built."""
 
-    def __init__(self, message: str, path: str | None = None, *,
-                 unmatched: list[str] | None = None) -> None:
+    def __init__(self, message: str, path: str | None = None, *, unmatched: list[str] | None = None) -> None:
         self.unmatched = list(unmatched or [])
         super().__init__(message, path)
 
@@ -78,9 +77,12 @@ _ABSL_LINE = re.compile(r"^(?P<level>[IWEF])\d{4} \d\d:\d\d:[\d.]+\s+\d+ [^\]]*\
 _OLD_TF_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: (?P<level>[IWEF]) \S+\] ")
 _LEVELS = {"I": logging.INFO, "W": logging.WARNING, "E": logging.ERROR, "F": logging.CRITICAL}
 #: errors TF prints on any host without a usable CUDA driver: expected on a CPU worker
-_NO_GPU_NOISE = re.compile(r"failed call to cuInit|Could not find cuda drivers|Unable to register cu(DNN|FFT|BLAS) "
-                           r"factory|could not open file to read NUMA node|TF-TRT Warning|"
-                           r"cuda_diagnostics|kernel driver does not appear to be running", re.I)
+_NO_GPU_NOISE = re.compile(
+    r"failed call to cuInit|Could not find cuda drivers|Unable to register cu(DNN|FFT|BLAS) "
+    r"factory|could not open file to read NUMA node|TF-TRT Warning|"
+    r"cuda_diagnostics|kernel driver does not appear to be running",
+    re.I,
+)
 _native_lock = threading.RLock()
 
 
@@ -160,18 +162,24 @@ def detect_devices(*, require_gpu: bool = False, logger: logging.Logger | Any | 
     names = [g.name for g in gpus]
     info = DeviceInfo(tf_version=tf.__version__, gpus=names, device="/GPU:0" if gpus else "/CPU:0")
     if gpus:
-        lg.info("TensorFlow %s: %d GPU(s) visible %s; using %s", info.tf_version, len(gpus), names,
-                info.device)
+        lg.info(
+            "TensorFlow %s: %d GPU(s) visible %s; using %s", info.tf_version, len(gpus), names, info.device
+        )
     else:
-        lg.info("TensorFlow %s: no GPU visible (CUDA_VISIBLE_DEVICES=%r); using %s", info.tf_version,
-                os.environ.get("CUDA_VISIBLE_DEVICES"), info.device)
+        lg.info(
+            "TensorFlow %s: no GPU visible (CUDA_VISIBLE_DEVICES=%r); using %s",
+            info.tf_version,
+            os.environ.get("CUDA_VISIBLE_DEVICES"),
+            info.device,
+        )
     if require_gpu and not gpus:
         raise GpuNotAvailableError(
             "require_gpu=True but TensorFlow sees no GPU on this worker "
             f"(tensorflow {info.tf_version}; CUDA_VISIBLE_DEVICES="
             f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}). Route the task to a GPU worker "
             "(queue='gpu' and `airflow celery worker -q gpu` on a host with an NVIDIA GPU and "
-            "tensorflow[and-cuda]), or set require_gpu=False to allow the CPU.")
+            "tensorflow[and-cuda]), or set require_gpu=False to allow the CPU."
+        )
     return info
 
 
@@ -232,9 +240,14 @@ def _newest_meta_name(names: set[str], base: str, step: int | None, prefix: str)
     return best[1] if best else None
 
 
-def stage_prefix(prefix_url: str, *, location: Location | None = None,
-                 storage_options: dict[str, Any] | None = None, with_meta: bool = False,
-                 tmp_root: str | None = None) -> StagedPrefix:
+def stage_prefix(
+    prefix_url: str,
+    *,
+    location: Location | None = None,
+    storage_options: dict[str, Any] | None = None,
+    with_meta: bool = False,
+    tmp_root: str | None = None,
+) -> StagedPrefix:
     """Make one checkpoint step readable by TF on local disk (see the module docstring).
 
     ``location`` is the checkpoint dir when the caller already has one (with credentials, e.g.
@@ -253,9 +266,13 @@ def stage_prefix(prefix_url: str, *, location: Location | None = None,
         raise StepNotFoundError(f"step {name!r} is incomplete; missing {step.missing}", loc.display())
     meta_name = _newest_meta_name(set(cdir.listing), step.base, step.step, name) if with_meta else None
     if loc.local:
-        return StagedPrefix(source=prefix_url, local_prefix=loc.join(name), step=step.step,
-                            meta_path=loc.join(meta_name) if meta_name else None,
-                            files=[f.name for f in step.files])
+        return StagedPrefix(
+            source=prefix_url,
+            local_prefix=loc.join(name),
+            step=step.step,
+            meta_path=loc.join(meta_name) if meta_name else None,
+            files=[f.name for f in step.files],
+        )
     tmpdir = tempfile.mkdtemp(prefix="tf_ckpt_stage_", dir=tmp_root)
     try:
         wanted = [f.name for f in step.files] + ([meta_name] if meta_name else [])
@@ -265,9 +282,14 @@ def stage_prefix(prefix_url: str, *, location: Location | None = None,
         shutil.rmtree(tmpdir, ignore_errors=True)
         raise
     log.info("Staged %s (%d files) to %s", loc.display(name), len(wanted), tmpdir)
-    return StagedPrefix(source=prefix_url, local_prefix=os.path.join(tmpdir, name), step=step.step,
-                        meta_path=os.path.join(tmpdir, meta_name) if meta_name else None,
-                        tmpdir=tmpdir, files=wanted)
+    return StagedPrefix(
+        source=prefix_url,
+        local_prefix=os.path.join(tmpdir, name),
+        step=step.step,
+        meta_path=os.path.join(tmpdir, meta_name) if meta_name else None,
+        tmpdir=tmpdir,
+        files=wanted,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -328,14 +350,23 @@ def _as_checkpoint(tf: Any, built: Any) -> Any:
         return built
     if isinstance(built, dict):
         return tf.train.Checkpoint(**built)
-    raise TypeError("build_fn must return a tf.train.Checkpoint (e.g. tf.train.Checkpoint(model=m, "
-                    "optimizer=o)) or a dict of trackables with the names used when saving; got "
-                    f"{type(built).__name__}")
+    raise TypeError(
+        "build_fn must return a tf.train.Checkpoint (e.g. tf.train.Checkpoint(model=m, "
+        "optimizer=o)) or a dict of trackables with the names used when saving; got "
+        f"{type(built).__name__}"
+    )
 
 
-def restore_tf2(ckpt_prefix_url: str, build_fn: Callable[[], Any], *, match: str = "existing",
-                location: Location | None = None, storage_options: dict[str, Any] | None = None,
-                require_gpu: bool = False, logger: logging.Logger | Any | None = None) -> RestoredCheckpoint:
+def restore_tf2(
+    ckpt_prefix_url: str,
+    build_fn: Callable[[], Any],
+    *,
+    match: str = "existing",
+    location: Location | None = None,
+    storage_options: dict[str, Any] | None = None,
+    require_gpu: bool = False,
+    logger: logging.Logger | Any | None = None,
+) -> RestoredCheckpoint:
     """Restore a TF2 (object-based) checkpoint into what ``build_fn()`` builds.
 
     ``build_fn`` builds the model (and optimizer) exactly as training did and returns a
@@ -363,14 +394,21 @@ def restore_tf2(ckpt_prefix_url: str, build_fn: Callable[[], Any], *, match: str
         with tf.device(device.device):
             root = build_fn()
             ckpt = _as_checkpoint(tf, root)
-            lg.info("Restoring %s (step %s) from %s on %s", ckpt_prefix_url, staged.step,
-                    staged.local_prefix, device.device)
+            lg.info(
+                "Restoring %s (step %s) from %s on %s",
+                ckpt_prefix_url,
+                staged.step,
+                staged.local_prefix,
+                device.device,
+            )
             try:
                 status = ckpt.restore(staged.local_prefix)
             except (ValueError, tf.errors.OpError) as exc:
                 raise CheckpointRestoreError(
-                    f"cannot restore into the objects build_fn built: {exc}", ckpt_prefix_url,
-                    unmatched=_names_in(str(exc))) from exc
+                    f"cannot restore into the objects build_fn built: {exc}",
+                    ckpt_prefix_url,
+                    unmatched=_names_in(str(exc)),
+                ) from exc
             try:
                 if match == "existing":
                     status.assert_existing_objects_matched()
@@ -385,20 +423,31 @@ def restore_tf2(ckpt_prefix_url: str, build_fn: Callable[[], Any], *, match: str
             except AssertionError as exc:
                 status.expect_partial()  # we report the mismatch; TF need not warn again at exit
                 names = _names_in(str(exc))
-                what = ("variables of the built objects got no value from the checkpoint"
-                        if match == "existing" or "Python objects" in str(exc)
-                        else "checkpoint values were not used by the built objects")
+                what = (
+                    "variables of the built objects got no value from the checkpoint"
+                    if match == "existing" or "Python objects" in str(exc)
+                    else "checkpoint values were not used by the built objects"
+                )
                 raise CheckpointRestoreError(
                     f"checkpoint does not match the objects build_fn built (match={match!r}): {what}: "
                     + (", ".join(names) if names else str(exc).splitlines()[0])
                     + ". Build the model/optimizer exactly as in training (shapes, layer order), or use "
-                    "match='partial' to load a subset on purpose.", ckpt_prefix_url,
-                    unmatched=names) from exc
+                    "match='partial' to load a subset on purpose.",
+                    ckpt_prefix_url,
+                    unmatched=names,
+                ) from exc
     except BaseException:
         staged.cleanup()
         raise
-    return RestoredCheckpoint(root=root, checkpoint=ckpt, prefix=ckpt_prefix_url, step=staged.step,
-                              device=device, staged=staged, status=status)
+    return RestoredCheckpoint(
+        root=root,
+        checkpoint=ckpt,
+        prefix=ckpt_prefix_url,
+        step=staged.step,
+        device=device,
+        staged=staged,
+        status=status,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -454,10 +503,17 @@ class RestoredGraph:
         self.close()
 
 
-def restore_tf1(ckpt_prefix_url: str, *, build_graph: Callable[[], Any] | None = None,
-                meta_graph: str | None = None, location: Location | None = None,
-                storage_options: dict[str, Any] | None = None, require_gpu: bool = False,
-                session_config: Any = None, logger: logging.Logger | Any | None = None) -> RestoredGraph:
+def restore_tf1(
+    ckpt_prefix_url: str,
+    *,
+    build_graph: Callable[[], Any] | None = None,
+    meta_graph: str | None = None,
+    location: Location | None = None,
+    storage_options: dict[str, Any] | None = None,
+    require_gpu: bool = False,
+    session_config: Any = None,
+    logger: logging.Logger | Any | None = None,
+) -> RestoredGraph:
     """Restore a TF1 (name-based, ``tf.compat.v1.train.Saver``) checkpoint, as the seed code does::
 
         saver = tf.compat.v1.train.import_meta_graph("my_test_model-1000.meta")
@@ -476,8 +532,12 @@ def restore_tf1(ckpt_prefix_url: str, *, build_graph: Callable[[], Any] | None =
     v1 = tf.compat.v1
     lg = logger or log
     device = detect_devices(require_gpu=require_gpu, logger=lg)
-    staged = stage_prefix(ckpt_prefix_url, location=location, storage_options=storage_options,
-                          with_meta=build_graph is None and meta_graph is None)
+    staged = stage_prefix(
+        ckpt_prefix_url,
+        location=location,
+        storage_options=storage_options,
+        with_meta=build_graph is None and meta_graph is None,
+    )
     meta_local: str | None = None
     meta_shown: str | None = None
     extra_tmp: str | None = None
@@ -504,7 +564,8 @@ def restore_tf1(ckpt_prefix_url: str, *, build_graph: Callable[[], Any] | None =
                     "write_meta_graph=False writes one only at its first save, and max_to_keep "
                     "deletes it with that step; keep the newest .meta with the retention policy). "
                     "Pass build_graph= to rebuild the graph in code, or meta_graph= to name one.",
-                    ckpt_prefix_url)
+                    ckpt_prefix_url,
+                )
         reader = tf.train.load_checkpoint(staged.local_prefix)
         in_ckpt = set(reader.get_variable_to_shape_map())
         shapes = reader.get_variable_to_shape_map()
@@ -512,35 +573,49 @@ def restore_tf1(ckpt_prefix_url: str, *, build_graph: Callable[[], Any] | None =
         with graph.as_default(), graph.device(device.device):
             if build_graph is not None:
                 built = build_graph()
-                saver = built if isinstance(built, v1.train.Saver) else v1.train.Saver(
-                    var_list=built if isinstance(built, (list, dict)) else None)
+                saver = (
+                    built
+                    if isinstance(built, v1.train.Saver)
+                    else v1.train.Saver(var_list=built if isinstance(built, (list, dict)) else None)
+                )
             else:
                 lg.info("Importing the graph from %s", meta_shown)
                 saver = v1.train.import_meta_graph(meta_local, clear_devices=True)
                 if saver is None:
-                    raise CheckpointRestoreError(f"{meta_shown} holds no variables to restore",
-                                                 ckpt_prefix_url)
+                    raise CheckpointRestoreError(
+                        f"{meta_shown} holds no variables to restore", ckpt_prefix_url
+                    )
             wanted = _saver_variables(v1, saver, graph)
             missing = sorted(n for n in wanted if n not in in_ckpt)
-            wrong = sorted(f"{n} (graph {wanted[n]}, checkpoint {list(shapes[n])})" for n in wanted
-                           if n in in_ckpt and wanted[n] is not None and list(shapes[n]) != wanted[n])
+            wrong = sorted(
+                f"{n} (graph {wanted[n]}, checkpoint {list(shapes[n])})"
+                for n in wanted
+                if n in in_ckpt and wanted[n] is not None and list(shapes[n]) != wanted[n]
+            )
             if missing or wrong:
                 parts = []
                 if missing:
-                    parts.append(f"{len(missing)} variable(s) of the graph are not in the checkpoint: "
-                                 + ", ".join(missing))
+                    parts.append(
+                        f"{len(missing)} variable(s) of the graph are not in the checkpoint: "
+                        + ", ".join(missing)
+                    )
                 if wrong:
                     parts.append("shapes differ: " + ", ".join(wrong))
-                raise CheckpointRestoreError("checkpoint does not match the graph: " + "; ".join(parts),
-                                             ckpt_prefix_url, unmatched=missing + wrong)
+                raise CheckpointRestoreError(
+                    "checkpoint does not match the graph: " + "; ".join(parts),
+                    ckpt_prefix_url,
+                    unmatched=missing + wrong,
+                )
             session = v1.Session(graph=graph, config=session_config)
-            lg.info("Restoring %s (step %s) into a TF1 session on %s", ckpt_prefix_url, staged.step,
-                    device.device)
+            lg.info(
+                "Restoring %s (step %s) into a TF1 session on %s", ckpt_prefix_url, staged.step, device.device
+            )
             try:
                 saver.restore(session, staged.local_prefix)
             except tf.errors.OpError as exc:
-                raise CheckpointRestoreError(f"Saver.restore failed: {exc.message}", ckpt_prefix_url,
-                                             unmatched=_names_in(str(exc))) from exc
+                raise CheckpointRestoreError(
+                    f"Saver.restore failed: {exc.message}", ckpt_prefix_url, unmatched=_names_in(str(exc))
+                ) from exc
     except BaseException:
         if session is not None:
             session.close()
@@ -550,8 +625,16 @@ def restore_tf1(ckpt_prefix_url: str, *, build_graph: Callable[[], Any] | None =
         if extra_tmp:
             # the graph is imported; the .meta copy is no longer needed
             shutil.rmtree(extra_tmp, ignore_errors=True)
-    return RestoredGraph(graph=graph, session=session, saver=saver, prefix=ckpt_prefix_url,
-                         step=staged.step, device=device, staged=staged, meta_graph=meta_shown)
+    return RestoredGraph(
+        graph=graph,
+        session=session,
+        saver=saver,
+        prefix=ckpt_prefix_url,
+        step=staged.step,
+        device=device,
+        staged=staged,
+        meta_graph=meta_shown,
+    )
 
 
 def _saver_variables(v1: Any, saver: Any, graph: Any) -> dict[str, list[int] | None]:
@@ -574,7 +657,9 @@ def _saver_variables(v1: Any, saver: Any, graph: Any) -> dict[str, list[int] | N
 
 
 @contextlib.contextmanager
-def restored_tf2(ckpt_prefix_url: str, build_fn: Callable[[], Any], **kwargs: Any) -> Iterator[RestoredCheckpoint]:
+def restored_tf2(
+    ckpt_prefix_url: str, build_fn: Callable[[], Any], **kwargs: Any
+) -> Iterator[RestoredCheckpoint]:
     """``with restored_tf2(url, build_fn) as r:`` — restores, then drops the staged copy."""
     restored = restore_tf2(ckpt_prefix_url, build_fn, **kwargs)
     try:

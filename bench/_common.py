@@ -33,7 +33,9 @@ if str(REPO) not in sys.path:
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-CACHE = Path(os.environ.get("TF_CKPT_BENCH_CACHE", os.path.join(tempfile.gettempdir(), "airflow_tf_ckpt_bench")))
+CACHE = Path(
+    os.environ.get("TF_CKPT_BENCH_CACHE", os.path.join(tempfile.gettempdir(), "airflow_tf_ckpt_bench"))
+)
 MiB = 1 << 20
 GiB = 1 << 30
 
@@ -83,22 +85,45 @@ def ensure_bucket(emu: Any, root: Path, bucket: str) -> None:
 
 def _crc32c_b64(data: bytes) -> str:
     from airflow_tf_ckpt.core.formats import crc
+
     return base64.b64encode(crc.value(data).to_bytes(4, "big")).decode()
 
 
 def _metadata(data: bytes, when: _dt.datetime) -> bytes:
     md5 = base64.b64encode(hashlib.md5(data).digest()).decode()  # noqa: S324 - GCS's own md5Hash
     stamp = when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return json.dumps({
-        "StorageClass": "STANDARD", "ContentType": "application/octet-stream", "ContentEncoding": "",
-        "ContentDisposition": "", "ContentLanguage": "", "CacheControl": "", "Crc32c": _crc32c_b64(data),
-        "Md5Hash": md5, "Etag": md5,
-        "ACL": [{"Entity": "projectOwner-test-project", "EntityID": "", "Role": "OWNER", "Domain": "",
-                 "Email": "", "ProjectTeam": None}],
-        "Metadata": None, "Created": stamp, "Deleted": "0001-01-01T00:00:00Z", "Updated": stamp,
-        "CustomTime": "0001-01-01T00:00:00Z", "Generation": int(when.timestamp() * 1e6),
-        "RetentionMode": "", "RetentionRetainUntil": "",
-    }, separators=(",", ":")).encode()
+    return json.dumps(
+        {
+            "StorageClass": "STANDARD",
+            "ContentType": "application/octet-stream",
+            "ContentEncoding": "",
+            "ContentDisposition": "",
+            "ContentLanguage": "",
+            "CacheControl": "",
+            "Crc32c": _crc32c_b64(data),
+            "Md5Hash": md5,
+            "Etag": md5,
+            "ACL": [
+                {
+                    "Entity": "projectOwner-test-project",
+                    "EntityID": "",
+                    "Role": "OWNER",
+                    "Domain": "",
+                    "Email": "",
+                    "ProjectTeam": None,
+                }
+            ],
+            "Metadata": None,
+            "Created": stamp,
+            "Deleted": "0001-01-01T00:00:00Z",
+            "Updated": stamp,
+            "CustomTime": "0001-01-01T00:00:00Z",
+            "Generation": int(when.timestamp() * 1e6),
+            "RetentionMode": "",
+            "RetentionRetainUntil": "",
+        },
+        separators=(",", ":"),
+    ).encode()
 
 
 def seed_objects(root: Path, bucket: str, objects: Mapping[str, bytes], *, age_s: float = 3600.0) -> None:
@@ -206,8 +231,9 @@ class DelayLine:
             cwriter.close()
             return
         try:
-            await asyncio.gather(self._pipe(creader, uwriter), self._pipe(ureader, cwriter),
-                                 return_exceptions=True)
+            await asyncio.gather(
+                self._pipe(creader, uwriter), self._pipe(ureader, cwriter), return_exceptions=True
+            )
         except asyncio.CancelledError:  # shutting down; a cancelled handler task makes asyncio log
             pass
 
@@ -277,8 +303,9 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - t, out
 
 
-def interleave(baseline: Callable[[], Any], ours: Callable[[], Any], rounds: int,
-               setup: Callable[[], Any] | None = None) -> tuple[list[float], list[float]]:
+def interleave(
+    baseline: Callable[[], Any], ours: Callable[[], Any], rounds: int, setup: Callable[[], Any] | None = None
+) -> tuple[list[float], list[float]]:
     """Run baseline and ours alternately (``rounds`` each; who goes first alternates too)."""
     tb: list[float] = []
     to: list[float] = []
@@ -306,11 +333,15 @@ def summary(name: str, times: list[float]) -> float:
     return med
 
 
-def verdict(promise: str, measured: str, baseline: str, ratio: float | None, target: str,
-            ok: bool | None) -> bool | None:
+def verdict(
+    promise: str, measured: str, baseline: str, ratio: float | None, target: str, ok: bool | None
+) -> bool | None:
     """One result line; ``ok=None`` for a figure with no target (reported only: INFO)."""
     r = "-" if ratio is None else f"{ratio:,.2f}x" if ratio < 10 else f"{ratio:,.0f}x"
     word = "INFO" if ok is None else "PASS" if ok else "MISS"
-    print(f"RESULT | {promise} | target {target} | measured {measured} | baseline {baseline} | "
-          f"ratio {r} | {word}", flush=True)
+    print(
+        f"RESULT | {promise} | target {target} | measured {measured} | baseline {baseline} | "
+        f"ratio {r} | {word}",
+        flush=True,
+    )
     return ok

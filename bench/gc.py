@@ -57,8 +57,13 @@ def gc_bench(steps: int, keep_last: int, rtt_ms: float, rtt_steps: int) -> None:
         gc_compare(root, steps, keep_last, None, "on fake-gcs-server over loopback")
         if rtt_ms > 0 and rtt_steps > 0:
             with C.DelayLine(emu.url, rtt_ms / 1000) as link:
-                gc_compare(root, rtt_steps, keep_last, link.url,
-                           f"on fake-gcs-server behind a {rtt_ms:g} ms round-trip link")
+                gc_compare(
+                    root,
+                    rtt_steps,
+                    keep_last,
+                    link.url,
+                    f"on fake-gcs-server behind a {rtt_ms:g} ms round-trip link",
+                )
 
 
 def gc_compare(root: C.Path, steps: int, keep_last: int, endpoint: str | None, where: str) -> None:
@@ -78,8 +83,10 @@ def gc_compare(root: C.Path, steps: int, keep_last: int, endpoint: str | None, w
     loc.fs.invalidate_cache()
     t_plan1, plan = C.timed(lambda: plan_retention(loc, policies))
     paths = [loc.join(n) for d in plan.decisions if d.action == DELETE for n in d.delete_files]
-    print(f"\n  seeded {2 * steps + 1} objects in {t_seed:.1f} s; planned (incl. one listing) in "
-          f"{t_plan1:.1f} s: delete {len(paths)} files of {sum(d.action == DELETE for d in plan.decisions)} steps")
+    print(
+        f"\n  seeded {2 * steps + 1} objects in {t_seed:.1f} s; planned (incl. one listing) in "
+        f"{t_plan1:.1f} s: delete {len(paths)} files of {sum(d.action == DELETE for d in plan.decisions)} steps"
+    )
     fs = loc.fs
     counter = C.RequestCounter(fs)
 
@@ -112,14 +119,30 @@ def gc_compare(root: C.Path, steps: int, keep_last: int, endpoint: str | None, w
     t_delete = t_end - marks["first_delete"]
     t_relist = marks["first_write_state"] - marks["first_relist"] if "first_write_state" in marks else None
     print(f"GC of {steps} steps (keep last {keep_last}: {len(paths)} files) {where}")
-    print(f"  baseline: sequential fs.rm_file x {len(paths):<6d}        {t_base:8.2f} s  ({base_reqs} requests)")
-    print(f"  ours: apply_plan, end to end                  {t_ours:8.2f} s  ({ours_reqs} requests; "
-          f"re-check {t_relist or 0:.1f} s)")
+    print(
+        f"  baseline: sequential fs.rm_file x {len(paths):<6d}        {t_base:8.2f} s  ({base_reqs} requests)"
+    )
+    print(
+        f"  ours: apply_plan, end to end                  {t_ours:8.2f} s  ({ours_reqs} requests; "
+        f"re-check {t_relist or 0:.1f} s)"
+    )
     print(f"  ours: apply_plan, deletion phase              {t_delete:8.2f} s")
-    C.verdict(f"GC {steps} steps {where}, apply_plan end to end", f"{t_ours:.1f} s", f"{t_base:.1f} s",
-              t_base / t_ours, ">= 20x", t_base / t_ours >= 20)
-    C.verdict(f"GC {steps} steps {where}, deletion phase only", f"{t_delete:.1f} s", f"{t_base:.1f} s",
-              t_base / t_delete, ">= 20x", t_base / t_delete >= 20)
+    C.verdict(
+        f"GC {steps} steps {where}, apply_plan end to end",
+        f"{t_ours:.1f} s",
+        f"{t_base:.1f} s",
+        t_base / t_ours,
+        ">= 20x",
+        t_base / t_ours >= 20,
+    )
+    C.verdict(
+        f"GC {steps} steps {where}, deletion phase only",
+        f"{t_delete:.1f} s",
+        f"{t_base:.1f} s",
+        t_base / t_delete,
+        ">= 20x",
+        t_base / t_delete >= 20,
+    )
 
 
 def local_plan_dir(steps: int) -> C.Path:
@@ -163,14 +186,23 @@ def plan_bench(steps: int, repeat: int = 3) -> None:
         times.append(t)
     assert len(plan.deleted) == steps - 10 and len(plan.delete_files) == 2 * (steps - 10), plan.summary()
     t_bytes, nbytes = C.timed(lambda: plan.bytes_to_free)
-    print(f"\nplanning {steps} steps on local disk, end to end (keep last 10; dir {d}, ready in {t_make:.1f} s)")
+    print(
+        f"\nplanning {steps} steps on local disk, end to end (keep last 10; dir {d}, ready in {t_make:.1f} s)"
+    )
     med = C.summary("plan_retention(Location): list + parse + plan", times)
     C.summary("  the same, CPU time", cpu)
     print(f"  then plan.bytes_to_free ({nbytes} bytes; one stat per doomed file)  {C.fmt_s(t_bytes)}")
-    C.verdict(f"GC planning, {steps} steps, local disk end to end", f"{med:.2f} s", "-", None, "< 1 s",
-              med < 1.0)
-    C.verdict(f"reading the sizes of {2 * (steps - 10)} doomed files afterwards (bytes_to_free)",
-              f"{t_bytes:.2f} s", "-", None, "-", None)
+    C.verdict(
+        f"GC planning, {steps} steps, local disk end to end", f"{med:.2f} s", "-", None, "< 1 s", med < 1.0
+    )
+    C.verdict(
+        f"reading the sizes of {2 * (steps - 10)} doomed files afterwards (bytes_to_free)",
+        f"{t_bytes:.2f} s",
+        "-",
+        None,
+        "-",
+        None,
+    )
 
     # memory://: the plan alone, over a CheckpointDir discovered beforehand
     fs = fsspec.filesystem("memory")
@@ -189,7 +221,9 @@ def plan_bench(steps: int, repeat: int = 3) -> None:
     for _ in range(repeat):
         t, plan = C.timed(lambda: plan_retention(cdir, policies, now=now))
         times.append(t)
-    print(f"\nplanning {steps} steps on memory:// (keep last 10; CheckpointDir already discovered in {t_disc:.2f} s)")
+    print(
+        f"\nplanning {steps} steps on memory:// (keep last 10; CheckpointDir already discovered in {t_disc:.2f} s)"
+    )
     med = C.summary("plan_retention(CheckpointDir)", times)
     C.verdict(f"GC planning alone, {steps} steps, memory://", f"{med:.2f} s", "-", None, "< 1 s", med < 1.0)
     fs.store.clear()  # the process ends anyway; rm(recursive) over 200,000 keys is quadratic
@@ -199,8 +233,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=10_000)
     ap.add_argument("--keep-last", type=int, default=10)
-    ap.add_argument("--rtt-ms", type=float, default=10.0,
-                    help="round-trip time of the second run's link (0: skip it)")
+    ap.add_argument(
+        "--rtt-ms", type=float, default=10.0, help="round-trip time of the second run's link (0: skip it)"
+    )
     ap.add_argument("--rtt-steps", type=int, default=1000, help="steps in the second run")
     ap.add_argument("--plan-steps", type=int, default=100_000)
     ap.add_argument("--skip-gc", action="store_true")

@@ -74,8 +74,13 @@ def build_index(entries: int) -> Path:
 
 
 def child(mode: str, d: Path) -> dict:
-    out = subprocess.run([sys.executable, "-c", _VERIFY_CHILD, str(REPO), mode, str(d)], check=True,
-                         capture_output=True, text=True, env=C.child_env()).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", _VERIFY_CHILD, str(REPO), mode, str(d)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=C.child_env(),
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -88,10 +93,14 @@ def bench_index(entries: int) -> bool:
     assert ours["ok"] and ours["n"] == entries, ours
     added = max(0.0, ours["rss_mb"] - base["rss_mb"])
     factor = added / size_mb
-    ok = C.verdict("validate of a 1M-entry index: memory within a small factor of the index size",
-                   f"{ours['rss_mb']:.0f} MB peak RSS ({added:.0f} MB beyond reading the index: "
-                   f"{factor:.1f}x its size)", f"read the index: {base['rss_mb']:.0f} MB", factor,
-                   f"<= {MEMORY_FACTOR_TARGET:.0f}x the index size", factor <= MEMORY_FACTOR_TARGET)
+    ok = C.verdict(
+        "validate of a 1M-entry index: memory within a small factor of the index size",
+        f"{ours['rss_mb']:.0f} MB peak RSS ({added:.0f} MB beyond reading the index: {factor:.1f}x its size)",
+        f"read the index: {base['rss_mb']:.0f} MB",
+        factor,
+        f"<= {MEMORY_FACTOR_TARGET:.0f}x the index size",
+        factor <= MEMORY_FACTOR_TARGET,
+    )
     C.verdict("validate of a 1M-entry index: time", C.fmt_s(ours["secs"]), "-", None, "-", None)
     return bool(ok)
 
@@ -100,13 +109,16 @@ def build_state(mb: int, d: Path) -> tuple[bytes, str]:
     """A state file of about ``mb`` MB off the canonical spacing, and its latest step (which has
     files in ``d``: the poll finds it complete and stops there)."""
     n = mb * C.MiB // 40
-    lines = [f'model_checkpoint_path:"ckpt-{n}"'] + [f'all_model_checkpoint_paths:"ckpt-{i}"'
-                                                     for i in range(1, n + 1)]
+    lines = [f'model_checkpoint_path:"ckpt-{n}"'] + [
+        f'all_model_checkpoint_paths:"ckpt-{i}"' for i in range(1, n + 1)
+    ]
     data = ("\n".join(lines) + "\n").encode()
     from airflow_tf_ckpt.core.formats.protos import BundleHeaderProto
     from tests.reliability_helpers import write_table
 
-    (d / f"ckpt-{n}.index").write_bytes(write_table([(b"", BundleHeaderProto(num_shards=1).SerializeToString())]))
+    (d / f"ckpt-{n}.index").write_bytes(
+        write_table([(b"", BundleHeaderProto(num_shards=1).SerializeToString())])
+    )
     (d / f"ckpt-{n}.data-00000-of-00001").write_bytes(b"")
     return data, f"ckpt-{n}"
 
@@ -131,7 +143,7 @@ def bench_state(mb: int, polls: int) -> bool:
     real, calls = state_mod.parse_state, [0]
 
     def counted(text, *args, **kwargs):  # counts parses of THE file (not of a poll's synthetic
-        if len(text) == len(data):      # one-chunk state, canonical and tiny); the real parser works
+        if len(text) == len(data):  # one-chunk state, canonical and tiny); the real parser works
             calls[0] += 1
         return real(text, *args, **kwargs)
 
@@ -147,9 +159,15 @@ def bench_state(mb: int, polls: int) -> bool:
             assert ready and ready[0].step.prefix == latest, ready
     finally:
         state_mod.parse_state = real
-    ok = C.verdict("an unchanged state file is parsed once by one poller", f"{calls[0]} parse(s) in {polls} polls "
-                   f"(first {C.fmt_s(times[0])}, then {C.fmt_s(min(times[1:]) if polls > 1 else 0)})",
-                   f"{polls} parses", None, "1 parse", calls[0] == 1)
+    ok = C.verdict(
+        "an unchanged state file is parsed once by one poller",
+        f"{calls[0]} parse(s) in {polls} polls "
+        f"(first {C.fmt_s(times[0])}, then {C.fmt_s(min(times[1:]) if polls > 1 else 0)})",
+        f"{polls} parses",
+        None,
+        "1 parse",
+        calls[0] == 1,
+    )
     return bool(ok)
 
 

@@ -155,8 +155,13 @@ def main() -> int:
         dep.wait_dags([DAG])
         dep.unpause(DAG)
         budget = args.gap * (args.steps + 3) + 120
-        warm = subprocess.Popen([sys.executable, "-c", WARM_LOOP, str(dep.ckpt_dir), str(budget)],
-                                stdout=subprocess.PIPE, text=True, env=child_env(), cwd=REPO)
+        warm = subprocess.Popen(
+            [sys.executable, "-c", WARM_LOOP, str(dep.ckpt_dir), str(budget)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=child_env(),
+            cwd=REPO,
+        )
         ready = json.loads(warm.stdout.readline()) if warm.stdout else {}
         print(f"warm loop ready (TF import + model build {ready.get('import_s', 0):.1f} s)", flush=True)
         commits = train_steps(dep.ckpt_dir, args.steps, args.gap)
@@ -194,18 +199,29 @@ def _read_warm(warm: subprocess.Popen[str], commits: dict[str, float]) -> dict[s
         rec = json.loads(line)
         if rec.get("prefix") in commits:
             c = commits[rec["prefix"]]
-            out[rec["prefix"]] = {"poll wait": rec["seen"] - c, "restore": rec["restore_s"],
-                                  "evaluation": rec["eval_s"], "total": rec["done"] - c}
+            out[rec["prefix"]] = {
+                "poll wait": rec["seen"] - c,
+                "restore": rec["restore_s"],
+                "evaluation": rec["eval_s"],
+                "total": rec["done"] - c,
+            }
     return out
 
 
-def _report(args: Any, commits: dict[str, float], ours: dict[str, dict[str, float]],
-            warm: dict[str, dict[str, float]], root: Path) -> int:
+def _report(
+    args: Any,
+    commits: dict[str, float],
+    ours: dict[str, dict[str, float]],
+    warm: dict[str, dict[str, float]],
+    root: Path,
+) -> int:
     print("\ncommit -> metrics, per step (seconds):")
     for prefix in commits:
         o, w = ours.get(prefix), warm.get(prefix)
-        print(f"  {prefix}: ours {o['total'] if o else float('nan'):6.1f}   warm loop "
-              f"{w['total'] if w else float('nan'):5.1f}")
+        print(
+            f"  {prefix}: ours {o['total'] if o else float('nan'):6.1f}   warm loop "
+            f"{w['total'] if w else float('nan'):5.1f}"
+        )
         for k, v in (o or {}).items():
             if k != "total":
                 print(f"      ours  {k:38s} {v:6.2f}")
@@ -219,9 +235,14 @@ def _report(args: Any, commits: dict[str, float], ours: dict[str, dict[str, floa
     w_med = statistics.median(v["total"] for v in warm.values())
     bound = w_med + args.poll + 10
     ok = o_med <= bound and len(ours) == len(commits)
-    verdict(f"commit->metrics on a real deployment ({len(ours)} steps, poll {args.poll:g} s)",
-            f"{o_med:.1f} s", f"warm TF loop {w_med:.1f} s", o_med / w_med if w_med else None,
-            f"<= warm + poll + 10 s = {bound:.1f} s", ok)
+    verdict(
+        f"commit->metrics on a real deployment ({len(ours)} steps, poll {args.poll:g} s)",
+        f"{o_med:.1f} s",
+        f"warm TF loop {w_med:.1f} s",
+        o_med / w_med if w_med else None,
+        f"<= warm + poll + 10 s = {bound:.1f} s",
+        ok,
+    )
     if ok:
         shutil.rmtree(root, ignore_errors=True)
     return 0 if ok else 1

@@ -72,14 +72,17 @@ async def run(url: str, steps: int, rounds: int, polls: int) -> int:
         t_new = time.perf_counter() - t
         new_reqs = counter.reset()
         assert ready and ready[0].step.step == steps, ready
-        print(f"  ours, nothing changed: "
-              f"{ours_reqs} request(s) (first poll, state file parsed: {first_reqs}, {C.fmt_s(t_first)}); "
-              f"one new step: {new_reqs} request(s), {C.fmt_s(t_new)}")
+        print(
+            f"  ours, nothing changed: "
+            f"{ours_reqs} request(s) (first poll, state file parsed: {first_reqs}, {C.fmt_s(t_first)}); "
+            f"one new step: {new_reqs} request(s), {C.fmt_s(t_new)}"
+        )
 
         tb: list[float] = []
         to: list[float] = []
         n = base_reqs = 0
         for r in range(rounds):
+
             async def b() -> None:
                 nonlocal n, base_reqs
                 counter.reset()
@@ -96,19 +99,33 @@ async def run(url: str, steps: int, rounds: int, polls: int) -> int:
                     await ours(steps)
                     to.append(time.perf_counter() - t0)
 
-            for fn in ((b, o) if r % 2 == 0 else (o, b)):
+            for fn in (b, o) if r % 2 == 0 else (o, b):
                 await fn()
         counter.reset()
     print(f"  baseline: {n} objects listed in {base_reqs} request(s)")
-    print(f"\n{steps} steps ({n} objects) on fake-gcs-server; interleaved, {rounds} rounds "
-          f"({polls} polls of ours per round)")
+    print(
+        f"\n{steps} steps ({n} objects) on fake-gcs-server; interleaved, {rounds} rounds "
+        f"({polls} polls of ours per round)"
+    )
     t_base = C.summary("baseline: full prefix listing (GCSUploadSession)", tb)
     t_ours = C.summary("ours: Poller.apoll, nothing changed", to)
     ratio = t_base / t_ours
-    C.verdict("poll, nothing changed, 10k steps: requests", f"{ours_reqs} req", f"{base_reqs} req",
-              base_reqs / max(ours_reqs, 1), "O(1) (1-2 req)", ours_reqs <= 2)
-    C.verdict(f"poll, nothing changed, {steps} steps: time", C.fmt_s(t_ours), C.fmt_s(t_base), ratio,
-              ">= 100x", ratio >= 100)
+    C.verdict(
+        "poll, nothing changed, 10k steps: requests",
+        f"{ours_reqs} req",
+        f"{base_reqs} req",
+        base_reqs / max(ours_reqs, 1),
+        "O(1) (1-2 req)",
+        ours_reqs <= 2,
+    )
+    C.verdict(
+        f"poll, nothing changed, {steps} steps: time",
+        C.fmt_s(t_ours),
+        C.fmt_s(t_base),
+        ratio,
+        ">= 100x",
+        ratio >= 100,
+    )
     return 0
 
 

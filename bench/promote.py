@@ -70,7 +70,10 @@ def gs_bench(src_dir: Path, prefix: str, files: list[Path], rounds: int) -> None
     marker = root / ".built"
     with C.emulator(root) as emu:
         if not marker.exists():
-            print(f"seeding the {total / C.GiB:.2f} GiB step into the emulator root {root} (once) ...", flush=True)
+            print(
+                f"seeding the {total / C.GiB:.2f} GiB step into the emulator root {root} (once) ...",
+                flush=True,
+            )
             C.ensure_bucket(emu, root, SRC_BUCKET)
             C.ensure_bucket(emu, root, DST_BUCKET)
             objs = {f"run/{p.name}": p.read_bytes() for p in files}
@@ -89,6 +92,7 @@ def gs_bench(src_dir: Path, prefix: str, files: list[Path], rounds: int) -> None
         reqs_o = 0
         method = ""
         for r in range(rounds):
+
             def baseline(r: int = r) -> None:
                 for n in names:
                     fs.pipe_file(f"{DST_BUCKET}/base-{r}/{n}", fs.cat_file(f"{SRC_BUCKET}/run/{n}"))
@@ -98,9 +102,11 @@ def gs_bench(src_dir: Path, prefix: str, files: list[Path], rounds: int) -> None
                 return promote(src, dst, "latest")
 
             def floor(r: int = r) -> None:  # the emulator's own copies, all at once, nothing else
-                fs.copy([f"{SRC_BUCKET}/run/{n}" for n in names], [f"{DST_BUCKET}/floor-{r}/{n}" for n in names])
+                fs.copy(
+                    [f"{SRC_BUCKET}/run/{n}" for n in names], [f"{DST_BUCKET}/floor-{r}/{n}" for n in names]
+                )
 
-            for name in (("b", "o", "f") if r % 2 == 0 else ("f", "o", "b")):
+            for name in ("b", "o", "f") if r % 2 == 0 else ("f", "o", "b"):
                 counter.reset()
                 if name == "f":
                     t, _ = C.timed(floor)
@@ -118,17 +124,27 @@ def gs_bench(src_dir: Path, prefix: str, files: list[Path], rounds: int) -> None
                     method = res.method  # type: ignore[attr-defined]
                     assert res.bytes_copied == total, res  # type: ignore[attr-defined]
                     fs.rm(f"{DST_BUCKET}/ours-{r}", recursive=True)
-    print(f"\ngs->gs promote of {prefix} ({total / C.GiB:.2f} GiB, {len(files)} files) on fake-gcs-server, "
-          f"{rounds} rounds interleaved")
+    print(
+        f"\ngs->gs promote of {prefix} ({total / C.GiB:.2f} GiB, {len(files)} files) on fake-gcs-server, "
+        f"{rounds} rounds interleaved"
+    )
     t_b = C.summary("baseline: download + upload (cat_file/pipe_file)", tb)
     t_o = C.summary(f"ours: promote ({method})", to)
     t_f = C.summary("floor: the same server-side copies alone (fs.copy)", tf_)
-    print(f"  => the emulator copies every byte (its rewrite reads, hashes and writes them); the floor "
-          f"alone is {t_b / t_f:.2f}x the baseline, promote adds {t_o - t_f:+.2f} s to it "
-          "(listing, lease, lock, CRC checks from metadata, state file, manifest)")
+    print(
+        f"  => the emulator copies every byte (its rewrite reads, hashes and writes them); the floor "
+        f"alone is {t_b / t_f:.2f}x the baseline, promote adds {t_o - t_f:+.2f} s to it "
+        "(listing, lease, lock, CRC checks from metadata, state file, manifest)"
+    )
     print(f"  bytes through the worker: ours {moved_o:,} ({reqs_o} requests), baseline {moved_b:,}")
-    C.verdict("promote 1 GiB gs->gs: bytes through the worker", f"{moved_o:,} B", f"{moved_b:,} B",
-              None, "0 B of tensor data", moved_o < 1 * C.MiB)
+    C.verdict(
+        "promote 1 GiB gs->gs: bytes through the worker",
+        f"{moved_o:,} B",
+        f"{moved_b:,} B",
+        None,
+        "0 B of tensor data",
+        moved_o < 1 * C.MiB,
+    )
     C.verdict("promote 1 GiB gs->gs: time", C.fmt_s(t_o), C.fmt_s(t_b), t_b / t_o, ">= 5x", t_b / t_o >= 5)
 
 
@@ -147,6 +163,7 @@ def local_bench(src_dir: Path, prefix: str, files: list[Path], rounds: int) -> N
     to: list[float] = []
     try:
         for r in range(rounds):
+
             def baseline(r: int = r) -> None:
                 dst = work / f"cp-{r}"
                 dst.mkdir()
@@ -162,7 +179,7 @@ def local_bench(src_dir: Path, prefix: str, files: list[Path], rounds: int) -> N
                 promote(str(src), str(work / f"ours-{r}"), "latest")
 
             order = [(baseline, tb), (durable, ts), (ours, to)]
-            for fn, sink in (order if r % 2 == 0 else order[::-1]):
+            for fn, sink in order if r % 2 == 0 else order[::-1]:
                 sink.append(C.timed(fn)[0])
             for d in ("cp", "cps", "ours"):
                 shutil.rmtree(work / f"{d}-{r}")
@@ -172,10 +189,17 @@ def local_bench(src_dir: Path, prefix: str, files: list[Path], rounds: int) -> N
     t_b = C.summary("baseline: cp of the step's files", tb)
     t_s = C.summary("baseline: cp + sync of the copies", ts)
     t_o = C.summary("ours: promote (fsync'd, checked, manifest)", to)
-    C.verdict("promote 1 GiB local->local vs cp", C.fmt_s(t_o), C.fmt_s(t_b), t_b / t_o,
-              "none (reported)", None)
-    C.verdict("promote 1 GiB local->local vs cp + sync", C.fmt_s(t_o), C.fmt_s(t_s), t_s / t_o,
-              "none (reported)", None)
+    C.verdict(
+        "promote 1 GiB local->local vs cp", C.fmt_s(t_o), C.fmt_s(t_b), t_b / t_o, "none (reported)", None
+    )
+    C.verdict(
+        "promote 1 GiB local->local vs cp + sync",
+        C.fmt_s(t_o),
+        C.fmt_s(t_s),
+        t_s / t_o,
+        "none (reported)",
+        None,
+    )
 
 
 def main() -> int:

@@ -120,7 +120,8 @@ async def run(n: int, poll: float, window: float, emu_url: str, bucket: str, fre
     await asyncio.sleep(min(poll, 2.0))  # the triggers are polling before the first commit
     times_file = tempfile.mktemp(suffix=".json")
     committer = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", COMMITTER, emu_url, bucket, str(n), str(window), times_file)
+        sys.executable, "-c", COMMITTER, emu_url, bucket, str(n), str(window), times_file
+    )
     rc = await committer.wait()
     if rc != 0:
         raise RuntimeError("the committer process failed")
@@ -138,14 +139,27 @@ async def run(n: int, poll: float, window: float, emu_url: str, bucket: str, fre
     os.unlink(times_file)
     lat = sorted(events[i] - commits[i] for i in events)
     return {
-        "triggers": n, "poll": poll, "window": window, "wall": wall,
+        "triggers": n,
+        "poll": poll,
+        "window": window,
+        "wall": wall,
         "cpu": (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime),
-        "lag_max": lag["max"], "loop_cpu_max": lag["cpu_max"], "loop_cpu_at": lag["cpu_at"], "ticks": lag["ticks"], "ticks_over_50ms": lag["over_50ms"],
-        "events": len(events), "missed": n - len(events),
+        "lag_max": lag["max"],
+        "loop_cpu_max": lag["cpu_max"],
+        "loop_cpu_at": lag["cpu_at"],
+        "ticks": lag["ticks"],
+        "ticks_over_50ms": lag["over_50ms"],
+        "events": len(events),
+        "missed": n - len(events),
         "p50": statistics.median(lat) if lat else None,
         "p99": lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else None,
         "max": lat[-1] if lat else None,
-        "requests": Poller.requests_total, "gc_max": max(gc_pauses, default=0.0), "gc_n": len(gc_pauses), "frozen": gc.get_freeze_count(), "late": lag["late"], "load": (load0, os.getloadavg()[0]),
+        "requests": Poller.requests_total,
+        "gc_max": max(gc_pauses, default=0.0),
+        "gc_n": len(gc_pauses),
+        "frozen": gc.get_freeze_count(),
+        "late": lag["late"],
+        "load": (load0, os.getloadavg()[0]),
     }
 
 
@@ -154,10 +168,14 @@ def main() -> int:
     ap.add_argument("--triggers", type=int, default=1000)
     ap.add_argument("--poll", type=float, default=5.0)
     ap.add_argument("--window", type=float, default=20.0)
-    ap.add_argument("--gc-freeze", action=argparse.BooleanOptionalAction, default=True,
-                    help="run with the provider's [tf_ckpt] triggerer_gc_freeze = True (default): the "
-                         "first trigger gc.freeze()s what start-up loaded, as Airflow's dag processor does. "
-                         "--no-gc-freeze (the option's default in a deployment) shows the full-GC pauses")
+    ap.add_argument(
+        "--gc-freeze",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run with the provider's [tf_ckpt] triggerer_gc_freeze = True (default): the "
+        "first trigger gc.freeze()s what start-up loaded, as Airflow's dag processor does. "
+        "--no-gc-freeze (the option's default in a deployment) shows the full-GC pauses",
+    )
     args = ap.parse_args()
     os.environ["AIRFLOW__TF_CKPT__TRIGGERER_GC_FREEZE"] = str(args.gc_freeze)
 
@@ -181,25 +199,37 @@ def main() -> int:
             emu.process.wait(timeout=10)
 
     polls = r["triggers"] * r["wall"] / r["poll"]
-    print(f"{r['triggers']} CheckpointTriggers in one loop, poll interval {r['poll']:.1f}s, "
-          f"{r['triggers']} commits over {r['window']:.0f}s, {r['wall']:.1f}s wall")
+    print(
+        f"{r['triggers']} CheckpointTriggers in one loop, poll interval {r['poll']:.1f}s, "
+        f"{r['triggers']} commits over {r['window']:.0f}s, {r['wall']:.1f}s wall"
+    )
     ok_block = r["lag_max"] <= 0.2
-    print(f"loop longest block:      {r['lag_max']:.3f}s wall  (target <= 0.2s) "
-          f"[{r['ticks_over_50ms']} of {r['ticks']} ticks late > 50ms]  {'OK' if ok_block else 'MISSED'}")
-    print(f"                         {r['loop_cpu_max']:.3f}s of loop-thread CPU between two ticks at most, "
-          f"{r['loop_cpu_at']:.1f}s after start (load average {r['load'][0]:.1f} -> {r['load'][1]:.1f} on {os.cpu_count()} cores)")
+    print(
+        f"loop longest block:      {r['lag_max']:.3f}s wall  (target <= 0.2s) "
+        f"[{r['ticks_over_50ms']} of {r['ticks']} ticks late > 50ms]  {'OK' if ok_block else 'MISSED'}"
+    )
+    print(
+        f"                         {r['loop_cpu_max']:.3f}s of loop-thread CPU between two ticks at most, "
+        f"{r['loop_cpu_at']:.1f}s after start (load average {r['load'][0]:.1f} -> {r['load'][1]:.1f} on {os.cpu_count()} cores)"
+    )
     frozen = f"; [tf_ckpt] triggerer_gc_freeze froze {r['frozen']} objects" if args.gc_freeze else ""
-    print(f"                         {r['gc_n']} full GC passes, longest {r['gc_max']:.3f}s of CPU "
-          f"(CPython's collector over everything Airflow imported{frozen})")
+    print(
+        f"                         {r['gc_n']} full GC passes, longest {r['gc_max']:.3f}s of CPU "
+        f"(CPython's collector over everything Airflow imported{frozen})"
+    )
     ok_lat = r["missed"] == 0 and r["p99"] is not None and r["p99"] - r["poll"] <= 0.5
     if r["p99"] is not None:
-        print(f"event latency:           p50 {r['p50']:.2f}s  p99 {r['p99']:.2f}s  max {r['max']:.2f}s; "
-              f"p99 - poll = {r['p99'] - r['poll']:+.2f}s  (target <= +0.5s)  {'OK' if ok_lat else 'MISSED'}")
+        print(
+            f"event latency:           p50 {r['p50']:.2f}s  p99 {r['p99']:.2f}s  max {r['max']:.2f}s; "
+            f"p99 - poll = {r['p99'] - r['poll']:+.2f}s  (target <= +0.5s)  {'OK' if ok_lat else 'MISSED'}"
+        )
     if os.environ.get("BENCH_VERBOSE"):
         print("late ticks (s since start, lateness):", r["late"])
     print(f"events:                  {r['events']} of {r['triggers']} ({r['missed']} missed)")
-    print(f"CPU time:                {r['cpu']:.1f}s user+sys = {100 * r['cpu'] / r['wall']:.0f}% of one core; "
-          f"{1000 * r['cpu'] / max(polls, 1):.2f} ms per trigger-poll")
+    print(
+        f"CPU time:                {r['cpu']:.1f}s user+sys = {100 * r['cpu'] / r['wall']:.0f}% of one core; "
+        f"{1000 * r['cpu'] / max(polls, 1):.2f} ms per trigger-poll"
+    )
     print(f"storage requests:        {r['requests']} (~{r['requests'] / max(polls, 1):.2f} per trigger-poll)")
     return 0 if ok_block and ok_lat else 1
 

@@ -29,14 +29,14 @@ import _common as C
 
 BUCKET = "uibench"
 DIR = "run"
-GC_DAG = '''
+GC_DAG = """
 from airflow.sdk import DAG
 from airflow_tf_ckpt.operators import CheckpointRetentionOperator
 
 with DAG(dag_id="uibench_gc", schedule=None):
     CheckpointRetentionOperator(task_id="retention", ckpt_dir="gs://{bucket}/{dir}", prefix="ckpt",
                                 keep_last=10, keep_best=5, metric="loss", keep_every_steps=1000)
-'''
+"""
 
 
 def seed(root: C.Path, steps: int) -> None:
@@ -45,10 +45,12 @@ def seed(root: C.Path, steps: int) -> None:
     for i in range(1, steps + 1):
         loss = 1.0 / (1 + i / 1000) + (i % 7) * 0.001
         objs[f"{DIR}/ckpt-{i}.metrics.json"] = json.dumps(
-            {"prefix": f"ckpt-{i}", "step": i, "metrics": {"loss": loss}, "time": 0}).encode()
+            {"prefix": f"ckpt-{i}", "step": i, "metrics": {"loss": loss}, "time": 0}
+        ).encode()
     now = time.time()
-    objs[f"{DIR}/checkpoint"] = C.state_text([f"ckpt-{i}" for i in range(1, steps + 1)],
-                                             [now - 7200 - (steps - i) for i in range(1, steps + 1)])
+    objs[f"{DIR}/checkpoint"] = C.state_text(
+        [f"ckpt-{i}" for i in range(1, steps + 1)], [now - 7200 - (steps - i) for i in range(1, steps + 1)]
+    )
     C.seed_objects(root, BUCKET, objs)
 
 
@@ -57,7 +59,9 @@ def first_paint_http(ui, token: str, dir_id: str, *, preliminary: bool | None = 
     assert status == 200
     with ThreadPoolExecutor(2) as pool:
         a = pool.submit(ui.request, f"/tf-ckpt/api/dirs/{dir_id}/summary?wait=false", token=token)
-        b = pool.submit(ui.request, f"/tf-ckpt/api/dirs/{dir_id}/steps?offset=0&limit=50&wait=false", token=token)
+        b = pool.submit(
+            ui.request, f"/tf-ckpt/api/dirs/{dir_id}/steps?offset=0&limit=50&wait=false", token=token
+        )
         (sa, summary), (sb, rows) = a.result(), b.result()
     assert sa == 200 and sb == 200, (summary, rows)
     assert summary["steps"] >= 10_000 and len(rows["rows"]) == 50, (summary.get("steps"), len(rows["rows"]))
@@ -70,7 +74,9 @@ def browser_paint(ui, driver) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver.get(ui.url + "/tf-ckpt/")
-    WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#steps tbody tr[data-prefix]"))
+    WebDriverWait(driver, 60).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#steps tbody tr[data-prefix]")
+    )
 
 
 def run(steps: int, rounds: int) -> int:
@@ -108,40 +114,78 @@ def run(steps: int, rounds: int) -> int:
             if why is None:
                 driver = chromium_driver()
                 login(driver, ui, "admin")
-                c_browser = C.summary("cold first paint in Chromium", [C.timed(lambda: browser_paint(ui, driver))[0]
-                                                                     for _ in range(rounds)])
+                c_browser = C.summary(
+                    "cold first paint in Chromium",
+                    [C.timed(lambda: browser_paint(ui, driver))[0] for _ in range(rounds)],
+                )
             else:
                 print(f"  browser figures skipped: {why}")
-            status, _ = ui.request(f"/tf-ckpt/api/dirs/{d['id']}/summary?wait=true", token=token, timeout=1800)
+            status, _ = ui.request(
+                f"/tf-ckpt/api/dirs/{d['id']}/summary?wait=true", token=token, timeout=1800
+            )
             assert status == 200
             t_full = time.perf_counter() - t0
             print(f"  the page's background listing was in {C.fmt_s(t_full)} after the first request")
-            warm = [C.timed(lambda: first_paint_http(ui, token, d["id"], preliminary=False))[0] for _ in range(rounds)]
+            warm = [
+                C.timed(lambda: first_paint_http(ui, token, d["id"], preliminary=False))[0]
+                for _ in range(rounds)
+            ]
             w_http = C.summary("warm first paint over HTTP (kept listing)", warm)
             w_browser = None
             if driver is not None:
-                w_browser = C.summary("warm first paint in Chromium", [C.timed(lambda: browser_paint(ui, driver))[0]
-                                                                     for _ in range(rounds)])
-            after = {n: C.timed(lambda n=n: ui.request(f"/tf-ckpt/api/dirs/{d['id']}/{n}", token=token,
-                                                         timeout=1800))[0]
-                     for n in ("metrics", "retention")}
-            print(f"  after first paint: plot data {C.fmt_s(after['metrics'])}, "
-                  f"retention dry run {C.fmt_s(after['retention'])}")
+                w_browser = C.summary(
+                    "warm first paint in Chromium",
+                    [C.timed(lambda: browser_paint(ui, driver))[0] for _ in range(rounds)],
+                )
+            after = {
+                n: C.timed(
+                    lambda n=n: ui.request(f"/tf-ckpt/api/dirs/{d['id']}/{n}", token=token, timeout=1800)
+                )[0]
+                for n in ("metrics", "retention")
+            }
+            print(
+                f"  after first paint: plot data {C.fmt_s(after['metrics'])}, "
+                f"retention dry run {C.fmt_s(after['retention'])}"
+            )
         finally:
             if driver is not None:
                 driver.quit()
             ui.remove()
     ok = True
-    for label, t in (("cold, in Chromium", c_browser), ("cold, over HTTP", c_http),
-                     ("warm, in Chromium", w_browser), ("warm, over HTTP", w_http)):
+    for label, t in (
+        ("cold, in Chromium", c_browser),
+        ("cold, over HTTP", c_http),
+        ("warm, in Chromium", w_browser),
+        ("warm, over HTTP", w_http),
+    ):
         if t is not None:
-            ok &= bool(C.verdict(f"Checkpoints page first paint, {steps} steps on gs:// (emulator), {label}",
-                                 C.fmt_s(t), C.fmt_s(t_base), t_base / t, "< 2 s", t < 2.0))
-    C.verdict(f"Checkpoints page: full listing of {steps} steps in the background", C.fmt_s(t_full),
-              C.fmt_s(t_base), t_base / t_full, "-", None)
+            ok &= bool(
+                C.verdict(
+                    f"Checkpoints page first paint, {steps} steps on gs:// (emulator), {label}",
+                    C.fmt_s(t),
+                    C.fmt_s(t_base),
+                    t_base / t,
+                    "< 2 s",
+                    t < 2.0,
+                )
+            )
+    C.verdict(
+        f"Checkpoints page: full listing of {steps} steps in the background",
+        C.fmt_s(t_full),
+        C.fmt_s(t_base),
+        t_base / t_full,
+        "-",
+        None,
+    )
     for name, t in after.items():
-        C.verdict(f"Checkpoints page {name} ({steps} steps), after first paint", C.fmt_s(t), C.fmt_s(t_base),
-                  t_base / t, "-", None)
+        C.verdict(
+            f"Checkpoints page {name} ({steps} steps), after first paint",
+            C.fmt_s(t),
+            C.fmt_s(t_base),
+            t_base / t,
+            "-",
+            None,
+        )
     return 0 if ok else 1
 
 

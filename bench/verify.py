@@ -45,9 +45,21 @@ def build(cache: Path, size_mib: int, shard_mib: int) -> tuple[Path, str]:
         print(f"building a {size_mib} MiB checkpoint with TensorFlow in {root} (once) ...", flush=True)
         t = time.perf_counter()
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-        subprocess.run([sys.executable, str(REPO / "tests" / "tf_factory.py"), "build", str(tmp), "big",
-                        f"--size-mib={size_mib}", f"--shard-mib={shard_mib}"],
-                       check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "tests" / "tf_factory.py"),
+                "build",
+                str(tmp),
+                "big",
+                f"--size-mib={size_mib}",
+                f"--shard-mib={shard_mib}",
+            ],
+            check=True,
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+        )
         tmp.rename(root)
         print(f"  built in {time.perf_counter() - t:.1f} s", flush=True)
     facts = json.loads(manifest.read_text())["big"]
@@ -55,8 +67,9 @@ def build(cache: Path, size_mib: int, shard_mib: int) -> tuple[Path, str]:
 
 
 def files_of(d: Path, prefix: str) -> list[Path]:
-    return sorted(p for p in d.iterdir() if p.name.startswith(prefix + ".index")
-                  or p.name.startswith(prefix + ".data-"))
+    return sorted(
+        p for p in d.iterdir() if p.name.startswith(prefix + ".index") or p.name.startswith(prefix + ".data-")
+    )
 
 
 def cat(files: list[Path], chunk: int) -> int:
@@ -109,8 +122,10 @@ def main() -> int:
     files = files_of(d, prefix)
     total = sum(p.stat().st_size for p in files)
     shards = sum(1 for p in files if ".data-" in p.name)
-    print(f"\ncheckpoint: {d}/{prefix}: {total / GiB:.2f} GiB in {shards} data shard(s) + index; "
-          f"{os.cpu_count()} CPU(s)")
+    print(
+        f"\ncheckpoint: {d}/{prefix}: {total / GiB:.2f} GiB in {shards} data shard(s) + index; "
+        f"{os.cpu_count()} CPU(s)"
+    )
 
     chunk = args.chunk_mib * MiB
     cat(files, chunk)  # warm the page cache
@@ -137,31 +152,46 @@ def main() -> int:
         t_ver = min(t_ver, t)
         t_ver1 = min(t_ver1, best(lambda: verify_step(str(d), prefix, chunk_size=chunk, concurrency=1), 1)[0])
     cats[best_mib] = t_cat  # the best cat time seen in either phase
-    print("  cat, sequential reads of " + ", ".join(f"{m} MiB: {total / GiB / t:.2f}" for m, t in cats.items())
-          + " GiB/s")
+    print(
+        "  cat, sequential reads of "
+        + ", ".join(f"{m} MiB: {total / GiB / t:.2f}" for m, t in cats.items())
+        + " GiB/s"
+    )
     print(f"  cat (best: {best_mib} MiB reads)           {t_cat:7.3f} s  {total / GiB / t_cat:6.2f} GiB/s")
-    print(f"  verify_step concurrency={args.concurrency}        {t_ver:7.3f} s  {total / GiB / t_ver:6.2f} GiB/s"
-          f"  ({rep.tensors_checked} tensors, every crc32c)")
+    print(
+        f"  verify_step concurrency={args.concurrency}        {t_ver:7.3f} s  {total / GiB / t_ver:6.2f} GiB/s"
+        f"  ({rep.tensors_checked} tensors, every crc32c)"
+    )
     print(f"  verify_step concurrency=1        {t_ver1:7.3f} s  {total / GiB / t_ver1:6.2f} GiB/s")
     ratio_i = t_cat / t_ver
-    print(f"  => verify throughput = {ratio_i:.2f}x cat   (target >= 0.9x: "
-          f"{'MET' if ratio_i >= 0.9 else 'NOT MET'}); single-threaded: {t_cat / t_ver1:.2f}x")
+    print(
+        f"  => verify throughput = {ratio_i:.2f}x cat   (target >= 0.9x: "
+        f"{'MET' if ratio_i >= 0.9 else 'NOT MET'}); single-threaded: {t_cat / t_ver1:.2f}x"
+    )
 
     if args.skip_subprocess:
         return 0
-    print("\n(ii) whole processes: TF restore of every tensor vs our validate (bytecode cached: "
-          "the best of the repeats runs warm, as an installed package does)")
+    print(
+        "\n(ii) whole processes: TF restore of every tensor vs our validate (bytecode cached: "
+        "the best of the repeats runs warm, as an installed package does)"
+    )
     env = C.child_env(dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES=""))
-    tf_code = ("import tensorflow as tf, sys\n"
-               "r = tf.train.load_checkpoint(sys.argv[1])\n"
-               "n = sum(getattr(r.get_tensor(k), 'nbytes', 1) for k in r.get_variable_to_shape_map())\n"
-               "print(n)\n")
+    tf_code = (
+        "import tensorflow as tf, sys\n"
+        "r = tf.train.load_checkpoint(sys.argv[1])\n"
+        "n = sum(getattr(r.get_tensor(k), 'nbytes', 1) for k in r.get_variable_to_shape_map())\n"
+        "print(n)\n"
+    )
     cmd_tf = [sys.executable, "-c", tf_code, str(d / prefix)]
     base, label = tf_ckpt_cmd()
-    cmd_py = [sys.executable, "-c",
-              "import sys; from airflow_tf_ckpt.core.verify.engine import verify_step\n"
-              "r = verify_step(sys.argv[1], sys.argv[2]); sys.exit(0 if r.ok else 1)",
-              str(d), prefix]
+    cmd_py = [
+        sys.executable,
+        "-c",
+        "import sys; from airflow_tf_ckpt.core.verify.engine import verify_step\n"
+        "r = verify_step(sys.argv[1], sys.argv[2]); sys.exit(0 if r.ok else 1)",
+        str(d),
+        prefix,
+    ]
     ours = []
     if base:
         ours.append((label, [*base, "validate", str(d), "--step", prefix.rsplit("-", 1)[1]]))
@@ -170,8 +200,9 @@ def main() -> int:
     ours.append(("python -c verify_step(DIR, PREFIX)", cmd_py))
 
     def run(cmd: list[str]) -> None:
-        subprocess.run(cmd, check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
+        subprocess.run(
+            cmd, check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
 
     for cmd in [cmd_tf] + [c for _, c in ours]:  # warm-up: fills the bytecode cache, the page cache
         run(cmd)

@@ -74,20 +74,37 @@ with DAG(
         timeout=7 * 24 * 3600,
     )
     validate = ValidateCheckpointOperator(
-        task_id="validate", ckpt_dir="{{ params.ckpt_dir }}", step=STEP, prefix=settings.BASE,
-        quarantine=True, conn_id=settings.conn_id(),
+        task_id="validate",
+        ckpt_dir="{{ params.ckpt_dir }}",
+        step=STEP,
+        prefix=settings.BASE,
+        quarantine=True,
+        conn_id=settings.conn_id(),
     )
     evaluate = EvaluateCheckpointOperator(
-        task_id="evaluate", ckpt_dir="{{ params.ckpt_dir }}", step=STEP, prefix=settings.BASE,
-        build_fn=settings.BUILD_FN, eval_fn=settings.EVAL_FN, conn_id=settings.conn_id(),
+        task_id="evaluate",
+        ckpt_dir="{{ params.ckpt_dir }}",
+        step=STEP,
+        prefix=settings.BASE,
+        build_fn=settings.BUILD_FN,
+        eval_fn=settings.EVAL_FN,
+        conn_id=settings.conn_id(),
         evaluator=settings.EACH_STEP_DAG,  # its own sidecar: never collides with the event-driven DAG
         outlets=[METRICS_ASSET],  # queue: [tf_ckpt] gpu_queue by default
     )
     promote = PromoteCheckpointOperator(
-        task_id="promote_if_best", ckpt_dir="{{ params.ckpt_dir }}", dest="{{ params.promoted_dir }}",
-        step="best", metric=settings.METRIC, mode=settings.MODE, evaluator=settings.EACH_STEP_DAG,
-        only_if_step=STEP, alias="best",
-        prefix=settings.BASE, conn_id=settings.conn_id(), outlets=[PROMOTED_ASSET],
+        task_id="promote_if_best",
+        ckpt_dir="{{ params.ckpt_dir }}",
+        dest="{{ params.promoted_dir }}",
+        step="best",
+        metric=settings.METRIC,
+        mode=settings.MODE,
+        evaluator=settings.EACH_STEP_DAG,
+        only_if_step=STEP,
+        alias="best",
+        prefix=settings.BASE,
+        conn_id=settings.conn_id(),
+        outlets=[PROMOTED_ASSET],
     )
 
     @task(trigger_rule="all_done", inlets=[wait.watermark_asset])
@@ -99,8 +116,10 @@ with DAG(
         ckpt_dir = str((params or {}).get("ckpt_dir") or settings.ckpt_dir())
         mark, left = work.advance_over(ckpt_dir, [payload["checkpoint"]], dag.dag_id)
         if left:
-            raise AirflowException(f"{payload['checkpoint']} was neither evaluated nor quarantined; "
-                                   "the watermark stays, the next run gets it again")
+            raise AirflowException(
+                f"{payload['checkpoint']} was neither evaluated nor quarantined; "
+                "the watermark stays, the next run gets it again"
+            )
         committed = wait.commit_watermark(context, mark)
         if work.task_failed(context, "promote_if_best"):
             raise AirflowException("the step is evaluated and committed, but promote_if_best failed")

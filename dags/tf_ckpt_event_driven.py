@@ -46,11 +46,17 @@ SWEEP = "*/10 * * * *"
 STEPS_ASSET = Asset(
     name="tf_ckpt_demo_steps",
     uri="x-tf-ckpt-steps://demo/" + CKPT_DIR.replace("://", "/").lstrip("/"),
-    watchers=[AssetWatcher(
-        name="tf_ckpt_demo_steps_watcher",
-        trigger=CheckpointEventTrigger(dir=CKPT_DIR, prefix=settings.BASE, conn_id=settings.conn_id(),
-                                       poll_interval=config.poll_interval()),
-    )],
+    watchers=[
+        AssetWatcher(
+            name="tf_ckpt_demo_steps_watcher",
+            trigger=CheckpointEventTrigger(
+                dir=CKPT_DIR,
+                prefix=settings.BASE,
+                conn_id=settings.conn_id(),
+                poll_interval=config.poll_interval(),
+            ),
+        )
+    ],
 )
 WATERMARK = watermark_asset_for(CKPT_DIR)
 WATERMARK_KEY = f"tf_ckpt.event_driven|{DAG_ID}"
@@ -64,7 +70,9 @@ def steps_from_events(events: Any) -> list[str]:
     """
     seen: dict[str, int] = {}
     for event in events or []:
-        extra = getattr(event, "extra", None) or (event.get("extra") if isinstance(event, dict) else None) or {}
+        extra = (
+            getattr(event, "extra", None) or (event.get("extra") if isinstance(event, dict) else None) or {}
+        )
         payload = extra.get("payload") if isinstance(extra, dict) else None
         if isinstance(payload, dict) and payload.get("checkpoint"):
             seen[str(payload["checkpoint"])] = int(payload.get("step") or 0)
@@ -87,21 +95,33 @@ with DAG(
         mark = work.read_mark(context, WATERMARK, WATERMARK_KEY)
         events = triggering_asset_events[STEPS_ASSET] if triggering_asset_events else []
         steps = [p for _, p in work.pending_steps(CKPT_DIR, mark, MAX_STEPS_PER_RUN)]
-        print(f"watermark {mark}; woken by events for {steps_from_events(events) or 'none'}; "
-              f"steps to evaluate: {steps or 'none'}")
+        print(
+            f"watermark {mark}; woken by events for {steps_from_events(events) or 'none'}; "
+            f"steps to evaluate: {steps or 'none'}"
+        )
         return steps
 
     @task_group
     def check_and_evaluate(step: str) -> None:
         """validate[i] >> evaluate[i]: a corrupt step stops only its own evaluation."""
         validate = ValidateCheckpointOperator(
-            task_id="validate", ckpt_dir=CKPT_DIR, step=step, prefix=settings.BASE, quarantine=True,
+            task_id="validate",
+            ckpt_dir=CKPT_DIR,
+            step=step,
+            prefix=settings.BASE,
+            quarantine=True,
             conn_id=settings.conn_id(),
         )
         evaluate = EvaluateCheckpointOperator(
-            task_id="evaluate", ckpt_dir=CKPT_DIR, step=step, prefix=settings.BASE,
-            build_fn=settings.BUILD_FN, eval_fn=settings.EVAL_FN, conn_id=settings.conn_id(),
-            evaluator=DAG_ID, max_active_tis_per_dagrun=2,  # TF import per task: two at a time on a small worker
+            task_id="evaluate",
+            ckpt_dir=CKPT_DIR,
+            step=step,
+            prefix=settings.BASE,
+            build_fn=settings.BUILD_FN,
+            eval_fn=settings.EVAL_FN,
+            conn_id=settings.conn_id(),
+            evaluator=DAG_ID,
+            max_active_tis_per_dagrun=2,  # TF import per task: two at a time on a small worker
         )
         validate >> evaluate
 
@@ -114,14 +134,17 @@ with DAG(
             work.write_mark(context, WATERMARK, WATERMARK_KEY, mark)
         stored = work.read_mark(context, WATERMARK, WATERMARK_KEY)
         remaining = work.pending_steps(CKPT_DIR, stored)
-        print(f"watermark now {stored}; not handled in this run: {left or 'none'}; "
-              f"still pending: {[p for _, p in remaining] or 'none'}")
+        print(
+            f"watermark now {stored}; not handled in this run: {left or 'none'}; "
+            f"still pending: {[p for _, p in remaining] or 'none'}"
+        )
         if left:  # an evaluation failed: the run fails (visible), the next run retries the step
             raise RuntimeError(f"{left} neither evaluated nor quarantined; they stay pending")
         return len(remaining)
 
     offered = pending_steps()
     evaluations = check_and_evaluate.expand(step=offered)
-    follow_up = TriggerDagRunOperator(task_id="follow_up", trigger_dag_id=DAG_ID,
-                                      conf={"reason": "steps still pending"})
+    follow_up = TriggerDagRunOperator(
+        task_id="follow_up", trigger_dag_id=DAG_ID, conf={"reason": "steps still pending"}
+    )
     evaluations >> advance(offered) >> follow_up

@@ -32,13 +32,22 @@ with DAG(
         "ckpt_dir": Param(settings.ckpt_dir(), type="string", description="checkpoint dir (local or gs://)"),
         "steps": Param(10, type="integer", minimum=1, description="optimizer steps in this run"),
         "save_every": Param(2, type="integer", minimum=1, description="save a checkpoint every N steps"),
-        "sleep_between_saves": Param(0.0, type="number", minimum=0,
-                                     description="seconds to wait after each save (to watch it live)"),
-        "burst": Param(0, type="integer", minimum=0,
-                       description="the first N saves come without the sleep (a burst), then spaced"),
-        "corrupt_step": Param(0, type="integer", minimum=0,
-                              description="demo only: flip one byte of this step's shard right after "
-                                          "it is committed (bit rot); 0 = none"),
+        "sleep_between_saves": Param(
+            0.0, type="number", minimum=0, description="seconds to wait after each save (to watch it live)"
+        ),
+        "burst": Param(
+            0,
+            type="integer",
+            minimum=0,
+            description="the first N saves come without the sleep (a burst), then spaced",
+        ),
+        "corrupt_step": Param(
+            0,
+            type="integer",
+            minimum=0,
+            description="demo only: flip one byte of this step's shard right after "
+            "it is committed (bit rot); 0 = none",
+        ),
     },
     doc_md=__doc__,
 ) as dag:
@@ -70,11 +79,20 @@ with DAG(
             if sleep and len(saved_at) >= burst:
                 time.sleep(sleep)  # before the next save: the saves after the burst come spaced
 
-        result = run_training(ckpt_dir, steps=int(params["steps"]), save_every=int(params["save_every"]),
-                              storage_options=opts, on_save=on_save)
-        return {"ckpt_dir": ckpt_dir, "steps": result.steps, "corrupted": corrupted,
-                "save_times": {str(s): t for s, t in saved_at.items()},
-                "losses": {str(k): round(v, 6) for k, v in result.losses.items()}}
+        result = run_training(
+            ckpt_dir,
+            steps=int(params["steps"]),
+            save_every=int(params["save_every"]),
+            storage_options=opts,
+            on_save=on_save,
+        )
+        return {
+            "ckpt_dir": ckpt_dir,
+            "steps": result.steps,
+            "corrupted": corrupted,
+            "save_times": {str(s): t for s, t in saved_at.items()},
+            "losses": {str(k): round(v, 6) for k, v in result.losses.items()},
+        }
 
     def _flip_a_byte(loc: Any, prefix: str) -> None:
         """Bit rot in the middle of the step's first data shard (it stays committed)."""

@@ -60,8 +60,10 @@ def start(dep: Deployment) -> None:
     dep.start()
     dep.wait_dags(ALL_DAGS)
     say(f"scheduler, dag-processor, triggerer, api-server up; DAGs parsed [{time.monotonic() - t0:.0f} s]")
-    say(f"UI: {dep.url}  (user admin, password {dep.password}) -- while the demo runs; the Checkpoints "
-        f"page: {dep.url}/plugin/checkpoints (Browse > Checkpoints)")
+    say(
+        f"UI: {dep.url}  (user admin, password {dep.password}) -- while the demo runs; the Checkpoints "
+        f"page: {dep.url}/plugin/checkpoints (Browse > Checkpoints)"
+    )
 
 
 def drive(dep: Deployment) -> str:
@@ -73,12 +75,17 @@ def drive(dep: Deployment) -> str:
     say(f"unpaused {', '.join(EVAL_DAGS)}, tf_ckpt_gc (every minute), tf_ckpt_train_demo")
     t = time.monotonic()
     run_id = dep.trigger("tf_ckpt_train_demo", TRAIN)
-    say(f"triggered tf_ckpt_train_demo {TRAIN}: a burst of 3 saves, then 2 saves 25 s apart, "
-        "step 8 corrupted right after its commit")
+    say(
+        f"triggered tf_ckpt_train_demo {TRAIN}: a burst of 3 saves, then 2 saves 25 s apart, "
+        "step 8 corrupted right after its commit"
+    )
     run = dep.wait_run("tf_ckpt_train_demo", run_id, timeout=900)
     x = dep.xcom("tf_ckpt_train_demo", run_id, "train") if run["state"] == "success" else {}
-    say(f"tf_ckpt_train_demo: {run['state']}, saved steps {x.get('steps')}"
-        + (f", corrupted {x['corrupted']}" if x.get("corrupted") else "") + f" [{time.monotonic() - t:.0f} s]")
+    say(
+        f"tf_ckpt_train_demo: {run['state']}, saved steps {x.get('steps')}"
+        + (f", corrupted {x['corrupted']}" if x.get("corrupted") else "")
+        + f" [{time.monotonic() - t:.0f} s]"
+    )
     if run["state"] != "success":
         raise SystemExit("training failed; see " + _rel(dep.home / "logs"))
     return run_id
@@ -132,7 +139,9 @@ def summary(dep: Deployment, ledger: Ledger) -> list[str]:
     from airflow_tf_ckpt.core.storage.location import Location
 
     banner("summary")
-    on_disk = {s.step: s for s in discover(Location.of(str(dep.ckpt_dir)), "ckpt").steps if s.step is not None}
+    on_disk = {
+        s.step: s for s in discover(Location.of(str(dep.ckpt_dir)), "ckpt").steps if s.step is not None
+    }
     quarantined = sorted(s for s, st in on_disk.items() if st.quarantined)
     deleted = sorted({s for _, steps in ledger.gc_deleted for s in steps})
     manifest = read_manifest(Location.of(str(dep.data_root / "promoted")))
@@ -144,22 +153,33 @@ def summary(dep: Deployment, ledger: Ledger) -> list[str]:
             ev = ledger.evaluations.get(dag, {}).get(step, [])
             m = ev[0][1] if ev else None
             cells.append(f"loss {float(m['loss']):7.4f} ({len(ev)}x)" if m else "-" * 19)
-        note = ("quarantined (corrupt)" if step in quarantined else
-                "deleted by GC" if step in deleted else "kept")
+        note = (
+            "quarantined (corrupt)" if step in quarantined else "deleted by GC" if step in deleted else "kept"
+        )
         say(f"  ckpt-{step:<3} " + "   ".join(cells) + f"   {note}")
     say(f"                 ({' | '.join(EVAL_DAGS)})")
-    say(f"kept on disk               : {sorted(s for s in on_disk if s not in quarantined)}"
-        f" + quarantined {quarantined}")
+    say(
+        f"kept on disk               : {sorted(s for s in on_disk if s not in quarantined)}"
+        f" + quarantined {quarantined}"
+    )
     say(f"deleted by tf_ckpt_gc      : {deleted} ({len(ledger.runs['tf_ckpt_gc'])} GC run(s))")
     if manifest is not None:
-        say(f"promoted                   : ckpt-{manifest.step} -> {_rel(dep.data_root / 'promoted')} "
-            "(alias best; " + ", ".join(f"{k} {v:.4f}" for k, v in manifest.metrics.items()) + ")")
-    say("DAG runs                   : " + ", ".join(
-        f"{d} {sum(r['state'] == 'success' for r in rs)} ok/{len(rs)}" for d, rs in ledger.runs.items()))
+        say(
+            f"promoted                   : ckpt-{manifest.step} -> {_rel(dep.data_root / 'promoted')} "
+            "(alias best; " + ", ".join(f"{k} {v:.4f}" for k, v in manifest.metrics.items()) + ")"
+        )
+    say(
+        "DAG runs                   : "
+        + ", ".join(
+            f"{d} {sum(r['state'] == 'success' for r in rs)} ok/{len(rs)}" for d, rs in ledger.runs.items()
+        )
+    )
     blocks = triggerer_blocks(dep)
-    say(f"triggerer                  : {blocks['blocked']} 'async thread was blocked' warning(s), "
+    say(
+        f"triggerer                  : {blocks['blocked']} 'async thread was blocked' warning(s), "
         f"{blocks['over_0_2s']} over 0.2 s, longest {blocks['max_s']:.2f} s; "
-        f"{blocks['deadlocked']} 'deadlocked' warning(s)")
+        f"{blocks['deadlocked']} 'deadlocked' warning(s)"
+    )
     say(f"logs                       : {_rel(dep.logs)} (components), {_rel(dep.home / 'logs')} (tasks)")
 
     problems = ledger.problems(EVAL_DAGS)
@@ -224,10 +244,14 @@ def main() -> int:
     if problems:
         say("\nDEMO FAILED:\n  " + "\n  ".join(problems))
         return 1
-    say("\nevery committed step was evaluated exactly once by each evaluation DAG; the corrupt one was "
-        "quarantined; GC deleted nothing unevaluated; the best step is promoted.")
-    say(f"Airflow demo took {time.monotonic() - t0:.0f} s. `make up` starts the same deployment and "
-        "leaves it running, with the demo's dirs on the Checkpoints page (/plugin/checkpoints).")
+    say(
+        "\nevery committed step was evaluated exactly once by each evaluation DAG; the corrupt one was "
+        "quarantined; GC deleted nothing unevaluated; the best step is promoted."
+    )
+    say(
+        f"Airflow demo took {time.monotonic() - t0:.0f} s. `make up` starts the same deployment and "
+        "leaves it running, with the demo's dirs on the Checkpoints page (/plugin/checkpoints)."
+    )
     return 0
 
 

@@ -75,8 +75,11 @@ def _train_child(ckpt_dir: str) -> None:
         restored.restore(prefix_url).expect_partial()
         metrics = evaluate(restored, step)  # held-out loss and mae
         write_metrics(loc, os.path.basename(prefix_url), metrics, extra={"train_loss": train_loss})
-        print(f"  saved {os.path.basename(prefix_url)}: train loss {train_loss:.4f}, "
-              f"eval loss {metrics['loss']:.4f}, mae {metrics['mae']:.4f}", flush=True)
+        print(
+            f"  saved {os.path.basename(prefix_url)}: train loss {train_loss:.4f}, "
+            f"eval loss {metrics['loss']:.4f}, mae {metrics['mae']:.4f}",
+            flush=True,
+        )
 
     train(ckpt_dir, steps=TRAIN_STEPS, save_every=SAVE_EVERY, max_to_keep=None, on_save=on_save)
 
@@ -88,8 +91,13 @@ def train_checkpoints(ckpt_dir: Path = CKPTS) -> None:
     ckpt_dir.mkdir(parents=True)
     t0 = time.monotonic()
     # TF's C++ start-up chatter (CUDA probing) goes to stderr: shown only if training fails
-    proc = subprocess.run([sys.executable, __file__, "--train-child", str(ckpt_dir)], cwd=REPO,
-                          env=_env(), stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--train-child", str(ckpt_dir)],
+        cwd=REPO,
+        env=_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-8000:])
         raise SystemExit(f"demo: training failed (exit {proc.returncode})")
@@ -106,8 +114,9 @@ def _flip_a_tensor_byte(ckpt_dir: Path, prefix: str) -> tuple[str, str]:
     from airflow_tf_ckpt.core.storage.location import Location
 
     bundle = read_bundle(Location.of(ckpt_dir), prefix)
-    entry = max((e for e in bundle.entries if e.has_data and not e.display_name.startswith("_")),
-                key=lambda e: e.size)
+    entry = max(
+        (e for e in bundle.entries if e.has_data and not e.display_name.startswith("_")), key=lambda e: e.size
+    )
     name = f"{prefix}.data-{entry.shard_id:05d}-of-{bundle.num_shards:05d}"
     path = ckpt_dir / name
     data = bytearray(path.read_bytes())
@@ -122,8 +131,10 @@ def run_core_demo() -> None:
         if d.exists():
             shutil.rmtree(d)
 
-    banner(f"1. train a tiny Keras model ({TRAIN_STEPS} steps, a checkpoint every {SAVE_EVERY}) "
-           "in a TensorFlow subprocess")
+    banner(
+        f"1. train a tiny Keras model ({TRAIN_STEPS} steps, a checkpoint every {SAVE_EVERY}) "
+        "in a TensorFlow subprocess"
+    )
     train_checkpoints()
 
     banner("2. list the checkpoints (status, size, time, metrics sidecars)")
@@ -132,8 +143,7 @@ def run_core_demo() -> None:
     banner("3. validate every step without TensorFlow (every crc32c TF checks on restore)")
     tf_ckpt("validate", str(CKPTS), "--step", "all")
 
-    gc_args = ("gc", str(CKPTS), "--keep-last", "2", "--keep-best", "1", "--metric", "loss",
-               "--mode", "min")
+    gc_args = ("gc", str(CKPTS), "--keep-last", "2", "--keep-best", "1", "--metric", "loss", "--mode", "min")
     banner("4. retention plan: keep the last 2 and the best 1 by eval loss (dry run)")
     tf_ckpt(*gc_args, "--dry-run")
     banner("5. apply it (state file rewritten first, then the files deleted)")
@@ -141,19 +151,36 @@ def run_core_demo() -> None:
     tf_ckpt("ls", str(CKPTS))
 
     banner("6. promote the best step by eval loss to a serving dir, alias 'production'")
-    tf_ckpt("promote", str(CKPTS), "--step", "best", "--metric", "loss", "--mode", "min",
-            "--to", str(PROMOTED), "--alias", "production")
+    tf_ckpt(
+        "promote",
+        str(CKPTS),
+        "--step",
+        "best",
+        "--metric",
+        "loss",
+        "--mode",
+        "min",
+        "--to",
+        str(PROMOTED),
+        "--alias",
+        "production",
+    )
     manifest = json.loads((PROMOTED / "PROMOTED.json").read_text())
-    print(f"  {os.path.relpath(PROMOTED, REPO)}/PROMOTED.json: step {manifest['step']}, "
-          f"{len(manifest['files'])} files, loss {manifest['metrics'].get('loss', float('nan')):.4f}")
-    print(f"  {os.path.relpath(PROMOTED, REPO)}/checkpoint: "
-          f"{(PROMOTED / 'checkpoint').read_text().splitlines()[0]}")
+    print(
+        f"  {os.path.relpath(PROMOTED, REPO)}/PROMOTED.json: step {manifest['step']}, "
+        f"{len(manifest['files'])} files, loss {manifest['metrics'].get('loss', float('nan')):.4f}"
+    )
+    print(
+        f"  {os.path.relpath(PROMOTED, REPO)}/checkpoint: "
+        f"{(PROMOTED / 'checkpoint').read_text().splitlines()[0]}"
+    )
     tf_ckpt("validate", str(PROMOTED))
 
     banner("7. corruption drill: flip one byte of a tensor in a copy; validate names it, exit 1")
     shutil.copytree(CKPTS, DRILL)
-    latest = sorted((p.name[: -len(".index")] for p in DRILL.glob("*.index")),
-                    key=lambda n: int(n.rsplit("-", 1)[1]))[-1]
+    latest = sorted(
+        (p.name[: -len(".index")] for p in DRILL.glob("*.index")), key=lambda n: int(n.rsplit("-", 1)[1])
+    )[-1]
     data_file, tensor = _flip_a_tensor_byte(DRILL, latest)
     print(f"  flipped a byte of {tensor} in {data_file}")
     tf_ckpt("validate", str(DRILL), "--step", "latest", expect=1)

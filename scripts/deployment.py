@@ -96,43 +96,50 @@ class Deployment:
 
     def env(self) -> dict[str, str]:
         """The environment of every component (and of ``airflow`` CLI calls)."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW") and k not in
-               ("TF_CKPT_CONN_ID", "STORAGE_EMULATOR_HOST", "TF_CKPT_DEMO_DIR")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("AIRFLOW")
+            and k not in ("TF_CKPT_CONN_ID", "STORAGE_EMULATOR_HOST", "TF_CKPT_DEMO_DIR")
+        }
         venv_bin = str(Path(sys.executable).parent)
         env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
-        env.update({
-            "AIRFLOW_HOME": str(self.home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__PARALLELISM": "4",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE":
-                str(self.home / "simple_auth_manager_passwords.json.generated"),
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
-            "AIRFLOW__API__HOST": "127.0.0.1",
-            "AIRFLOW__API__PORT": str(self.port),
-            "AIRFLOW__API__BASE_URL": self.url,
-            "AIRFLOW__API__WORKERS": "1",
-            "AIRFLOW__API_AUTH__JWT_SECRET": self._secret("jwt_secret"),
-            "AIRFLOW__API__SECRET_KEY": self._secret("secret_key"),
-            # never started (--skip-serve-logs), but never the well-known ports either
-            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": self._secret("worker_log_port"),
-            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": self._secret("trigger_log_port"),
-            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.home / "logs"),
-            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
-            "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
-            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
-            # a busy 2-core machine: the api-server may answer a worker after more than 5 s
-            "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
-            "AIRFLOW__TF_CKPT__TRIGGERER_GC_FREEZE": "True",
-            "AIRFLOW__TF_CKPT__POLL_INTERVAL": str(self.poll_interval),
-            "TF_CKPT_DEMO_DIR": str(self.data_root),
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "AIRFLOW_HOME": str(self.home),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                "AIRFLOW__CORE__PARALLELISM": "4",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(
+                    self.home / "simple_auth_manager_passwords.json.generated"
+                ),
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
+                "AIRFLOW__API__HOST": "127.0.0.1",
+                "AIRFLOW__API__PORT": str(self.port),
+                "AIRFLOW__API__BASE_URL": self.url,
+                "AIRFLOW__API__WORKERS": "1",
+                "AIRFLOW__API_AUTH__JWT_SECRET": self._secret("jwt_secret"),
+                "AIRFLOW__API__SECRET_KEY": self._secret("secret_key"),
+                # never started (--skip-serve-logs), but never the well-known ports either
+                "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": self._secret("worker_log_port"),
+                "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": self._secret("trigger_log_port"),
+                "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.home / "logs"),
+                "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
+                "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+                "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+                # a busy 2-core machine: the api-server may answer a worker after more than 5 s
+                "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
+                "AIRFLOW__TF_CKPT__TRIGGERER_GC_FREEZE": "True",
+                "AIRFLOW__TF_CKPT__POLL_INTERVAL": str(self.poll_interval),
+                "TF_CKPT_DEMO_DIR": str(self.data_root),
+                "TF_CPP_MIN_LOG_LEVEL": "2",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         env.update(self.extra_env)
         return env
 
@@ -162,21 +169,31 @@ class Deployment:
         self.password = self.password or secrets.token_urlsafe(12)
         for d in (self.home, self.logs, self.data_root):
             d.mkdir(parents=True, exist_ok=True)
-        saved = {"port": self.port, "password": self.password, "jwt_secret": secrets.token_urlsafe(64),
-                 "secret_key": secrets.token_urlsafe(16), "worker_log_port": free_port(),
-                 "trigger_log_port": free_port(), "pgids": {}}
+        saved = {
+            "port": self.port,
+            "password": self.password,
+            "jwt_secret": secrets.token_urlsafe(64),
+            "secret_key": secrets.token_urlsafe(16),
+            "worker_log_port": free_port(),
+            "trigger_log_port": free_port(),
+            "pgids": {},
+        }
         (self.root / "deployment.json").write_text(json.dumps(saved, indent=1))
         (self.home / "simple_auth_manager_passwords.json.generated").write_text(
-            json.dumps({"admin": self.password}))
+            json.dumps({"admin": self.password})
+        )
         self.airflow("db", "migrate", timeout=300)
 
     def airflow(self, *args: str, timeout: float = 120) -> str:
         """One ``airflow`` CLI call (20 s or so each: use the REST API where it can)."""
-        proc = subprocess.run([airflow_bin(), *args], env=self.env(), capture_output=True, text=True,
-                              timeout=timeout)
+        proc = subprocess.run(
+            [airflow_bin(), *args], env=self.env(), capture_output=True, text=True, timeout=timeout
+        )
         if proc.returncode != 0:
-            raise RuntimeError(f"airflow {' '.join(args)} failed ({proc.returncode}):\n"
-                               f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+            raise RuntimeError(
+                f"airflow {' '.join(args)} failed ({proc.returncode}):\n"
+                f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+            )
         return proc.stdout
 
     def start(self, components: Iterable[str] = COMPONENTS, timeout: float = 600) -> None:
@@ -189,8 +206,14 @@ class Deployment:
             if name == "api-server":
                 args += ["--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
             out = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
-            self.procs[name] = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                                stdin=subprocess.DEVNULL, start_new_session=True)
+            self.procs[name] = subprocess.Popen(
+                args,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
             out.close()
         self._record_pgids()
         self.wait_api(timeout)
@@ -221,8 +244,10 @@ class Deployment:
                 return
             except (OSError, urllib.error.URLError, RuntimeError):
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"the api-server did not answer on {self.url} in {timeout:.0f} s:\n"
-                                       + self.log_tail("api-server")) from None
+                    raise TimeoutError(
+                        f"the api-server did not answer on {self.url} in {timeout:.0f} s:\n"
+                        + self.log_tail("api-server")
+                    ) from None
                 time.sleep(1)
 
     def _warm_execution_api(self) -> None:
@@ -248,8 +273,12 @@ class Deployment:
     def token(self, refresh: bool = False) -> str:
         if refresh or self._token is None or time.monotonic() - self._token_time > 600:
             body = json.dumps({"username": "admin", "password": self.password}).encode()
-            req = urllib.request.Request(f"{self.url}/auth/token", data=body, method="POST",
-                                         headers={"Content-Type": "application/json"})
+            req = urllib.request.Request(
+                f"{self.url}/auth/token",
+                data=body,
+                method="POST",
+                headers={"Content-Type": "application/json"},
+            )
             with urllib.request.urlopen(req, timeout=10) as resp:
                 self._token = str(json.load(resp)["access_token"])
             self._token_time = time.monotonic()
@@ -259,9 +288,12 @@ class Deployment:
         """``/api/v2`` + ``path``; JSON in, JSON out; an HTTP error raises with the server's answer."""
         q = ("?" + urllib.parse.urlencode(query, doseq=True)) if query else ""
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(f"{self.url}/api/v2{path}{q}", data=data, method=method,
-                                     headers={"Content-Type": "application/json",
-                                              "Authorization": f"Bearer {self.token()}"})
+        req = urllib.request.Request(
+            f"{self.url}/api/v2{path}{q}",
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.token()}"},
+        )
         for attempt in range(3 if method == "GET" else 1):  # only reads are retried
             try:
                 with urllib.request.urlopen(req, timeout=120) as resp:
@@ -301,8 +333,9 @@ class Deployment:
     def runs(self, dag_id: str) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         while True:
-            page = self.api("GET", f"/dags/{dag_id}/dagRuns", limit=100, offset=len(out),
-                            order_by="run_after")
+            page = self.api(
+                "GET", f"/dags/{dag_id}/dagRuns", limit=100, offset=len(out), order_by="run_after"
+            )
             out += page.get("dag_runs", [])
             if len(out) >= page.get("total_entries", 0) or not page.get("dag_runs"):
                 return out
@@ -312,8 +345,10 @@ class Deployment:
         return list(self.api("GET", path, limit=1000).get("task_instances", []))
 
     def xcom(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> Any:
-        path = (f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/"
-                f"{task_id}/xcomEntries/return_value")
+        path = (
+            f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/"
+            f"{task_id}/xcomEntries/return_value"
+        )
         return self.api("GET", path, map_index=map_index, deserialize=True).get("value")
 
     def wait_run(self, dag_id: str, run_id: str, timeout: float) -> dict[str, Any]:
@@ -446,7 +481,9 @@ class Ledger:
     gc_deleted: list[tuple[str, list[int]]]  # (GC run start_date, deleted steps)
 
     def failed_runs(self) -> list[str]:
-        return [f"{dag} {r['dag_run_id']}" for dag, rs in self.runs.items() for r in rs if r["state"] == "failed"]
+        return [
+            f"{dag} {r['dag_run_id']}" for dag, rs in self.runs.items() for r in rs if r["state"] == "failed"
+        ]
 
     def committed(self) -> list[int]:
         return [s for s in self.saved if s not in self.corrupted]
@@ -474,8 +511,12 @@ class Ledger:
         return out
 
 
-def read_ledger(dep: Deployment, train_dag: str = "tf_ckpt_train_demo", gc_dag: str = "tf_ckpt_gc",
-                eval_dags: Iterable[str] = tuple(EVAL_TASKS)) -> Ledger:
+def read_ledger(
+    dep: Deployment,
+    train_dag: str = "tf_ckpt_train_demo",
+    gc_dag: str = "tf_ckpt_gc",
+    eval_dags: Iterable[str] = tuple(EVAL_TASKS),
+) -> Ledger:
     runs = {d: dep.runs(d) for d in (train_dag, gc_dag, *eval_dags)}
     saved: list[int] = []
     corrupted: list[int] = []
@@ -516,6 +557,11 @@ def triggerer_blocks(dep: Deployment) -> dict[str, Any]:
         if m:
             secs.append(float(m.group(1)))
     deadlocked = [line for line in text.splitlines() if "deadlocked" in line]
-    return {"blocked": len(blocked), "over_0_2s": sum(1 for s in secs if s > 0.2),
-            "max_s": max(secs, default=0.0), "seconds": secs, "deadlocked": len(deadlocked),
-            "lines": blocked[:20] + deadlocked[:5]}
+    return {
+        "blocked": len(blocked),
+        "over_0_2s": sum(1 for s in secs if s > 0.2),
+        "max_s": max(secs, default=0.0),
+        "seconds": secs,
+        "deadlocked": len(deadlocked),
+        "lines": blocked[:20] + deadlocked[:5],
+    }

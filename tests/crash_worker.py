@@ -64,9 +64,14 @@ def run_promote(src: str, dest: str, step: str, alias: str, kill_at: int) -> lis
     from airflow_tf_ckpt.core.promote.promote import promote
 
     points, point = _killer(kill_at)
-    promote(src, dest, int(step) if step.isdigit() else step, alias=alias or None,
-            hook=lambda phase, _d: point(phase),
-            progress=lambda done, total, name: point(f"progress:{name}") if name else None)
+    promote(
+        src,
+        dest,
+        int(step) if step.isdigit() else step,
+        alias=alias or None,
+        hook=lambda phase, _d: point(phase),
+        progress=lambda done, total, name: point(f"progress:{name}") if name else None,
+    )
     return points
 
 
@@ -83,8 +88,9 @@ def _tf():
 
 
 def _model(tf):
-    return tf.train.Checkpoint(w=tf.Variable(tf.zeros([64, 64])), b=tf.Variable(tf.zeros([64])),
-                               step=tf.Variable(0, dtype=tf.int64))
+    return tf.train.Checkpoint(
+        w=tf.Variable(tf.zeros([64, 64])), b=tf.Variable(tf.zeros([64])), step=tf.Variable(0, dtype=tf.int64)
+    )
 
 
 def run_trainer(directory: str, ready: str, stop: str, interval: float) -> dict:

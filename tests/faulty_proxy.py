@@ -26,14 +26,30 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "proxy-connection",
-       "te", "trailer", "upgrade"}
+HOP = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-length",
+    "host",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+}
 KINDS = ("503", "reset", "reset_after")
 
 
 class FaultyProxy:
-    def __init__(self, upstream: str, *, seed: int = 1, rate: float = 0.10,
-                 kinds: tuple[str, ...] = KINDS, weights: tuple[float, ...] = (0.5, 0.3, 0.2)) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        seed: int = 1,
+        rate: float = 0.10,
+        kinds: tuple[str, ...] = KINDS,
+        weights: tuple[float, ...] = (0.5, 0.3, 0.2),
+    ) -> None:
         u = urlsplit(upstream)
         self.upstream = (u.hostname or "127.0.0.1", u.port or 80)
         self.seed, self.rate = seed, rate

@@ -17,8 +17,9 @@ def build_manager_ckpt() -> Any:
     import keras
     import tensorflow as tf
 
-    model = keras.Sequential([keras.Input(shape=(4,)), keras.layers.Dense(8, activation="relu"),
-                              keras.layers.Dense(2)])
+    model = keras.Sequential(
+        [keras.Input(shape=(4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(2)]
+    )
     return tf.train.Checkpoint(model=model, step=tf.Variable(0, dtype=tf.int64))
 
 
@@ -27,8 +28,14 @@ def build_wrong_ckpt() -> Any:
     import keras
     import tensorflow as tf
 
-    model = keras.Sequential([keras.Input(shape=(4,)), keras.layers.Dense(8, activation="relu"),
-                              keras.layers.Dense(2), keras.layers.Dense(3, name="extra_head")])
+    model = keras.Sequential(
+        [
+            keras.Input(shape=(4,)),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.Dense(2),
+            keras.layers.Dense(3, name="extra_head"),
+        ]
+    )
     return tf.train.Checkpoint(model=model)
 
 
@@ -38,13 +45,12 @@ def eval_manager(restored: Any, step: int | None) -> dict[str, float]:
 
     x = np.linspace(-1, 1, 32, dtype="float32").reshape(8, 4)
     out = np.asarray(restored.model(x))
-    return {"loss": float(np.mean(out ** 2)), "restored_step": float(restored.root.step.numpy())}
+    return {"loss": float(np.mean(out**2)), "restored_step": float(restored.root.step.numpy())}
 
 
 def eval_tf1_saver(restored: Any, step: int | None) -> dict[str, float]:
     """TF1 (seed style): read tensors out of the restored session."""
-    return {"global_step": float(restored.value("global_step")),
-            "w1_sum": float(restored.value("w1").sum())}
+    return {"global_step": float(restored.value("global_step")), "w1_sum": float(restored.value("w1").sum())}
 
 
 def build_tf1_saver_graph() -> Any:

@@ -36,7 +36,7 @@ def step_files(files: dict[str, bytes], prefix: str) -> list[str]:
     for n in files:
         if n == f"{prefix}.index" or n.startswith(f"{prefix}.data-") or n == prefix:
             out.append(n)
-        elif n.startswith(f"{prefix}-") and n[len(prefix) + 1:len(prefix) + 6].isdigit() and "-of-" in n:
+        elif n.startswith(f"{prefix}-") and n[len(prefix) + 1 : len(prefix) + 6].isdigit() and "-of-" in n:
             out.append(n)  # V1 shard model.ckpt-7-00000-of-00001
     return sorted(out)
 
@@ -71,11 +71,17 @@ def _trailer(contents: bytes, ctype: int = 0) -> bytes:
 
 def footer(meta_handle: bytes, index_handle: bytes) -> bytes:
     return (meta_handle + index_handle).ljust(40, b"\0") + struct.pack(
-        "<II", TABLE_MAGIC & 0xFFFFFFFF, TABLE_MAGIC >> 32)
+        "<II", TABLE_MAGIC & 0xFFFFFFFF, TABLE_MAGIC >> 32
+    )
 
 
-def write_table(entries: list[tuple[bytes, bytes]], block_size: int = 4096, restart_interval: int = 16,
-                snappy: bool = False, index_handles: list[bytes] | None = None) -> bytes:
+def write_table(
+    entries: list[tuple[bytes, bytes]],
+    block_size: int = 4096,
+    restart_interval: int = 16,
+    snappy: bool = False,
+    index_handles: list[bytes] | None = None,
+) -> bytes:
     """Serialize sorted (key, value) pairs as a leveldb table (the tests' one table writer).
 
     ``snappy`` compresses the data blocks (type byte 1). ``index_handles`` replaces the encoded
@@ -106,8 +112,10 @@ def write_table(entries: list[tuple[bytes, bytes]], block_size: int = 4096, rest
         flush(pending)
     if index_handles is not None:
         keys = [k for k, _ in index] or [b"\xff"]
-        index = [(keys[min(i, len(keys) - 1)] + (b"" if i < len(keys) else bytes([i])), h)
-                 for i, h in enumerate(index_handles)]
+        index = [
+            (keys[min(i, len(keys) - 1)] + (b"" if i < len(keys) else bytes([i])), h)
+            for i, h in enumerate(index_handles)
+        ]
     meta = _block([])
     meta_handle = encode_varint(len(out)) + encode_varint(len(meta))
     out += meta + _trailer(meta)
@@ -121,8 +129,14 @@ def table_entries(data: bytes) -> list[tuple[bytes, bytes]]:
     return list(Table.from_bytes(data, "<table>"))
 
 
-def reencode_index(data: bytes, *, header: bytes | None = None, num_shards: int | None = None,
-                   replace: dict[bytes, bytes] | None = None, **kw: object) -> bytes:
+def reencode_index(
+    data: bytes,
+    *,
+    header: bytes | None = None,
+    num_shards: int | None = None,
+    replace: dict[bytes, bytes] | None = None,
+    **kw: object,
+) -> bytes:
     """Re-encode a real ``.index`` with its header or some entries replaced."""
     entries = table_entries(data)
     out = []
@@ -161,7 +175,7 @@ def table_layout(data: bytes) -> Layout:
     handles, then reads only the index block and data blocks: the metaindex block (and its trailer)
     and the footer's zero padding are never read, so flipping those bytes changes nothing TF sees."""
     size = len(data)
-    foot = data[size - FOOTER_SIZE:]
+    foot = data[size - FOOTER_SIZE :]
     meta, pos = BlockHandle.decode(foot, 0, 40)
     index, pos = BlockHandle.decode(foot, pos, 40)
     base = size - FOOTER_SIZE
@@ -172,7 +186,7 @@ def table_layout(data: bytes) -> Layout:
 def footer_index_handle(data: bytes) -> BlockHandle | None:
     """The index handle the footer of ``data`` decodes to (None when it does not decode)."""
     try:
-        foot = data[len(data) - FOOTER_SIZE:]
+        foot = data[len(data) - FOOTER_SIZE :]
         _, pos = BlockHandle.decode(foot, 0, 40)
         index, _ = BlockHandle.decode(foot, pos, 40)
         return index
@@ -191,6 +205,9 @@ class EntryRange:
 def entry_ranges(index_data: bytes) -> tuple[int, list[EntryRange]]:
     """(num_shards, the data ranges of every entry that owns data)."""
     bundle = parse_bundle_index(index_data, "<index>")
-    out = [EntryRange(e.shard_id, e.offset, e.size, e.display_name)
-           for e in bundle.entries if e.has_data and e.size > 0]
+    out = [
+        EntryRange(e.shard_id, e.offset, e.size, e.display_name)
+        for e in bundle.entries
+        if e.has_data and e.size > 0
+    ]
     return int(bundle.header.num_shards), out

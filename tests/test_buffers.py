@@ -18,7 +18,7 @@ def test_exact_size_writable_and_released(tmp_path, size):
         assert len(view) == size and not view.readonly and view.c_contiguous
         assert f.readinto(view) == size
         tail = max(0, size - 3)
-        assert bytes(view[:16]) == data[:min(16, size)] and bytes(view[tail:]) == data[tail:size]
+        assert bytes(view[:16]) == data[: min(16, size)] and bytes(view[tail:]) == data[tail:size]
         kept = view[1:2]  # a slice outliving the block must not make the exit fail
     with pytest.raises(ValueError):
         view[0]  # released

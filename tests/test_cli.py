@@ -24,13 +24,16 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).parent / "tf-ckpt"
 
 
-def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     cmd = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "airflow_tf_ckpt.cli"]
     full_env = dict(os.environ)
     full_env.update(env or {})
     full_env.pop("TF_CKPT_DEBUG", None)
-    return subprocess.run([*cmd, *args], capture_output=True, text=True, cwd=REPO, env=full_env,
-                          timeout=timeout)
+    return subprocess.run(
+        [*cmd, *args], capture_output=True, text=True, cwd=REPO, env=full_env, timeout=timeout
+    )
 
 
 def run_json(*args: str, code: int = 0, **kw: Any) -> Any:
@@ -65,28 +68,34 @@ def _flip_in_tensor(d: Path, prefix: str, tensor: str) -> str:
 # input errors: exit 2, one line, no traceback
 
 
-@pytest.mark.parametrize("args", [
-    ("ls", "/no/such/dir"),
-    ("validate", "/no/such/dir"),
-    ("validate", "/no/such/dir", "--step", "all", "--json"),
-    ("promote", "/no/such/dir", "--to", "/tmp/never-written"),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("ls", "/no/such/dir"),
+        ("validate", "/no/such/dir"),
+        ("validate", "/no/such/dir", "--step", "all", "--json"),
+        ("promote", "/no/such/dir", "--to", "/tmp/never-written"),
+    ],
+)
 def test_missing_dir_is_exit_2_one_line(args):
     p = run(*args)
     assert_one_line_error(p, 2, "/no/such/dir", "does not exist")
     assert p.stdout == ""
 
 
-@pytest.mark.parametrize("args,needle", [
-    (("ls",), "Missing argument"),
-    (("ls", ".", "--bogus"), "--bogus"),
-    (("frobnicate",), "No such command"),
-    (("gc", ".", "--keep-last", "many"), "--keep-last"),
-    (("gc", "."), "no retention policy"),
-    (("promote", ".", "--to", "x", "--step", "best"), "--metric"),
-    (("promote", ".", "--to", "x", "--mode", "sideways"), "--mode"),
-    (("ls", ".", "-o", "novalue"), "KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (("ls",), "Missing argument"),
+        (("ls", ".", "--bogus"), "--bogus"),
+        (("frobnicate",), "No such command"),
+        (("gc", ".", "--keep-last", "many"), "--keep-last"),
+        (("gc", "."), "no retention policy"),
+        (("promote", ".", "--to", "x", "--step", "best"), "--metric"),
+        (("promote", ".", "--to", "x", "--mode", "sideways"), "--mode"),
+        (("ls", ".", "-o", "novalue"), "KEY=VALUE"),
+    ],
+)
 def test_usage_errors_are_exit_2(args, needle):
     assert_one_line_error(run(*args), 2, needle)
 
@@ -183,7 +192,10 @@ def test_metrics_set_and_show(copy_variant):
     _set_losses(d, {3: 0.5, 4: 0.25})
     doc = run_json("metrics", str(d))
     assert {s["prefix"]: s["metrics"].get("loss") for s in doc["steps"]} == {
-        "ckpt-3": 0.5, "ckpt-4": 0.25, "ckpt-5": None}
+        "ckpt-3": 0.5,
+        "ckpt-4": 0.25,
+        "ckpt-5": None,
+    }
     assert run_json("ls", str(d))["steps"][1]["metrics"] == {"loss": 0.25}
     assert_one_line_error(run("metrics", str(d), "--set", "loss=1"), 2, "--step")
 
@@ -217,8 +229,20 @@ def test_promote_best_local_and_tf_restores_it(copy_variant, tmp_path, gcs_emula
     d = copy_variant("tf2_manager")
     _set_losses(d, {3: 0.4, 4: 0.2, 5: 0.3})
     dest = tmp_path / "serving"
-    p = run("promote", str(d), "--step", "best", "--metric", "loss", "--mode", "min", "--to", str(dest),
-            "--alias", "production")
+    p = run(
+        "promote",
+        str(d),
+        "--step",
+        "best",
+        "--metric",
+        "loss",
+        "--mode",
+        "min",
+        "--to",
+        str(dest),
+        "--alias",
+        "production",
+    )
     assert p.returncode == 0, p.stderr
     assert "ckpt-4" in p.stdout and "production" in p.stdout
     doc = run_json("promote", str(d), "--step", "latest", "--to", str(tmp_path / "latest"))
@@ -233,16 +257,31 @@ def test_promote_best_local_and_tf_restores_it(copy_variant, tmp_path, gcs_emula
     bucket = gcs_emulator.new_bucket()
     upload_dir(fs, d, f"{bucket}/run")
     env = {"STORAGE_EMULATOR_HOST": gcs_emulator.url}
-    doc = run_json("promote", f"gs://{bucket}/run", "--step", "best", "--metric", "loss",
-                   "--to", f"gs://{bucket}/serving", env=env)
+    doc = run_json(
+        "promote",
+        f"gs://{bucket}/run",
+        "--step",
+        "best",
+        "--metric",
+        "loss",
+        "--to",
+        f"gs://{bucket}/serving",
+        env=env,
+    )
     assert doc["method"] == "server-side" and doc["prefix"] == "ckpt-4"
     assert run_json("validate", f"gs://{bucket}/serving", env=env)["ok"] is True
     pulled = tmp_path / "pulled"
     doc = run_json("promote", f"gs://{bucket}/serving", "--to", str(pulled), env=env)
     assert doc["method"] == "stream"
 
-    out = tf_batch([("latest_checkpoint", [str(dest)]), ("read_all", [str(dest / "ckpt-4")]),
-                    ("latest_checkpoint", [str(pulled)]), ("read_all", [str(pulled / "ckpt-4")])])
+    out = tf_batch(
+        [
+            ("latest_checkpoint", [str(dest)]),
+            ("read_all", [str(dest / "ckpt-4")]),
+            ("latest_checkpoint", [str(pulled)]),
+            ("read_all", [str(pulled / "ckpt-4")]),
+        ]
+    )
     assert out[0] == str(dest / "ckpt-4") and out[1]["ok"]
     assert out[2] == str(pulled / "ckpt-4") and out[3]["ok"]
 
@@ -277,10 +316,12 @@ def test_empty_dir(tmp_path):
 
 
 def test_cli_imports_neither_tensorflow_nor_airflow():
-    code = ("import sys, airflow_tf_ckpt.cli, airflow_tf_ckpt.core.promote.promote, airflow_tf_ckpt.core.verify.engine, "
-            "airflow_tf_ckpt.core.retention.executor; "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'airflow', 'keras')]; "
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, airflow_tf_ckpt.cli, airflow_tf_ckpt.core.promote.promote, airflow_tf_ckpt.core.verify.engine, "
+        "airflow_tf_ckpt.core.retention.executor; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'airflow', 'keras')]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert p.returncode == 0, p.stdout + p.stderr
 
@@ -300,7 +341,9 @@ def test_metrics_ls_gc_promote_per_evaluator(copy_variant, tmp_path):
     rows = {r["prefix"]: r for r in doc["steps"]}
     assert rows["ckpt-3"]["metrics"] == {"loss": 0.5}  # the default evaluator's, as before
     assert [(e["evaluator"], e["metrics"], e["evaluations"]) for e in rows["ckpt-3"]["evaluations"]] == [
-        (None, {"loss": 0.5}, 1), ("dag_a", {"loss": 0.9}, 1)]
+        (None, {"loss": 0.5}, 1),
+        ("dag_a", {"loss": 0.9}, 1),
+    ]
     assert run_json("metrics", str(d), "--evaluator", "dag_a")["steps"][1]["metrics"] == {"loss": 0.1}
     p = run("metrics", str(d))
     assert p.returncode == 0 and "dag_a:loss" in p.stdout
@@ -309,20 +352,42 @@ def test_metrics_ls_gc_promote_per_evaluator(copy_variant, tmp_path):
     ls = run_json("ls", str(d))
     assert ls["steps"][1]["evaluations"][0]["evaluator"] == "dag_a"
     # gc: keep the best by dag_a's metric; keep what dag_b has not evaluated
-    plan = run_json("gc", str(d), "--keep-best", "1", "--metric", "loss", "--evaluator", "dag_a",
-                    "--dry-run")["plan"]
+    plan = run_json(
+        "gc", str(d), "--keep-best", "1", "--metric", "loss", "--evaluator", "dag_a", "--dry-run"
+    )["plan"]
     assert [s["prefix"] for s in plan["steps"] if s["action"] == "keep"] == ["ckpt-4", "ckpt-5"]
-    plan = run_json("gc", str(d), "--keep-last", "1", "--keep-unevaluated", "dag_b", "--dry-run",
-                    "--unevaluated-max-age", "none")["plan"]
+    plan = run_json(
+        "gc",
+        str(d),
+        "--keep-last",
+        "1",
+        "--keep-unevaluated",
+        "dag_b",
+        "--dry-run",
+        "--unevaluated-max-age",
+        "none",
+    )["plan"]
     assert [s["prefix"] for s in plan["steps"] if s["action"] == "keep"] == ["ckpt-3", "ckpt-4", "ckpt-5"]
     assert "unevaluated by dag_b" in plan["steps"][0]["reasons"][0]
-    assert_one_line_error(run("gc", str(d), "--keep-last", "1", "--keep-unevaluated", "a~b"), 2,
-                          "invalid evaluator name")
-    assert_one_line_error(run("gc", str(d), "--keep-unevaluated", "dag_b", "--unevaluated-max-age", "soon"),
-                          2, "not a duration")
+    assert_one_line_error(
+        run("gc", str(d), "--keep-last", "1", "--keep-unevaluated", "a~b"), 2, "invalid evaluator name"
+    )
+    assert_one_line_error(
+        run("gc", str(d), "--keep-unevaluated", "dag_b", "--unevaluated-max-age", "soon"), 2, "not a duration"
+    )
     # promote --step best by dag_a's metric; by the default evaluator's it is ckpt-3
-    r = run_json("promote", str(d), "--to", str(tmp_path / "serve"), "--step", "best", "--metric", "loss",
-                 "--evaluator", "dag_a")
+    r = run_json(
+        "promote",
+        str(d),
+        "--to",
+        str(tmp_path / "serve"),
+        "--step",
+        "best",
+        "--metric",
+        "loss",
+        "--evaluator",
+        "dag_a",
+    )
     assert r["prefix"] == "ckpt-4"
     r = run_json("promote", str(d), "--to", str(tmp_path / "serve2"), "--step", "best", "--metric", "loss")
     assert r["prefix"] == "ckpt-3"

@@ -59,19 +59,35 @@ def test_every_dag_file_imports_without_tensorflow(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env.update(AIRFLOW_HOME=str(home), AIRFLOW__CORE__LOAD_EXAMPLES="False",
-               AIRFLOW__CORE__DAGS_FOLDER=str(DAGS), TF_CKPT_DEMO_DIR=str(tmp_path / "demo"))
-    proc = subprocess.run([sys.executable, "-c", PARSE_SCRIPT, str(DAGS)], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
+    env.update(
+        AIRFLOW_HOME=str(home),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__CORE__DAGS_FOLDER=str(DAGS),
+        TF_CKPT_DEMO_DIR=str(tmp_path / "demo"),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", PARSE_SCRIPT, str(DAGS)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))
-    out = json.loads(line[len("RESULT"):])
+    out = json.loads(line[len("RESULT") :])
     assert out["import_errors"] == {}
     assert set(out["dag_ids"]) == DAG_IDS
     assert out["tensorflow_imported"] is False
     assert out["protobuf_imported"] is False
-    task_time_only = {"airflow_tf_ckpt.core.formats.state", "airflow_tf_ckpt.core.formats.protos", "airflow_tf_ckpt.core.steps.discovery",
-                      "airflow_tf_ckpt.core.storage.location", "airflow_tf_ckpt.hooks.storage", "airflow_tf_ckpt.tf_runtime"}
+    task_time_only = {
+        "airflow_tf_ckpt.core.formats.state",
+        "airflow_tf_ckpt.core.formats.protos",
+        "airflow_tf_ckpt.core.steps.discovery",
+        "airflow_tf_ckpt.core.storage.location",
+        "airflow_tf_ckpt.hooks.storage",
+        "airflow_tf_ckpt.tf_runtime",
+    }
     assert task_time_only.isdisjoint(out["provider_modules"]), out["provider_modules"]
     py_files = sorted(p.name for p in DAGS.glob("*.py"))
     assert out["files"] == py_files  # every file in dags/ holds a DAG
@@ -82,7 +98,9 @@ def test_every_dag_file_imports_without_tensorflow(tmp_path: Path) -> None:
     assert dags["tf_ckpt_evaluate_each_step"]["max_active_runs"] == 1
     assert dags["tf_ckpt_gc"]["max_active_runs"] == 1
     assert "hour" in dags["tf_ckpt_gc"]["schedule"].lower() or "0 * * * *" in dags["tf_ckpt_gc"]["schedule"]
-    assert dags["tf_ckpt_event_driven"]["watchers"] == ["airflow_tf_ckpt.triggers.checkpoint.CheckpointEventTrigger"]
+    assert dags["tf_ckpt_event_driven"]["watchers"] == [
+        "airflow_tf_ckpt.triggers.checkpoint.CheckpointEventTrigger"
+    ]
     assert "ckpt_dir" in dags["tf_ckpt_train_demo"]["params"]
 
 
@@ -99,9 +117,13 @@ def test_steps_from_events_orders_and_dedups() -> None:
         def __init__(self, payload: Any) -> None:
             self.extra = {"from_trigger": True, "payload": payload}
 
-    events = [Ev({"checkpoint": "ckpt-20", "step": 20}), Ev({"checkpoint": "ckpt-10", "step": 10}),
-              Ev({"checkpoint": "ckpt-20", "step": 20}), Ev(None), {"extra": {"payload": {"checkpoint": "ckpt-5",
-                                                                                         "step": 5}}}]
+    events = [
+        Ev({"checkpoint": "ckpt-20", "step": 20}),
+        Ev({"checkpoint": "ckpt-10", "step": 10}),
+        Ev({"checkpoint": "ckpt-20", "step": 20}),
+        Ev(None),
+        {"extra": {"payload": {"checkpoint": "ckpt-5", "step": 5}}},
+    ]
     assert mod.steps_from_events(events) == ["ckpt-5", "ckpt-10", "ckpt-20"]
     assert mod.steps_from_events([]) == []
 
@@ -159,8 +181,9 @@ def _chain(run: Any, demo_root: str, capfd: Any) -> dict[str, Any]:
     assert evaluated == [2, 4, 6]
 
     loc = hook.get_location(ckpt_dir)
-    losses = {s: read_metrics(loc, f"ckpt-{s}", evaluator="tf_ckpt_evaluate_each_step")["loss"]
-              for s in (2, 4, 6)}
+    losses = {
+        s: read_metrics(loc, f"ckpt-{s}", evaluator="tf_ckpt_evaluate_each_step")["loss"] for s in (2, 4, 6)
+    }
     best = min(losses, key=lambda s: (losses[s], -s))
     assert losses[6] < losses[2]  # it does learn
 

@@ -55,24 +55,42 @@ def _quote(rng: random.Random, value: str) -> str:
 
 def _path_value(rng: random.Random, d: Path, step: int) -> str:
     name = f"ckpt-{step}"
-    return rng.choice([
-        name, name, name, f"./{name}", str(d / name), f"/elsewhere/run/{name}", f"sub/{name}",
-        f"../{d.name}/{name}", f"{name}/", f"{name} ", "", f"ckpt-{step}0", "ckpt\\055" + str(step),
-    ])
+    return rng.choice(
+        [
+            name,
+            name,
+            name,
+            f"./{name}",
+            str(d / name),
+            f"/elsewhere/run/{name}",
+            f"sub/{name}",
+            f"../{d.name}/{name}",
+            f"{name}/",
+            f"{name} ",
+            "",
+            f"ckpt-{step}0",
+            "ckpt\\055" + str(step),
+        ]
+    )
 
 
 def _state_text(rng: random.Random, d: Path) -> str:
     lines: list[str] = []
     sep = lambda: rng.choice([": ", ": ", ":", " : ", ":\t"])  # noqa: E731
     for _ in range(rng.randint(0, 6)):
-        kind = rng.choice(["all", "all", "latest", "stamp", "preserved", "comment", "blank", "unknown",
-                           "junk"])
+        kind = rng.choice(
+            ["all", "all", "latest", "stamp", "preserved", "comment", "blank", "unknown", "junk"]
+        )
         if kind == "all":
-            lines.append(f"all_model_checkpoint_paths{sep()}{_quote(rng, _path_value(rng, d, rng.randint(1, 5)))}")
+            lines.append(
+                f"all_model_checkpoint_paths{sep()}{_quote(rng, _path_value(rng, d, rng.randint(1, 5)))}"
+            )
         elif kind == "latest":
             lines.append(f"model_checkpoint_path{sep()}{_quote(rng, _path_value(rng, d, rng.randint(1, 5)))}")
         elif kind == "stamp":
-            lines.append(f"all_model_checkpoint_timestamps{sep()}{rng.choice(['1.7e9', '1700000000.5', '0', 'inf'])}")
+            lines.append(
+                f"all_model_checkpoint_timestamps{sep()}{rng.choice(['1.7e9', '1700000000.5', '0', 'inf'])}"
+            )
         elif kind == "preserved":
             lines.append(f"last_preserved_timestamp{sep()}{rng.choice(['0', '1.5', '-1', 'nan'])}")
         elif kind == "comment":
@@ -82,8 +100,17 @@ def _state_text(rng: random.Random, d: Path) -> str:
         elif kind == "unknown":
             lines.append(f"bogus_field{sep()}1")
         else:
-            lines.append(rng.choice(["{", "model_checkpoint_path", 'model_checkpoint_path: "a', "\x00",
-                                     "model_checkpoint_path: 5"]))
+            lines.append(
+                rng.choice(
+                    [
+                        "{",
+                        "model_checkpoint_path",
+                        'model_checkpoint_path: "a',
+                        "\x00",
+                        "model_checkpoint_path: 5",
+                    ]
+                )
+            )
     if rng.random() < 0.6:  # most real files name a latest
         lines.append(f"model_checkpoint_path: {_quote(rng, _path_value(rng, d, rng.randint(1, 5)))}")
         rng.shuffle(lines) if rng.random() < 0.3 else None
@@ -101,7 +128,9 @@ def _state_case(rng: random.Random, d: Path) -> str:
         if has in ("both", "data"):
             (d / f"ckpt-{step}.data-00000-of-00001").write_bytes(b"")
     text = _state_text(rng, d)
-    (d / "checkpoint").write_bytes(text.encode("utf-8") if rng.random() < 0.97 else b"\xff\xfe" + text.encode())
+    (d / "checkpoint").write_bytes(
+        text.encode("utf-8") if rng.random() < 0.97 else b"\xff\xfe" + text.encode()
+    )
     return text
 
 
@@ -110,12 +139,17 @@ def _our_state_verdict(d: Path) -> dict[str, Any]:
         cdir = discover(str(d))
     except StateFileError as exc:
         return {"refused": str(exc)}
-    refused_latest = [r for r in cdir.resolved if r.how == "refused" and r.raw == cdir.state.model_checkpoint_path]
+    refused_latest = [
+        r for r in cdir.resolved if r.how == "refused" and r.raw == cdir.state.model_checkpoint_path
+    ]
     latest = cdir.latest()
-    return {"latest_problem": cdir.latest_problem(), "refused_latest": bool(refused_latest),
-            "moved": [p for p in cdir.problems if "resolved by basename" in p],
-            "latest": latest.prefix if latest else None,
-            "named": next((s.prefix for s in cdir.steps if s.latest), None)}
+    return {
+        "latest_problem": cdir.latest_problem(),
+        "refused_latest": bool(refused_latest),
+        "moved": [p for p in cdir.problems if "resolved by basename" in p],
+        "latest": latest.prefix if latest else None,
+        "named": next((s.prefix for s in cdir.steps if s.latest), None),
+    }
 
 
 def _judge_state(d: Path, ours: dict[str, Any], tf: dict[str, Any]) -> str | None:
@@ -158,8 +192,15 @@ class CorruptCase:
     tf_path: str  # what TF is given
 
 
-def _corrupt(rng: random.Random, src: Path, dest: Path, prefix: str, files: list[str],
-             tf_path: str, control: bool = False) -> CorruptCase:
+def _corrupt(
+    rng: random.Random,
+    src: Path,
+    dest: Path,
+    prefix: str,
+    files: list[str],
+    tf_path: str,
+    control: bool = False,
+) -> CorruptCase:
     shutil.copytree(src, dest)
     name = rng.choice(files)
     p = dest / name
@@ -183,11 +224,30 @@ def _corrupt(rng: random.Random, src: Path, dest: Path, prefix: str, files: list
 
 
 def _corrupt_cases(rng: random.Random, root: Path, work: Path, n_v2: int, n_v1: int) -> tuple[list, list]:
-    v2 = [_corrupt(rng, root / "v2", work / f"v2-{i}", "ckpt-2",
-                   ["ckpt-2.index", "ckpt-2.data-00000-of-00001"], "ckpt-2", control=i == 0)
-          for i in range(n_v2)]
-    v1 = [_corrupt(rng, root / "v1", work / f"v1-{i}", "model.ckpt-2", ["model.ckpt-2"], "model.ckpt-2",
-                   control=i == 0) for i in range(n_v1)]
+    v2 = [
+        _corrupt(
+            rng,
+            root / "v2",
+            work / f"v2-{i}",
+            "ckpt-2",
+            ["ckpt-2.index", "ckpt-2.data-00000-of-00001"],
+            "ckpt-2",
+            control=i == 0,
+        )
+        for i in range(n_v2)
+    ]
+    v1 = [
+        _corrupt(
+            rng,
+            root / "v1",
+            work / f"v1-{i}",
+            "model.ckpt-2",
+            ["model.ckpt-2"],
+            "model.ckpt-2",
+            control=i == 0,
+        )
+        for i in range(n_v1)
+    ]
     return v2, v1
 
 
@@ -220,17 +280,19 @@ def _run(tf_built, tmp_path: Path, counts: dict[str, int], seed: int) -> dict[st
         _state_case(rng, d)
         state_dirs.append(d)
     v2, v1 = _corrupt_cases(rng, root, tmp_path / "corrupt", counts["corrupt_v2"], counts["corrupt_v1"])
-    state_tf, read_tf, restore_tf = tf_batch([
-        (tf_oracle.STATE_VERDICTS, [[str(d) for d in state_dirs]]),
-        (tf_oracle.READ_VERDICTS, [[c.tf_path for c in v2]]),
-        (tf_oracle.V1_RESTORE_VERDICTS, [[c.tf_path for c in v1]]),
-    ])
+    state_tf, read_tf, restore_tf = tf_batch(
+        [
+            (tf_oracle.STATE_VERDICTS, [[str(d) for d in state_dirs]]),
+            (tf_oracle.READ_VERDICTS, [[c.tf_path for c in v2]]),
+            (tf_oracle.V1_RESTORE_VERDICTS, [[c.tf_path for c in v1]]),
+        ]
+    )
     figures: dict[str, Any] = {"state": {}, "v2": {}, "v1": {}}
     wrong: list[str] = []
     for d, tf in zip(state_dirs, state_tf, strict=True):
         ours = _our_state_verdict(d)
         bad = _judge_state(d, ours, tf)
-        key = ("refused" if "refused" in ours else "no latest" if tf.get("latest") is None else "latest")
+        key = "refused" if "refused" in ours else "no latest" if tf.get("latest") is None else "latest"
         figures["state"][key] = figures["state"].get(key, 0) + 1
         if bad:
             wrong.append(f"{d / 'checkpoint'} {(d / 'checkpoint').read_bytes()!r}: {bad}")
@@ -240,9 +302,11 @@ def _run(tf_built, tmp_path: Path, counts: dict[str, int], seed: int) -> dict[st
             figures[fmt][outcome] = figures[fmt].get(outcome, 0) + 1
             if bad:
                 wrong.append(f"{fmt} {bad}")
-    print(f"\ndifferential vs TF (seed {seed}): state files {counts['state']} {figures['state']}; "
-          f"V2 corruptions {counts['corrupt_v2']} {figures['v2']}; V1 corruptions {counts['corrupt_v1']} "
-          f"{figures['v1']}; disagreements {len(wrong)}")
+    print(
+        f"\ndifferential vs TF (seed {seed}): state files {counts['state']} {figures['state']}; "
+        f"V2 corruptions {counts['corrupt_v2']} {figures['v2']}; V1 corruptions {counts['corrupt_v1']} "
+        f"{figures['v1']}; disagreements {len(wrong)}"
+    )
     assert not wrong, "\n".join(wrong[:20])
     return figures
 
@@ -265,9 +329,15 @@ def test_differential_long(tf_built, tmp_path) -> None:
 
 
 def _retention_cases(rng: random.Random, n: int) -> list[dict[str, Any]]:
-    return [{"name": f"r{i}", "keep": rng.randint(1, 4), "hours": rng.choice([0.5, 1.0, 2.0, 3.5]),
-             "gaps": [rng.choice([0.1, 0.25, 0.5, 1.0, 1.5, 3.0]) for _ in range(rng.randint(2, 14))]}
-            for i in range(n)]
+    return [
+        {
+            "name": f"r{i}",
+            "keep": rng.randint(1, 4),
+            "hours": rng.choice([0.5, 1.0, 2.0, 3.5]),
+            "gaps": [rng.choice([0.1, 0.25, 0.5, 1.0, 1.5, 3.0]) for _ in range(rng.randint(2, 14))],
+        }
+        for i in range(n)
+    ]
 
 
 def _run_retention(tmp_path: Path, n: int, seed: int) -> None:
@@ -280,13 +350,16 @@ def _run_retention(tmp_path: Path, n: int, seed: int) -> None:
     for c in cases:
         d = tmp_path / c["name"] / "all"  # every step, the state file with TF's save times
         now = 1.7e9 + sum(c["gaps"]) * 3600
-        plan = plan_retention(str(d), policies_from_options(keep_last=c["keep"], keep_every_hours=c["hours"]),
-                              now=now)
+        plan = plan_retention(
+            str(d), policies_from_options(keep_last=c["keep"], keep_every_hours=c["hours"]), now=now
+        )
         ours = sorted(s.prefix for s in plan.kept)
         if ours != kept_by_tf[c["name"]]:
             wrong.append(f"{c}: TF kept {kept_by_tf[c['name']]}, we keep {ours}")
-    print(f"\nretention vs CheckpointManager (seed {seed}): {n} runs, {preserved} with steps that "
-          f"keep_checkpoint_every_n_hours preserved, {len(wrong)} disagreements")
+    print(
+        f"\nretention vs CheckpointManager (seed {seed}): {n} runs, {preserved} with steps that "
+        f"keep_checkpoint_every_n_hours preserved, {len(wrong)} disagreements"
+    )
     assert not wrong, "\n".join(wrong[:10])
     assert preserved, "no case exercised keep_checkpoint_every_n_hours"
 

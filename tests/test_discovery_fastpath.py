@@ -22,14 +22,54 @@ from airflow_tf_ckpt.core.steps import discovery
 from airflow_tf_ckpt.core.steps.discovery import discover
 from airflow_tf_ckpt.core.storage.location import FileInfo, Location, _mtime
 
-PREFIXES = ["ckpt-1", "ckpt-2", "ckpt-3", "ckpt-01", "ckpt-10", "model.ckpt-3", "model.ckpt-12", "ckpt",
-            "a-b-7", "x-" + "9" * 19, "y-" + "8" * 19, "z-" + "9" * 18, "ckpt-\u0663", "ckpt-5-", "-5", ""]
-SUFFIXES = [".index", ".data-00000-of-00001", ".data-00000-of-00001", ".index", ".data-00000-of-00002",
-            ".data-00001-of-00002", ".meta", ".metrics.json", ".lease-bob", ".lease-amy", ".quarantine.json",
-            "", "-00000-of-00002", "-00001-of-00002", ".ckpt", ".data-00000-of-00001.index"]
+PREFIXES = [
+    "ckpt-1",
+    "ckpt-2",
+    "ckpt-3",
+    "ckpt-01",
+    "ckpt-10",
+    "model.ckpt-3",
+    "model.ckpt-12",
+    "ckpt",
+    "a-b-7",
+    "x-" + "9" * 19,
+    "y-" + "8" * 19,
+    "z-" + "9" * 18,
+    "ckpt-\u0663",
+    "ckpt-5-",
+    "-5",
+    "",
+]
+SUFFIXES = [
+    ".index",
+    ".data-00000-of-00001",
+    ".data-00000-of-00001",
+    ".index",
+    ".data-00000-of-00002",
+    ".data-00001-of-00002",
+    ".meta",
+    ".metrics.json",
+    ".lease-bob",
+    ".lease-amy",
+    ".quarantine.json",
+    "",
+    "-00000-of-00002",
+    "-00001-of-00002",
+    ".ckpt",
+    ".data-00000-of-00001.index",
+]
 EXTRA = ["PROMOTIONS.json", "junk", "notes.txt"]
-RAW_ODD = ["/elsewhere/run/ckpt-2", "sub/ckpt-1", "..", ".", "", "gs://other/run/ckpt-3",
-           "model.ckpt-7-?????-of-00002", "ckpt-9", "x\x00y"]
+RAW_ODD = [
+    "/elsewhere/run/ckpt-2",
+    "sub/ckpt-1",
+    "..",
+    ".",
+    "",
+    "gs://other/run/ckpt-3",
+    "model.ckpt-7-?????-of-00002",
+    "ckpt-9",
+    "x\x00y",
+]
 
 
 @st.composite
@@ -81,8 +121,10 @@ def _pairs(*prefixes: str) -> dict[str, tuple[bool, bool]]:
 def test_fast_path_is_the_general_one_on_any_listing(d) -> None:
     names, state = d
     loc = Location.of(f"memory://fast-{uuid.uuid4().hex[:10]}/run")
-    listing = {n: FileInfo(n, loc.join(n), len(n), 1000.0 + len(n), is_dir, is_link)
-               for n, (is_dir, is_link) in names.items()}
+    listing = {
+        n: FileInfo(n, loc.join(n), len(n), 1000.0 + len(n), is_dir, is_link)
+        for n, (is_dir, is_link) in names.items()
+    }
     if state is not None:
         loc.write_atomic("checkpoint", format_state(state).encode())
         listing["checkpoint"] = FileInfo("checkpoint", loc.join("checkpoint"), 1, 1.0)
@@ -93,8 +135,11 @@ def test_fast_path_is_the_general_one_on_any_listing(d) -> None:
         loc.fs.rm(loc.path, recursive=True) if loc.fs.exists(loc.path) else None
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                 HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(_dir())
 def test_fast_path_is_the_general_one_on_local_disk(tmp_path_factory, d) -> None:
     names, state = d
@@ -132,8 +177,14 @@ def _fsspec_listing(loc: Location) -> dict[str, FileInfo]:
     for info in loc.fs.ls(loc.path, detail=True):
         full = info["name"].rstrip("/")
         name = posixpath.basename(full)
-        out[name] = FileInfo(name=name, path=full, size=int(info.get("size") or 0), mtime=_mtime(info),
-                             is_dir=info.get("type") == "directory", is_link=bool(info.get("islink")))
+        out[name] = FileInfo(
+            name=name,
+            path=full,
+            size=int(info.get("size") or 0),
+            mtime=_mtime(info),
+            is_dir=info.get("type") == "directory",
+            is_link=bool(info.get("islink")),
+        )
     return out
 
 
@@ -174,8 +225,11 @@ def test_listing_errors_are_storage_errors(tmp_path) -> None:
     from airflow_tf_ckpt.core.errors import StorageError
 
     (tmp_path / "file").write_bytes(b"")
-    for path, what in ((tmp_path / "missing", "does not exist"), (tmp_path / "file", "it is a file"),
-                       (tmp_path / "file" / "sub", "not a directory")):
+    for path, what in (
+        (tmp_path / "missing", "does not exist"),
+        (tmp_path / "file", "it is a file"),
+        (tmp_path / "file" / "sub", "not a directory"),
+    ):
         with pytest.raises(StorageError, match=what):
             Location.of(str(path)).listdir()
         with pytest.raises(StorageError, match=what):
@@ -196,8 +250,9 @@ def test_plan_sizes_are_read_lazily_and_survive_gc(tmp_path) -> None:
     for i in range(1, 6):
         (tmp_path / f"ckpt-{i}.index").write_bytes(b"I" * 8)
         (tmp_path / f"ckpt-{i}.data-00000-of-00001").write_bytes(b"D" * (100 * i))
-    (tmp_path / "checkpoint").write_text(format_state(StateFile(
-        "ckpt-5", [f"ckpt-{i}" for i in range(1, 6)], [float(i) for i in range(1, 6)])))
+    (tmp_path / "checkpoint").write_text(
+        format_state(StateFile("ckpt-5", [f"ckpt-{i}" for i in range(1, 6)], [float(i) for i in range(1, 6)]))
+    )
     assert discover(tmp_path).regular_files_only
     plan = plan_retention(tmp_path, policies_from_options(keep_last=2), now=10.0)
     doomed = {d.prefix: d for d in plan.deleted}
@@ -206,7 +261,17 @@ def test_plan_sizes_are_read_lazily_and_survive_gc(tmp_path) -> None:
     assert result.ok and not list(tmp_path.glob("ckpt-1.*"))
     want = sum(8 + 100 * i for i in (1, 2, 3))
     assert result.bytes_freed == want == result.plan.bytes_to_free
-    assert doomed["ckpt-2"] == StepDecision("ckpt-2", "ckpt", 2, "committed", "delete", ["not kept by any policy"],
-                                            True, 2.0, 208, ("ckpt-2.index", "ckpt-2.data-00000-of-00001"))
+    assert doomed["ckpt-2"] == StepDecision(
+        "ckpt-2",
+        "ckpt",
+        2,
+        "committed",
+        "delete",
+        ["not kept by any policy"],
+        True,
+        2.0,
+        208,
+        ("ckpt-2.index", "ckpt-2.data-00000-of-00001"),
+    )
     kept = result.plan.decision("ckpt-5")
     assert kept.size == 508 and "size=508" in repr(kept)

@@ -10,8 +10,15 @@ import pytest
 import yaml
 
 DOCKER = Path(__file__).resolve().parents[1] / "docker"
-AIRFLOW_SERVICES = {"airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
-                    "airflow-worker", "airflow-worker-gpu", "airflow-init"}
+AIRFLOW_SERVICES = {
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-worker",
+    "airflow-worker-gpu",
+    "airflow-init",
+}
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +32,14 @@ def test_services_match_the_official_layout_plus_a_gpu_worker(compose: dict[str,
     assert services["postgres"]["image"] == "postgres:16"
     assert services["redis"]["image"].startswith("redis:")
     commands = {name: services[name].get("command") for name in AIRFLOW_SERVICES - {"airflow-init"}}
-    assert commands == {"airflow-apiserver": "api-server", "airflow-scheduler": "scheduler",
-                        "airflow-dag-processor": "dag-processor", "airflow-triggerer": "triggerer",
-                        "airflow-worker": "celery worker",
-                        "airflow-worker-gpu": "celery worker -q gpu --concurrency 1"}
+    assert commands == {
+        "airflow-apiserver": "api-server",
+        "airflow-scheduler": "scheduler",
+        "airflow-dag-processor": "dag-processor",
+        "airflow-triggerer": "triggerer",
+        "airflow-worker": "celery worker",
+        "airflow-worker-gpu": "celery worker -q gpu --concurrency 1",
+    }
     env = services["airflow-scheduler"]["environment"]
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")

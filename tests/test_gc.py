@@ -65,15 +65,29 @@ def test_apply_rewrites_state_then_deletes(kind, tmp_path, request):
     write_metrics(loc, "ckpt-1", {"loss": 1.0})
     acquire_lease(loc, "ckpt-2", "gone", 1, now=T0)  # long expired
     st = read_state(loc)
-    write_state(loc, StateFile("ckpt-5", ["ckpt-0"] + st.all_model_checkpoint_paths,  # ckpt-0: no files
-                               [T0 - H] + st.all_model_checkpoint_timestamps, T0 - 1))
+    write_state(
+        loc,
+        StateFile(
+            "ckpt-5",
+            ["ckpt-0"] + st.all_model_checkpoint_paths,  # ckpt-0: no files
+            [T0 - H] + st.all_model_checkpoint_timestamps,
+            T0 - 1,
+        ),
+    )
     plan = plan_retention(loc, [KeepLastN(2)])
     res = apply_plan(plan, batch_size=3)
     assert res.ok and res.state_written and not res.replans
     assert res.deleted_steps == ["ckpt-1", "ckpt-2", "ckpt-3"] and res.dropped_from_state == ["ckpt-0"]
     assert len(res.deleted) == 3 * 3 + 2 and res.bytes_freed == 3 * (8 + 64)
-    assert names(loc) == {"checkpoint", "ckpt-4.index", "ckpt-4.data-00000-of-00002", "ckpt-4.data-00001-of-00002",
-                          "ckpt-5.index", "ckpt-5.data-00000-of-00002", "ckpt-5.data-00001-of-00002"}
+    assert names(loc) == {
+        "checkpoint",
+        "ckpt-4.index",
+        "ckpt-4.data-00000-of-00002",
+        "ckpt-4.data-00001-of-00002",
+        "ckpt-5.index",
+        "ckpt-5.data-00000-of-00002",
+        "ckpt-5.data-00001-of-00002",
+    }
     after = read_state(loc)
     assert after == StateFile("ckpt-5", ["ckpt-4", "ckpt-5"], [T0 + 3 * H, T0 + 4 * H], T0 - 1)
     if kind == "gcs":
@@ -90,7 +104,11 @@ def test_dry_run_changes_nothing(tmp_path):
     res = apply_plan(plan_retention(loc, [KeepLastN(1)]), dry_run=True)
     assert res.dry_run and not res.deleted and not res.state_written
     assert sorted(os.path.basename(p) for p in res.would_delete) == [
-        "ckpt-1.data-00000-of-00001", "ckpt-1.index", "ckpt-2.data-00000-of-00001", "ckpt-2.index"]
+        "ckpt-1.data-00000-of-00001",
+        "ckpt-1.index",
+        "ckpt-2.data-00000-of-00001",
+        "ckpt-2.index",
+    ]
     assert res.new_state.all_model_checkpoint_paths == ["ckpt-3"]
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     assert res.summary().startswith("dry run: would delete 2 step(s), 4 file(s)")
@@ -98,7 +116,9 @@ def test_dry_run_changes_nothing(tmp_path):
 
 def test_state_keeps_absolute_spelling_and_advances_last_preserved(tmp_path):
     loc = Location.of(tmp_path)
-    make_dir(loc, [1, 2, 3, 4, 5, 6], absolute=True, times=[T0 + x * H for x in (1, 1.5, 3, 3.2, 5, 5.1)], lp=T0)
+    make_dir(
+        loc, [1, 2, 3, 4, 5, 6], absolute=True, times=[T0 + x * H for x in (1, 1.5, 3, 3.2, 5, 5.1)], lp=T0
+    )
     plan = plan_retention(loc, [KeepLastN(2), KeepEveryNHours(2)], now=T0 + 10 * H)
     assert [d.step for d in plan.deleted] == [1, 2, 4]
     apply_plan(plan)
@@ -136,7 +156,9 @@ def test_hostile_state_file_and_symlinks_are_refused(tmp_path):
     plan = plan_retention(loc, [KeepLastN(1)])
     assert [d.prefix for d in plan.deleted] == ["ckpt-2", "ckpt-4"]
     d3 = plan.decision("ckpt-3")
-    assert d3.action == "keep" and "symlink" in d3.reasons[0] and "outside the checkpoint dir" in d3.reasons[0]
+    assert (
+        d3.action == "keep" and "symlink" in d3.reasons[0] and "outside the checkpoint dir" in d3.reasons[0]
+    )
     res = apply_plan(plan)
     refused = {r.path: r.reason for r in res.refused}
     for raw in hostile:
@@ -144,8 +166,12 @@ def test_hostile_state_file_and_symlinks_are_refused(tmp_path):
     assert "'..'" in refused["../outside/ckpt-1"]
     assert str(root / "ckpt-3.data-00000-of-00001") in refused
     # sentinels survive; nothing was removed through the outward link, not even the link
-    for p in (outside / "ckpt-1.index", outside / "ckpt-1.data-00000-of-00001", other / "ckpt-7.index",
-              outside / "target"):
+    for p in (
+        outside / "ckpt-1.index",
+        outside / "ckpt-1.data-00000-of-00001",
+        other / "ckpt-7.index",
+        outside / "target",
+    ):
         assert p.read_bytes() == b"SENTINEL"
     assert (root / "ckpt-3.data-00000-of-00001").is_symlink()
     # the inward link itself went, its target (inside the root) did not
@@ -161,8 +187,10 @@ def test_absolute_path_elsewhere_resolves_to_the_local_twin_only(tmp_path):
     (elsewhere / "ckpt-1.index").write_bytes(b"SENTINEL")
     loc = Location.of(root)
     make_dir(loc, [1, 2], write=False)
-    write_state(loc, StateFile(str(elsewhere / "ckpt-2"), [str(elsewhere / "ckpt-1"), str(elsewhere / "ckpt-2")],
-                               [], 0.0))
+    write_state(
+        loc,
+        StateFile(str(elsewhere / "ckpt-2"), [str(elsewhere / "ckpt-1"), str(elsewhere / "ckpt-2")], [], 0.0),
+    )
     res = apply_plan(plan_retention(loc, [KeepLastN(1)]))
     assert res.deleted_steps == ["ckpt-1"] and not (root / "ckpt-1.index").exists()
     assert (elsewhere / "ckpt-1.index").read_bytes() == b"SENTINEL"
@@ -299,8 +327,15 @@ def test_trainer_saves_between_plan_and_apply(kind, tmp_path, request):
     plan = plan_retention(loc, [KeepLastN(2)])
     make_step(loc, "ckpt-4")  # the trainer saved and committed meanwhile
     st = read_state(loc)
-    write_state(loc, StateFile("ckpt-4", st.all_model_checkpoint_paths + ["ckpt-4"],
-                               st.all_model_checkpoint_timestamps + [T0 + 9 * H], 0.0))
+    write_state(
+        loc,
+        StateFile(
+            "ckpt-4",
+            st.all_model_checkpoint_paths + ["ckpt-4"],
+            st.all_model_checkpoint_timestamps + [T0 + 9 * H],
+            0.0,
+        ),
+    )
     res = apply_plan(plan)
     assert res.replans == 0 and res.deleted_steps == ["ckpt-1"]  # still safe: no re-plan needed
     assert read_state(loc).all_model_checkpoint_paths == ["ckpt-2", "ckpt-3", "ckpt-4"]
@@ -314,7 +349,9 @@ def test_rolled_back_latest_is_not_deleted(kind, tmp_path, request):
     make_dir(loc, [1, 2, 3])
     plan = plan_retention(loc, [KeepLastN(1)])
     st = read_state(loc)
-    write_state(loc, StateFile("ckpt-2", st.all_model_checkpoint_paths, st.all_model_checkpoint_timestamps, 0.0))
+    write_state(
+        loc, StateFile("ckpt-2", st.all_model_checkpoint_paths, st.all_model_checkpoint_timestamps, 0.0)
+    )
     res = apply_plan(plan)
     assert res.replans == 1 and any("latest" in c for c in res.conflicts)
     assert res.deleted_steps == ["ckpt-1"] and loc.exists("ckpt-2.index")
@@ -341,7 +378,9 @@ def test_lease_handshake_with_a_running_gc(kind, tmp_path, request):
                 outcome["late"] = str(exc)
 
     res = apply_plan(plan, hook=hook)
-    assert outcome["intent"] == ["ckpt-1", "ckpt-2", "ckpt-3"] and "being deleted by a GC run" in outcome["late"]
+    assert (
+        outcome["intent"] == ["ckpt-1", "ckpt-2", "ckpt-3"] and "being deleted by a GC run" in outcome["late"]
+    )
     assert res.deleted_steps == ["ckpt-1", "ckpt-2"] and not loc.exists(lease_name("ckpt-1", "late-reader"))
     assert loc.exists("ckpt-3.index") and loc.exists(lease_name("ckpt-3", "early-reader"))
     assert not loc.exists(gc_intent_name("ckpt"))
@@ -411,10 +450,21 @@ def test_abandoned_temp_files_of_atomic_writes_are_cleaned(tmp_path):
     res = apply_plan(plan)
     assert res.ok and not res.deleted_steps
     left = {p.name for p in tmp_path.iterdir()}
-    assert not left & set(temps) and {".checkpoint.fresh123.tmp", ".notours.tmp", ".checkpoint.TOOLONG99.tmp",
-                                      ".dir.abcdefgh.tmp", ".checkpoint.symlink1.tmp"} <= left
+    assert (
+        not left & set(temps)
+        and {
+            ".checkpoint.fresh123.tmp",
+            ".notours.tmp",
+            ".checkpoint.TOOLONG99.tmp",
+            ".dir.abcdefgh.tmp",
+            ".checkpoint.symlink1.tmp",
+        }
+        <= left
+    )
     assert outside.read_bytes() == b"sentinel"
     # a plan for one base of a shared dir leaves temp files alone (they may be the other job's)
     (tmp_path / ".checkpoint.k3j_9x2a.tmp").write_bytes(b"partial")
     os.utime(tmp_path / ".checkpoint.k3j_9x2a.tmp", (old, old))
-    assert not [s for s in plan_retention(loc, [KeepLastN(3)], prefix="ckpt", now=T0).sidecars if s.role == "temp"]
+    assert not [
+        s for s in plan_retention(loc, [KeepLastN(3)], prefix="ckpt", now=T0).sidecars if s.role == "temp"
+    ]

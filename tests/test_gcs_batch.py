@@ -17,8 +17,15 @@ from tests.test_retention import make_dir
 
 pytestmark = pytest.mark.gcs
 
-ODD = ["ckpt-1.index", "with space.data-00000-of-00001", "hash#and%percent", "plus+amp&eq=",
-       "ünïcödé-ß", "quote'dq\"", "semi;colon,comma"]
+ODD = [
+    "ckpt-1.index",
+    "with space.data-00000-of-00001",
+    "hash#and%percent",
+    "plus+amp&eq=",
+    "ünïcödé-ß",
+    "quote'dq\"",
+    "semi;colon,comma",
+]
 
 
 def fill(fs, bucket: str, names: list[str]) -> list[str]:
@@ -48,8 +55,11 @@ def test_batch_delete_retries_through_503s_and_resets(gcs_emulator, gcs_bucket):
     fs = gcs_emulator.fs()
     paths = fill(fs, gcs_bucket, [f"obj-{i:03d}" for i in range(300)])
     with FaultyProxy(gcs_emulator.url, seed=3, rate=0.0) as proxy:
-        proxy.targets = [("503", "POST", "obj-000"), ("reset", "POST", "obj-100"),
-                         ("reset_after", "POST", "obj-200")]
+        proxy.targets = [
+            ("503", "POST", "obj-000"),
+            ("reset", "POST", "obj-100"),
+            ("reset_after", "POST", "obj-200"),
+        ]
         pfs = type(fs)(endpoint_url=proxy.url, token="anon", project="test")  # noqa: S106 - the emulator
         out = gcs.batch_delete(pfs, paths)
         assert proxy.stats["503"] == proxy.stats["reset"] == proxy.stats["reset_after"] == 1, proxy.stats
@@ -65,8 +75,9 @@ def test_deleter_refuses_before_any_request(gcs_bucket, gcs_emulator):
     fill(fs, gcs_bucket, ["a.index", "b.index"])
     loc = Location.of(f"gs://{gcs_bucket}/run")
     with Deleter(loc) as d:
-        deleted, missing, refused = d.delete([loc.join("a.index"), f"{gcs_bucket}/other/b.index",
-                                              loc.join("x*.index"), loc.join("gone.index")])
+        deleted, missing, refused = d.delete(
+            [loc.join("a.index"), f"{gcs_bucket}/other/b.index", loc.join("x*.index"), loc.join("gone.index")]
+        )
     assert deleted == [loc.display("a.index")] and missing == [loc.display("gone.index")]
     assert sorted(r.reason.split(" ")[0] for r in refused) == ["name", "outside"]
     assert fs.exists(f"{gcs_bucket}/run/b.index")
@@ -74,12 +85,16 @@ def test_deleter_refuses_before_any_request(gcs_bucket, gcs_emulator):
 
 def test_list_matching_keeps_only_what_the_predicate_accepts(gcs_emulator, gcs_bucket):
     fs = gcs_emulator.fs()
-    fill(fs, gcs_bucket, ["ckpt-1.index", "ckpt-1.lease-ev@1", "odd{,}[x].lease-a", "checkpoint",
-                          "sub/ckpt-2.lease-x"])
+    fill(
+        fs,
+        gcs_bucket,
+        ["ckpt-1.index", "ckpt-1.lease-ev@1", "odd{,}[x].lease-a", "checkpoint", "sub/ckpt-2.lease-x"],
+    )
     fs.pipe_file(f"{gcs_bucket}/runx.lease-y", b"x")  # a sibling dir's prefix, not ours
     loc = Location.of(f"gs://{gcs_bucket}/run")
-    got = gcs.list_matching(loc, ["*.lease-*", "checkpoint"],
-                            keep=lambda n: ".lease-" in n or n == "checkpoint")
+    got = gcs.list_matching(
+        loc, ["*.lease-*", "checkpoint"], keep=lambda n: ".lease-" in n or n == "checkpoint"
+    )
     assert sorted(got) == ["checkpoint", "ckpt-1.lease-ev@1", "odd{,}[x].lease-a"]
     assert got["checkpoint"].size == 1 and got["checkpoint"].path == f"{gcs_bucket}/run/checkpoint"
     assert got["checkpoint"].mtime is not None
@@ -104,8 +119,11 @@ def test_gc_on_gcs_sends_batches_and_one_filtered_relisting(gcs_emulator, gcs_bu
     batches = [r for r in seen if r[0] == "POST" and "/batch/storage/v1" in r[1]]
     # dir listings; gcsfs's info() of one object also probes "is it a dir?" with a one-result
     # listing of PATH/ (maxResults=1): that is a file lookup, not a re-listing of the steps
-    lists = [r for r in seen if r[0] == "GET" and r[1].split("?")[0].endswith("/o")
-             and "maxResults=1&" not in r[1] + "&"]
+    lists = [
+        r
+        for r in seen
+        if r[0] == "GET" and r[1].split("?")[0].endswith("/o") and "maxResults=1&" not in r[1] + "&"
+    ]
     assert len(batches) == 3, seen  # 100 + 100 + 58
     assert len(lists) == 1 and "matchGlob=" in lists[0][1], lists
     # the only single DELETE clears GC's intent file

@@ -70,14 +70,26 @@ def store(request, copy_variant, tmp_path) -> Store:
     if request.param == "local":
         fs = fsspec.filesystem("file")
         (tmp_path / "outside").mkdir()
-        return Store(fs, str(src_dir), str(tmp_path / "dest"), str(src_dir), str(tmp_path / "dest"),
-                     str(tmp_path / "outside"))
+        return Store(
+            fs,
+            str(src_dir),
+            str(tmp_path / "dest"),
+            str(src_dir),
+            str(tmp_path / "dest"),
+            str(tmp_path / "outside"),
+        )
     emu = request.getfixturevalue("gcs_emulator")
     fs = emu.fs()
     bucket = emu.new_bucket()
     upload_dir(fs, src_dir, f"{bucket}/run")
-    return Store(fs, f"gs://{bucket}/run", f"gs://{bucket}/serving", f"{bucket}/run",
-                 f"{bucket}/serving", f"{bucket}/outside")
+    return Store(
+        fs,
+        f"gs://{bucket}/run",
+        f"gs://{bucket}/serving",
+        f"{bucket}/run",
+        f"{bucket}/serving",
+        f"{bucket}/outside",
+    )
 
 
 def _manifest(store: Store) -> dict[str, Any]:
@@ -102,8 +114,16 @@ def test_a_hostile_manifest_never_makes_cleanup_delete_pointers_or_foreign_files
     store.put(f"{d}/ckpt-9.index", b"a checkpoint file no promotion recorded")
     store.put(f"{store.outside_path}/outside.txt", b"outside DEST")
     doc = _manifest(store)
-    hostile = [_rec(store, n) for n in ("checkpoint", MANIFEST_NAME, "foreign.txt", "ckpt-9.index",
-                                        f"{ALIASES_DIR}/production.json")]
+    hostile = [
+        _rec(store, n)
+        for n in (
+            "checkpoint",
+            MANIFEST_NAME,
+            "foreign.txt",
+            "ckpt-9.index",
+            f"{ALIASES_DIR}/production.json",
+        )
+    ]
     hostile.append({"name": "../outside/outside.txt", "size": 12, "crc32c": "AAAAAA=="})
     doc["files"] += hostile
     doc["retained"]["previous:ckpt-3"] = doc["retained"].get("previous:ckpt-3", []) + hostile
@@ -114,8 +134,13 @@ def test_a_hostile_manifest_never_makes_cleanup_delete_pointers_or_foreign_files
     r = promote(store.src, store.dest, 5)
 
     assert r.prefix == "ckpt-5"
-    for name in ("checkpoint", MANIFEST_NAME, "foreign.txt", "ckpt-9.index",
-                 f"{ALIASES_DIR}/production.json"):
+    for name in (
+        "checkpoint",
+        MANIFEST_NAME,
+        "foreign.txt",
+        "ckpt-9.index",
+        f"{ALIASES_DIR}/production.json",
+    ):
         assert store.exists(f"{d}/{name}"), f"{name} was deleted"
     assert store.exists(f"{store.outside_path}/outside.txt")
     assert read_state(Location.of(store.dest)).model_checkpoint_path == "ckpt-5"
@@ -204,9 +229,18 @@ def test_a_malformed_manifest_on_gcs_is_refused_before_publishing(tf_checkpoints
 # 7. symlinks in DEST (local disk)
 
 
-@pytest.mark.parametrize("link", [ALIASES_DIR, f"{ALIASES_DIR}/production.json", "checkpoint",
-                                  MANIFEST_NAME, LOCK_NAME, "ckpt-5.index",
-                                  "ckpt-5.data-00000-of-00001"])
+@pytest.mark.parametrize(
+    "link",
+    [
+        ALIASES_DIR,
+        f"{ALIASES_DIR}/production.json",
+        "checkpoint",
+        MANIFEST_NAME,
+        LOCK_NAME,
+        "ckpt-5.index",
+        "ckpt-5.data-00000-of-00001",
+    ],
+)
 def test_a_symlink_on_a_write_path_is_refused(link, copy_variant, tmp_path):
     src = copy_variant("tf2_manager")
     dest = tmp_path / "dest"
@@ -223,7 +257,9 @@ def test_a_symlink_on_a_write_path_is_refused(link, copy_variant, tmp_path):
         target.write_bytes((src / link).read_bytes() if (src / link).exists() else b"victim")
         (dest / link).symlink_to(target)
     snapshot = {p.name: p.read_bytes() for p in outside.iterdir()}
-    with pytest.raises(PromotionError, match=rf"{dest / link}: is a symlink .*never writes through a symlink"):
+    with pytest.raises(
+        PromotionError, match=rf"{dest / link}: is a symlink .*never writes through a symlink"
+    ):
         promote(src, dest, 5, alias="production")
     assert {p.name: p.read_bytes() for p in outside.iterdir()} == snapshot
     assert not (dest / MANIFEST_NAME).exists() or link == MANIFEST_NAME
@@ -332,8 +368,13 @@ def refusing_endpoint() -> Iterator[str]:
 def _cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     full = {k: v for k, v in os.environ.items() if k != "TF_CKPT_DEBUG"}
     full.update(env or {})
-    return subprocess.run([sys.executable, "-m", "airflow_tf_ckpt.cli", *args], capture_output=True,
-                          text=True, env=full, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "airflow_tf_ckpt.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full,
+        timeout=timeout,
+    )
 
 
 def test_gcsfs_error_logging_never_precedes_the_one_line_cli_error(refusing_endpoint):
@@ -348,8 +389,7 @@ def test_an_unreachable_endpoint_is_one_line_in_the_cli():
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    p = _cli("ls", "gs://bucket/run", env={"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}"},
-             timeout=300)
+    p = _cli("ls", "gs://bucket/run", env={"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}"}, timeout=300)
     assert p.returncode == 2
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "Cannot connect" in lines[0], p.stderr
@@ -396,7 +436,9 @@ def test_metric_names_follow_one_rule_everywhere(name, copy_variant, capsys):
     assert main(["metrics", str(src), "--step", "5", "--set", f"{name}=1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
-    assert ("metric name" in err[0] and repr(name)[:20] in err[0]) or (not name and "empty key" in err[0]), err
+    assert ("metric name" in err[0] and repr(name)[:20] in err[0]) or (not name and "empty key" in err[0]), (
+        err
+    )
     assert not (src / "ckpt-5.metrics.json").exists()
     with pytest.raises(MetricsError, match="metric name .* is not valid"):
         write_metrics(Location.of(src), "ckpt-5", {name: 1.0})
@@ -444,9 +486,19 @@ def test_best_never_chooses_a_non_finite_value(store):
     assert best == ["ckpt-4"]
 
 
-@pytest.mark.parametrize("args", [["ls", ""], ["ls", " "], ["validate", ""], ["metrics", ""],
-                                  ["gc", "", "--keep-last", "1", "--dry-run"], ["ls", "gs://"],
-                                  ["promote", "SRC", "--to", ""], ["promote", "", "--to", "DEST"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ls", ""],
+        ["ls", " "],
+        ["validate", ""],
+        ["metrics", ""],
+        ["gc", "", "--keep-last", "1", "--dry-run"],
+        ["ls", "gs://"],
+        ["promote", "SRC", "--to", ""],
+        ["promote", "", "--to", "DEST"],
+    ],
+)
 def test_an_empty_dir_is_a_usage_error(args, copy_variant, tmp_path, monkeypatch, capsys):
     from airflow_tf_ckpt.cli import main
 

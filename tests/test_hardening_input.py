@@ -75,12 +75,20 @@ def run_batch(commands: list[list[str]], timeout: float = TIMEOUT_S) -> list[Run
     env = {**os.environ, "COLUMNS": "400", "MALLOC_ARENA_MAX": "2"}
     env.pop("TF_CKPT_DEBUG", None)
     try:
-        proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(commands)], capture_output=True,
-                              text=True, timeout=timeout, env=env)
+        proc = subprocess.run(
+            [sys.executable, "-c", _CHILD, json.dumps(commands)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
         lines = proc.stdout.splitlines()
     except subprocess.TimeoutExpired as exc:
-        done = (exc.stdout or b"").decode(errors="replace").splitlines() if isinstance(exc.stdout, bytes) \
+        done = (
+            (exc.stdout or b"").decode(errors="replace").splitlines()
+            if isinstance(exc.stdout, bytes)
             else (exc.stdout or "").splitlines()
+        )
         pytest.fail(f"tf-ckpt {' '.join(commands[len(done)])} hung: no answer in {timeout} s")
     assert len(lines) == len(commands), proc.stderr[-3000:]
     return [Run(d["code"], d["out"], d["err"], d["rss"]) for d in map(json.loads, lines)]
@@ -95,7 +103,9 @@ def assert_clear(r: Run, code: int | tuple[int, ...], *needles: str) -> None:
     in the output."""
     codes = (code,) if isinstance(code, int) else code
     assert "Traceback" not in r.text, r.text[-3000:]
-    assert r.code in codes, f"exit {r.code} (expected {codes})\nstdout: {r.out[-2000:]}\nstderr: {r.err[-2000:]}"
+    assert r.code in codes, (
+        f"exit {r.code} (expected {codes})\nstdout: {r.out[-2000:]}\nstderr: {r.err[-2000:]}"
+    )
     assert 0 < r.rss_mb < RSS_LIMIT_MB, f"peak RSS {r.rss_mb} MB"
     if r.code == 2:
         lines = [ln for ln in r.err.splitlines() if ln.strip()]
@@ -133,6 +143,7 @@ def _special(kind: str) -> Callable[[Path], None]:
             os.mkfifo(p)
         else:
             p.symlink_to("/dev/zero")
+
     return make
 
 
@@ -151,7 +162,9 @@ def test_special_file_is_refused_at_once(special: str, copy_variant) -> None:
             continue  # a sidecar this command does not need (ls of a lease, say): never read
         # otherwise the file is named with its problem, in one line (exit 2) or in the report
         where = r.err if r.code == 2 else " ".join(r.text.split())
-        assert name in where and "not a regular file" in where, f"{target} {args} -> {r.code}\n{r.text[-3000:]}"
+        assert name in where and "not a regular file" in where, (
+            f"{target} {args} -> {r.code}\n{r.text[-3000:]}"
+        )
         if r.code == 2:
             assert len([ln for ln in r.err.splitlines() if ln.strip()]) == 1, r.err
 
@@ -168,9 +181,15 @@ def test_special_files_exact_outcomes(copy_variant) -> None:
     dest = dirs[4].parent / f"{dirs[4].name}-dest"
     dest.mkdir()
     _special("fifo")(dest / ".promote.lock")  # unreadable: broken as a lock that cannot be read
-    runs = run_batch([["validate", str(dirs[0])], ["validate", str(dirs[1]), "--step", "5"],
-                      ["validate", str(dirs[2]), "--step", "5"], ["gc", str(dirs[3]), "--keep-last", "1"],
-                      ["promote", str(dirs[4]), "--to", str(dest)]])
+    runs = run_batch(
+        [
+            ["validate", str(dirs[0])],
+            ["validate", str(dirs[1]), "--step", "5"],
+            ["validate", str(dirs[2]), "--step", "5"],
+            ["gc", str(dirs[3]), "--keep-last", "1"],
+            ["promote", str(dirs[4]), "--to", str(dest)],
+        ]
+    )
     assert_clear(runs[0], 2, "checkpoint", "not a regular file (a FIFO)")
     assert_clear(runs[1], 1, "ckpt-5.index", "not a regular file")
     assert_clear(runs[2], 1, "ckpt-5.data-00000-of-00001", "not a regular file")
@@ -188,7 +207,11 @@ SPARSE_TARGETS = {
     "state-ls": ("checkpoint", ["ls"], 2),
     "index": ("ckpt-5.index", ["validate", "--step", "5"], 1),
     # a metrics sidecar that cannot be used is a warning naming it; the step counts as unevaluated
-    "metrics": ("ckpt-5.metrics.json", ["gc", "--dry-run", "--keep-best", "1", "--metric", "loss"], (0, 1, 2)),
+    "metrics": (
+        "ckpt-5.metrics.json",
+        ["gc", "--dry-run", "--keep-best", "1", "--metric", "loss"],
+        (0, 1, 2),
+    ),
     "promotions": ("PROMOTIONS.json", ["gc", "--dry-run", "--keep-last", "1"], 2),
 }
 
@@ -217,8 +240,16 @@ def test_sparse_3gib_files_are_too_large_unread(copy_variant) -> None:
 # ---------------------------------------------------------------------------------------------
 # unparseable values
 
-BAD_EXPIRIES = {"1e20": b"1e20", "infinity": b"Infinity", "nan": b"NaN", "negative": b"-5",
-                "string": b'"soon"', "bool": b"true", "huge-int": b"1" + b"0" * 400, "1e999": b"1e999"}
+BAD_EXPIRIES = {
+    "1e20": b"1e20",
+    "infinity": b"Infinity",
+    "nan": b"NaN",
+    "negative": b"-5",
+    "string": b'"soon"',
+    "bool": b"true",
+    "huge-int": b"1" + b"0" * 400,
+    "1e999": b"1e999",
+}
 
 
 def test_bad_lease_expiry_is_a_live_lease(copy_variant) -> None:
@@ -228,20 +259,30 @@ def test_bad_lease_expiry_is_a_live_lease(copy_variant) -> None:
     for label, raw in BAD_EXPIRIES.items():
         d = dirs[label] = copy_variant("tf2_manager")
         (d / "ckpt-3.lease-alice").write_bytes(
-            b'{"prefix": "ckpt-3", "owner": "alice", "acquired": 1.7e9, "expires": ' + raw + b"}")
-    cmds = [c for d in dirs.values() for c in (["gc", str(d), "--dry-run", "--keep-last", "1"],
-                                               ["gc", str(d), "--keep-last", "1"])]
+            b'{"prefix": "ckpt-3", "owner": "alice", "acquired": 1.7e9, "expires": ' + raw + b"}"
+        )
+    cmds = [
+        c
+        for d in dirs.values()
+        for c in (["gc", str(d), "--dry-run", "--keep-last", "1"], ["gc", str(d), "--keep-last", "1"])
+    ]
     runs = run_batch(cmds)
     for i, (label, d) in enumerate(dirs.items()):
         dry, real = runs[2 * i], runs[2 * i + 1]
         assert_clear(dry, 0, "ckpt-3", "ckpt-3.lease-alice", "held as live")
         assert_clear(real, (0, 1))
-        assert (d / "ckpt-3.index").exists(), f"{label}: a lease whose expiry cannot be read must keep its step"
+        assert (d / "ckpt-3.index").exists(), (
+            f"{label}: a lease whose expiry cannot be read must keep its step"
+        )
         assert not (d / "ckpt-4.index").exists(), label
 
 
 NESTED_TARGETS = {
-    "metrics": ("ckpt-5.metrics.json", ["gc", "--dry-run", "--keep-best", "1", "--metric", "loss"], (0, 1, 2)),
+    "metrics": (
+        "ckpt-5.metrics.json",
+        ["gc", "--dry-run", "--keep-best", "1", "--metric", "loss"],
+        (0, 1, 2),
+    ),
     "promotions": ("PROMOTIONS.json", ["gc", "--dry-run", "--keep-last", "1"], 2),
     "lease": ("ckpt-3.lease-alice", ["gc", "--dry-run", "--keep-last", "1"], 0),
     "quarantine": ("ckpt-3.quarantine.json", ["gc", "--dry-run", "--keep-last", "1"], 0),
@@ -286,17 +327,23 @@ def test_gcs_reads_are_bounded(copy_variant, gcs_emulator) -> None:
     lease expiry and an empty sidecar, on the emulator."""
     big = b" " * (320 << 20)
     (fs1, lease_dir), (fs2, metrics_dir), (fs3, nested_dir), (fs4, expiry_dir), (fs5, empty_dir) = (
-        _gcs_run(gcs_emulator, copy_variant) for _ in range(5))
+        _gcs_run(gcs_emulator, copy_variant) for _ in range(5)
+    )
     fs1.pipe_file(f"{lease_dir}/ckpt-3.lease-alice", big)
     fs2.pipe_file(f"{metrics_dir}/ckpt-5.metrics.json", big)
     fs3.pipe_file(f"{nested_dir}/PROMOTIONS.json", NESTED)
     fs4.pipe_file(f"{expiry_dir}/ckpt-3.lease-alice", _lease(1e20))
     fs5.pipe_file(f"{empty_dir}/ckpt-3.lease-alice", b"")
-    runs = run_batch([["gc", f"gs://{lease_dir}", "--keep-last", "1"],
-                      ["gc", f"gs://{metrics_dir}", "--dry-run", "--keep-best", "1", "--metric", "loss"],
-                      ["gc", f"gs://{nested_dir}", "--dry-run", "--keep-last", "1"],
-                      ["gc", f"gs://{expiry_dir}", "--keep-last", "1"],
-                      ["gc", f"gs://{empty_dir}", "--keep-last", "1"]], timeout=300)
+    runs = run_batch(
+        [
+            ["gc", f"gs://{lease_dir}", "--keep-last", "1"],
+            ["gc", f"gs://{metrics_dir}", "--dry-run", "--keep-best", "1", "--metric", "loss"],
+            ["gc", f"gs://{nested_dir}", "--dry-run", "--keep-last", "1"],
+            ["gc", f"gs://{expiry_dir}", "--keep-last", "1"],
+            ["gc", f"gs://{empty_dir}", "--keep-last", "1"],
+        ],
+        timeout=300,
+    )
     assert_clear(runs[0], (0, 1))
     assert_clear(runs[1], (0, 1, 2), "ckpt-5.metrics.json", "too large")
     assert "RecursionError" not in runs[2].text
@@ -342,8 +389,13 @@ _POLL = textwrap.dedent("""
 def _poll(urls: list[str]) -> dict[str, str]:
     env = {**os.environ, "MALLOC_ARENA_MAX": "2"}
     try:
-        proc = subprocess.run([sys.executable, "-c", _POLL, *urls], capture_output=True, text=True,
-                              timeout=3 * TIMEOUT_S, env=env)
+        proc = subprocess.run(
+            [sys.executable, "-c", _POLL, *urls],
+            capture_output=True,
+            text=True,
+            timeout=3 * TIMEOUT_S,
+            env=env,
+        )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"a poll hung: {exc.stdout!r}")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -49,7 +49,7 @@ def tf_step_files(request: pytest.FixtureRequest) -> dict[str, bytes]:
     v = request.getfixturevalue("tf_checkpoints")["tf2_manager"]
     src = Path(v.dir)
     prefix = v.prefixes[-1]
-    return {p.name[len(prefix):]: p.read_bytes() for p in src.iterdir() if p.name.startswith(prefix + ".")}
+    return {p.name[len(prefix) :]: p.read_bytes() for p in src.iterdir() if p.name.startswith(prefix + ".")}
 
 
 def save_step(loc: Location, files: dict[str, bytes], n: int, t: float | None = None) -> None:
@@ -58,7 +58,7 @@ def save_step(loc: Location, files: dict[str, bytes], n: int, t: float | None = 
         loc.fs.pipe_file(loc.join(f"ckpt-{n}{suffix}"), files[suffix])
     st = read_state(loc) or StateFile()
     paths = [p for p in st.all_model_checkpoint_paths if p != f"ckpt-{n}"] + [f"ckpt-{n}"]
-    stamps = (st.all_model_checkpoint_timestamps + [t or time.time()])[-len(paths):]
+    stamps = (st.all_model_checkpoint_timestamps + [t or time.time()])[-len(paths) :]
     write_state(loc, StateFile(f"ckpt-{n}", paths, stamps, st.last_preserved_timestamp or T0))
 
 
@@ -86,10 +86,22 @@ def test_lease_whose_owner_looks_like_another_role_keeps_its_step(kind, tmp_path
     and an old-style name (written by an older version) is still a lease."""
     loc = loc_for(kind, tmp_path, request)
     tf_dir(loc, request, range(1, 5))
-    owners = ["ev.meta", "ev.index", "ev.metrics.json", "ev.quarantine.json", "ev.data-00000-of-00001",
-              "ev-00000-of-00001", "ev.ckpt"]
+    owners = [
+        "ev.meta",
+        "ev.index",
+        "ev.metrics.json",
+        "ev.quarantine.json",
+        "ev.data-00000-of-00001",
+        "ev-00000-of-00001",
+        "ev.ckpt",
+    ]
     names = [acquire_lease(loc, "ckpt-1", owner, 3600).name for owner in owners]
-    legacy = {"prefix": "ckpt-2", "owner": "old.index", "acquired": time.time(), "expires": time.time() + 3600}
+    legacy = {
+        "prefix": "ckpt-2",
+        "owner": "old.index",
+        "acquired": time.time(),
+        "expires": time.time() + 3600,
+    }
     loc.fs.pipe_file(loc.join("ckpt-2.lease-old.index"), json.dumps(legacy).encode())
     res = apply_plan(plan_retention(loc, [KeepLastN(1)]))
     assert res.deleted_steps == ["ckpt-3"], res.summary()
@@ -119,8 +131,10 @@ def test_mapped_task_instances_of_a_long_run_id_do_not_share_a_lease(tmp_path):
     assert release_lease(loc, "ckpt-1", a)
     assert {lease.owner for lease in read_leases(loc).values()} == {b}
     # an old-style lease name shared by two owners is removed only by the owner inside it
-    loc.fs.pipe_file(loc.join("ckpt-1.lease-shared"), json.dumps(
-        {"owner": "someone-else", "expires": time.time() + 600}).encode())
+    loc.fs.pipe_file(
+        loc.join("ckpt-1.lease-shared"),
+        json.dumps({"owner": "someone-else", "expires": time.time() + 600}).encode(),
+    )
     assert not release_lease(loc, "ckpt-1", "shared") and loc.exists("ckpt-1.lease-shared")
 
 
@@ -261,11 +275,16 @@ def test_quarantine_and_release_keep_a_save_committed_meanwhile(kind, tmp_path, 
         def hook(label, *args):
             if label == "write_state" and pending:  # once: the update is then redone, and lands
                 save_step(loc, files, pending.pop())
+
         return hook
 
     quarantine_step(loc, "ckpt-2", "suspect", hook=saving(4))
     st = read_state(loc)
-    assert st.model_checkpoint_path == "ckpt-4" and st.all_model_checkpoint_paths == ["ckpt-1", "ckpt-3", "ckpt-4"]
+    assert st.model_checkpoint_path == "ckpt-4" and st.all_model_checkpoint_paths == [
+        "ckpt-1",
+        "ckpt-3",
+        "ckpt-4",
+    ]
     release_quarantine(loc, "ckpt-2", verify=False, hook=saving(5))
     st = read_state(loc)
     assert st.model_checkpoint_path == "ckpt-5"
@@ -337,8 +356,9 @@ def tf_preserved(tmp_path_factory, tf_run):
 
 
 @pytest.mark.tf
-@pytest.mark.parametrize("case", ["cp -r", "clock 5 min ahead",
-                                  pytest.param("gcs upload", marks=pytest.mark.gcs)])
+@pytest.mark.parametrize(
+    "case", ["cp -r", "clock 5 min ahead", pytest.param("gcs upload", marks=pytest.mark.gcs)]
+)
 def test_steps_tf_preserved_survive_when_mtimes_lie(case, tf_preserved, tmp_path, request):
     """Before: with mtimes that are not the save times, 7 of 8 steps TF preserved were planned
     for deletion (``cp -r``), or the newest preserved one (a storage clock 5 minutes ahead). The

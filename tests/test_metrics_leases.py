@@ -45,12 +45,18 @@ from tests.test_retention import T0, make_dir, mem_loc, put
 
 def test_metrics_roundtrip(tmp_path):
     loc = Location.of(tmp_path)
-    rec = write_metrics(loc, "ckpt-500", {"val_loss": np.float32(0.25), "acc": 1, "div": float("nan"),
-                                          "up": float("inf"), "down": -math.inf},
-                        extra={"evaluator": "eval-1", "dataset": {"name": "val", "n": 10}}, now=T0)
+    rec = write_metrics(
+        loc,
+        "ckpt-500",
+        {"val_loss": np.float32(0.25), "acc": 1, "div": float("nan"), "up": float("inf"), "down": -math.inf},
+        extra={"evaluator": "eval-1", "dataset": {"name": "val", "n": 10}},
+        now=T0,
+    )
     assert rec["step"] == 500 and rec["time"] == T0
     raw = json.loads((tmp_path / "ckpt-500.metrics.json").read_text())  # strict JSON, no bare NaN
-    assert raw["metrics"]["div"] == "NaN" and raw["metrics"]["up"] == "Infinity" and raw["evaluator"] == "eval-1"
+    assert (
+        raw["metrics"]["div"] == "NaN" and raw["metrics"]["up"] == "Infinity" and raw["evaluator"] == "eval-1"
+    )
     m = read_metrics(loc, "ckpt-500")
     assert m["val_loss"] == 0.25 and m["acc"] == 1.0 and math.isnan(m["div"])
     assert m["up"] == math.inf and m["down"] == -math.inf
@@ -60,13 +66,16 @@ def test_metrics_roundtrip(tmp_path):
     assert write_metrics(loc, "inception_v1.ckpt", {"a": 1}, step=3)["step"] == 3
 
 
-@pytest.mark.parametrize("metrics,match", [
-    ({"loss": "low"}, "'loss' is 'low', not a number"),
-    ({"loss": None}, "'loss' is NoneType, not a number"),
-    ({"ok": True}, "'ok' is True, not a number"),
-    ({"": 1.0}, "metric name '' is not valid"),
-    ([("loss", 1.0)], "must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "metrics,match",
+    [
+        ({"loss": "low"}, "'loss' is 'low', not a number"),
+        ({"loss": None}, "'loss' is NoneType, not a number"),
+        ({"ok": True}, "'ok' is True, not a number"),
+        ({"": 1.0}, "metric name '' is not valid"),
+        ([("loss", 1.0)], "must be a mapping"),
+    ],
+)
 def test_write_metrics_rejects_nonsense(tmp_path, metrics, match):
     loc = Location.of(tmp_path)
     with pytest.raises(MetricsError, match=match) as ei:
@@ -79,14 +88,17 @@ def test_write_metrics_rejects_nonsense(tmp_path, metrics, match):
         write_metrics(loc, "ckpt-1", {"a": 1}, extra={"x": object()})
 
 
-@pytest.mark.parametrize("data,match", [
-    (b"{not json", "is not valid JSON"),
-    (b"[1, 2]", "JSON list, not an object"),
-    (b'{"metrics": {"loss": "low"}}', "'loss' is 'low', not a number"),
-    (b'{"metrics": {"loss": true}}', "not a number"),
-    (b'{"step": 3}', 'no "metrics" object'),
-    (b"\xff\xfe", "is not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "data,match",
+    [
+        (b"{not json", "is not valid JSON"),
+        (b"[1, 2]", "JSON list, not an object"),
+        (b'{"metrics": {"loss": "low"}}', "'loss' is 'low', not a number"),
+        (b'{"metrics": {"loss": true}}', "not a number"),
+        (b'{"step": 3}', 'no "metrics" object'),
+        (b"\xff\xfe", "is not valid JSON"),
+    ],
+)
 def test_read_metrics_names_the_bad_file(tmp_path, data, match):
     loc = Location.of(tmp_path)
     (tmp_path / "ckpt-3.metrics.json").write_bytes(data)
@@ -274,8 +286,9 @@ def test_tf_latest_checkpoint_follows_quarantine(copy_variant):
     quarantine_step(loc, "ckpt-5", "verify failed")
     for p in ("ckpt-3", "ckpt-4", "ckpt-5"):
         quarantine_step(Location.of(e), p, "all bad")
-    latest_d, latest_e, restored = tf_batch([
-        ("latest_checkpoint", [str(d)]), ("latest_checkpoint", [str(e)]), ("read_all", [str(d / "ckpt-4")])])
+    latest_d, latest_e, restored = tf_batch(
+        [("latest_checkpoint", [str(d)]), ("latest_checkpoint", [str(e)]), ("read_all", [str(d / "ckpt-4")])]
+    )
     assert Path(latest_d).name == "ckpt-4" and latest_e is None and restored["ok"]
     write_state(loc, read_state(loc))  # our writer round-trips TF's file
 
@@ -292,10 +305,14 @@ def test_evaluator_sidecars_are_separate_files_and_the_default_is_unchanged(copy
     write_metrics(loc, prefix, {"val_loss": 0.4}, evaluator="tf_ckpt_evaluate_each_step")
     write_metrics(loc, prefix, {"val_loss": 0.3}, evaluator="tf_ckpt_event_driven")
     names = sorted(p.name for p in d.iterdir() if ".metrics" in p.name)
-    assert names == [f"{prefix}.metrics.json", f"{prefix}.metrics~tf_ckpt_evaluate_each_step.json",
-                     f"{prefix}.metrics~tf_ckpt_event_driven.json"]
+    assert names == [
+        f"{prefix}.metrics.json",
+        f"{prefix}.metrics~tf_ckpt_evaluate_each_step.json",
+        f"{prefix}.metrics~tf_ckpt_event_driven.json",
+    ]
     assert classify(f"{prefix}.metrics~tf_ckpt_event_driven.json") == FileRole(
-        prefix, "metrics", evaluator="tf_ckpt_event_driven")
+        prefix, "metrics", evaluator="tf_ckpt_event_driven"
+    )
     cdir = discover(loc)
     step = cdir.get(prefix)
     assert {f.name for f in step.sidecars} >= set(names) and step.committed and not step.problems
@@ -303,8 +320,9 @@ def test_evaluator_sidecars_are_separate_files_and_the_default_is_unchanged(copy
     assert metrics_for(cdir, evaluator="tf_ckpt_event_driven") == {prefix: {"val_loss": 0.3}}
     assert read_metrics(loc, prefix, "tf_ckpt_evaluate_each_step") == {"val_loss": 0.4}
     assert read_metrics(loc, prefix, "nobody") is None
-    assert evaluation_counts(cdir) == {prefix: {None: 1, "tf_ckpt_evaluate_each_step": 1,
-                                                "tf_ckpt_event_driven": 1}}
+    assert evaluation_counts(cdir) == {
+        prefix: {None: 1, "tf_ckpt_evaluate_each_step": 1, "tf_ckpt_event_driven": 1}
+    }
     # TF still restores around our sidecars: no file of ours is mistaken for a checkpoint file
     assert all(classify(n).role == "metrics" for n in names)
 
@@ -312,8 +330,11 @@ def test_evaluator_sidecars_are_separate_files_and_the_default_is_unchanged(copy
 def test_old_sidecars_read_as_one_evaluation(tmp_path):
     loc = Location.of(tmp_path)
     make_dir(loc, [1])
-    (tmp_path / "ckpt-1.metrics.json").write_text(json.dumps(
-        {"prefix": "ckpt-1", "step": 1, "metrics": {"loss": 0.2}, "time": T0, "evaluator": "dag/run/task"}))
+    (tmp_path / "ckpt-1.metrics.json").write_text(
+        json.dumps(
+            {"prefix": "ckpt-1", "step": 1, "metrics": {"loss": 0.2}, "time": T0, "evaluator": "dag/run/task"}
+        )
+    )
     rec = read_metrics_record(loc, "ckpt-1")
     assert rec["evaluations"] == 1 and rec["history"] == [] and rec["evaluator"] == "dag/run/task"
     assert evaluation_counts(discover(loc)) == {"ckpt-1": {None: 1}}
@@ -325,8 +346,9 @@ def test_evaluations_are_counted_with_history_and_a_manual_edit_is_not(tmp_path)
     loc = Location.of(tmp_path)
     make_dir(loc, [5])
     for i in range(3):
-        rec = write_metrics(loc, "ckpt-5", {"loss": 1.0 - i / 10}, evaluator="dag_a", extra={"run": f"r{i}"},
-                            now=T0 + i)
+        rec = write_metrics(
+            loc, "ckpt-5", {"loss": 1.0 - i / 10}, evaluator="dag_a", extra={"run": f"r{i}"}, now=T0 + i
+        )
     assert rec["evaluations"] == 3 and rec["evaluator"] == "dag_a"
     full = read_metrics_record(loc, "ckpt-5", "dag_a")
     assert [h["run"] for h in full["history"]] == ["r0", "r1", "r2"] and full["metrics"] == {"loss": 0.8}
@@ -343,13 +365,16 @@ def test_invalid_evaluator_names_are_refused(tmp_path, bad):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("name,role,prefix,evaluator", [
-    ("ckpt-5.metrics~dag.v2.json", "metrics", "ckpt-5", "dag.v2"),
-    ("ckpt-5.metrics~x.quarantine.json", "metrics", "ckpt-5", "x.quarantine"),
-    ("ckpt-5.metrics.json", "metrics", "ckpt-5", None),
-    ("ckpt-5.lease-host@1.metrics", "lease", "ckpt-5", None),  # a lease owner never holds '~'
-    ("ckpt-5.metrics~.json", None, None, None),  # no evaluator name: not ours
-])
+@pytest.mark.parametrize(
+    "name,role,prefix,evaluator",
+    [
+        ("ckpt-5.metrics~dag.v2.json", "metrics", "ckpt-5", "dag.v2"),
+        ("ckpt-5.metrics~x.quarantine.json", "metrics", "ckpt-5", "x.quarantine"),
+        ("ckpt-5.metrics.json", "metrics", "ckpt-5", None),
+        ("ckpt-5.lease-host@1.metrics", "lease", "ckpt-5", None),  # a lease owner never holds '~'
+        ("ckpt-5.metrics~.json", None, None, None),  # no evaluator name: not ours
+    ],
+)
 def test_evaluator_sidecar_names_are_unambiguous(name, role, prefix, evaluator):
     r = classify(name)
     if role is None:
@@ -363,7 +388,9 @@ def _evaluate_many(url: str, evaluator: str, barrier=None, times: int = 3) -> No
     if barrier is not None:
         barrier.wait()
     for i in range(times):
-        write_metrics(loc, "ckpt-1", {"loss": float(i)}, evaluator=evaluator, extra={"run": f"{os.getpid()}-{i}"})
+        write_metrics(
+            loc, "ckpt-1", {"loss": float(i)}, evaluator=evaluator, extra={"run": f"{os.getpid()}-{i}"}
+        )
 
 
 def test_two_evaluators_writing_one_step_at_once_lose_nothing_locally(tmp_path):
@@ -374,8 +401,11 @@ def test_two_evaluators_writing_one_step_at_once_lose_nothing_locally(tmp_path):
     make_dir(Location.of(tmp_path), [1])
     ctx = multiprocessing.get_context("fork")
     barrier = ctx.Barrier(6)
-    procs = [ctx.Process(target=_evaluate_many, args=(str(tmp_path), ev, barrier))
-             for ev in ("dag_a", "dag_b") for _ in range(3)]
+    procs = [
+        ctx.Process(target=_evaluate_many, args=(str(tmp_path), ev, barrier))
+        for ev in ("dag_a", "dag_b")
+        for _ in range(3)
+    ]
     for p in procs:
         p.start()
     for p in procs:

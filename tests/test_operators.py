@@ -48,8 +48,12 @@ def _asset_events(name: str) -> list[dict[str, Any]]:
     from sqlalchemy import select
 
     with create_session() as session:
-        rows = session.scalars(select(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
-                               .where(AssetModel.name == name).order_by(AssetEvent.id)).all()
+        rows = session.scalars(
+            select(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .where(AssetModel.name == name)
+            .order_by(AssetEvent.id)
+        ).all()
         return [dict(r.extra or {}) | {"_uri": r.uri} for r in rows]
 
 
@@ -98,10 +102,16 @@ def test_tf_operators_default_to_the_gpu_queue(monkeypatch: pytest.MonkeyPatch) 
 def test_validate_passes_on_a_good_step(dag_runner, copy_variant) -> None:
     d = copy_variant("tf2_manager")
     sensor_xcom = "{'status': 'success', 'prefix': 'ckpt', 'checkpoint': 'ckpt-4', 'step': 4}"
-    r = dag_runner(_dag("op_validate_good", f"""
+    r = dag_runner(
+        _dag(
+            "op_validate_good",
+            f"""
 ValidateCheckpointOperator(task_id="latest", ckpt_dir={str(d)!r})
 ValidateCheckpointOperator(task_id="from_sensor", ckpt_dir={str(d)!r}, step={sensor_xcom!r})
-"""), "op_validate_good")
+""",
+        ),
+        "op_validate_good",
+    )
     assert r.ok, r
     assert r.xcoms["latest"]["ok"] and r.xcoms["latest"]["prefix"] == "ckpt-5"
     assert r.xcoms["latest"]["tensors_checked"] > 0
@@ -119,9 +129,15 @@ def test_validate_fails_listing_every_problem(dag_runner, copy_variant, capfd) -
     expected = verify_step(str(d), "ckpt-4").problems
     assert len(expected) >= 2
     before = (d / "checkpoint").read_bytes()
-    r = dag_runner(_dag("op_validate_bad", f"""
+    r = dag_runner(
+        _dag(
+            "op_validate_bad",
+            f"""
 ValidateCheckpointOperator(task_id="v", ckpt_dir={str(d)!r}, step=4)
-"""), "op_validate_bad")
+""",
+        ),
+        "op_validate_bad",
+    )
     out = capfd.readouterr().out
     assert r.task_states == {"v": "failed"}
     assert f"failed validation with {len(expected)} problem(s)" in out
@@ -136,9 +152,15 @@ def test_validate_quarantines_a_corrupt_latest_step(dag_runner, copy_variant, ca
     d = copy_variant("tf2_manager")
     (d / "ckpt-5.data-00000-of-00001").unlink()  # the newest step lost a shard
     assert _state_latest(d) == "ckpt-5"
-    r = dag_runner(_dag("op_validate_quarantine", f"""
+    r = dag_runner(
+        _dag(
+            "op_validate_quarantine",
+            f"""
 ValidateCheckpointOperator(task_id="v", ckpt_dir={str(d)!r}, step="ckpt-5", quarantine=True)
-"""), "op_validate_quarantine")
+""",
+        ),
+        "op_validate_quarantine",
+    )
     out = capfd.readouterr().out
     assert r.task_states == {"v": "failed"}
     assert "ckpt-5 was QUARANTINED" in out
@@ -155,9 +177,15 @@ def test_validate_on_gcs(dag_runner, tf_checkpoints, gcs_emulator, gcs_bucket) -
 
     upload_dir(gcs_emulator.fs(), tf_checkpoints["sharded"].dir, f"{gcs_bucket}/run")
     url = f"gs://{gcs_bucket}/run"
-    r = dag_runner(_dag("op_validate_gcs", f"""
+    r = dag_runner(
+        _dag(
+            "op_validate_gcs",
+            f"""
 ValidateCheckpointOperator(task_id="v", ckpt_dir={url!r}, step="latest")
-"""), "op_validate_gcs")
+""",
+        ),
+        "op_validate_gcs",
+    )
     assert r.ok, r
     assert r.xcoms["v"]["url"] == f"{url}/ckpt-1" and r.xcoms["v"]["ok"]
 
@@ -168,14 +196,20 @@ ValidateCheckpointOperator(task_id="v", ckpt_dir={url!r}, step="latest")
 
 def test_restore_tf2(dag_runner, copy_variant, capfd) -> None:
     d = copy_variant("tf2_manager")
-    r = dag_runner(_dag("op_restore_tf2", f"""
+    r = dag_runner(
+        _dag(
+            "op_restore_tf2",
+            f"""
 RestoreCheckpointOperator(task_id="ok", ckpt_dir={str(d)!r}, step="latest",
                           build_fn="{HELPERS}.build_manager_ckpt", fn="{HELPERS}.eval_manager")
 RestoreCheckpointOperator(task_id="wrong_model", ckpt_dir={str(d)!r}, step=4,
                           build_fn="{HELPERS}.build_wrong_ckpt")
 RestoreCheckpointOperator(task_id="needs_gpu", ckpt_dir={str(d)!r}, require_gpu=True,
                           build_fn="{HELPERS}.build_manager_ckpt")
-"""), "op_restore_tf2")
+""",
+        ),
+        "op_restore_tf2",
+    )
     out = capfd.readouterr().out
     assert r.task_states == {"ok": "success", "wrong_model": "failed", "needs_gpu": "failed"}
     ok = r.xcoms["ok"]
@@ -190,16 +224,25 @@ def test_restore_tf1_seed_style(dag_runner, copy_variant, capfd) -> None:
     v1 = copy_variant("v1")  # model.ckpt-1 and -2, each with a .meta (V1 tables)
     (v1 / "model.ckpt-2.meta").unlink()  # as with write_meta_graph=False after the first save
     saver = copy_variant("tf1_saver")  # the seed: max_to_keep deleted the only .meta
-    r = dag_runner(_dag("op_restore_tf1", f"""
+    r = dag_runner(
+        _dag(
+            "op_restore_tf1",
+            f"""
 RestoreCheckpointOperator(task_id="meta_of_older_step", format="tf1", ckpt_dir={str(v1)!r}, step=2,
                           fn="{HELPERS}.eval_v1_graph")
 RestoreCheckpointOperator(task_id="no_meta_left", format="tf1", ckpt_dir={str(saver)!r}, step="latest")
 RestoreCheckpointOperator(task_id="graph_in_code", format="tf1", ckpt_dir={str(saver)!r}, step="latest",
                           build_fn="{HELPERS}.build_tf1_saver_graph", fn="{HELPERS}.eval_tf1_saver")
-"""), "op_restore_tf1")
+""",
+        ),
+        "op_restore_tf1",
+    )
     out = capfd.readouterr().out
-    assert r.task_states == {"meta_of_older_step": "success", "no_meta_left": "failed",
-                             "graph_in_code": "success"}, out[-3000:]
+    assert r.task_states == {
+        "meta_of_older_step": "success",
+        "no_meta_left": "failed",
+        "graph_in_code": "success",
+    }, out[-3000:]
     assert r.xcoms["meta_of_older_step"]["result"] == {"biases_sum": 2.0}
     assert f"Importing the graph from {v1}/model.ckpt-1.meta" in out
     assert "no .meta graph at or before this step" in out
@@ -217,11 +260,17 @@ def test_evaluate_writes_sidecar_xcom_asset_event_and_holds_a_lease(dag_runner, 
     d = copy_variant("tf2_manager")
     operator_helpers.LEASES_SEEN.clear()
     operator_helpers.GC_DECISIONS.clear()
-    r = dag_runner(_dag("op_evaluate", f"""
+    r = dag_runner(
+        _dag(
+            "op_evaluate",
+            f"""
 EvaluateCheckpointOperator(task_id="evaluate", ckpt_dir={str(d)!r}, step="ckpt-4",
                            build_fn="{HELPERS}.build_manager_ckpt", eval_fn="{HELPERS}.eval_with_gc_probe",
                            outlets=[Asset("op_eval_metrics")])
-"""), "op_evaluate")
+""",
+        ),
+        "op_evaluate",
+    )
     assert r.ok, r
     x = r.xcoms["evaluate"]
     assert x["prefix"] == "ckpt-4" and x["step"] == 4 and x["url"] == f"{d}/ckpt-4"
@@ -247,9 +296,15 @@ EvaluateCheckpointOperator(task_id="evaluate", ckpt_dir={str(d)!r}, step="ckpt-4
 def test_retention_dry_run_then_real(dag_runner, copy_variant, capfd) -> None:
     d = copy_variant("tf2_manager")  # ckpt-3, ckpt-4, ckpt-5
     files = sorted(os.listdir(d))
-    r = dag_runner(_dag("op_retention_dry", f"""
+    r = dag_runner(
+        _dag(
+            "op_retention_dry",
+            f"""
 CheckpointRetentionOperator(task_id="gc", ckpt_dir={str(d)!r}, prefix="ckpt", keep_last=1, dry_run=True)
-"""), "op_retention_dry")
+""",
+        ),
+        "op_retention_dry",
+    )
     out = capfd.readouterr().out
     assert r.ok, r
     assert r.xcoms["gc"]["dry_run"] is True
@@ -257,28 +312,49 @@ CheckpointRetentionOperator(task_id="gc", ckpt_dir={str(d)!r}, prefix="ckpt", ke
     assert sorted(os.listdir(d)) == files  # nothing deleted
     assert "step  prefix" in out and "DRY" in out.upper()
 
-    r = dag_runner(_dag("op_retention_real", f"""
+    r = dag_runner(
+        _dag(
+            "op_retention_real",
+            f"""
 CheckpointRetentionOperator(task_id="gc", ckpt_dir={str(d)!r}, prefix="ckpt", keep_last=1)
-"""), "op_retention_real")
+""",
+        ),
+        "op_retention_real",
+    )
     assert r.ok, r
     x = r.xcoms["gc"]
     assert x["dry_run"] is False and x["deleted"] == 2 and sorted(x["deleted_steps"]) == [3, 4]
     assert x["kept"] == 1 and x["bytes_freed"] > 0
-    assert set(x) == {"dry_run", "kept", "deleted", "deleted_steps", "bytes_freed", "bytes_to_free",
-                      "state_file_rewritten", "missing_dir"}  # small: no file lists
+    assert set(x) == {
+        "dry_run",
+        "kept",
+        "deleted",
+        "deleted_steps",
+        "bytes_freed",
+        "bytes_to_free",
+        "state_file_rewritten",
+        "missing_dir",
+    }  # small: no file lists
     left = set(os.listdir(d))
     assert not any(n.startswith(("ckpt-3.", "ckpt-4.")) for n in left)
     assert {"ckpt-5.index", "ckpt-5.data-00000-of-00001", "checkpoint"} <= left
     assert _state_latest(d) == "ckpt-5"
 
 
-def test_retention_of_a_dir_not_created_yet_succeeds_and_an_unreadable_one_fails(dag_runner, tmp_path,
-                                                                                   capfd) -> None:
+def test_retention_of_a_dir_not_created_yet_succeeds_and_an_unreadable_one_fails(
+    dag_runner, tmp_path, capfd
+) -> None:
     missing = tmp_path / "not-trained-yet"
-    r = dag_runner(_dag("op_retention_missing", f"""
+    r = dag_runner(
+        _dag(
+            "op_retention_missing",
+            f"""
 CheckpointRetentionOperator(task_id="gc", ckpt_dir={str(missing)!r}, keep_last=1,
                             keep_unevaluated=["dag_a", "dag_b"], unevaluated_max_age="1h")
-"""), "op_retention_missing")
+""",
+        ),
+        "op_retention_missing",
+    )
     out = capfd.readouterr().out
     assert r.ok, r
     assert r.xcoms["gc"]["missing_dir"] is True and r.xcoms["gc"]["deleted"] == 0
@@ -286,14 +362,21 @@ CheckpointRetentionOperator(task_id="gc", ckpt_dir={str(missing)!r}, keep_last=1
     # a path that exists but is no readable dir (here a file: root reads any dir) still fails
     not_a_dir = tmp_path / "a-file"
     not_a_dir.write_text("x")
-    r = dag_runner(_dag("op_retention_not_a_dir", f"""
+    r = dag_runner(
+        _dag(
+            "op_retention_not_a_dir",
+            f"""
 CheckpointRetentionOperator(task_id="gc", ckpt_dir={str(not_a_dir)!r}, keep_last=1)
-"""), "op_retention_not_a_dir")
+""",
+        ),
+        "op_retention_not_a_dir",
+    )
     assert r.task_states == {"gc": "failed"}, r
 
 
-def test_two_evaluators_keep_separate_records_and_promote_uses_the_named_one(dag_runner, copy_variant,
-                                                                              tmp_path) -> None:
+def test_two_evaluators_keep_separate_records_and_promote_uses_the_named_one(
+    dag_runner, copy_variant, tmp_path
+) -> None:
     from airflow_tf_ckpt.core.sidecars.metrics import evaluation_counts, write_metrics
     from airflow_tf_ckpt.core.steps.discovery import discover
     from airflow_tf_ckpt.core.storage.location import Location
@@ -302,7 +385,10 @@ def test_two_evaluators_keep_separate_records_and_promote_uses_the_named_one(dag
     loc = Location.of(str(d))
     write_metrics(loc, "ckpt-3", {"restored_step": 1.0}, evaluator="dag_b")  # dag_b's best, by min
     dest = tmp_path / "promoted"
-    r = dag_runner(_dag("op_two_evaluators", f"""
+    r = dag_runner(
+        _dag(
+            "op_two_evaluators",
+            f"""
 a = EvaluateCheckpointOperator(task_id="eval_a", ckpt_dir={str(d)!r}, step="ckpt-4", evaluator="dag_a",
                                build_fn="{HELPERS}.build_manager_ckpt", eval_fn="{HELPERS}.eval_manager")
 b = EvaluateCheckpointOperator(task_id="eval_b", ckpt_dir={str(d)!r}, step="ckpt-4", evaluator="dag_b",
@@ -317,9 +403,18 @@ best_b = PromoteCheckpointOperator(task_id="best_b", ckpt_dir={str(d)!r}, dest={
 gc = CheckpointRetentionOperator(task_id="gc", ckpt_dir={str(d)!r}, keep_last=1, keep_promoted=False,
                                  keep_unevaluated=["dag_a", "dag_b"], dry_run=True, trigger_rule="none_failed")
 a >> b >> a2 >> best_a >> best_b >> gc
-"""), "op_two_evaluators")
-    assert r.task_states == {"eval_a": "success", "eval_b": "success", "eval_a_again": "success",
-                             "best_a": "success", "best_b": "skipped", "gc": "success"}, r
+""",
+        ),
+        "op_two_evaluators",
+    )
+    assert r.task_states == {
+        "eval_a": "success",
+        "eval_b": "success",
+        "eval_a_again": "success",
+        "best_a": "success",
+        "best_b": "skipped",
+        "gc": "success",
+    }, r
     assert r.xcoms["eval_a_again"]["evaluations"] == 2, r.xcoms
     assert r.xcoms["eval_a"]["evaluator"] == "dag_a" and r.xcoms["eval_a"]["evaluations"] == 1
     assert r.xcoms["eval_a_again"]["evaluations"] == 2
@@ -344,14 +439,20 @@ def test_promote_best_with_asset_events(dag_runner, copy_variant, tmp_path) -> N
     for prefix, loss in (("ckpt-3", 0.5), ("ckpt-4", 0.2), ("ckpt-5", 0.3)):
         write_metrics(loc, prefix, {"loss": loss})
     dest = tmp_path / "promoted"
-    r = dag_runner(_dag("op_promote", f"""
+    r = dag_runner(
+        _dag(
+            "op_promote",
+            f"""
 best = PromoteCheckpointOperator(task_id="best", ckpt_dir={str(d)!r}, dest={str(dest)!r}, step="best",
                                  metric="loss", alias="production",
                                  outlets=[Asset("op_promoted"), AssetAlias("op_promoted_alias")])
 not_best = PromoteCheckpointOperator(task_id="only_if_5", ckpt_dir={str(d)!r}, dest={str(dest)!r},
                                      step="best", metric="loss", only_if_step="ckpt-5")
 best >> not_best
-"""), "op_promote")
+""",
+        ),
+        "op_promote",
+    )
     assert r.task_states == {"best": "success", "only_if_5": "skipped"}, r
     x = r.xcoms["best"]
     assert x["step"] == 4 and x["prefix"] == "ckpt-4" and x["destination"] == str(dest)
@@ -377,9 +478,15 @@ def test_a_step_being_deleted_by_gc_is_skipped_not_validated(dag_runner, copy_va
     d = copy_variant("tf2_manager")
     now = time.time()
     write_gc_intent(Location.of(str(d)), "ckpt", ["ckpt-3"], ttl_s=300, started=now, now=now)
-    r = dag_runner(_dag("op_lease_conflict", f"""
+    r = dag_runner(
+        _dag(
+            "op_lease_conflict",
+            f"""
 ValidateCheckpointOperator(task_id="v", ckpt_dir={str(d)!r}, step=3, quarantine=True)
-"""), "op_lease_conflict")
+""",
+        ),
+        "op_lease_conflict",
+    )
     assert r.task_states == {"v": "skipped"}, r
     assert not (d / "ckpt-3.quarantine.json").exists()
     assert not [n for n in os.listdir(d) if ".lease-" in n]

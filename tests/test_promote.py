@@ -188,8 +188,14 @@ def test_lock_is_exclusive_while_its_holder_lives(copy_variant, tmp_path):
     with pytest.raises(PromotionError, match="another promotion holds the lock .*host elsewhere"):
         promote(src, dest, "latest")
     # this host, a running process (ours) with the start time it really has
-    _lock(dest, host=socket.gethostname(), pid=os.getpid(), pid_start=promote_mod._pid_start(os.getpid()),
-          created=now, heartbeat=now)
+    _lock(
+        dest,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        pid_start=promote_mod._pid_start(os.getpid()),
+        created=now,
+        heartbeat=now,
+    )
     with pytest.raises(PromotionError, match="another promotion holds the lock"):
         promote(src, dest, "latest")
     assert not (dest / MANIFEST_NAME).exists() and json.loads((dest / LOCK_NAME).read_text())["token"] == "x"
@@ -282,10 +288,18 @@ def test_repromotion_views_are_always_complete(copy_variant, tmp_path):
     seen.clear()
     r = promote(src, dest, 5, hook=hook)  # different names: no unpublish, old stays visible
     assert not r.unpublished and [p for p, _ in seen] == [
-        "locked", "copied", "state_written", "manifest_written", "cleaned"]
+        "locked",
+        "copied",
+        "state_written",
+        "manifest_written",
+        "cleaned",
+    ]
     views = dict(seen)
     assert views["copied"] == first  # the new files exist, but nothing points at them yet
-    assert views["state_written"]["state"] == "ckpt-5" and views["state_written"]["manifest"] == first["manifest"]
+    assert (
+        views["state_written"]["state"] == "ckpt-5"
+        and views["state_written"]["manifest"] == first["manifest"]
+    )
     assert views["manifest_written"]["manifest"][0] == "ckpt-5"
     assert list(r.manifest.retained) == ["previous:ckpt-3"]
     assert (dest / "ckpt-3.index").exists()  # kept one more round for readers of the old manifest
@@ -492,26 +506,41 @@ def test_tensorflow_restores_promoted_steps(tf_checkpoints, copy_variant, tmp_pa
     cases["strings"] = tmp_path / "p_strings"
     promote(f"gs://{bucket}/run", cases["strings"], "latest")
 
-    expected = {"tf2": "ckpt-5", "tf1": "my_test_model-600", "sharded": "ckpt-1", "v1": "model.ckpt-2",
-                "strings": "ckpt-1"}
+    expected = {
+        "tf2": "ckpt-5",
+        "tf1": "my_test_model-600",
+        "sharded": "ckpt-1",
+        "v1": "model.ckpt-2",
+        "strings": "ckpt-1",
+    }
     reqs: list[tuple[str, list[Any]]] = []
     for name, d in cases.items():
         reqs.append(("latest_checkpoint", [str(d)]))
         reqs.append(("read_all", [str(d / expected[name])]))
-    reqs.append(("""
+    reqs.append(
+        (
+            """
 sess_graph = tf.Graph()
 with sess_graph.as_default():
     saver = tf.compat.v1.train.import_meta_graph(args[0] + ".meta")
     with tf.compat.v1.Session(graph=sess_graph) as sess:
         saver.restore(sess, tf.train.latest_checkpoint(args[1]))
         result = sorted(v.name for v in tf.compat.v1.global_variables())
-""", [str(cases["v1"] / "model.ckpt-2"), str(cases["v1"])]))
-    reqs.append(("""
+""",
+            [str(cases["v1"] / "model.ckpt-2"), str(cases["v1"])],
+        )
+    )
+    reqs.append(
+        (
+            """
 src = tf.train.load_checkpoint(args[0]); dst = tf.train.load_checkpoint(args[1])
 names = src.get_variable_to_shape_map()
 result = all((src.get_tensor(n) == dst.get_tensor(n)).all() if hasattr(src.get_tensor(n), 'all')
              else src.get_tensor(n) == dst.get_tensor(n) for n in names)
-""", [tf_checkpoints["tf2_manager"].prefix_path("ckpt-5"), str(cases["tf2"] / "ckpt-5")]))
+""",
+            [tf_checkpoints["tf2_manager"].prefix_path("ckpt-5"), str(cases["tf2"] / "ckpt-5")],
+        )
+    )
     out = tf_batch(reqs)
     for i, name in enumerate(cases):
         latest, read = out[2 * i], out[2 * i + 1]
@@ -526,10 +555,16 @@ def test_source_step_is_leased_while_copied(copy_variant, tmp_path):
 
     src = copy_variant("tf2_manager")
     during: list[list[str]] = []
-    promote(src, tmp_path / "dest", 5,
-            hook=lambda p, _d: during.append(sorted(json.loads(n.read_bytes())["owner"]
-                                                    for n in src.glob("ckpt-5.lease-*")))
-            if p == "copied" else None)
+    promote(
+        src,
+        tmp_path / "dest",
+        5,
+        hook=lambda p, _d: (
+            during.append(sorted(json.loads(n.read_bytes())["owner"] for n in src.glob("ckpt-5.lease-*")))
+            if p == "copied"
+            else None
+        ),
+    )
     assert len(during) == 1 and len(during[0]) == 1 and during[0][0].startswith("promote-")
     assert not list(src.glob("*.lease-*"))  # released afterwards
     # a GC run that is deleting the step wins: the promotion backs off

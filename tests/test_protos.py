@@ -10,7 +10,8 @@ from airflow_tf_ckpt.core.formats import protos
 
 def test_serialized_descriptor_matches_the_builder():
     assert protos.SERIALIZED_FILE_DESCRIPTOR == protos.build_file_descriptor().SerializeToString(), (
-        "regenerate SERIALIZED_FILE_DESCRIPTOR with `python -m airflow_tf_ckpt.core.formats.protos`")
+        "regenerate SERIALIZED_FILE_DESCRIPTOR with `python -m airflow_tf_ckpt.core.formats.protos`"
+    )
 
 
 def test_messages_round_trip():
@@ -24,7 +25,9 @@ def test_messages_round_trip():
 
 
 def test_loading_the_protos_skips_descriptor_pb2():
-    code = ("import sys, airflow_tf_ckpt.core.formats.protos; "
-            "print('google.protobuf.descriptor_pb2' in sys.modules)")
+    code = (
+        "import sys, airflow_tf_ckpt.core.formats.protos; "
+        "print('google.protobuf.descriptor_pb2' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

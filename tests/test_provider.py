@@ -27,16 +27,28 @@ def test_provider_info_matches_airflows_schema():
     assert info["package-name"] == "airflow-tf-ckpt" and info["versions"] == [__version__]
     options = info["config"]["tf_ckpt"]["options"]
     assert {k: v["default"] for k, v in options.items()} == {
-        "gpu_queue": "gpu", "poll_interval": "30", "settle_seconds": "0", "triggerer_gc_freeze": "False",
-        "ui_dirs": "", "ui_conn_id": ""}
+        "gpu_queue": "gpu",
+        "poll_interval": "30",
+        "settle_seconds": "0",
+        "triggerer_gc_freeze": "False",
+        "ui_dirs": "",
+        "ui_conn_id": "",
+    }
 
 
 def test_registered_modules_and_classes_import():
     info = get_provider_info()
-    mine = ["airflow_tf_ckpt.hooks.storage", "airflow_tf_ckpt.sensors.checkpoint",
-            "airflow_tf_ckpt.triggers.checkpoint"]
-    listed = [m for key in ("hooks", "sensors", "triggers", "operators") for item in info[key]
-              for m in item["python-modules"]]
+    mine = [
+        "airflow_tf_ckpt.hooks.storage",
+        "airflow_tf_ckpt.sensors.checkpoint",
+        "airflow_tf_ckpt.triggers.checkpoint",
+    ]
+    listed = [
+        m
+        for key in ("hooks", "sensors", "triggers", "operators")
+        for item in info[key]
+        for m in item["python-modules"]
+    ]
     assert set(mine) <= set(listed)
     for module in mine:  # the operator modules belong to colleagues; they may land later
         importlib.import_module(module)
@@ -49,7 +61,9 @@ def test_registered_modules_and_classes_import():
 def test_entry_point_is_declared():
     from importlib.metadata import entry_points
 
-    eps = [ep for ep in entry_points(group="apache_airflow_provider") if ep.value.startswith("airflow_tf_ckpt")]
+    eps = [
+        ep for ep in entry_points(group="apache_airflow_provider") if ep.value.startswith("airflow_tf_ckpt")
+    ]
     assert len(eps) == 1 and eps[0].load() is get_provider_info
 
 
@@ -59,13 +73,25 @@ def test_airflow_providers_list_shows_the_package(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     env.update(AIRFLOW_HOME=str(tmp_path / "home"), AIRFLOW__CORE__LOAD_EXAMPLES="False")
     airflow = str(Path(sys.executable).with_name("airflow"))
-    out = subprocess.run([airflow, "providers", "list", "--output", "json"], env=env, capture_output=True,
-                         text=True, timeout=300, check=True).stdout
-    rows = json.loads(out[out.index("["):])
+    out = subprocess.run(
+        [airflow, "providers", "list", "--output", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    rows = json.loads(out[out.index("[") :])
     row = next(r for r in rows if r["package_name"] == "airflow-tf-ckpt")
     assert row["version"] == __version__
-    value = subprocess.run([airflow, "config", "get-value", "tf_ckpt", "gpu_queue"], env=env,
-                           capture_output=True, text=True, timeout=300, check=True).stdout.strip()
+    value = subprocess.run(
+        [airflow, "config", "get-value", "tf_ckpt", "gpu_queue"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout.strip()
     assert value.splitlines()[-1] == "gpu"
 
 
@@ -82,12 +108,20 @@ def test_config_accessors(monkeypatch):
 
 def test_core_and_provider_info_stay_airflow_free():
     """The core, the config accessors and get_provider_info import neither Airflow nor TF."""
-    code = ("import sys; import airflow_tf_ckpt.get_provider_info, airflow_tf_ckpt.config, "
-            "airflow_tf_ckpt.core.steps.discovery; "
-            "bad = [m for m in ('airflow', 'tensorflow') if m in sys.modules]; print(bad)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    code = (
+        "import sys; import airflow_tf_ckpt.get_provider_info, airflow_tf_ckpt.config, "
+        "airflow_tf_ckpt.core.steps.discovery; "
+        "bad = [m for m in ('airflow', 'tensorflow') if m in sys.modules]; print(bad)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
     assert out.stdout.strip() == "[]"
-    code = ("import sys; import airflow_tf_ckpt.sensors, airflow_tf_ckpt.triggers, airflow_tf_ckpt.hooks; "
-            "print('tensorflow' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    code = (
+        "import sys; import airflow_tf_ckpt.sensors, airflow_tf_ckpt.triggers, airflow_tf_ckpt.hooks; "
+        "print('tensorflow' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
     assert out.stdout.strip().splitlines()[-1] == "False"

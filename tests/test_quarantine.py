@@ -69,7 +69,7 @@ def test_round_trip_restores_the_exact_state_file(kind, absolute, which, tmp_pat
     make_dir(loc, [1, 2, 3], lp=T0 - 7, absolute=absolute)
     original = state_bytes(loc)
     quarantine_step(loc, f"ckpt-{which}", "crc mismatch")
-    assert b"ckpt-%d\"" % which not in state_bytes(loc)  # quarantine did drop it
+    assert b'ckpt-%d"' % which not in state_bytes(loc)  # quarantine did drop it
     res = release_quarantine(loc, which, verify=False)
     assert state_bytes(loc) == original  # same spellings, order, timestamps, latest
     assert not loc.exists(quarantine_name(f"ckpt-{which}"))
@@ -113,11 +113,19 @@ def test_a_step_saved_since_stays_the_latest(tmp_path):
     quarantine_step(loc, "ckpt-3", "bad")  # it was the latest: ckpt-2 is now
     make_step(loc, "ckpt-4")  # the trainer saves on
     st = read_state(loc)
-    write_state(loc, StateFile("ckpt-4", [*st.all_model_checkpoint_paths, "ckpt-4"],
-                               [*st.all_model_checkpoint_timestamps, T0 + 10 * H], 0.0))
+    write_state(
+        loc,
+        StateFile(
+            "ckpt-4",
+            [*st.all_model_checkpoint_paths, "ckpt-4"],
+            [*st.all_model_checkpoint_timestamps, T0 + 10 * H],
+            0.0,
+        ),
+    )
     res = release_quarantine(loc, "ckpt-3", verify=False)
-    assert read_state(loc) == StateFile("ckpt-4", ["ckpt-1", "ckpt-2", "ckpt-3", "ckpt-4"],
-                                        [T0, T0 + H, T0 + 2 * H, T0 + 10 * H], 0.0)
+    assert read_state(loc) == StateFile(
+        "ckpt-4", ["ckpt-1", "ckpt-2", "ckpt-3", "ckpt-4"], [T0, T0 + H, T0 + 2 * H, T0 + 10 * H], 0.0
+    )
     assert not res.made_latest
 
 
@@ -130,8 +138,9 @@ def test_without_a_recorded_entry_the_mtime_and_the_files_spelling(tmp_path):
     for n in ("ckpt-2.index", "ckpt-2.data-00000-of-00001"):
         set_mtime(loc, n, T0 + 5)
     release_quarantine(loc, "ckpt-2", verify=False)
-    assert read_state(loc) == StateFile(loc.join("ckpt-3"), [loc.join(f"ckpt-{i}") for i in (1, 2, 3)],
-                                        [T0, T0 + 5, T0 + 2 * H], 0.0)
+    assert read_state(loc) == StateFile(
+        loc.join("ckpt-3"), [loc.join(f"ckpt-{i}") for i in (1, 2, 3)], [T0, T0 + 5, T0 + 2 * H], 0.0
+    )
     # relative, on memory://; the released step is newer than the latest of its base
     mem = mem_loc()
     make_dir(mem, [1, 2])
@@ -232,6 +241,7 @@ def test_a_crash_before_the_marker_goes_leaves_a_safe_step_and_a_rerun_finishes(
             labels.append(label)
             if label == where:
                 raise RuntimeError("killed")
+
         return hook
 
     # killed before the state write: nothing changed
@@ -288,9 +298,14 @@ def test_tf_round_trip_verified_local_and_memory_and_tf_restores_it(copy_variant
     for p in ("my_test_model-400", "my_test_model-600"):
         release_quarantine(tloc, p)
     assert state_bytes(tloc) == original
-    latest, restored, t_latest, t_restored = tf_batch([
-        ("latest_checkpoint", [str(d)]), ("read_all", [str(d / "ckpt-5")]),
-        ("latest_checkpoint", [str(t)]), ("read_all", [str(t / "my_test_model-400")])])
+    latest, restored, t_latest, t_restored = tf_batch(
+        [
+            ("latest_checkpoint", [str(d)]),
+            ("read_all", [str(d / "ckpt-5")]),
+            ("latest_checkpoint", [str(t)]),
+            ("read_all", [str(t / "my_test_model-400")]),
+        ]
+    )
     assert latest == str(d / "ckpt-5") and restored["ok"], restored
     assert t_latest == str(t / "my_test_model-600") and t_restored["ok"], t_restored
 
@@ -333,15 +348,17 @@ def test_tf_round_trip_on_gcs(tf_checkpoints, gcs_emulator):
 
 def test_the_core_imports_neither_airflow_nor_tensorflow(tmp_path):
     make_dir(Location.of(tmp_path), [1, 2])
-    code = ("import sys\nfrom airflow_tf_ckpt.core.sidecars.quarantine import quarantine_step, release_quarantine, "
-            "StillCorruptError\n"
-            f"quarantine_step({str(tmp_path)!r}, 'ckpt-2', 'bad')\n"
-            "try:\n"
-            f"    release_quarantine({str(tmp_path)!r}, 'ckpt-2')\n"  # verifies (the fake files fail)
-            "except StillCorruptError:\n    pass\nelse:\n    sys.exit(3)\n"
-            f"release_quarantine({str(tmp_path)!r}, 'ckpt-2', verify=False)\n"
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'airflow', 'keras')]\n"
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys\nfrom airflow_tf_ckpt.core.sidecars.quarantine import quarantine_step, release_quarantine, "
+        "StillCorruptError\n"
+        f"quarantine_step({str(tmp_path)!r}, 'ckpt-2', 'bad')\n"
+        "try:\n"
+        f"    release_quarantine({str(tmp_path)!r}, 'ckpt-2')\n"  # verifies (the fake files fail)
+        "except StillCorruptError:\n    pass\nelse:\n    sys.exit(3)\n"
+        f"release_quarantine({str(tmp_path)!r}, 'ckpt-2', verify=False)\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'airflow', 'keras')]\n"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert p.returncode == 0, p.stdout + p.stderr
     assert read_state(Location.of(tmp_path)).model_checkpoint_path == "ckpt-2"
@@ -375,7 +392,12 @@ def test_cli_quarantine_then_unquarantine_round_trip(copy_variant):
 
     # --json: one document; the same round trip by step number
     doc = run_json("quarantine", str(d), "4", "-r", "bad")
-    assert (doc["prefix"], doc["step"], doc["was_latest"], doc["new_latest"]) == ("ckpt-4", 4, False, "ckpt-5")
+    assert (doc["prefix"], doc["step"], doc["was_latest"], doc["new_latest"]) == (
+        "ckpt-4",
+        4,
+        False,
+        "ckpt-5",
+    )
     assert doc["removed_paths"] == ["ckpt-4"] and doc["record_url"] == str(d / "ckpt-4.quarantine.json")
     doc = run_json("unquarantine", str(d), "4")
     assert doc["ok"] and doc["released"] and doc["verified"] and doc["tensors_checked"] == 17
@@ -401,7 +423,9 @@ def test_cli_unquarantine_refuses_a_corrupt_step_with_exit_1(copy_variant):
     doc = run_json("unquarantine", str(d), "4", code=1)
     assert doc["ok"] is False and doc["released"] is False and doc["prefix"] == "ckpt-4"
     prob = doc["report"]["problems"][0]
-    assert prob["kind"] == "checksum_mismatch" and prob["tensor"] == KERNEL and prob["file"].endswith(data_file)
+    assert (
+        prob["kind"] == "checksum_mismatch" and prob["tensor"] == KERNEL and prob["file"].endswith(data_file)
+    )
     assert (d / STATE).read_bytes() == quarantined and (d / "ckpt-4.quarantine.json").exists()
     # the operator overrides the verifier
     doc = run_json("unquarantine", str(d), "4", "--no-verify")
@@ -439,16 +463,19 @@ def test_cli_unquarantine_no_restore_state_and_validate_quarantine(copy_variant)
     assert run("validate", str(e)).returncode == 1 and not (e / "ckpt-5.quarantine.json").exists()
 
 
-@pytest.mark.parametrize("args,needle", [
-    (("quarantine", "DIR", "3"), "--reason"),
-    (("quarantine", "DIR", "3", "--reason", "  "), "--reason must not be empty"),
-    (("quarantine", "DIR", "42", "--reason", "x"), "no checkpoint step 42"),
-    (("unquarantine", "DIR", "42"), "no checkpoint step 42"),
-    (("unquarantine", "DIR", "ckpt-2"), "not quarantined"),
-    (("unquarantine", "DIR"), "Missing argument"),
-    (("quarantine", "/no/such/dir", "3", "-r", "x"), "does not exist"),
-    (("unquarantine", "/no/such/dir", "3"), "does not exist"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (("quarantine", "DIR", "3"), "--reason"),
+        (("quarantine", "DIR", "3", "--reason", "  "), "--reason must not be empty"),
+        (("quarantine", "DIR", "42", "--reason", "x"), "no checkpoint step 42"),
+        (("unquarantine", "DIR", "42"), "no checkpoint step 42"),
+        (("unquarantine", "DIR", "ckpt-2"), "not quarantined"),
+        (("unquarantine", "DIR"), "Missing argument"),
+        (("quarantine", "/no/such/dir", "3", "-r", "x"), "does not exist"),
+        (("unquarantine", "/no/such/dir", "3"), "does not exist"),
+    ],
+)
 def test_cli_quarantine_input_errors_are_exit_2(args, needle, tmp_path):
     make_dir(Location.of(tmp_path), [1, 2, 3])
     before = sorted(p.name for p in tmp_path.iterdir())

@@ -37,8 +37,9 @@ GC_TIGHT = {"keep_last": 1, "keep_best": 0, "keep_every_steps": 1000}  # deletes
 
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[Deployment]:
-    dep = Deployment(root=tmp_path / "deployment", poll_interval=2.0,
-                     extra_env={"TF_CKPT_DEMO_GC_SCHEDULE": "* * * * *"})
+    dep = Deployment(
+        root=tmp_path / "deployment", poll_interval=2.0, extra_env={"TF_CKPT_DEMO_GC_SCHEDULE": "* * * * *"}
+    )
     dep.prepare()
     try:
         dep.start()
@@ -80,8 +81,9 @@ def _gc_during_evaluation(dep: Deployment, timeout: float = 600) -> None:
         for dag in EVAL_DAGS:
             for r in dep.runs(dag):
                 if r["state"] == "running" and any(
-                        ti["state"] == "running" and ti["task_id"].endswith("evaluate")
-                        for ti in dep.task_instances(dag, r["dag_run_id"])):
+                    ti["state"] == "running" and ti["task_id"].endswith("evaluate")
+                    for ti in dep.task_instances(dag, r["dag_run_id"])
+                ):
                     dep.trigger("tf_ckpt_gc", GC_TIGHT)
                     return
         time.sleep(2)

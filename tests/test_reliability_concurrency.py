@@ -62,12 +62,22 @@ def live_run(tmp_path: Path, seconds: float) -> dict:
     d = tmp_path / "train"
     d.mkdir()
     stop, t_ready, e_ready, e_out = (tmp_path / n for n in ("stop", "t_ready", "e_ready", "eval.json"))
-    trainer = subprocess.Popen([sys.executable, str(WORKER), "trainer", str(d), str(t_ready), str(stop), "0.1"],
-                               cwd=REPO_ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
-    evaluator = subprocess.Popen([sys.executable, str(WORKER), "evaluator", str(d), str(e_ready), str(stop),
-                                  str(e_out)], cwd=REPO_ROOT, env=_env(), stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
+    trainer = subprocess.Popen(
+        [sys.executable, str(WORKER), "trainer", str(d), str(t_ready), str(stop), "0.1"],
+        cwd=REPO_ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    evaluator = subprocess.Popen(
+        [sys.executable, str(WORKER), "evaluator", str(d), str(e_ready), str(stop), str(e_out)],
+        cwd=REPO_ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     procs = [trainer, evaluator]
     try:
         _wait_for(t_ready, procs, 300)
@@ -95,8 +105,10 @@ def live_run(tmp_path: Path, seconds: float) -> dict:
                     poll["parse_errors"].append(f"{type(exc).__name__}: {exc}: {data[:200]!r}")
                     continue
                 if poll["reads"] % 20 == 0:  # sample: does it name steps without files?
-                    if any(not (d / f"{os.path.basename(p)}.index").exists()
-                           for p in st.all_model_checkpoint_paths):
+                    if any(
+                        not (d / f"{os.path.basename(p)}.index").exists()
+                        for p in st.all_model_checkpoint_paths
+                    ):
                         poll["stale_polls"] += 1
 
         def collector() -> None:
@@ -135,8 +147,14 @@ def live_run(tmp_path: Path, seconds: float) -> dict:
         tr = json.loads(t_out.strip().splitlines()[-1]) if t_out.strip() else {"error": t_err[-3000:]}
         ev = json.loads(e_out.read_text())
         last = tr.get("last")
-        return {"trainer": tr, "evaluator": ev, "poll": poll, "gc": gc, "dir": d,
-                "last_exists": bool(last) and Path(f"{last}.index").exists()}
+        return {
+            "trainer": tr,
+            "evaluator": ev,
+            "poll": poll,
+            "gc": gc,
+            "dir": d,
+            "last_exists": bool(last) and Path(f"{last}.index").exists(),
+        }
     finally:
         stop.touch()
         for p in procs:
@@ -147,11 +165,13 @@ def live_run(tmp_path: Path, seconds: float) -> dict:
 
 def check(r: dict, label: str, min_saves: int) -> None:
     tr, ev, poll, gc = r["trainer"], r["evaluator"], r["poll"], r["gc"]
-    print(f"\n[{label}] trainer saves {tr.get('saves')}, last {os.path.basename(tr.get('last') or '')}; "
-          f"GC passes {gc['passes']}, conflicts (re-plan refused) {gc['conflicts']}, steps deleted "
-          f"{len(gc['deleted'])}; evaluator restored {len(ev['evaluated'])}, skipped {len(ev['skipped'])} "
-          f"(gone before lease {ev['gone_before_lease']}); state polls {poll['reads']}, parse errors "
-          f"{len(poll['parse_errors'])}, sampled polls naming deleted steps {poll['stale_polls']}")
+    print(
+        f"\n[{label}] trainer saves {tr.get('saves')}, last {os.path.basename(tr.get('last') or '')}; "
+        f"GC passes {gc['passes']}, conflicts (re-plan refused) {gc['conflicts']}, steps deleted "
+        f"{len(gc['deleted'])}; evaluator restored {len(ev['evaluated'])}, skipped {len(ev['skipped'])} "
+        f"(gone before lease {ev['gone_before_lease']}); state polls {poll['reads']}, parse errors "
+        f"{len(poll['parse_errors'])}, sampled polls naming deleted steps {poll['stale_polls']}"
+    )
     assert tr.get("error") is None, tr
     assert tr["saves"] >= min_saves, tr
     assert poll["parse_errors"] == [] and poll["missing_after_seen"] == 0, poll

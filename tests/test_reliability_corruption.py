@@ -161,10 +161,17 @@ def run_drill(tf_checkpoints, cases: int, seed: int) -> dict[str, int]:
             continue
         detected += 1
         per_file[f"{t.variant}/{name}"] = per_file.get(f"{t.variant}/{name}", 0) + 1
-    figures = {"tried": tried, "excluded": excluded, "detected": detected, "files": len(plan),
-               "files_hit": len(per_file)}
-    print(f"\ncorruption drill (seed {seed}): tried {tried}, excluded (never read by TF) {excluded}, "
-          f"detected {detected} over {len(plan)} files of {len(targets)} checkpoints")
+    figures = {
+        "tried": tried,
+        "excluded": excluded,
+        "detected": detected,
+        "files": len(plan),
+        "files_hit": len(per_file),
+    }
+    print(
+        f"\ncorruption drill (seed {seed}): tried {tried}, excluded (never read by TF) {excluded}, "
+        f"detected {detected} over {len(plan)} files of {len(targets)} checkpoints"
+    )
     assert not misses, f"{len(misses)} undetected/misreported cases:\n" + "\n".join(misses[:30])
     assert detected == tried - excluded
     assert len(per_file) == len(plan), "some file was never corrupted with a detectable case"
@@ -193,8 +200,11 @@ def test_every_byte_of_a_small_shard_and_index(tf_checkpoints) -> None:
         if ".data-" in name:
             ops += [("truncate", o) for o in range(len(orig))]
         for op, offset in ops:
-            damaged = (orig[:offset] + bytes([orig[offset] ^ 0x40]) + orig[offset + 1:]) if op == "flip" \
+            damaged = (
+                (orig[:offset] + bytes([orig[offset] ^ 0x40]) + orig[offset + 1 :])
+                if op == "flip"
                 else orig[:offset]
+            )
             tried += 1
             if _excluded(t, name, damaged, op, offset):
                 excluded += 1

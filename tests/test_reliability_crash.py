@@ -48,9 +48,18 @@ POLICY = {"tf2_manager": {"keep_last": 1}, "tf1_saver": {"keep_last": 2}}
 
 def run_worker(*args: str, kill_at: int) -> list[str] | None:
     """Run the worker; ``None`` when it died by SIGKILL (as asked), the hook labels otherwise."""
-    proc = subprocess.run([sys.executable, str(WORKER), *_with_kill(args, kill_at)], cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(WORKER), *_with_kill(args, kill_at)],
+        cwd=REPO_ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if kill_at:
-        assert proc.returncode == -9, f"expected SIGKILL at point {kill_at}: rc {proc.returncode}\n{proc.stderr[-3000:]}"
+        assert proc.returncode == -9, (
+            f"expected SIGKILL at point {kill_at}: rc {proc.returncode}\n{proc.stderr[-3000:]}"
+        )
         return None
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])["points"]
@@ -127,8 +136,9 @@ def assert_state_names_only_complete_steps(loc: Location, where: str) -> list[st
     named = state_steps(loc)
     for name in named:
         s = steps.get(name)
-        assert s is not None and s.files and not s.missing, \
+        assert s is not None and s.files and not s.missing, (
             f"{where}: the state file names {name} but it is incomplete: {sorted(names(loc))}"
+        )
     for s in steps.values():
         if s.in_state:
             assert not s.missing, f"{where}: in-state step {s.prefix} is missing {s.missing}"
@@ -221,8 +231,9 @@ def _view(dest: Location, old: str, new: str, where: str) -> dict[str, str | Non
     return out
 
 
-def _promote_crash_every_point(variant: str, kind: str, tf_checkpoints, tmp_path: Path, request,
-                               first: bool = False) -> None:
+def _promote_crash_every_point(
+    variant: str, kind: str, tf_checkpoints, tmp_path: Path, request, first: bool = False
+) -> None:
     """Re-promotion over an old promotion (``first``: into an empty destination)."""
     store = store_for(kind, tmp_path, request)
     v = tf_checkpoints[variant]
@@ -273,8 +284,11 @@ def _promote_crash_every_point(variant: str, kind: str, tf_checkpoints, tmp_path
             want = {n for n in want_names if not n.startswith(old + ".")}
             want_retained = []
         assert names(loc) == want, (where, sorted(names(loc) ^ want))
-        assert (m.prefix, [f.to_dict() for f in m.files], sorted(m.retained)) == \
-            (want_manifest.prefix, [f.to_dict() for f in want_manifest.files], want_retained), where
+        assert (m.prefix, [f.to_dict() for f in m.files], sorted(m.retained)) == (
+            want_manifest.prefix,
+            [f.to_dict() for f in want_manifest.files],
+            want_retained,
+        ), where
         assert _view(loc, old, new, where) == {"manifest": new, "alias": new, "state": new}
     results = tf_batch(requests)
     bad = [(r[1][0], res) for r, res in zip(requests, results, strict=True) if not res["ok"]]
@@ -282,8 +296,10 @@ def _promote_crash_every_point(variant: str, kind: str, tf_checkpoints, tmp_path
     # the kills really landed in between: readers saw the old view, a mixed-pointer view and the new one
     assert len(seen) >= 3, seen  # old, mixed pointers (each complete), new
     assert locks_left == len(points), locks_left  # every kill point is inside the lock
-    print(f"\n[crash promote {variant}/{kind}] {len(points)} kill points {points}; views {sorted(seen, key=str)}; "
-          f"{len(requests)} TF restores ok")
+    print(
+        f"\n[crash promote {variant}/{kind}] {len(points)} kill points {points}; views {sorted(seen, key=str)}; "
+        f"{len(requests)} TF restores ok"
+    )
 
 
 @pytest.mark.parametrize("variant", ["tf2_manager", "tf1_saver"])
@@ -305,10 +321,13 @@ def test_promote_sigkill_at_every_point_gcs(variant, tf_checkpoints, tmp_path, r
 
 def test_worker_never_imports_tensorflow():
     """The crash children must start fast: the core path imports no TF."""
-    code = ("import sys; sys.argv=['x']; import tests.crash_worker as w; "
-            "import airflow_tf_ckpt.core.retention.executor, airflow_tf_ckpt.core.promote.promote; print('tensorflow' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=_env(), capture_output=True,
-                         text=True, timeout=120)
+    code = (
+        "import sys; sys.argv=['x']; import tests.crash_worker as w; "
+        "import airflow_tf_ckpt.core.retention.executor, airflow_tf_ckpt.core.promote.promote; print('tensorflow' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=120
+    )
     assert out.stdout.strip() == "False", out.stderr
     assert os.path.exists(WORKER)
 

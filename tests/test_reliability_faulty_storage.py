@@ -73,8 +73,14 @@ def outcome(src: str, dest: str) -> dict:
     }
 
 
-def _run(proxy: FaultyProxy, tf_checkpoints, gcs_emulator, kinds: tuple[str, ...], seed: int,
-         targets: list[tuple[str, str, str]] = ()) -> dict:
+def _run(
+    proxy: FaultyProxy,
+    tf_checkpoints,
+    gcs_emulator,
+    kinds: tuple[str, ...],
+    seed: int,
+    targets: list[tuple[str, str, str]] = (),
+) -> dict:
     # a fixed bucket name: the faults hang on request paths, so a seed always picks the same ones
     bucket = f"faulty-{'-'.join(k.replace('_', '') for k in kinds)}-{seed}-{len(targets)}"
     gcs_emulator.fs().mkdir(bucket)
@@ -103,8 +109,10 @@ def _run(proxy: FaultyProxy, tf_checkpoints, gcs_emulator, kinds: tuple[str, ...
     assert got_chain == want_chain
     assert got == want, (got, want)
     faults = {k: v for k, v in proxy.stats.items() if k not in ("requests", "client_errors")}
-    print(f"\n[faulty storage {'+'.join(kinds)} seed {seed}] {proxy.stats['requests']} requests, "
-          f"faults {faults}, chain {took:.1f} s")
+    print(
+        f"\n[faulty storage {'+'.join(kinds)} seed {seed}] {proxy.stats['requests']} requests, "
+        f"faults {faults}, chain {took:.1f} s"
+    )
     return faults
 
 
@@ -123,8 +131,14 @@ def test_lost_answer_to_the_lock_create_is_not_someone_elses_lock(proxy, tf_chec
     """Regression: the create-only upload of ``.promote.lock`` took effect but its answer was lost;
     gcsfs retried, got 412 and the promotion refused ITSELF ("another promotion holds the lock",
     naming its own pid) for the lock's 6 h TTL. The lock token now tells our own lock apart."""
-    faults = _run(proxy, tf_checkpoints, gcs_emulator, ("reset_after",), seed=7,
-                  targets=[("reset_after", "POST", ".promote.lock")])
+    faults = _run(
+        proxy,
+        tf_checkpoints,
+        gcs_emulator,
+        ("reset_after",),
+        seed=7,
+        targets=[("reset_after", "POST", ".promote.lock")],
+    )
     assert proxy.targets == []  # the forced fault was used
     assert faults["reset_after"] >= 1
 
@@ -166,8 +180,10 @@ def test_dag_chain_through_faults(proxy, gcs_emulator, request, monkeypatch, cap
     finally:
         proxy.enabled = False
     faults = {k: v for k, v in proxy.stats.items() if k not in ("requests", "client_errors")}
-    print(f"\n[faulty DAG chain seed 11] {proxy.stats['requests']} requests, faults {faults}, "
-          f"{time.monotonic() - t0:.0f} s; losses {out['losses']}, promoted {out['promoted']}")
+    print(
+        f"\n[faulty DAG chain seed 11] {proxy.stats['requests']} requests, faults {faults}, "
+        f"{time.monotonic() - t0:.0f} s; losses {out['losses']}, promoted {out['promoted']}"
+    )
     d = Location.of(f"{root}/promoted")
     assert check_promotion(d, deep=True) == []
     assert sum(faults.values()) >= 5

@@ -79,7 +79,9 @@ def run_cli_subprocess(args: list[str]) -> Outcome:
 def assert_clear(o: Outcome, code: int, *needles: str) -> None:
     """The exit code, no traceback, and (exit 2) exactly one stderr line carrying the needles."""
     assert "Traceback" not in o.text, o.text[-3000:]
-    assert o.code == code, f"exit {o.code} (expected {code})\nstdout: {o.out[-2000:]}\nstderr: {o.err[-2000:]}"
+    assert o.code == code, (
+        f"exit {o.code} (expected {code})\nstdout: {o.out[-2000:]}\nstderr: {o.err[-2000:]}"
+    )
     lines = [ln for ln in o.err.splitlines() if ln.strip()]
     if code == 2:
         assert len(lines) == 1 and lines[0].startswith("tf-ckpt: error: "), o.err
@@ -96,7 +98,9 @@ def assert_clear(o: Outcome, code: int, *needles: str) -> None:
 
 
 def _state_text(paths: list[str]) -> bytes:
-    return format_state(StateFile(paths[-1], list(paths), [1.7e9 + i for i in range(len(paths))], 0.0)).encode()
+    return format_state(
+        StateFile(paths[-1], list(paths), [1.7e9 + i for i in range(len(paths))], 0.0)
+    ).encode()
 
 
 def _set_state(d: Path, data: bytes) -> None:
@@ -127,6 +131,7 @@ def c_state(data: bytes, cmd: str = "validate") -> Callable[[Path, Path], list[s
     def build(d: Path, tmp: Path) -> list[str]:
         _set_state(d, data)
         return ["ls", str(d)] if cmd == "ls" else ["validate", str(d)]
+
     return build
 
 
@@ -134,6 +139,7 @@ def c_index(make: Callable[[bytes], bytes], step: str = "5") -> Callable[[Path, 
     def build(d: Path, tmp: Path) -> list[str]:
         _index(d).write_bytes(make(_index(d).read_bytes()))
         return _validate(d, step)
+
     return build
 
 
@@ -144,8 +150,10 @@ def _bad_magic(b: bytes) -> bytes:
 def _handles(handles: list[tuple[int, int]]) -> Callable[[bytes], bytes]:
     def make(b: bytes) -> bytes:
         entries = table_entries(b)
-        return write_table(entries, block_size=256,
-                           index_handles=[encode_varint(o) + encode_varint(s) for o, s in handles])
+        return write_table(
+            entries, block_size=256, index_handles=[encode_varint(o) + encode_varint(s) for o, s in handles]
+        )
+
     return make
 
 
@@ -172,6 +180,7 @@ def _entry_field(**fields: object) -> Callable[[bytes], bytes]:
         for f, v in fields.items():
             setattr(e, f, v)
         return reencode_index(b, replace={key: e.SerializeToString()})
+
     return make
 
 
@@ -304,27 +313,39 @@ def c_chmod(d: Path, tmp: Path) -> list[str]:
     return _validate(d)
 
 
-HUGE = b"model_checkpoint_path: \"ckpt-5\"\n" + b"#" * (100 << 20)
+HUGE = b'model_checkpoint_path: "ckpt-5"\n' + b"#" * (100 << 20)
 S5 = _state_text(["ckpt-3", "ckpt-4", "ckpt-5"])
 
 CASES: list[Case] = [
     # --- state files
     Case("state-dotdot", c_state(_state_text(["../outside/ckpt-5"])), 1, ("climbs out", "..")),
     Case("state-dotdot-mixed", c_state(_state_text(["ckpt-4", "../../etc/ckpt-5"])), 1, ("climbs out",)),
-    Case("state-abs-elsewhere", c_state(_state_text(["/elsewhere/nothing/ckpt-9"])), 1,
-         ("outside the checkpoint dir",)),
-    Case("state-other-bucket", c_state(_state_text(["gs://other-bucket/run/ckpt-9"])), 1,
-         ("outside the checkpoint dir",)),
+    Case(
+        "state-abs-elsewhere",
+        c_state(_state_text(["/elsewhere/nothing/ckpt-9"])),
+        1,
+        ("outside the checkpoint dir",),
+    ),
+    Case(
+        "state-other-bucket",
+        c_state(_state_text(["gs://other-bucket/run/ckpt-9"])),
+        1,
+        ("outside the checkpoint dir",),
+    ),
     Case("state-subdir", c_state(_state_text(["sub/ckpt-5"])), 1, ("sub-directory",)),
     Case("state-huge", c_state(HUGE), 2, ("checkpoint", "too large")),
     Case("state-huge-ls", c_state(HUGE, "ls"), 2, ("checkpoint", "too large")),
-    Case("state-binary", c_state(bytes(random.Random(5).randrange(256) for _ in range(4096))), 2,
-         ("checkpoint",)),
+    Case(
+        "state-binary",
+        c_state(bytes(random.Random(5).randrange(256) for _ in range(4096))),
+        2,
+        ("checkpoint",),
+    ),
     Case("state-nul", c_state(S5[:10] + b"\x00" + S5[10:]), 2, ("checkpoint", "NUL")),
     Case("state-nul-ls", c_state(b"\x00" * 64, "ls"), 2, ("checkpoint", "NUL")),
     Case("state-bad-utf8", c_state(b'model_checkpoint_path: "ckpt-\xff\xfe5"\n'), 2, ("checkpoint", "UTF-8")),
     Case("state-unknown-field", c_state(S5 + b"frobnicate: 3\n"), 2, ("checkpoint", "frobnicate")),
-    Case("state-wrong-type", c_state(b"all_model_checkpoint_timestamps: \"soon\"\n"), 2, ("checkpoint",)),
+    Case("state-wrong-type", c_state(b'all_model_checkpoint_timestamps: "soon"\n'), 2, ("checkpoint",)),
     Case("state-unterminated", c_state(b'model_checkpoint_path: "ckpt-5\n'), 2, ("checkpoint",)),
     Case("state-is-dir", c_state_is_dir, 2, ("checkpoint",)),
     Case("state-names-step-without-files", c_no_files_step, 1, ("ckpt-77",)),
@@ -335,29 +356,51 @@ CASES: list[Case] = [
     Case("index-bad-magic", c_index(_bad_magic), 1, ("ckpt-5.index", "magic")),
     Case("index-empty", c_index(lambda b: b""), 1, ("ckpt-5.index", "truncated")),
     Case("index-short", c_index(lambda b: b[:30]), 1, ("ckpt-5.index",)),
-    Case("index-random", c_index(lambda b: bytes(random.Random(1).randrange(256) for _ in range(5000))), 1,
-         ("ckpt-5.index",)),
+    Case(
+        "index-random",
+        c_index(lambda b: bytes(random.Random(1).randrange(256) for _ in range(5000))),
+        1,
+        ("ckpt-5.index",),
+    ),
     Case("index-handle-loop", c_index(_handles([(0, 40), (0, 40), (0, 40)])), 1, ("ckpt-5.index", "overlap")),
     Case("index-handle-overlap", c_index(_handles([(0, 60), (30, 60)])), 1, ("ckpt-5.index", "overlap")),
-    Case("index-handle-past-end", c_index(_handles([(0, 10 ** 9)])), 1, ("ckpt-5.index", "past the end")),
-    Case("index-handle-far-offset", c_index(_handles([(10 ** 12, 5)])), 1, ("ckpt-5.index", "past the end")),
+    Case("index-handle-past-end", c_index(_handles([(0, 10**9)])), 1, ("ckpt-5.index", "past the end")),
+    Case("index-handle-far-offset", c_index(_handles([(10**12, 5)])), 1, ("ckpt-5.index", "past the end")),
     Case("index-footer-varint-overflow", c_index(_footer_varint_overflow), 1, ("ckpt-5.index",)),
     # both handles past the end, back to back as in a footer (TF follows only the index handle)
-    Case("index-footer-past-end", c_index(lambda b: b[:-48] + (encode_varint(0) + encode_varint(10 ** 9)
-                                                               + encode_varint(0) + encode_varint(10 ** 9)).ljust(
-        40, b"\0") + b[-8:]), 1, ("ckpt-5.index", "past the end")),
+    Case(
+        "index-footer-past-end",
+        c_index(
+            lambda b: (
+                b[:-48]
+                + (encode_varint(0) + encode_varint(10**9) + encode_varint(0) + encode_varint(10**9)).ljust(
+                    40, b"\0"
+                )
+                + b[-8:]
+            )
+        ),
+        1,
+        ("ckpt-5.index", "past the end"),
+    ),
     Case("index-header-bad-proto", c_index(_header_bytes(b"\xff\xff\xff garbage")), 1, ("ckpt-5.index",)),
     Case("index-header-empty", c_index(_header_bytes(b"")), 1, ("ckpt-5.index", "num_shards 0")),
     Case("index-num-shards-0", c_index(_num_shards(0)), 1, ("ckpt-5.index", "num_shards 0")),
-    Case("index-num-shards-1e9", c_index(_num_shards(10 ** 9)), 1, ("ckpt-5.index", "1000000000")),
+    Case("index-num-shards-1e9", c_index(_num_shards(10**9)), 1, ("ckpt-5.index", "1000000000")),
     Case("index-num-shards-negative", c_index(_num_shards(-1)), 1, ("ckpt-5.index", "num_shards -1")),
     Case("index-num-shards-2", c_index(_num_shards(2)), 1, ("ckpt-5.data-00001-of-00002",)),
-    Case("index-header-big-endian-version", c_index(lambda b: reencode_index(
-        b, header=BundleHeaderProto(num_shards=1, endianness=7).SerializeToString())), 1,
-         ("ckpt-5.index", "endianness")),
+    Case(
+        "index-header-big-endian-version",
+        c_index(
+            lambda b: reencode_index(
+                b, header=BundleHeaderProto(num_shards=1, endianness=7).SerializeToString()
+            )
+        ),
+        1,
+        ("ckpt-5.index", "endianness"),
+    ),
     Case("index-entry-bad-proto", c_index(_bad_entry), 1, ("ckpt-5.index",)),
-    Case("index-entry-offset-past-shard", c_index(_entry_field(offset=10 ** 12)), 1, ("ckpt-5",)),
-    Case("index-entry-shard-id-10e8", c_index(_entry_field(shard_id=10 ** 8)), 1, ("ckpt-5.index", "shard id")),
+    Case("index-entry-offset-past-shard", c_index(_entry_field(offset=10**12)), 1, ("ckpt-5",)),
+    Case("index-entry-shard-id-10e8", c_index(_entry_field(shard_id=10**8)), 1, ("ckpt-5.index", "shard id")),
     Case("index-entry-size-huge", c_index(_entry_field(size=1 << 60)), 1, ("ckpt-5",)),
     Case("index-unsorted-keys", c_index(_unsorted), 1, ("ckpt-5.index",)),
     Case("index-snappy-bomb", c_index(_snappy_bomb), 1, ("ckpt-5.index",)),
@@ -379,8 +422,15 @@ CASES: list[Case] = [
     Case("permission-denied", c_chmod, 1, ("ckpt-5.index",)),
 ]
 
-SUBPROCESS_SUBSET = {"state-binary", "state-dotdot", "index-bad-magic", "index-num-shards-1e9",
-                     "dir-missing-validate", "step-int64-overflow", "state-huge"}
+SUBPROCESS_SUBSET = {
+    "state-binary",
+    "state-dotdot",
+    "index-bad-magic",
+    "index-num-shards-1e9",
+    "dir-missing-validate",
+    "step-int64-overflow",
+    "state-huge",
+}
 
 
 @pytest.fixture
@@ -388,6 +438,7 @@ def hostile(copy_variant, tmp_path):
     def make(case: Case) -> list[str]:
         d = copy_variant("tf2_manager")
         return case.build(d, tmp_path)
+
     return make
 
 
@@ -396,8 +447,12 @@ XFAIL: dict[str, str] = {}
 
 
 def _params(cases: list[Case]) -> list:
-    return [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(strict=True, reason=XFAIL[c.id])]
-                         if c.id in XFAIL else []) for c in cases]
+    return [
+        pytest.param(
+            c, id=c.id, marks=[pytest.mark.xfail(strict=True, reason=XFAIL[c.id])] if c.id in XFAIL else []
+        )
+        for c in cases
+    ]
 
 
 @pytest.mark.parametrize("case", _params(CASES))
@@ -406,8 +461,11 @@ def test_cli_hostile(case: Case, hostile) -> None:
     assert_clear(run_cli(args), case.code, *case.needles)
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c.id in SUBPROCESS_SUBSET],
-                         ids=[c.id for c in CASES if c.id in SUBPROCESS_SUBSET])
+@pytest.mark.parametrize(
+    "case",
+    [c for c in CASES if c.id in SUBPROCESS_SUBSET],
+    ids=[c.id for c in CASES if c.id in SUBPROCESS_SUBSET],
+)
 def test_cli_hostile_console_script(case: Case, hostile) -> None:
     args = hostile(case)
     assert_clear(run_cli_subprocess(args), case.code, *case.needles)
@@ -486,8 +544,11 @@ def _gc_layout(layout: str, d: Path, tmp: Path) -> list[Path]:
         return sent
     # symlinks in the root that lead out of it, for a step that retention deletes (ckpt-3)
     sent = _sentinels(tmp / "outside-target", files, prefix="ckpt-3")
-    names = {"symlink-shard": [".data-00000-of-00001"], "symlink-index": [".index"],
-             "symlink-both": [".index", ".data-00000-of-00001"]}[layout]
+    names = {
+        "symlink-shard": [".data-00000-of-00001"],
+        "symlink-index": [".index"],
+        "symlink-both": [".index", ".data-00000-of-00001"],
+    }[layout]
     for suffix in names:
         (d / f"ckpt-3{suffix}").unlink()
         (d / f"ckpt-3{suffix}").symlink_to(tmp / "outside-target" / f"ckpt-3{suffix}")
@@ -537,8 +598,10 @@ def test_gc_never_touches_a_sentinel_bucket(copy_variant, gcs_emulator) -> None:
 
     def snap() -> dict[str, tuple[bytes, str]]:
         fs.invalidate_cache()
-        return {p: (fs.cat_file(p), str(fs.info(p).get("generation") or fs.info(p).get("updated")))
-                for p in fs.find(sentinel_bucket)}
+        return {
+            p: (fs.cat_file(p), str(fs.info(p).get("generation") or fs.info(p).get("updated")))
+            for p in fs.find(sentinel_bucket)
+        }
 
     before = snap()
     assert len(before) == 2
@@ -556,9 +619,11 @@ def test_gc_never_touches_a_sentinel_bucket(copy_variant, gcs_emulator) -> None:
 
 def _dag(dag_id: str, body: str) -> str:
     lines = "\n".join("    " + line if line.strip() else "" for line in body.strip("\n").splitlines())
-    return ("from airflow.sdk import DAG\n"
-            "from airflow_tf_ckpt.operators import CheckpointRetentionOperator, ValidateCheckpointOperator\n"
-            f"with DAG({dag_id!r}, schedule=None) as dag:\n{lines}\n")
+    return (
+        "from airflow.sdk import DAG\n"
+        "from airflow_tf_ckpt.operators import CheckpointRetentionOperator, ValidateCheckpointOperator\n"
+        f"with DAG({dag_id!r}, schedule=None) as dag:\n{lines}\n"
+    )
 
 
 @pytest.mark.airflow
@@ -568,19 +633,25 @@ def test_airflow_tasks_fail_with_the_message(dag_runner, copy_variant, tmp_path,
     binary_state = copy_variant("tf2_manager")
     _set_state(binary_state, b"\x00\x01binary\xff" * 100)
     shards = copy_variant("tf2_manager")
-    _index(shards).write_bytes(_num_shards(10 ** 9)(_index(shards).read_bytes()))
+    _index(shards).write_bytes(_num_shards(10**9)(_index(shards).read_bytes()))
     dotdot = copy_variant("tf2_manager")
     sentinels = _gc_layout("dotdot", dotdot, tmp_path)
     before = _fingerprint(sentinels)
     missing = tmp_path / "no-such-dir"
-    r = dag_runner(_dag("hostile_tasks", f"""
+    r = dag_runner(
+        _dag(
+            "hostile_tasks",
+            f"""
 ValidateCheckpointOperator(task_id="bad_magic", ckpt_dir={str(bad_index)!r}, step=5)
 ValidateCheckpointOperator(task_id="binary_state", ckpt_dir={str(binary_state)!r})
 ValidateCheckpointOperator(task_id="shards_1e9", ckpt_dir={str(shards)!r}, step=5)
 ValidateCheckpointOperator(task_id="missing_dir", ckpt_dir={str(missing)!r})
 CheckpointRetentionOperator(task_id="gc_dotdot", ckpt_dir={str(dotdot)!r}, keep_last=1)
 CheckpointRetentionOperator(task_id="gc_missing_dir", ckpt_dir={str(missing)!r}, keep_last=1)
-"""), "hostile_tasks")
+""",
+        ),
+        "hostile_tasks",
+    )
     out = capfd.readouterr()
     text = " ".join((out.out + out.err).split())
     assert r.task_states["bad_magic"] == "failed"
@@ -625,12 +696,26 @@ def test_example_dags_parse_over_a_hostile_dir(copy_variant, tmp_path) -> None:
     home.mkdir()
     dags = Path(__file__).resolve().parents[1] / "dags"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env.update(AIRFLOW_HOME=str(home), AIRFLOW__CORE__LOAD_EXAMPLES="False",
-               AIRFLOW__CORE__DAGS_FOLDER=str(dags), TF_CKPT_DEMO_DIR=str(root))
-    proc = subprocess.run([sys.executable, "-c", PARSE, str(dags)], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
+    env.update(
+        AIRFLOW_HOME=str(home),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__CORE__DAGS_FOLDER=str(dags),
+        TF_CKPT_DEMO_DIR=str(root),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", PARSE, str(dags)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))[6:])
     assert res["errors"] == {}
-    assert set(res["dag_ids"]) == {"tf_ckpt_train_demo", "tf_ckpt_evaluate_each_step", "tf_ckpt_gc",
-                                   "tf_ckpt_event_driven"}
+    assert set(res["dag_ids"]) == {
+        "tf_ckpt_train_demo",
+        "tf_ckpt_evaluate_each_step",
+        "tf_ckpt_gc",
+        "tf_ckpt_event_driven",
+    }

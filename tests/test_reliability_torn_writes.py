@@ -110,12 +110,21 @@ def _chunks(rng: random.Random, data: bytes) -> list[bytes]:
 
 
 def _state(prefixes: list[str], t0: float = 1.7e9) -> bytes:
-    return format_state(StateFile(prefixes[-1] if prefixes else "", list(prefixes),
-                                  [t0 + i for i in range(len(prefixes))], 0.0)).encode()
+    return format_state(
+        StateFile(
+            prefixes[-1] if prefixes else "", list(prefixes), [t0 + i for i in range(len(prefixes))], 0.0
+        )
+    ).encode()
 
 
-def writer_ops(rng: random.Random, files: dict[str, bytes], before: list[str], new: str,
-               keep: int | None, atomic_move: bool) -> list[Op]:
+def writer_ops(
+    rng: random.Random,
+    files: dict[str, bytes],
+    before: list[str],
+    new: str,
+    keep: int | None,
+    atomic_move: bool,
+) -> list[Op]:
     ops: list[Op] = []
     names = step_files(files, new)
     data_names = [n for n in names if ".data-" in n]
@@ -138,7 +147,7 @@ def writer_ops(rng: random.Random, files: dict[str, bytes], before: list[str], n
     after = [*before, new]
     write_state(after)
     if keep is not None and len(after) > keep:
-        doomed, kept = after[: len(after) - keep], after[len(after) - keep:]
+        doomed, kept = after[: len(after) - keep], after[len(after) - keep :]
         for d in doomed:
             ds = step_files(files, d)
             for n in [f"{d}.index"] + [x for x in ds if x != f"{d}.index"]:
@@ -154,8 +163,17 @@ def _step_num(prefix: str) -> int:
 class Interleaving:
     """One seeded run: writer ops with polls of random kinds between them."""
 
-    def __init__(self, backend: Backend, files: dict[str, bytes], before: list[str], new: str,
-                 keep: int | None, rng: random.Random, kinds: list[str], counters: dict[str, int]) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        files: dict[str, bytes],
+        before: list[str],
+        new: str,
+        keep: int | None,
+        rng: random.Random,
+        kinds: list[str],
+        counters: dict[str, int],
+    ) -> None:
         self.b = backend
         self.files = files
         self.rng = rng
@@ -170,12 +188,18 @@ class Interleaving:
         from airflow_tf_ckpt.sensors.checkpoint import CheckpointSensor
         from airflow_tf_ckpt.triggers.checkpoint import CheckpointTrigger
 
-        self.trigger = CheckpointTrigger(dir=backend.url, after_step=self.after, settle_seconds=0,
-                                         poll_interval=0.01, max_errors=0)
+        self.trigger = CheckpointTrigger(
+            dir=backend.url, after_step=self.after, settle_seconds=0, poll_interval=0.01, max_errors=0
+        )
         self.poller = self.trigger.make_poller()
-        self.sensor = CheckpointSensor(task_id=f"wait_{uuid.uuid4().hex[:6]}", dir=backend.url,
-                                       after_step=self.after, settle_seconds=0, deferrable=False,
-                                       max_errors=0)
+        self.sensor = CheckpointSensor(
+            task_id=f"wait_{uuid.uuid4().hex[:6]}",
+            dir=backend.url,
+            after_step=self.after,
+            settle_seconds=0,
+            deferrable=False,
+            max_errors=0,
+        )
 
     def truth(self) -> set[str]:
         out = set()
@@ -189,11 +213,17 @@ class Interleaving:
         bad = reported - self.truth()
         if bad:
             self.c["false_fires"] += 1
-            self.failures.append(f"{kind} at {where}: reported {sorted(bad)} committed; truth "
-                                 f"{sorted(self.truth())}; files {sorted(self.b.content)}")
+            self.failures.append(
+                f"{kind} at {where}: reported {sorted(bad)} committed; truth "
+                f"{sorted(self.truth())}; files {sorted(self.b.content)}"
+            )
 
     async def poll(self, kind: str, adir, where: str) -> set[str]:
-        if kind in ("discover", "cli", "cli_subprocess") and not self.b.content and self.b.url.startswith("gs://"):
+        if (
+            kind in ("discover", "cli", "cli_subprocess")
+            and not self.b.content
+            and self.b.url.startswith("gs://")
+        ):
             # an object store has no dir before its first object: "does not exist" is the answer
             with pytest.raises(StorageError):
                 discover(self.b.loc)
@@ -218,8 +248,13 @@ class Interleaving:
             assert code == 0, f"tf-ckpt ls exited {code} at {where}"
             got = {s["prefix"] for s in json.loads(out.getvalue())["steps"] if s["status"] == "committed"}
         elif kind == "cli_subprocess":
-            proc = subprocess.run([TF_CKPT, "ls", "--json", self.b.url], capture_output=True, text=True,
-                                  timeout=120, env={**os.environ})
+            proc = subprocess.run(
+                [TF_CKPT, "ls", "--json", self.b.url],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env={**os.environ},
+            )
             assert proc.returncode == 0, proc.stderr
             got = {s["prefix"] for s in json.loads(proc.stdout)["steps"] if s["status"] == "committed"}
         else:
@@ -260,8 +295,16 @@ def _new_dir(backend: str, tmp_path: Path, gcs=None) -> Backend:
     return Backend(url, Location.of(url), False)
 
 
-async def run_torn(tf_checkpoints, tmp_path: Path, backend: str, runs: int, seed: int,
-                   kinds: list[str], poll_prob: float = 0.5, gcs=None) -> dict[str, int]:
+async def run_torn(
+    tf_checkpoints,
+    tmp_path: Path,
+    backend: str,
+    runs: int,
+    seed: int,
+    kinds: list[str],
+    poll_prob: float = 0.5,
+    gcs=None,
+) -> dict[str, int]:
     counters = {"false_fires": 0, "interleavings": 0, "ops": 0}
     failures: list[str] = []
     for r in range(runs):
@@ -282,10 +325,12 @@ async def run_torn(tf_checkpoints, tmp_path: Path, backend: str, runs: int, seed
         if backend == "memory":
             b.loc.fs.rm(b.loc.path.rsplit("/", 1)[0], recursive=True)
     polls = sum(v for k, v in counters.items() if k.startswith("polls_"))
-    print(f"\ntorn writes on {backend}: {counters['interleavings']} interleavings, {counters['ops']} "
-          f"writer ops, {polls} polls "
-          f"({', '.join(f'{k[6:]}={v}' for k, v in sorted(counters.items()) if k.startswith('polls_'))}), "
-          f"false fires: {counters['false_fires']}")
+    print(
+        f"\ntorn writes on {backend}: {counters['interleavings']} interleavings, {counters['ops']} "
+        f"writer ops, {polls} polls "
+        f"({', '.join(f'{k[6:]}={v}' for k, v in sorted(counters.items()) if k.startswith('polls_'))}), "
+        f"false fires: {counters['false_fires']}"
+    )
     assert counters["false_fires"] == 0, "\n".join(failures[:20])
     assert not failures, "\n".join(failures[:20])
     for k in kinds:
@@ -310,8 +355,9 @@ async def test_torn_writes_memory_fast(tf_checkpoints, tmp_path) -> None:
 
 async def test_torn_writes_cli_subprocess(tf_checkpoints, tmp_path) -> None:
     """The real console script, fewer interleavings (a process start per poll)."""
-    await run_torn(tf_checkpoints, tmp_path, "local", runs=4, seed=3,
-                   kinds=["cli_subprocess", "discover"], poll_prob=0.4)
+    await run_torn(
+        tf_checkpoints, tmp_path, "local", runs=4, seed=3, kinds=["cli_subprocess", "discover"], poll_prob=0.4
+    )
 
 
 @pytest.mark.gcs

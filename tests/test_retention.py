@@ -71,7 +71,9 @@ def set_mtime(loc: Location, name: str, t: float) -> None:
         loc.fs.store[loc.join(name)].created = datetime.datetime.fromtimestamp(t, tz=datetime.timezone.utc)
 
 
-def make_step(loc: Location, prefix: str, shards: int = 1, meta: bool = False, mtime: float | None = None) -> None:
+def make_step(
+    loc: Location, prefix: str, shards: int = 1, meta: bool = False, mtime: float | None = None
+) -> None:
     names = [f"{prefix}.index"] + [f"{prefix}.data-{k:05d}-of-{shards:05d}" for k in range(shards)]
     put(loc, names[0], b"I" * 8)
     for n in names[1:]:
@@ -84,9 +86,19 @@ def make_step(loc: Location, prefix: str, shards: int = 1, meta: bool = False, m
             set_mtime(loc, n, mtime)
 
 
-def make_dir(loc: Location, steps: Sequence[int], *, base: str = "ckpt", in_state: Sequence[int] | None = None,
-             times: Sequence[float] | None = None, lp: float = 0.0, shards: int = 1,
-             meta_steps: Sequence[int] = (), absolute: bool = False, write: bool = True) -> StateFile:
+def make_dir(
+    loc: Location,
+    steps: Sequence[int],
+    *,
+    base: str = "ckpt",
+    in_state: Sequence[int] | None = None,
+    times: Sequence[float] | None = None,
+    lp: float = 0.0,
+    shards: int = 1,
+    meta_steps: Sequence[int] = (),
+    absolute: bool = False,
+    write: bool = True,
+) -> StateFile:
     """Steps ``base-N`` with files; the state file names ``in_state`` (default: all) with times."""
     times = list(times) if times is not None else [T0 + i * H for i in range(len(steps))]
     named = list(steps) if in_state is None else list(in_state)
@@ -119,12 +131,27 @@ def deleted_steps(plan) -> list[int | None]:
 def test_policies_from_options_validates():
     assert policies_from_options() == []
     assert policies_from_options(keep_promoted=True) == []  # promoted alone is no retention policy
-    ps = policies_from_options(keep_last=3, keep_every_hours=2, keep_every_steps=1000, keep_best=2,
-                               metric="val_loss", mode="max", pins=[5, "ckpt-7"])
-    assert [type(p).__name__ for p in ps] == ["KeepLastN", "KeepEveryNHours", "KeepEveryNSteps", "KeepBestK",
-                                              "KeepPinned", "KeepPromoted"]
+    ps = policies_from_options(
+        keep_last=3,
+        keep_every_hours=2,
+        keep_every_steps=1000,
+        keep_best=2,
+        metric="val_loss",
+        mode="max",
+        pins=[5, "ckpt-7"],
+    )
+    assert [type(p).__name__ for p in ps] == [
+        "KeepLastN",
+        "KeepEveryNHours",
+        "KeepEveryNSteps",
+        "KeepBestK",
+        "KeepPinned",
+        "KeepPromoted",
+    ]
     assert ps[3].mode == "max" and ps[4].steps == frozenset({5, "ckpt-7"})
-    assert not any(isinstance(p, KeepPromoted) for p in policies_from_options(keep_last=1, keep_promoted=False))
+    assert not any(
+        isinstance(p, KeepPromoted) for p in policies_from_options(keep_last=1, keep_promoted=False)
+    )
     for kwargs, match in [
         ({"keep_best": 2}, "metric"),
         ({"keep_last": 2, "metric": "x"}, "without keep_best"),
@@ -199,7 +226,9 @@ def test_keep_best_k_with_unevaluated(tmp_path):
     put(loc, "ckpt-6.metrics.json", b"{not json")  # corrupt: unevaluated + a problem
     plan = plan_retention(loc, [KeepBestK(2, "val_loss")])
     assert kept_steps(plan) == [2, 5, 6, 7]
-    assert plan.decision("ckpt-5").reasons == ["best 2 by val_loss (min): #1, val_loss=0.2"]  # tie: newer wins
+    assert plan.decision("ckpt-5").reasons == [
+        "best 2 by val_loss (min): #1, val_loss=0.2"
+    ]  # tie: newer wins
     assert plan.decision("ckpt-6").reasons == ["unevaluated: no val_loss metric yet"]
     assert any("ckpt-6.metrics.json" in p and "not valid JSON" in p for p in plan.problems)
     assert plan.decision("ckpt-1").delete_files[-1] == "ckpt-1.metrics.json"  # sidecar goes with it
@@ -224,12 +253,18 @@ def test_keep_best_k_ranks_by_the_named_evaluator(tmp_path):
     assert plan.decision("ckpt-2").reasons == ["best 1 by loss (min): #1, loss=0.1"]
     # a deleted step takes every evaluator's sidecar with it
     assert set(plan.decision("ckpt-1").delete_files) >= {
-        "ckpt-1.metrics.json", "ckpt-1.metrics~dag_a.json", "ckpt-1.metrics~dag_b.json"}
+        "ckpt-1.metrics.json",
+        "ckpt-1.metrics~dag_a.json",
+        "ckpt-1.metrics~dag_b.json",
+    }
     plan = plan_retention(loc, [KeepBestK(1, "loss", evaluator="dag_b")])
     assert kept_steps(plan) == [3, 4]  # 4: no metric of dag_b yet ("keep")
     apply_plan(plan)
     assert sorted(p.name for p in tmp_path.iterdir() if ".metrics" in p.name) == [
-        "ckpt-3.metrics.json", "ckpt-3.metrics~dag_a.json", "ckpt-3.metrics~dag_b.json"]
+        "ckpt-3.metrics.json",
+        "ckpt-3.metrics~dag_a.json",
+        "ckpt-3.metrics~dag_b.json",
+    ]
     with pytest.raises(RetentionError, match="invalid evaluator name"):
         KeepBestK(1, "loss", evaluator="a~b")
 
@@ -250,12 +285,21 @@ def test_keep_unevaluated_holds_pending_steps_up_to_a_bound(tmp_path):
     assert plan.decision("ckpt-4").reasons == ["unevaluated by dag_a (saved 3h ago, held up to 3.5h)"]
     assert any(p.startswith("ckpt-3: not evaluated by dag_b 4h after its save") for p in plan.problems)
     # no bound: step 3 is held too; the default evaluator can be named as None
-    assert kept_steps(plan_retention(loc, [KeepLastN(1), KeepUnevaluated(["dag_a", "dag_b"], None)],
-                                     now=T0 + 6 * H)) == [3, 4, 5, 6]
-    assert kept_steps(plan_retention(loc, [KeepLastN(1), KeepUnevaluated([None])], now=T0 + 6 * H)) == \
-        [1, 2, 3, 4, 5, 6]
+    assert kept_steps(
+        plan_retention(loc, [KeepLastN(1), KeepUnevaluated(["dag_a", "dag_b"], None)], now=T0 + 6 * H)
+    ) == [3, 4, 5, 6]
+    assert kept_steps(plan_retention(loc, [KeepLastN(1), KeepUnevaluated([None])], now=T0 + 6 * H)) == [
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+    ]
     d = json.loads(json.dumps(plan.to_dict()))
-    assert {"policy": "keep_unevaluated", "evaluators": ["dag_a", "dag_b"], "max_age_s": 3.5 * H} in d["policies"]
+    assert {"policy": "keep_unevaluated", "evaluators": ["dag_a", "dag_b"], "max_age_s": 3.5 * H} in d[
+        "policies"
+    ]
     apply_plan(plan)
     assert [s.step for s in discover(loc).steps] == [4, 5, 6]
 
@@ -267,7 +311,9 @@ def test_an_orphaned_evaluator_sidecar_is_deleted_with_the_other_orphans(tmp_pat
     put(loc, "ckpt-1.metrics.json", b"{}")
     plan = plan_retention(loc, [KeepLastN(2)])
     assert sorted((sc.name, sc.role, sc.action) for sc in plan.sidecars) == [
-        ("ckpt-1.metrics.json", "metrics", "delete"), ("ckpt-1.metrics~dag_a.json", "metrics", "delete")]
+        ("ckpt-1.metrics.json", "metrics", "delete"),
+        ("ckpt-1.metrics~dag_a.json", "metrics", "delete"),
+    ]
     apply_plan(plan)
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("ckpt-1.")]
 
@@ -276,7 +322,9 @@ def test_keep_unevaluated_options():
     ps = policies_from_options(keep_unevaluated=["a", "b", "a"], unevaluated_max_age=60)
     assert ps == [KeepUnevaluated(["a", "b"], 60.0), KeepPromoted()]
     assert policies_from_options(keep_unevaluated="a")[0] == KeepUnevaluated(["a"], 86400.0)
-    assert policies_from_options(keep_best=1, metric="m", evaluator="a")[0] == KeepBestK(1, "m", "min", "keep", "a")
+    assert policies_from_options(keep_best=1, metric="m", evaluator="a")[0] == KeepBestK(
+        1, "m", "min", "keep", "a"
+    )
     for kwargs, match in [
         ({"keep_last": 1, "evaluator": "a"}, "without keep_best"),
         ({"keep_unevaluated": ["a/b"]}, "invalid evaluator name"),
@@ -287,8 +335,14 @@ def test_keep_unevaluated_options():
             policies_from_options(**kwargs)
     with pytest.raises(RetentionError, match="at least one evaluator"):
         KeepUnevaluated([])
-    assert [parse_duration(t) for t in ("90", "90s", "30m", "24h", "2d", "1.5h")] == \
-        [90, 90, 1800, 86400, 172800, 5400]
+    assert [parse_duration(t) for t in ("90", "90s", "30m", "24h", "2d", "1.5h")] == [
+        90,
+        90,
+        1800,
+        86400,
+        172800,
+        5400,
+    ]
     with pytest.raises(RetentionError, match="not a duration"):
         parse_duration("soon")
 
@@ -372,8 +426,15 @@ def test_only_the_chosen_base_is_touched(tmp_path):
     loc = Location.of(tmp_path)
     a = make_dir(loc, [1, 2, 3], base="a", write=False)
     b = make_dir(loc, [10, 20, 30], base="b", write=False)
-    write_state(loc, StateFile("b-30", a.all_model_checkpoint_paths + b.all_model_checkpoint_paths,
-                               a.all_model_checkpoint_timestamps + b.all_model_checkpoint_timestamps, 0.0))
+    write_state(
+        loc,
+        StateFile(
+            "b-30",
+            a.all_model_checkpoint_paths + b.all_model_checkpoint_paths,
+            a.all_model_checkpoint_timestamps + b.all_model_checkpoint_timestamps,
+            0.0,
+        ),
+    )
     put(loc, "b-5.metrics.json", b"{}")  # another job's stray sidecar: not ours
     plan = plan_retention(loc, [KeepLastN(1)], prefix="a")
     assert {d.base for d in plan.decisions} == {"a"} and deleted_steps(plan) == [1, 2]
@@ -410,8 +471,15 @@ def test_newest_meta_is_protected(tmp_path, meta_guard):
     # a newer step with its own .meta takes over the protection
     make_step(loc, "ckpt-600", meta=True)
     st = read_state(loc)
-    write_state(loc, StateFile("ckpt-600", st.all_model_checkpoint_paths + ["ckpt-600"],
-                               st.all_model_checkpoint_timestamps + [T0 + 10 * H], 0.0))
+    write_state(
+        loc,
+        StateFile(
+            "ckpt-600",
+            st.all_model_checkpoint_paths + ["ckpt-600"],
+            st.all_model_checkpoint_timestamps + [T0 + 10 * H],
+            0.0,
+        ),
+    )
     assert plan_retention(loc, [KeepLastN(2)]).protected_meta == {"ckpt": "ckpt-600.meta"}
 
 
@@ -427,7 +495,9 @@ def test_absolute_paths_keep_their_spelling(tmp_path):
 # keep_checkpoint_every_n_hours: TF's exact semantics
 
 
-def tf_manager_reference(times: Sequence[float], max_to_keep: int, hours: float, init_clock: float) -> set[int]:
+def tf_manager_reference(
+    times: Sequence[float], max_to_keep: int, hours: float, init_clock: float
+) -> set[int]:
     """A line-by-line model of ``CheckpointManager.save`` + ``_sweep`` (indices of kept saves)."""
     maybe: OrderedDict[int, float] = OrderedDict()
     lp = init_clock - 1.0
@@ -455,8 +525,11 @@ class KeepAllTrainer:
         else:
             self.lp = min(st.last_preserved_timestamp, clock)
             stamps = st.all_model_checkpoint_timestamps or [self.lp] * len(st.all_model_checkpoint_paths)
-            self.maybe = OrderedDict((p, min(t, clock)) for p, t in zip(st.all_model_checkpoint_paths, stamps,
-                                                                           strict=True) if min(t, clock) > self.lp)
+            self.maybe = OrderedDict(
+                (p, min(t, clock))
+                for p, t in zip(st.all_model_checkpoint_paths, stamps, strict=True)
+                if min(t, clock) > self.lp
+            )
 
     def save(self, n: int, t: float) -> None:
         p = f"ckpt-{n}"
@@ -466,9 +539,13 @@ class KeepAllTrainer:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(gaps=st.lists(st.sampled_from([0.05, 0.2, 0.5, 0.9, 1.0, 1.3, 2.0, 2.5, 4.0]), min_size=1, max_size=24),
-       n=st.integers(1, 5), hours=st.sampled_from([0.5, 1.0, 2.0, 3.0]),
-       gc_every=st.integers(1, 8), restart=st.booleans())
+@given(
+    gaps=st.lists(st.sampled_from([0.05, 0.2, 0.5, 0.9, 1.0, 1.3, 2.0, 2.5, 4.0]), min_size=1, max_size=24),
+    n=st.integers(1, 5),
+    hours=st.sampled_from([0.5, 1.0, 2.0, 3.0]),
+    gc_every=st.integers(1, 8),
+    restart=st.booleans(),
+)
 def test_every_n_hours_matches_tf_model(gaps, n, hours, gc_every, restart):
     """Our GC on a keep-everything trainer ends with exactly the steps TF's own sweep keeps,
     whether it runs once or every few saves, with or without trainer restarts in between."""
@@ -547,8 +624,14 @@ def _build_random(loc: Location, steps: list[int], named: list[int], incomplete:
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(d=dirs(), n=st.integers(0, 5), every=st.sampled_from([None, 2, 5]), pins=st.sets(st.integers(0, 60)),
-       lease=st.integers(0, 60), quarantine=st.integers(0, 60))
+@given(
+    d=dirs(),
+    n=st.integers(0, 5),
+    every=st.sampled_from([None, 2, 5]),
+    pins=st.sets(st.integers(0, 60)),
+    lease=st.integers(0, 60),
+    quarantine=st.integers(0, 60),
+)
 def test_plan_properties_and_convergence(d, n, every, pins, lease, quarantine):
     steps, named, incomplete = d
     loc = mem_loc()
@@ -592,7 +675,7 @@ def test_keep_last_keeps_exactly_n_committed(steps, n):
     plan = plan_retention(cdir, [KeepLastN(n)])
     kept = [d for d in plan.decisions if d.action == "keep"]
     assert len(kept) == min(max(n, 1), len(steps))
-    assert [d.step for d in kept] == sorted(steps)[-len(kept):]
+    assert [d.step for d in kept] == sorted(steps)[-len(kept) :]
 
 
 # --------------------------------------------------------------------------------------------
@@ -605,13 +688,28 @@ def synthetic_dir(steps: Sequence[int], base: str = "ckpt") -> CheckpointDir:
     out, listing, paths, stamps = [], {}, [], []
     for i, s in enumerate(steps):
         p = f"{base}-{s}"
-        files = [FileInfo(f"{p}.index", loc.join(f"{p}.index"), 10, T0 + i),
-                 FileInfo(f"{p}.data-00000-of-00001", loc.join(f"{p}.data-00000-of-00001"), 100, T0 + i)]
+        files = [
+            FileInfo(f"{p}.index", loc.join(f"{p}.index"), 10, T0 + i),
+            FileInfo(f"{p}.data-00000-of-00001", loc.join(f"{p}.data-00000-of-00001"), 100, T0 + i),
+        ]
         for f in files:
             listing[f.name] = f
-        out.append(CheckpointStep(prefix=p, base=base, step=s, format="v2", status=StepStatus.COMMITTED,
-                                  files=files, num_shards=1, timestamp=T0 + i * 60.0, timestamp_source="state",
-                                  in_state=True, state_path=p, latest=(i == len(steps) - 1)))
+        out.append(
+            CheckpointStep(
+                prefix=p,
+                base=base,
+                step=s,
+                format="v2",
+                status=StepStatus.COMMITTED,
+                files=files,
+                num_shards=1,
+                timestamp=T0 + i * 60.0,
+                timestamp_source="state",
+                in_state=True,
+                state_path=p,
+                latest=(i == len(steps) - 1),
+            )
+        )
         paths.append(p)
         stamps.append(T0 + i * 60.0)
     from airflow_tf_ckpt.core.formats.state import ResolvedPath
@@ -651,7 +749,9 @@ def test_planning_100k_steps_is_fast():
     assert len(plan.new_state.all_model_checkpoint_paths) == len(kept)
     assert len(plan.delete_files) == 2 * (100_000 - len(kept))
     slowdown = max(1.0, _calibration_s() / REFERENCE_CALIBRATION_S)
-    assert best < 1.0 * slowdown, f"planning 100k steps took {best:.2f}s CPU (machine slowdown {slowdown:.1f}x)"
+    assert best < 1.0 * slowdown, (
+        f"planning 100k steps took {best:.2f}s CPU (machine slowdown {slowdown:.1f}x)"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -667,8 +767,11 @@ def test_plan_on_gcs(gcs_bucket):
     acquire_lease(loc, "ckpt-3", "ev", 600)
     plan = plan_retention(loc, [KeepLastN(1), KeepBestK(1, "loss")])
     assert kept_steps(plan) == [1, 3, 4] and deleted_steps(plan) == [2]
-    assert plan.delete_files == [f"{gcs_bucket}/run/ckpt-2.index", f"{gcs_bucket}/run/ckpt-2.data-00000-of-00001",
-                                 f"{gcs_bucket}/run/ckpt-2.metrics.json"]
+    assert plan.delete_files == [
+        f"{gcs_bucket}/run/ckpt-2.index",
+        f"{gcs_bucket}/run/ckpt-2.data-00000-of-00001",
+        f"{gcs_bucket}/run/ckpt-2.metrics.json",
+    ]
     res = apply_plan(plan)
     assert res.deleted_steps == ["ckpt-2"]
     assert kept_steps(plan_retention(loc, [KeepLastN(1), KeepBestK(1, "loss")])) == [1, 3, 4]
@@ -678,7 +781,7 @@ def test_plan_on_gcs(gcs_bucket):
 # real TensorFlow
 
 
-TIMELINE_SRC = r'''
+TIMELINE_SRC = r"""
 import os
 from tensorflow.python.checkpoint import checkpoint_management as cm
 from airflow_tf_ckpt.core.retention.executor import apply_plan
@@ -719,7 +822,7 @@ for name, (tf_keep, tf_hours, gc_every, restart) in a["scenarios"].items():
     kept = sorted(int(f[5:-6]) for f in os.listdir(d) if f.startswith("ckpt-") and f.endswith(".index"))
     out[name] = {"kept": kept, "deleted": deleted}
 result = out
-'''
+"""
 
 
 @pytest.mark.tf
@@ -733,11 +836,18 @@ def test_every_n_hours_matches_real_tf_checkpoint_manager(tf_run, tmp_path):
     for _ in range(30):
         t += rng.choice([0.1, 0.3, 0.5, 0.9, 1.2, 1.7, 2.1, 2.6, 3.3]) * H
         times.append(t)
-    scenarios = {"tf_reference": [4, 2, 0, False], "gc_once": [None, None, 30, False],
-                 "gc_every3": [None, None, 3, False], "gc_every3_restart": [None, None, 3, True],
-                 "tf_plus_gc": [4, 2, 3, True], "tf_plus_gc_no_restart": [4, 2, 5, False]}
-    out = tf_run(TIMELINE_SRC, {"times": times, "n": 4, "h": 2, "root": str(tmp_path), "t0": t0,
-                                "scenarios": scenarios})
+    scenarios = {
+        "tf_reference": [4, 2, 0, False],
+        "gc_once": [None, None, 30, False],
+        "gc_every3": [None, None, 3, False],
+        "gc_every3_restart": [None, None, 3, True],
+        "tf_plus_gc": [4, 2, 3, True],
+        "tf_plus_gc_no_restart": [4, 2, 5, False],
+    }
+    out = tf_run(
+        TIMELINE_SRC,
+        {"times": times, "n": 4, "h": 2, "root": str(tmp_path), "t0": t0, "scenarios": scenarios},
+    )
     want = out["tf_reference"]["kept"]
     assert want == sorted({i + 1 for i in tf_manager_reference(times, 4, 2, t0)})  # the model is exact
     assert len(want) > 4  # the hours rule did preserve some steps
@@ -757,17 +867,22 @@ def test_tf_restores_every_kept_step_after_gc(copy_variant, tf_checkpoints):
     assert r2.deleted_steps == ["ckpt-3"] and r1.deleted_steps == ["my_test_model-300", "my_test_model-400"]
     st1 = read_state(Location.of(d1))
     orig = tf_checkpoints["tf1_saver"].dir
-    assert st1.all_model_checkpoint_paths == [str(orig / "my_test_model-500"), str(orig / "my_test_model-600")]
+    assert st1.all_model_checkpoint_paths == [
+        str(orig / "my_test_model-500"),
+        str(orig / "my_test_model-600"),
+    ]
     kept = [d2 / "ckpt-4", d2 / "ckpt-5", d1 / "my_test_model-500", d1 / "my_test_model-600"]
-    reqs = [("read_all", [str(p)]) for p in kept] + [("latest_checkpoint", [str(d2)]),
-                                                     ("latest_checkpoint", [str(d1)])]
+    reqs = [("read_all", [str(p)]) for p in kept] + [
+        ("latest_checkpoint", [str(d2)]),
+        ("latest_checkpoint", [str(d1)]),
+    ]
     res = tf_batch(reqs)
     assert all(r["ok"] and r["count"] > 0 for r in res[:4]), res[:4]
     assert Path(res[4]).name == "ckpt-5" and Path(res[5]).name == "my_test_model-600"
     assert not list(d2.glob("ckpt-3.*")) and not list(d1.glob("my_test_model-400.*"))
 
 
-META_SRC = r'''
+META_SRC = r"""
 import os
 v1 = tf.compat.v1
 d = args[0]
@@ -784,9 +899,9 @@ with g.as_default():
             sess.run(v1.assign(step, s))
             saver.save(sess, os.path.join(d, "model"), global_step=s, write_meta_graph=(i == 0))
 result = sorted(os.listdir(d))
-'''
+"""
 
-IMPORT_META_SRC = r'''
+IMPORT_META_SRC = r"""
 v1 = tf.compat.v1
 meta, d = args
 g = tf.Graph()
@@ -797,7 +912,7 @@ with g.as_default():
         saver.restore(sess, latest)
         w = [v for v in v1.global_variables() if v.op.name == "w"][0]
         result = {"latest": latest, "w": sess.run(w).tolist()}
-'''
+"""
 
 
 @pytest.mark.tf

@@ -56,15 +56,17 @@ class Store:
         self.sync(["checkpoint"])
 
 
-
 def _sensor_tis(dag_id: str) -> list[tuple[str, str | None, str | None]]:
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
     with create_session() as session:
-        rows = session.execute(select(TaskInstance.run_id, TaskInstance.state, TaskInstance.next_method).where(
-            TaskInstance.dag_id == dag_id, TaskInstance.task_id == "wait")).all()
+        rows = session.execute(
+            select(TaskInstance.run_id, TaskInstance.state, TaskInstance.next_method).where(
+                TaskInstance.dag_id == dag_id, TaskInstance.task_id == "wait"
+            )
+        ).all()
     return [(r[0], None if r[1] is None else str(r[1]), r[2]) for r in rows]
 
 
@@ -79,8 +81,10 @@ def when_waiting(dag_id: str, fn: Callable[[], None], delay: float = 1.0) -> thr
     seen = {run_id for run_id, _, _ in _sensor_tis(dag_id)}
 
     def waiting() -> bool:
-        return any(run_id not in seen and (state in ("running", "up_for_reschedule", "deferred") or nm)
-                   for run_id, state, nm in _sensor_tis(dag_id))
+        return any(
+            run_id not in seen and (state in ("running", "up_for_reschedule", "deferred") or nm)
+            for run_id, state, nm in _sensor_tis(dag_id)
+        )
 
     def _go() -> None:
         deadline = time.monotonic() + 300
@@ -106,7 +110,7 @@ def store(request, tmp_path) -> Iterator[Store]:
 
 
 def sensor_dag(dag_id: str, url: str, sensor_args: str, body: str = "") -> str:
-    return f'''
+    return f"""
         import os
         from datetime import datetime
         from airflow.sdk import DAG, task
@@ -116,7 +120,7 @@ def sensor_dag(dag_id: str, url: str, sensor_args: str, body: str = "") -> str:
             wait = CheckpointSensor(task_id="wait", dir={url!r}, poke_interval=0.3, timeout=120,
                                     {sensor_args})
 {body}
-    '''
+    """
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -146,7 +150,7 @@ def test_sensor_returns_at_once_when_a_step_is_there(dag_runner, tmp_path, capfd
 
 
 def _pipeline(dag_id: str, url: str, sensor_args: str, fail_flag: Path) -> str:
-    body = f'''
+    body = f"""
             @task
             def process(info):
                 if os.path.exists({str(fail_flag)!r}):
@@ -154,7 +158,7 @@ def _pipeline(dag_id: str, url: str, sensor_args: str, fail_flag: Path) -> str:
                 return info["step"]
 
             process(wait.output) >> wait.commit_task()
-'''
+"""
     return sensor_dag(dag_id, url, f'watermark="auto", {sensor_args}', body)
 
 
@@ -196,6 +200,7 @@ def test_auto_watermark_on_success_and_pick_oldest_real_tf(dag_runner, copy_vari
     source = sensor_dag("every_step", str(d), 'watermark="auto", commit="on_success", pick="oldest"')
     got = [dag_runner(source, "every_step").xcoms["wait"]["step"] for _ in kept]
     assert got == kept  # [3, 4, 5]
+
     # then it waits for a new one: TF's next save (copied from the real step 5)
     def save_six() -> None:
         for src in sorted(d.glob("ckpt-5.data-*")) + [d / "ckpt-5.index"]:
@@ -238,8 +243,9 @@ def test_sensor_parse_time_validation():
     with pytest.raises(ValueError, match="watermark_asset"):
         CheckpointSensor(task_id="t", dir="{{ params.dir }}", watermark="auto")
     mine = Asset(name="my-run")
-    assert CheckpointSensor(task_id="u", dir="{{ params.dir }}", watermark="auto",
-                            watermark_asset=mine).inlets == [mine]
+    assert CheckpointSensor(
+        task_id="u", dir="{{ params.dir }}", watermark="auto", watermark_asset=mine
+    ).inlets == [mine]
     for bad in ({"watermark": "yes"}, {"commit": "later"}, {"pick": "random"}):
         with pytest.raises(ValueError):
             CheckpointSensor(task_id="v", dir="/x", **bad)
@@ -256,7 +262,7 @@ def test_event_trigger_watermark_in_the_real_asset_state_store(dag_runner, tmp_p
     for n in (1, 2):
         make_step(d, n)
     commit(d, [1, 2])
-    source = f'''
+    source = f"""
         import asyncio
         from datetime import datetime
         from pathlib import Path
@@ -302,7 +308,7 @@ def test_event_trigger_watermark_in_the_real_asset_state_store(dag_runner, tmp_p
                          "final": asset_state_store[CKPTS].get(key)["step"]}}
 
             watch()
-    '''
+    """
     res = dag_runner(source, "event_watermark")
     assert res.ok, res
     assert res.xcoms["watch"] == {"first": [1, 2], "second": [3], "stored": 2, "final": 3}

@@ -23,8 +23,12 @@ from airflow_tf_ckpt.core.formats.state import (
     require_latest,
 )
 
-FIELDS = ("model_checkpoint_path", "all_model_checkpoint_paths", "all_model_checkpoint_timestamps",
-          "last_preserved_timestamp")
+FIELDS = (
+    "model_checkpoint_path",
+    "all_model_checkpoint_paths",
+    "all_model_checkpoint_timestamps",
+    "last_preserved_timestamp",
+)
 STRING_FIELDS, NUMBER_FIELDS = FIELDS[:2], FIELDS[2:]
 
 
@@ -33,8 +37,12 @@ def _bits(x: float) -> bytes:
 
 
 def _key(s: StateFile) -> tuple:
-    return (s.model_checkpoint_path, s.all_model_checkpoint_paths,
-            [_bits(t) for t in s.all_model_checkpoint_timestamps], _bits(s.last_preserved_timestamp))
+    return (
+        s.model_checkpoint_path,
+        s.all_model_checkpoint_paths,
+        [_bits(t) for t in s.all_model_checkpoint_timestamps],
+        _bits(s.last_preserved_timestamp),
+    )
 
 
 def _outcome(fn, *args) -> tuple:
@@ -48,25 +56,68 @@ def _outcome(fn, *args) -> tuple:
 # generated input: canonical lines, near misses, and junk
 
 _ascii = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=12)
-_odd_chars = st.lists(st.sampled_from(list('"\\\'#\t\r:;, {}[]<>/.\x7f\x01éü€\u2028\x85\xa0')
-                                     + ["\\n", "\\\"", "\\101", "\\x41", "\\u00e9", "\\'", "\\"]),
-                     max_size=4).map("".join)
-_string_body = st.one_of(_ascii, st.builds(str.__add__, _ascii, _odd_chars),
-                         st.builds(str.__add__, _odd_chars, _ascii))
+_odd_chars = st.lists(
+    st.sampled_from(
+        list("\"\\'#\t\r:;, {}[]<>/.\x7f\x01éü€\u2028\x85\xa0")
+        + ["\\n", '\\"', "\\101", "\\x41", "\\u00e9", "\\'", "\\"]
+    ),
+    max_size=4,
+).map("".join)
+_string_body = st.one_of(
+    _ascii, st.builds(str.__add__, _ascii, _odd_chars), st.builds(str.__add__, _odd_chars, _ascii)
+)
 _floats = st.floats(allow_nan=True, allow_infinity=True)
 _number = st.one_of(
-    _floats.map(repr), _floats.map(str), st.integers(-10**30, 10**30).map(str),
-    st.sampled_from(["0", "-0", "0.0", "-0.0", "1.", ".5", "1E5", "1e5", "+1", "01", "00.5", "-01.5",
-                     "1.0f", "1f", "inf", "-inf", "infinity", "nan", "NaN", "1e400", "-1e-400",
-                     "0x10", "1_000", "1.5e+07", "5e-324", "1,0", "true", "\"1\"", "1 2", "--1", "1e", ""]),
+    _floats.map(repr),
+    _floats.map(str),
+    st.integers(-(10**30), 10**30).map(str),
+    st.sampled_from(
+        [
+            "0",
+            "-0",
+            "0.0",
+            "-0.0",
+            "1.",
+            ".5",
+            "1E5",
+            "1e5",
+            "+1",
+            "01",
+            "00.5",
+            "-01.5",
+            "1.0f",
+            "1f",
+            "inf",
+            "-inf",
+            "infinity",
+            "nan",
+            "NaN",
+            "1e400",
+            "-1e-400",
+            "0x10",
+            "1_000",
+            "1.5e+07",
+            "5e-324",
+            "1,0",
+            "true",
+            '"1"',
+            "1 2",
+            "--1",
+            "1e",
+            "",
+        ]
+    ),
 )
 _space = st.sampled_from(["", " ", "  ", "\t", " \t"])
 
 
 @st.composite
 def _line(draw) -> str:
-    kind = draw(st.sampled_from(["string", "string", "number", "number", "raw", "comment", "unknown",
-                                 "empty", "list", "junk"]))
+    kind = draw(
+        st.sampled_from(
+            ["string", "string", "number", "number", "raw", "comment", "unknown", "empty", "list", "junk"]
+        )
+    )
     if kind == "string":
         name = draw(st.sampled_from(STRING_FIELDS + NUMBER_FIELDS[:1]))
         q = draw(st.sampled_from(['"', '"', '"', "'"]))
@@ -77,14 +128,27 @@ def _line(draw) -> str:
         name = draw(st.sampled_from(NUMBER_FIELDS + STRING_FIELDS[:1]))
         value = draw(_number)
     elif kind == "raw":  # a canonical line, the common case
-        return draw(st.one_of(
-            st.builds(lambda f, v: f'{f}: "{v}"', st.sampled_from(STRING_FIELDS), _ascii),
-            st.builds(lambda f, v: f"{f}: {v!r}", st.sampled_from(NUMBER_FIELDS), _floats)))
+        return draw(
+            st.one_of(
+                st.builds(lambda f, v: f'{f}: "{v}"', st.sampled_from(STRING_FIELDS), _ascii),
+                st.builds(lambda f, v: f"{f}: {v!r}", st.sampled_from(NUMBER_FIELDS), _floats),
+            )
+        )
     elif kind == "comment":
         return draw(_space) + "#" + draw(_ascii)
     elif kind == "unknown":
-        name = draw(st.sampled_from(["bogus_field", "model_checkpoint_paths", "Model_checkpoint_path",
-                                     "all_model_checkpoint_path", "[ext]", "1"]))
+        name = draw(
+            st.sampled_from(
+                [
+                    "bogus_field",
+                    "model_checkpoint_paths",
+                    "Model_checkpoint_path",
+                    "all_model_checkpoint_path",
+                    "[ext]",
+                    "1",
+                ]
+            )
+        )
         value = draw(st.one_of(_number, _ascii.map(lambda s: f'"{s}"')))
     elif kind == "empty":
         return draw(_space)
@@ -108,7 +172,8 @@ def _state_text(draw) -> str:
 
 _canonical_line = st.one_of(
     st.builds(lambda f, v: f'{f}: "{v}"', st.sampled_from(STRING_FIELDS), _ascii),
-    st.builds(lambda f, v: f"{f}: {v!r}", st.sampled_from(NUMBER_FIELDS), _floats))
+    st.builds(lambda f, v: f"{f}: {v!r}", st.sampled_from(NUMBER_FIELDS), _floats),
+)
 
 
 @st.composite
@@ -129,8 +194,8 @@ def _near_canonical(draw) -> str:
 @example('model_checkpoint_path: "a"\nlast_preserved_timestamp: 5\nlast_preserved_timestamp: -0.0\n')
 @example('all_model_checkpoint_paths: "a\\"b"\n')
 @example('all_model_checkpoint_paths: "a" # c\n')
-@example('all_model_checkpoint_timestamps: 01.5\n')
-@example('all_model_checkpoint_timestamps: -0\nlast_preserved_timestamp: -0.0\n')
+@example("all_model_checkpoint_timestamps: 01.5\n")
+@example("all_model_checkpoint_timestamps: -0\nlast_preserved_timestamp: -0.0\n")
 @example('model_checkpoint_path: "a"')
 @example("")
 def test_parse_state_is_text_format(text: str) -> None:
@@ -149,8 +214,12 @@ _paths = st.lists(_plain, max_size=20)
 
 
 @settings(max_examples=500, deadline=None)
-@given(_paths, st.lists(st.floats(allow_nan=False, allow_infinity=False), max_size=20), _plain,
-       st.floats(allow_nan=False, allow_infinity=False))
+@given(
+    _paths,
+    st.lists(st.floats(allow_nan=False, allow_infinity=False), max_size=20),
+    _plain,
+    st.floats(allow_nan=False, allow_infinity=False),
+)
 def test_what_tf_writes_takes_the_fast_path(paths, stamps, latest, preserved) -> None:
     text = format_state(StateFile(latest, paths, stamps, preserved))
     fast = _parse_canonical(text)
@@ -160,8 +229,12 @@ def test_what_tf_writes_takes_the_fast_path(paths, stamps, latest, preserved) ->
 
 def test_anything_else_is_text_formats() -> None:
     # an escape, a comment, other spacing, inf: not canonical, still parsed (by text_format)
-    for text in ('model_checkpoint_path: "a\\101"\n', "# c\nmodel_checkpoint_path: \"a\"\n",
-                 'model_checkpoint_path:"a"\n', 'model_checkpoint_path: "a"\nlast_preserved_timestamp: inf\n'):
+    for text in (
+        'model_checkpoint_path: "a\\101"\n',
+        '# c\nmodel_checkpoint_path: "a"\n',
+        'model_checkpoint_path:"a"\n',
+        'model_checkpoint_path: "a"\nlast_preserved_timestamp: inf\n',
+    ):
         assert _parse_canonical(text) is None
         parse_state(text)
     with pytest.raises(StateFileError, match=r"/d/checkpoint:2.*bogus_field"):
@@ -172,10 +245,19 @@ def test_large_canonical_file_is_fast() -> None:
     import time
 
     n = 100_000
-    text = format_state(StateFile(f"ckpt-{n}", [f"ckpt-{i}" for i in range(1, n + 1)],
-                                  [1.7e9 + i + 0.123456 for i in range(n)], 1.7e9 - 1))
+    text = format_state(
+        StateFile(
+            f"ckpt-{n}",
+            [f"ckpt-{i}" for i in range(1, n + 1)],
+            [1.7e9 + i + 0.123456 for i in range(n)],
+            1.7e9 - 1,
+        )
+    )
     t = time.process_time()
     s = parse_state(text.encode())
     took = time.process_time() - t
-    assert len(s.all_model_checkpoint_paths) == n and s.all_model_checkpoint_timestamps[-1] == 1.7e9 + n - 1 + 0.123456
+    assert (
+        len(s.all_model_checkpoint_paths) == n
+        and s.all_model_checkpoint_timestamps[-1] == 1.7e9 + n - 1 + 0.123456
+    )
     assert took < 1.0, took  # text_format takes seconds; the fast path ~0.05 s

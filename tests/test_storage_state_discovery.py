@@ -11,13 +11,13 @@ from airflow_tf_ckpt.core.formats.state import StateFile, format_state, parse_st
 from airflow_tf_ckpt.core.steps.discovery import StepStatus, discover
 from airflow_tf_ckpt.core.storage.location import Location
 
-STATE = b'''model_checkpoint_path: "ckpt-3"
+STATE = b"""model_checkpoint_path: "ckpt-3"
 all_model_checkpoint_paths: "ckpt-2"
 all_model_checkpoint_paths: "ckpt-3"
 all_model_checkpoint_timestamps: 100.5
 all_model_checkpoint_timestamps: 200.25
 last_preserved_timestamp: 50.0
-'''
+"""
 
 
 def _fake_step(d, prefix, shards=1):
@@ -35,10 +35,13 @@ def test_parse_roundtrip():
     assert parse_state(format_state(s)) == s
 
 
-@pytest.mark.parametrize("data,line", [
-    (b'model_checkpoint_path: "a"\nbogus_field: 3\n', 2),
-    (b'model_checkpoint_path: "a"\n\nall_model_checkpoint_paths: unquoted\n', 3),
-])
+@pytest.mark.parametrize(
+    "data,line",
+    [
+        (b'model_checkpoint_path: "a"\nbogus_field: 3\n', 2),
+        (b'model_checkpoint_path: "a"\n\nall_model_checkpoint_paths: unquoted\n', 3),
+    ],
+)
 def test_malformed_names_file_and_line(data, line):
     with pytest.raises(StateFileError) as ei:
         parse_state(data, "/x/checkpoint")
@@ -50,7 +53,7 @@ def test_binary_state_file_is_refused():
     with pytest.raises(StateFileError, match="binary"):
         parse_state(b"\x00\x01\x02", "/x/checkpoint")
     with pytest.raises(StateFileError, match="UTF-8"):
-        parse_state(b"model_checkpoint_path: \"\xff\"", "/x/checkpoint")
+        parse_state(b'model_checkpoint_path: "\xff"', "/x/checkpoint")
 
 
 def test_resolve_paths(tmp_path):
@@ -74,8 +77,12 @@ def test_discover_statuses(tmp_path):
     write_state(Location.of(tmp_path), StateFile("ckpt-2", ["ckpt-2"], [123.0], 0.0))
     d = discover(tmp_path)
     st = {s.prefix: s.status for s in d.steps}
-    assert st == {"ckpt-1": StepStatus.ORPHAN, "ckpt-2": StepStatus.COMMITTED,
-                  "ckpt-3": StepStatus.INCOMPLETE, "ckpt-4": StepStatus.INCOMPLETE}
+    assert st == {
+        "ckpt-1": StepStatus.ORPHAN,
+        "ckpt-2": StepStatus.COMMITTED,
+        "ckpt-3": StepStatus.INCOMPLETE,
+        "ckpt-4": StepStatus.INCOMPLETE,
+    }
     s2 = d.get(2)
     assert s2.timestamp == 123.0 and s2.timestamp_source == "state" and s2.num_shards == 3
     assert d.get(1).timestamp_source == "mtime"

@@ -123,7 +123,7 @@ def test_ranged_reader_matches_bytes() -> None:
 
     def read_at(off: int, ln: int) -> bytes:
         reads.append((off, ln))
-        return data[off:off + ln]
+        return data[off : off + ln]
 
     t = Table(read_at, len(data), PATH)
     assert t.first_entry() == _entries(1)[0]
@@ -165,8 +165,12 @@ GOOD = write_table(_entries(100), block_size=256)
 
 
 def _footer_with(meta: BlockHandle, index: BlockHandle) -> bytes:
-    f = (encode_varint(meta.offset) + encode_varint(meta.size) + encode_varint(index.offset)
-         + encode_varint(index.size)).ljust(40, b"\0")
+    f = (
+        encode_varint(meta.offset)
+        + encode_varint(meta.size)
+        + encode_varint(index.offset)
+        + encode_varint(index.size)
+    ).ljust(40, b"\0")
     return f + struct.pack("<II", TABLE_MAGIC & 0xFFFFFFFF, TABLE_MAGIC >> 32)
 
 
@@ -219,7 +223,7 @@ def _with_index(entries: list[tuple[bytes, bytes]], index_entries: list[tuple[by
 def test_index_handles_that_loop_or_overlap() -> None:
     entries = _entries(5)
     t = Table.from_bytes(write_table(entries, block_size=1 << 20), PATH)
-    (key, h), = t.index
+    ((key, h),) = t.index
     enc = encode_varint(h.offset) + encode_varint(h.size)
     # the same block twice: a loop that would re-read it forever with a crafted index
     _raises(_with_index(entries, [(key, enc), (key + b"\x01", enc)]), "bad_handle", "overlaps")
@@ -324,8 +328,10 @@ def test_fuzz_truncation(n: int) -> None:
 
 
 @FUZZ
-@given(st.sampled_from([SMALL, SMALL_SNAPPY]),
-       st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=6))
+@given(
+    st.sampled_from([SMALL, SMALL_SNAPPY]),
+    st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=6),
+)
 def test_fuzz_mutations_without_crc(base: bytes, edits: list[tuple[int, int]]) -> None:
     # with checksums off, mutated bytes reach the block / entry / handle parsers themselves
     data = bytearray(base)
@@ -353,17 +359,22 @@ def test_fuzz_bundle_parsing(value_bytes: bytes) -> None:
 
 def test_slice_key_known_encoding() -> None:
     # conv1/biases in a V1 checkpoint written by TF: a full 1-D slice is "0,-1"
-    assert encode_slice_key("conv1/biases", SliceSpec(((0, None),))) == \
-        b"\x00conv1/biases\x00\x01\x01\x01\x80\x7f"
+    assert (
+        encode_slice_key("conv1/biases", SliceSpec(((0, None),)))
+        == b"\x00conv1/biases\x00\x01\x01\x01\x80\x7f"
+    )
     name, spec = decode_slice_key(b"\x00big\x00\x01\x01\x02\x80\x90\x80\xc0\x80")
     assert (name, str(spec)) == ("big", "0,16:0,128")
     assert str(SliceSpec(((0, None), (3, 4)))) == "-:3,4"
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text(max_size=20) | st.binary(max_size=20).map(lambda b: b.decode("latin-1")),
-       st.lists(st.tuples(st.integers(0, 2**62), st.one_of(st.none(), st.integers(0, 2**62))),
-                min_size=1, max_size=5))
+@given(
+    st.text(max_size=20) | st.binary(max_size=20).map(lambda b: b.decode("latin-1")),
+    st.lists(
+        st.tuples(st.integers(0, 2**62), st.one_of(st.none(), st.integers(0, 2**62))), min_size=1, max_size=5
+    ),
+)
 def test_slice_key_roundtrip(name: str, extents: list[tuple[int, int | None]]) -> None:
     spec = SliceSpec(tuple((0 if ln is None else st_, ln) for st_, ln in extents))
     key = encode_slice_key(name, spec)
@@ -399,10 +410,11 @@ def test_bundle_slice_entries_report_parent_and_spec() -> None:
     s = parent.slices.add()
     s.extent.add(start=0, length=2)
     s.extent.add()
-    data = bundle_index({b"w": parent.SerializeToString(),
-                         encode_slice_key("w", spec): _entry(dtype=1, size=24)})
+    data = bundle_index(
+        {b"w": parent.SerializeToString(), encode_slice_key("w", spec): _entry(dtype=1, size=24)}
+    )
     b = parse_bundle_index(data, PATH)
-    sl, = b.slice_entries("w")
+    (sl,) = b.slice_entries("w")
     assert sl.name == "w" and sl.slice == spec and sl.display_name == "w[0,2:-]"
     assert b.tensors()["w"].is_sliced and b.tensors()["w"].slices == [spec]
     assert [e.key for e in b.data_entries()] == [sl.key]

@@ -151,7 +151,7 @@ def test_a_clean_shard_has_no_trailing_bytes(built, tmp_path) -> None:
 REJECTED = {  # TF's get_checkpoint_state raises ValueError("Invalid checkpoint state ...") on each
     "empty": "",
     "whitespace": "  \n\t\n",
-    "comments only": "# model_checkpoint_path: \"ckpt-2\"\n",
+    "comments only": '# model_checkpoint_path: "ckpt-2"\n',
     "latest missing": 'all_model_checkpoint_paths: "ckpt-1"\nall_model_checkpoint_paths: "ckpt-2"\n',
     "latest empty": 'model_checkpoint_path: ""\nall_model_checkpoint_paths: "ckpt-2"\n',
 }
@@ -182,8 +182,11 @@ def test_state_files_tf_rejects_are_refused_on_gcs(built, gcs_emulator, tmp_path
             assert code == 2, (case, cmd)
             one_error_line(err, f"gs://{bucket}/run/checkpoint", "model_checkpoint_path")
     # and the latest naming a step whose files are missing
-    fs.pipe_file(f"{bucket}/run/checkpoint", b'model_checkpoint_path: "ckpt-9"\n'
-                 b'all_model_checkpoint_paths: "ckpt-2"\nall_model_checkpoint_paths: "ckpt-9"\n')
+    fs.pipe_file(
+        f"{bucket}/run/checkpoint",
+        b'model_checkpoint_path: "ckpt-9"\n'
+        b'all_model_checkpoint_paths: "ckpt-2"\nall_model_checkpoint_paths: "ckpt-9"\n',
+    )
     code, out, _ = run_cli("validate", f"gs://{bucket}/run")
     assert code == 1 and "latest_checkpoint returns None" in out
 
@@ -191,16 +194,21 @@ def test_state_files_tf_rejects_are_refused_on_gcs(built, gcs_emulator, tmp_path
 def test_repeated_singular_field_last_wins_as_in_tf(built, tmp_path) -> None:
     """Failed before: text_format.Parse refused it; TF's text_format.Merge takes the last one."""
     d = fresh(built, "v2", tmp_path)
-    (d / "checkpoint").write_text('model_checkpoint_path: "ckpt-1"\nall_model_checkpoint_paths: "ckpt-1"\n'
-                                  'all_model_checkpoint_paths: "ckpt-2"\nmodel_checkpoint_path: "ckpt-2"\n'
-                                  "last_preserved_timestamp: 1\nlast_preserved_timestamp: 2.5\n")
+    (d / "checkpoint").write_text(
+        'model_checkpoint_path: "ckpt-1"\nall_model_checkpoint_paths: "ckpt-1"\n'
+        'all_model_checkpoint_paths: "ckpt-2"\nmodel_checkpoint_path: "ckpt-2"\n'
+        "last_preserved_timestamp: 1\nlast_preserved_timestamp: 2.5\n"
+    )
     state = parse_state((d / "checkpoint").read_bytes())
     assert state.model_checkpoint_path == "ckpt-2" and state.last_preserved_timestamp == 2.5
     code, out, _ = run_cli("ls", str(d), "--json")
     assert code == 0 and [s["prefix"] for s in json.loads(out)["steps"] if s["latest"]] == ["ckpt-2"]
     assert run_cli("validate", str(d))[0] == 0
     # spacing TF accepts too (the slow path), still last wins
-    assert parse_state('model_checkpoint_path:"a"\nmodel_checkpoint_path : "b" # c\n').model_checkpoint_path == "b"
+    assert (
+        parse_state('model_checkpoint_path:"a"\nmodel_checkpoint_path : "b" # c\n').model_checkpoint_path
+        == "b"
+    )
     with pytest.raises(StateFileError):
         parse_state('model_checkpoint_path: "a"\nmodel_checkpoint_path: ""\n')  # the last is empty
 

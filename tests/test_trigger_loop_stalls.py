@@ -74,8 +74,9 @@ def test_first_trigger_run_does_its_imports_off_the_loop(copy_variant):
     d = copy_variant("tf2_manager")  # ckpt-3, ckpt-4, ckpt-5
     env = dict(os.environ)
     env["AIRFLOW__TF_CKPT__TRIGGERER_GC_FREEZE"] = "False"
-    p = subprocess.run([sys.executable, "-c", SCRIPT, str(d)], capture_output=True, text=True, cwd=REPO,
-                       env=env, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(d)], capture_output=True, text=True, cwd=REPO, env=env, timeout=300
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     out = json.loads(p.stdout.strip().splitlines()[-1])
     print("trigger first run:", out)

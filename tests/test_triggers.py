@@ -43,8 +43,10 @@ def make_step(d: Path, n: int, shards: int = 1, base: str = "ckpt", index: bool 
 
 def commit(d: Path, steps: list[int], base: str = "ckpt", ts: float | None = None) -> None:
     now = time.time() if ts is None else ts
-    write_state(Location.of(d), StateFile(f"{base}-{steps[-1]}", [f"{base}-{s}" for s in steps],
-                                          [now] * len(steps), 0.0))
+    write_state(
+        Location.of(d),
+        StateFile(f"{base}-{steps[-1]}", [f"{base}-{s}" for s in steps], [now] * len(steps), 0.0),
+    )
 
 
 class Collector:
@@ -153,8 +155,9 @@ async def test_watermark_prefix_and_pick(tmp_path):
         make_step(d, n * 10, base="other")
     commit(d, [1, 2, 3])
     assert (await first_event(CheckpointTrigger(dir=str(d), poll_interval=0.05)))["step"] == 3
-    assert (await first_event(CheckpointTrigger(dir=str(d), after_step=1, pick="oldest",
-                                                poll_interval=0.05)))["step"] == 2
+    assert (
+        await first_event(CheckpointTrigger(dir=str(d), after_step=1, pick="oldest", poll_interval=0.05))
+    )["step"] == 2
     c = Collector(CheckpointTrigger(dir=str(d), after_step=3, prefix="ckpt", poll_interval=0.05))
     await asyncio.sleep(0.3)
     assert c.events == []
@@ -174,8 +177,14 @@ def test_serialized_kwargs_roundtrip_and_stay_small(tmp_path):
     d = tmp_path / "big"
     d.mkdir()
     commit(d, list(range(1, 10_001)))  # a state file naming 10k steps
-    trig = CheckpointTrigger(dir=str(d), prefix="ckpt", after_step=9_999, settle_seconds=5,
-                             poll_interval=2, conn_id="google_cloud_default")
+    trig = CheckpointTrigger(
+        dir=str(d),
+        prefix="ckpt",
+        after_step=9_999,
+        settle_seconds=5,
+        poll_interval=2,
+        conn_id="google_cloud_default",
+    )
     classpath, kwargs = trig.serialize()
     assert classpath == "airflow_tf_ckpt.triggers.checkpoint.CheckpointTrigger"
     blob = json.dumps(BaseSerialization.serialize(kwargs))
@@ -197,9 +206,19 @@ def test_parse_time_defaults_agree_with_the_core():
     assert trigger_mod.STATE_FILENAME == sensor_mod.STATE_FILENAME == state.STATE_FILENAME
     assert CheckpointTrigger(dir="/x").serialize() == (
         "airflow_tf_ckpt.triggers.checkpoint.CheckpointTrigger",
-        {"dir": "/x", "prefix": None, "after_step": None, "require_complete": True, "settle_seconds": 0.0,
-         "poll_interval": 30.0, "conn_id": None, "state_filename": "checkpoint", "max_errors": 10,
-         "pick": "newest"})
+        {
+            "dir": "/x",
+            "prefix": None,
+            "after_step": None,
+            "require_complete": True,
+            "settle_seconds": 0.0,
+            "poll_interval": 30.0,
+            "conn_id": None,
+            "state_filename": "checkpoint",
+            "max_errors": 10,
+            "pick": "newest",
+        },
+    )
 
 
 async def test_quiet_polls_read_only_the_state_file(tmp_path):
@@ -282,7 +301,9 @@ async def test_real_tf2_dir_new_step(copy_variant, tf_checkpoints):
     await asyncio.sleep(0.2)
     assert c.events == []
     state = (d / "checkpoint").read_text()
-    (d / "checkpoint").write_text(state.replace('"ckpt-5"', '"ckpt-6"', 1) + 'all_model_checkpoint_paths: "ckpt-6"\n')
+    (d / "checkpoint").write_text(
+        state.replace('"ckpt-5"', '"ckpt-6"', 1) + 'all_model_checkpoint_paths: "ckpt-6"\n'
+    )
     ev = (await c.wait_for(1))[0]
     assert (ev["step"], ev["checkpoint"]) == (6, "ckpt-6")
     assert sorted(ev["files"]) == sorted(p.name for p in d.glob("ckpt-6.*"))
@@ -298,8 +319,10 @@ async def test_gcs_fires_and_stays_silent(gcs_emulator, gcs_bucket, copy_variant
     fs.pipe_file(f"{gcs_bucket}/runs/a/checkpoint", (local / "checkpoint").read_bytes())
     await asyncio.sleep(0.3)
     assert c.events == []  # steps 3..5 are not after the watermark
-    fs.pipe_file(f"{gcs_bucket}/runs/a/checkpoint",
-                 (local / "checkpoint").read_bytes() + b'all_model_checkpoint_paths: "ckpt-6"\n')
+    fs.pipe_file(
+        f"{gcs_bucket}/runs/a/checkpoint",
+        (local / "checkpoint").read_bytes() + b'all_model_checkpoint_paths: "ckpt-6"\n',
+    )
     await asyncio.sleep(0.3)
     assert c.events == []  # named, but no file of step 6 yet
     data = (local / "ckpt-5.data-00000-of-00001").read_bytes()
@@ -449,9 +472,14 @@ async def test_polling_a_big_dir_does_not_block_the_loop(tmp_path):
     tick = asyncio.ensure_future(ticker())
     await asyncio.sleep(0.05)
     started = time.perf_counter()
-    events = await asyncio.gather(*(first_event(CheckpointTrigger(dir=str(d), after_step=k, pick="oldest",
-                                                                  poll_interval=0.05), timeout=60)
-                                    for k in (0, 100, 4990)))
+    events = await asyncio.gather(
+        *(
+            first_event(
+                CheckpointTrigger(dir=str(d), after_step=k, pick="oldest", poll_interval=0.05), timeout=60
+            )
+            for k in (0, 100, 4990)
+        )
+    )
     took = time.perf_counter() - started
     stop = True
     await tick
@@ -467,18 +495,26 @@ def _service_account_key(marker: str, token_uri: str) -> dict[str, str]:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption()).decode()
-    return {"type": "service_account", "project_id": "proj", "private_key_id": f"{marker}-kid",
-            "private_key": pem, "client_email": f"{marker}@proj.iam.gserviceaccount.com",
-            "client_id": "1234567890", "token_uri": token_uri}
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    return {
+        "type": "service_account",
+        "project_id": "proj",
+        "private_key_id": f"{marker}-kid",
+        "private_key": pem,
+        "client_email": f"{marker}@proj.iam.gserviceaccount.com",
+        "client_id": "1234567890",
+        "token_uri": token_uri,
+    }
 
 
 def test_extras_are_read_like_the_google_provider(tmp_path):
     marker = "MkR7secret"
     info = _service_account_key(marker, "https://oauth2.googleapis.com/token")
-    auth = gcs_auth_from_extras({"extra__google_cloud_platform__keyfile_dict": json.dumps(info),
-                                 "project": "p1"}, "gcp")
+    auth = gcs_auth_from_extras(
+        {"extra__google_cloud_platform__keyfile_dict": json.dumps(info), "project": "p1"}, "gcp"
+    )
     assert type(auth.token).__name__ == "Credentials" and auth.project == "p1"
     assert marker not in repr(auth) and info["private_key"] in auth.secrets
     key_file = tmp_path / "key.json"
@@ -489,14 +525,17 @@ def test_extras_are_read_like_the_google_provider(tmp_path):
     assert gcs_auth_from_extras({}).token is None  # -> google_default, or anon with an emulator
     assert gcs_auth_from_extras({"endpoint_url": "http://127.0.0.1:1"}).endpoint_url == "http://127.0.0.1:1"
     bad = {"keyfile_dict": '{"type": "service_account", "private_key": "' + marker + '"'}
-    for extras, match in [(bad, "not valid JSON"),
-                          ({"keyfile_dict": json.dumps({"type": "service_account", "private_key": marker})},
-                           "not a usable Google credential"),
-                          ({"key_path": str(tmp_path / "missing.json")}, "not a readable file"),
-                          ({"keyfile_dict": json.dumps({"type": "external_account", "x": marker})},
-                           "expected service_account"),
-                          ({"key_path": str(key_file), "keyfile_dict": json.dumps(info)}, "only one"),
-                          ({"impersonation_chain": "x@y"}, "not supported")]:
+    for extras, match in [
+        (bad, "not valid JSON"),
+        (
+            {"keyfile_dict": json.dumps({"type": "service_account", "private_key": marker})},
+            "not a usable Google credential",
+        ),
+        ({"key_path": str(tmp_path / "missing.json")}, "not a readable file"),
+        ({"keyfile_dict": json.dumps({"type": "external_account", "x": marker})}, "expected service_account"),
+        ({"key_path": str(key_file), "keyfile_dict": json.dumps(info)}, "only one"),
+        ({"impersonation_chain": "x@y"}, "not supported"),
+    ]:
         with pytest.raises(StorageCredentialsError, match=match) as ei:
             gcs_auth_from_extras(extras, "gcp")
         assert marker not in str(ei.value) and ei.value.__cause__ is None
@@ -515,8 +554,10 @@ async def test_credentials_never_leak(gcs_emulator, gcs_bucket, monkeypatch, cap
     marker = "LEAKMARKER9f3"
     # the emulator is no token endpoint: every refresh fails (401), which is the error path we want
     info = _service_account_key(marker, f"{gcs_emulator.url}/token")
-    monkeypatch.setenv("AIRFLOW_CONN_LEAKY_GCP", json.dumps(
-        {"conn_type": "google_cloud_platform", "extra": {"keyfile_dict": json.dumps(info)}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_LEAKY_GCP",
+        json.dumps({"conn_type": "google_cloud_platform", "extra": {"keyfile_dict": json.dumps(info)}}),
+    )
     caplog.set_level(logging.DEBUG)
     url = f"gs://{gcs_bucket}/run"
     trig = CheckpointTrigger(dir=url, conn_id="leaky_gcp", poll_interval=0.05, max_errors=2)
@@ -524,8 +565,16 @@ async def test_credentials_never_leak(gcs_emulator, gcs_bucket, monkeypatch, cap
     assert ev["status"] == "error" and "401" in ev["message"]
     hook = CheckpointStorageHook("leaky_gcp")
     loc = await hook.aget_location(url)
-    texts = [json.dumps(ev), repr(trig), json.dumps(trig.serialize()), repr(hook), repr(loc), repr(hook._auth),
-             str(loc.fs), hook.redact(json.dumps(info))]
+    texts = [
+        json.dumps(ev),
+        repr(trig),
+        json.dumps(trig.serialize()),
+        repr(hook),
+        repr(loc),
+        repr(hook._auth),
+        str(loc.fs),
+        hook.redact(json.dumps(info)),
+    ]
     with pytest.raises(Exception) as ei:  # the sync path's refresh (gcsfs retries its requests for 30 s)
         await asyncio.to_thread(loc.fs.credentials.maybe_refresh)
     texts.append(hook.redact(f"{ei.value!r} {ei.value}"))
@@ -539,8 +588,12 @@ async def test_credentials_never_leak(gcs_emulator, gcs_bucket, monkeypatch, cap
 
     assert marker not in str(redact(f"{info['client_email']} {info['private_key_id']} {info['private_key']}"))
     # the hook's own error paths name the field, never the value
-    monkeypatch.setenv("AIRFLOW_CONN_BROKEN_GCP", json.dumps(
-        {"conn_type": "google_cloud_platform", "extra": {"keyfile_dict": '{"private_key": "' + marker}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_BROKEN_GCP",
+        json.dumps(
+            {"conn_type": "google_cloud_platform", "extra": {"keyfile_dict": '{"private_key": "' + marker}}
+        ),
+    )
     ev = await first_event(CheckpointTrigger(dir=url, conn_id="broken_gcp", poll_interval=0.05))
     assert ev["status"] == "error" and "not valid JSON" in ev["message"] and marker not in json.dumps(ev)
 
@@ -548,8 +601,15 @@ async def test_credentials_never_leak(gcs_emulator, gcs_bucket, monkeypatch, cap
 @pytest.mark.gcs
 async def test_emulator_endpoint_from_connection_extras(gcs_emulator, gcs_bucket, monkeypatch, tmp_path):
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
-    monkeypatch.setenv("AIRFLOW_CONN_EMU", json.dumps(
-        {"conn_type": "tf_ckpt_storage", "extra": {"endpoint_url": gcs_emulator.url, "is_anonymous": True}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_EMU",
+        json.dumps(
+            {
+                "conn_type": "tf_ckpt_storage",
+                "extra": {"endpoint_url": gcs_emulator.url, "is_anonymous": True},
+            }
+        ),
+    )
     d = tmp_path / "run"
     make_step(d, 5)
     commit(d, [5])
@@ -579,8 +639,10 @@ async def test_triggerer_gc_freeze_option(on, tmp_path, monkeypatch):
     make_step(d, 1)
     commit(d, [1])
     try:
-        for trig in (CheckpointTrigger(dir=str(d), poll_interval=0.05),
-                     CheckpointEventTrigger(dir=str(d), poll_interval=0.05)):
+        for trig in (
+            CheckpointTrigger(dir=str(d), poll_interval=0.05),
+            CheckpointEventTrigger(dir=str(d), poll_interval=0.05),
+        ):
             c = Collector(trig)
             await c.wait_for(1)
             await c.stop()

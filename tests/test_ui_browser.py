@@ -70,13 +70,19 @@ def page(tf_checkpoints: Any, gcs_emulator: Any, tmp_path_factory: pytest.TempPa
 
     root = tmp_path_factory.mktemp("ui-demo")
     ckpt = _make_dir(tf_checkpoints, root)
-    tf_paths = tf_subprocess("result = list(tf.train.get_checkpoint_state(args[0]).all_model_checkpoint_paths)",
-                             str(ckpt))
+    tf_paths = tf_subprocess(
+        "result = list(tf.train.get_checkpoint_state(args[0]).all_model_checkpoint_paths)", str(ckpt)
+    )
     bucket = gcs_emulator.new_bucket("ui")
     upload_dir(gcs_emulator.fs(), ckpt, f"{bucket}/run/checkpoints")
     gcs_url = f"gs://{bucket}/run/checkpoints"
-    ui = AirflowUI(env={"TF_CKPT_DEMO_DIR": str(root), "STORAGE_EMULATOR_HOST": gcs_emulator.url,
-                        "AIRFLOW__TF_CKPT__UI_DIRS": gcs_url})
+    ui = AirflowUI(
+        env={
+            "TF_CKPT_DEMO_DIR": str(root),
+            "STORAGE_EMULATOR_HOST": gcs_emulator.url,
+            "AIRFLOW__TF_CKPT__UI_DIRS": gcs_url,
+        }
+    )
     for name in EXAMPLE_DAGS:
         shutil.copy(REPO / "dags" / name, ui.dags / name)
     try:
@@ -103,11 +109,16 @@ def _dirs(page: Page, token: str) -> dict[str, dict[str, Any]]:
 def test_every_route_needs_a_login(page: Page) -> None:
     from airflow_tf_ckpt.ui.app import create_app
 
-    routes = [(r.path, sorted(r.methods)[0]) for r in create_app().routes
-              if r.path.startswith(("/api", "/static")) or r.path == "/"]
+    routes = [
+        (r.path, sorted(r.methods)[0])
+        for r in create_app().routes
+        if r.path.startswith(("/api", "/static")) or r.path == "/"
+    ]
     assert len(routes) >= 10
     for path, method in routes:
-        url = "/tf-ckpt" + path.replace("{dir_id}", "x").replace("{prefix}", "ckpt-5").replace("{name}", "app.js")
+        url = "/tf-ckpt" + path.replace("{dir_id}", "x").replace("{prefix}", "ckpt-5").replace(
+            "{name}", "app.js"
+        )
         status, body = page.ui.request(url, method=method, body={"reason": "r"} if method == "POST" else None)
         assert status == 401, (url, status, body)
     status, body = page.ui.request("/tf-ckpt/api/dirs", token="not-a-jwt")
@@ -152,8 +163,11 @@ def test_retention_dry_run_uses_the_gc_dags_policies(page: Page, tokens: dict[st
     assert status == 200, body
     (plan,) = body["plans"]
     assert plan["task"] == "tf_ckpt_gc.retention"
-    assert plan["policies"][:3] == ["keep the last 3", "keep every 10th step",
-                                    "keep the best 2 by loss of tf_ckpt_evaluate_each_step (min)"]
+    assert plan["policies"][:3] == [
+        "keep the last 3",
+        "keep every 10th step",
+        "keep the best 2 by loss of tf_ckpt_evaluate_each_step (min)",
+    ]
     why = {prefix: (action, reasons) for _, prefix, action, reasons in plan["decisions"]}
     assert why["ckpt-4"] == ("keep", "quarantined")
     assert "promoted" in why["ckpt-3"][1]
@@ -166,8 +180,11 @@ def test_quarantine_and_promotion_records(page: Page, tokens: dict[str, str]) ->
     assert [(r["prefix"], r["reason"]) for r in q["records"]] == [("ckpt-4", REASON)]
     _, p = page.ui.request(f"/tf-ckpt/api/dirs/{d['id']}/promotions", token=tokens["viewer"])
     assert [(r["prefix"], r["alias"], r["dest"], r["current"]) for r in p["records"]] == [
-        ("ckpt-3", "best", str(page.root / "promoted"), True)]
-    assert p["aliases"] == [{"dest": str(page.root / "promoted"), "aliases": {"best": {"prefix": "ckpt-3", "step": 3}}}]
+        ("ckpt-3", "best", str(page.root / "promoted"), True)
+    ]
+    assert p["aliases"] == [
+        {"dest": str(page.root / "promoted"), "aliases": {"best": {"prefix": "ckpt-3", "step": 3}}}
+    ]
 
 
 def test_requests_name_dirs_by_id_only(page: Page, tokens: dict[str, str]) -> None:
@@ -177,23 +194,31 @@ def test_requests_name_dirs_by_id_only(page: Page, tokens: dict[str, str]) -> No
         assert status == 404, bad
     d = _dirs(page, tok)[str(page.ckpt)]
     for bad in ("..%2Fcheckpoint", "ckpt-99", "checkpoint"):
-        status, _ = page.ui.request(f"/tf-ckpt/api/dirs/{d['id']}/steps/{bad}/quarantine", token=tok,
-                                    method="POST", body={"reason": "r"})
+        status, _ = page.ui.request(
+            f"/tf-ckpt/api/dirs/{d['id']}/steps/{bad}/quarantine",
+            token=tok,
+            method="POST",
+            body={"reason": "r"},
+        )
         assert status == 404, bad
 
 
 def test_actions_need_write_access(page: Page, tokens: dict[str, str]) -> None:
     d = _dirs(page, tokens["viewer"])[str(page.ckpt)]
     base = f"/tf-ckpt/api/dirs/{d['id']}/steps/ckpt-5"
-    status, body = page.ui.request(base + "/quarantine", token=tokens["viewer"], method="POST", body={"reason": "r"})
+    status, body = page.ui.request(
+        base + "/quarantine", token=tokens["viewer"], method="POST", body={"reason": "r"}
+    )
     assert status == 403, body
-    status, body = page.ui.request("/tf-ckpt/api/dirs/" + d["id"] + "/steps/ckpt-4/unquarantine",
-                                   token=tokens["viewer"], method="POST")
+    status, body = page.ui.request(
+        "/tf-ckpt/api/dirs/" + d["id"] + "/steps/ckpt-4/unquarantine", token=tokens["viewer"], method="POST"
+    )
     assert status == 403, body
     assert not (page.ckpt / "ckpt-5.quarantine.json").exists()
     # the admin may: quarantine ckpt-5, then release it again (verified against its checksums)
-    status, body = page.ui.request(base + "/quarantine", token=tokens["admin"], method="POST",
-                                   body={"reason": "looks wrong"})
+    status, body = page.ui.request(
+        base + "/quarantine", token=tokens["admin"], method="POST", body={"reason": "looks wrong"}
+    )
     assert status == 200, body
     assert "looks wrong (by admin" in (page.ckpt / "ckpt-5.quarantine.json").read_text()
     status, body = page.ui.request(base + "/unquarantine", token=tokens["admin"], method="POST")
@@ -224,8 +249,14 @@ def _open_checkpoints(driver: Any, page: Page, user: str) -> Any:
     login(driver, page.ui, user)
     wait = WebDriverWait(driver, 90)
     wait.until(ec.element_to_be_clickable((By.XPATH, "//button[normalize-space()='Browse']"))).click()
-    wait.until(ec.element_to_be_clickable(
-        (By.XPATH, "//*[@role='menuitem'][normalize-space()='Checkpoints'] | //a[normalize-space()='Checkpoints']"))).click()
+    wait.until(
+        ec.element_to_be_clickable(
+            (
+                By.XPATH,
+                "//*[@role='menuitem'][normalize-space()='Checkpoints'] | //a[normalize-space()='Checkpoints']",
+            )
+        )
+    ).click()
     wait.until(ec.frame_to_be_available_and_switch_to_it((By.TAG_NAME, "iframe")))
     # the first paint may come from the state file alone; wait for the table from the listing
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#steps[data-complete='1'] tbody tr[data-prefix]"))
@@ -239,7 +270,10 @@ def test_the_page_in_chromium(page: Page, browser: Any, tmp_path: Path) -> None:
     wait = _open_checkpoints(browser, page, "viewer")
     rows = browser.find_elements(By.CSS_SELECTOR, "#steps tbody tr[data-prefix]")
     assert [(r.get_attribute("data-prefix"), r.get_attribute("data-status")) for r in rows] == [
-        ("ckpt-5", "committed"), ("ckpt-4", "quarantined"), ("ckpt-3", "committed")]
+        ("ckpt-5", "committed"),
+        ("ckpt-4", "quarantined"),
+        ("ckpt-3", "committed"),
+    ]
     by = {r.get_attribute("data-prefix"): r for r in rows}
     assert by["ckpt-4"].find_element(By.CSS_SELECTOR, ".badge.quarantined").text == "quarantined"
     assert by["ckpt-3"].find_element(By.CSS_SELECTOR, ".badge.promoted").text == "best"
@@ -260,9 +294,14 @@ def test_the_page_in_chromium(page: Page, browser: Any, tmp_path: Path) -> None:
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "table.plan tr[data-prefix='ckpt-4']"))
     assert "quarantined" in browser.find_element(By.CSS_SELECTOR, "table.plan tr[data-prefix='ckpt-4']").text
     browser.find_element(By.CSS_SELECTOR, "button[data-tab=quarantine]").click()
-    assert REASON in browser.find_element(By.CSS_SELECTOR, "#quarantine tr[data-prefix='ckpt-4'] .reason").text
+    assert (
+        REASON in browser.find_element(By.CSS_SELECTOR, "#quarantine tr[data-prefix='ckpt-4'] .reason").text
+    )
     browser.find_element(By.CSS_SELECTOR, "button[data-tab=promotions]").click()
-    assert str(page.root / "promoted") in browser.find_element(By.CSS_SELECTOR, "#promotions tr[data-prefix='ckpt-3']").text
+    assert (
+        str(page.root / "promoted")
+        in browser.find_element(By.CSS_SELECTOR, "#promotions tr[data-prefix='ckpt-3']").text
+    )
 
 
 def test_a_viewer_gets_403_on_an_action_in_the_page(page: Page, browser: Any) -> None:

@@ -25,8 +25,10 @@ def serialized_example_dags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     bag = DagBag(dag_folder=str(REPO / "dags"))
     assert not bag.import_errors, bag.import_errors
     # through JSON, as the serialized_dag table stores it
-    return [(dag_id, json.loads(json.dumps(DagSerialization.to_dict(dag)))["dag"])
-            for dag_id, dag in sorted(bag.dags.items())]
+    return [
+        (dag_id, json.loads(json.dumps(DagSerialization.to_dict(dag)))["dag"])
+        for dag_id, dag in sorted(bag.dags.items())
+    ]
 
 
 def test_example_dags_give_one_dir_with_the_gc_policies(serialized_example_dags, tmp_path: Path) -> None:
@@ -37,25 +39,37 @@ def test_example_dags_give_one_dir_with_the_gc_policies(serialized_example_dags,
     (d,) = dirs
     assert d.prefix == "ckpt"
     who = " | ".join(d.used_by)
-    for expected in ("tf_ckpt_evaluate_each_step.wait (CheckpointSensor)",
-                     "tf_ckpt_gc.retention (CheckpointRetentionOperator)",
-                     "tf_ckpt_event_driven (asset watcher)",
-                     "tf_ckpt_event_driven.check_and_evaluate.evaluate (EvaluateCheckpointOperator)"):
+    for expected in (
+        "tf_ckpt_evaluate_each_step.wait (CheckpointSensor)",
+        "tf_ckpt_gc.retention (CheckpointRetentionOperator)",
+        "tf_ckpt_event_driven (asset watcher)",
+        "tf_ckpt_event_driven.check_and_evaluate.evaluate (EvaluateCheckpointOperator)",
+    ):
         assert expected in who
     (spec,) = d.retention
     assert spec.label == "tf_ckpt_gc.retention"
     # rendered from the GC DAG's Param defaults, with their types
-    assert spec.options == {"keep_last": 3, "keep_best": 2, "keep_every_steps": 10, "metric": "loss",
-                            "mode": "min", "pins": [], "unevaluated_max_age": 86400.0,
-                            "evaluator": "tf_ckpt_evaluate_each_step",
-                            "keep_unevaluated": ["tf_ckpt_evaluate_each_step", "tf_ckpt_event_driven"]}
+    assert spec.options == {
+        "keep_last": 3,
+        "keep_best": 2,
+        "keep_every_steps": 10,
+        "metric": "loss",
+        "mode": "min",
+        "pins": [],
+        "unevaluated_max_age": 86400.0,
+        "evaluator": "tf_ckpt_evaluate_each_step",
+        "keep_unevaluated": ["tf_ckpt_evaluate_each_step", "tf_ckpt_event_driven"],
+    }
     assert notes == []
 
 
-def test_ui_dirs_are_added_once_and_get_the_default_connection(serialized_example_dags, tmp_path: Path) -> None:
+def test_ui_dirs_are_added_once_and_get_the_default_connection(
+    serialized_example_dags, tmp_path: Path
+) -> None:
     ckpt = str(tmp_path / "demo" / "checkpoints")
-    dirs = sources.watched_dirs(serialized_example_dags, sources.split_dirs(f"gs://b/x/, {ckpt}/\n/data/y"),
-                                default_conn_id="gcp")
+    dirs = sources.watched_dirs(
+        serialized_example_dags, sources.split_dirs(f"gs://b/x/, {ckpt}/\n/data/y"), default_conn_id="gcp"
+    )
     assert [d.url for d in dirs] == [ckpt, "gs://b/x", "/data/y"]
     assert dirs[1].used_by == ["[tf_ckpt] ui_dirs"] and dirs[1].conn_id == "gcp"
     assert "[tf_ckpt] ui_dirs" in dirs[0].used_by
@@ -63,14 +77,30 @@ def test_ui_dirs_are_added_once_and_get_the_default_connection(serialized_exampl
 
 
 def test_a_dir_that_needs_a_run_to_render_is_left_out_with_a_note() -> None:
-    dag = {"params": [["d", {"__class": "airflow.sdk.definitions.param.Param", "default": "/p"}]],
-           "tasks": [{"__type": "operator", "__var": {
-               "task_id": "v", "task_type": "ValidateCheckpointOperator",
-               "_task_module": "airflow_tf_ckpt.operators.validate",
-               "ckpt_dir": "{{ ti.xcom_pull(task_ids='x') }}"}},
-               {"__type": "operator", "__var": {
-                   "task_id": "s", "task_type": "CheckpointSensor", "_task_module": "airflow_tf_ckpt.sensors.checkpoint",
-                   "dir": "{{ params.d }}/run", "conn_id": "my_gcs"}}]}
+    dag = {
+        "params": [["d", {"__class": "airflow.sdk.definitions.param.Param", "default": "/p"}]],
+        "tasks": [
+            {
+                "__type": "operator",
+                "__var": {
+                    "task_id": "v",
+                    "task_type": "ValidateCheckpointOperator",
+                    "_task_module": "airflow_tf_ckpt.operators.validate",
+                    "ckpt_dir": "{{ ti.xcom_pull(task_ids='x') }}",
+                },
+            },
+            {
+                "__type": "operator",
+                "__var": {
+                    "task_id": "s",
+                    "task_type": "CheckpointSensor",
+                    "_task_module": "airflow_tf_ckpt.sensors.checkpoint",
+                    "dir": "{{ params.d }}/run",
+                    "conn_id": "my_gcs",
+                },
+            },
+        ],
+    }
     notes: list[str] = []
     dirs = sources.watched_dirs([("dag", dag)], notes=notes)
     assert [(d.url, d.conn_id) for d in dirs] == [("/p/run", "my_gcs")]

@@ -69,13 +69,17 @@ def test_every_variant_verifies(tf_checkpoints, chunk_size: int) -> None:
     for name, prefix in _all_prefixes(tf_checkpoints):
         v = tf_checkpoints[name]
         seen: list[tuple[int, int]] = []
-        r = verify_step(str(v.dir), prefix, chunk_size=chunk_size, progress=lambda d, t, s=seen: s.append((d, t)))
+        r = verify_step(
+            str(v.dir), prefix, chunk_size=chunk_size, progress=lambda d, t, s=seen: s.append((d, t))
+        )
         assert r.ok, r.summary()
         assert r.format == v.format and r.prefix == prefix
         assert r.tensors_checked > 0 and r.bytes_checked > 0
         json.dumps(r.to_dict())
         if v.format == "v2" and seen:
-            assert seen[-1][0] == seen[-1][1] and all(a[0] <= b[0] for a, b in zip(seen, seen[1:], strict=False))
+            assert seen[-1][0] == seen[-1][1] and all(
+                a[0] <= b[0] for a, b in zip(seen, seen[1:], strict=False)
+            )
 
 
 def test_slices_and_strings_are_really_checked(tf_checkpoints) -> None:
@@ -113,7 +117,7 @@ def test_byte_flip_in_shard_names_file_and_tensor(copy_variant) -> None:
     shard = d / "my_test_model-600.data-00000-of-00001"
     _flip(shard, w1.offset + w1.size // 2)
     r = verify_step(str(d), "my_test_model-600")
-    p, = _only(r)
+    (p,) = _only(r)
     assert (p.kind, p.tensor, p.file) == ("checksum_mismatch", "w1", str(shard))
     assert p.expected == f"0x{w1.crc32c:08x}" and p.actual != p.expected
 
@@ -154,7 +158,7 @@ def test_broken_index(copy_variant, how: str) -> None:
     else:
         index.write_bytes(b"")
     r = verify_step(str(d), "ckpt-1")
-    p, = _only(r)
+    (p,) = _only(r)
     assert p.file == str(index) and p.kind in ("bad_magic", "truncated")
     assert r.tensors_checked == 0
 
@@ -165,7 +169,7 @@ def test_missing_shard(copy_variant) -> None:
     in_shard2 = [e.display_name for e in b.data_entries() if e.shard_id == 2]
     (d / "ckpt-1.data-00002-of-00004").unlink()
     r = verify_step(str(d), "ckpt-1")
-    p, = _only(r)
+    (p,) = _only(r)
     assert p.kind == "missing_file" and p.file == str(d / "ckpt-1.data-00002-of-00004")
     assert in_shard2 and all(n in p.message for n in in_shard2)
     assert r.tensors_checked == len(b.data_entries()) - len(in_shard2)
@@ -175,7 +179,7 @@ def test_missing_index(copy_variant) -> None:
     d = copy_variant("sharded")
     (d / "ckpt-1.index").unlink()
     r = verify_step(str(d), "ckpt-1")
-    p, = _only(r)
+    (p,) = _only(r)
     assert (p.kind, p.file) == ("missing_file", str(d / "ckpt-1.index"))
 
 
@@ -186,7 +190,7 @@ def test_flip_inside_one_slice_names_that_slice(copy_variant) -> None:
     shard = d / f"ckpt-1.data-{victim.shard_id:05d}-of-00004"
     _flip(shard, victim.offset + 1)
     r = verify_step(str(d), "ckpt-1")
-    p, = _only(r)
+    (p,) = _only(r)
     assert p.kind == "checksum_mismatch" and p.file == str(shard)
     assert p.tensor == victim.display_name and p.tensor.startswith(SPLIT + "[")
 
@@ -196,8 +200,11 @@ def test_flip_inside_string_tensor(copy_variant, where: str) -> None:
     d = copy_variant("strings")
     words = _entry(d, "ckpt-1", WORDS)
     # 6 elements: lengths 5, 0, 300 (2-byte varint), 14, 1, 3 -> 7 bytes of varints, then 4 bytes
-    offset = {"lengths": words.offset, "length_checksum": words.offset + 8,
-              "bytes": words.offset + words.size - 2}[where]
+    offset = {
+        "lengths": words.offset,
+        "length_checksum": words.offset + 8,
+        "bytes": words.offset + words.size - 2,
+    }[where]
     _flip(d / "ckpt-1.data-00000-of-00001", offset, 0x02 if where != "lengths" else 0x01)
     r = verify_step(str(d), "ckpt-1", chunk_size=5)
     probs = _only(r)
@@ -252,11 +259,11 @@ def test_v1_damage(copy_variant) -> None:
     t = Table.from_bytes(f.read_bytes(), str(f))
     _flip(f, t.index[0][1].offset + 50)
     r = verify_step(str(d), "model.ckpt-2")
-    p, = _only(r)
+    (p,) = _only(r)
     assert p.kind == "checksum_mismatch" and p.file == str(f) and r.format == "v1"
     assert verify_step(str(d), "model.ckpt-1").ok
     _truncate(d / "model.ckpt-1", 500)
-    p, = _only(verify_step(str(d), "model.ckpt-1"))
+    (p,) = _only(verify_step(str(d), "model.ckpt-1"))
     assert p.kind in ("bad_magic", "truncated") and p.file == str(d / "model.ckpt-1")
 
 
@@ -264,7 +271,7 @@ def test_v1_missing_shard(copy_variant) -> None:
     d = copy_variant("v1_sharded")
     (d / "model.ckpt-7-00000-of-00001").rename(d / "model.ckpt-7-00000-of-00002")
     r = verify_step(str(d), "model.ckpt-7")
-    p, = _only(r, "missing_file")
+    (p,) = _only(r, "missing_file")
     assert p.file == str(d / "model.ckpt-7-00001-of-00002")
 
 
@@ -299,7 +306,7 @@ def test_memory_filesystem(tf_checkpoints, memdir) -> None:
     data = bytearray(fs.cat_file(shard))
     data[victim.offset] ^= 0x10
     fs.pipe(shard, bytes(data))
-    p, = _only(verify_step(url, "ckpt-1"))
+    (p,) = _only(verify_step(url, "ckpt-1"))
     assert p.tensor == victim.display_name and p.file == f"memory://{shard.lstrip('/')}"
     url1 = _to_memory(fs, tf_checkpoints["v1_nostep"].dir, root + "-v1")
     try:
@@ -330,18 +337,28 @@ def test_progress_is_thread_safe_and_complete(tf_checkpoints) -> None:
 # fuzz: damaged files never make verify_step raise
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                  HealthCheck.too_slow])
-@given(target=st.sampled_from(["index", "data0", "data3"]), cut=st.one_of(st.none(), st.integers(0, 12000)),
-       flips=st.lists(st.tuples(st.integers(0, 12000), st.integers(1, 255)), max_size=4))
-def test_fuzz_damage_never_raises(tf_checkpoints, target: str, cut: int | None,
-                                  flips: list[tuple[int, int]]) -> None:
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    target=st.sampled_from(["index", "data0", "data3"]),
+    cut=st.one_of(st.none(), st.integers(0, 12000)),
+    flips=st.lists(st.tuples(st.integers(0, 12000), st.integers(1, 255)), max_size=4),
+)
+def test_fuzz_damage_never_raises(
+    tf_checkpoints, target: str, cut: int | None, flips: list[tuple[int, int]]
+) -> None:
     fs = fsspec.filesystem("memory")
     root = f"/fuzz-{uuid.uuid4().hex[:8]}"
     try:
         url = _to_memory(fs, tf_checkpoints["sharded"].dir, root)
-        name = {"index": "ckpt-1.index", "data0": "ckpt-1.data-00000-of-00004",
-                "data3": "ckpt-1.data-00003-of-00004"}[target]
+        name = {
+            "index": "ckpt-1.index",
+            "data0": "ckpt-1.data-00000-of-00004",
+            "data3": "ckpt-1.data-00003-of-00004",
+        }[target]
         data = bytearray(fs.cat_file(f"{root}/{name}"))
         for pos, bit in flips:
             data[pos % len(data)] ^= bit
@@ -383,9 +400,16 @@ def test_overlapping_gapped_and_empty_entries(tmp_path: Path, chunk_size: int) -
 
     blob = bytearray(_os.urandom(20_000))
     sdata, scrc = _string_layout([b"a" * 200, b"", b"xyz" * 50])
-    blob[12_000:12_000 + len(sdata)] = sdata
-    spans = {b"a": (0, 400), b"b": (200, 800), b"c": (5_000, 5_040), b"d": (300, 300),
-             b"e": (19_000, 20_000), b"same1": (6_000, 6_400), b"same2": (6_000, 6_400)}
+    blob[12_000 : 12_000 + len(sdata)] = sdata
+    spans = {
+        b"a": (0, 400),
+        b"b": (200, 800),
+        b"c": (5_000, 5_040),
+        b"d": (300, 300),
+        b"e": (19_000, 20_000),
+        b"same1": (6_000, 6_400),
+        b"same2": (6_000, 6_400),
+    }
     entries = {}
     for k, (s, e) in spans.items():
         p = BundleEntryProto(dtype=4, offset=s, size=e - s, crc32c=mask(value(bytes(blob[s:e]))))

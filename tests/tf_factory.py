@@ -29,8 +29,17 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-VARIANTS = ("tf1_saver", "tf1_varlist", "v1", "v1_nostep", "v1_sharded", "tf2_manager",
-            "sharded", "strings", "big")
+VARIANTS = (
+    "tf1_saver",
+    "tf1_varlist",
+    "v1",
+    "v1_nostep",
+    "v1_sharded",
+    "tf2_manager",
+    "sharded",
+    "strings",
+    "big",
+)
 
 
 def _tf():
@@ -56,8 +65,7 @@ def build_tf1_saver(out: str) -> dict[str, Any]:
     with graph.as_default():
         w1 = v1.get_variable("w1", shape=[4, 3], initializer=v1.random_normal_initializer(seed=1))
         b1 = v1.get_variable("b1", shape=[3], initializer=v1.zeros_initializer())
-        counter = v1.get_variable("counter", shape=[], dtype=tf.int64,
-                                  initializer=v1.zeros_initializer())
+        counter = v1.get_variable("counter", shape=[], dtype=tf.int64, initializer=v1.zeros_initializer())
         global_step = v1.train.get_or_create_global_step()
         bump = v1.group(v1.assign_add(w1, tf.ones_like(w1)), v1.assign_add(counter, 1))
         saver = v1.train.Saver(max_to_keep=4, keep_checkpoint_every_n_hours=2)
@@ -69,8 +77,13 @@ def build_tf1_saver(out: str) -> dict[str, Any]:
                 sess.run(v1.assign(global_step, step))
                 saver.save(sess, prefix, global_step=step, write_meta_graph=(i == 0))
             del b1
-    return {"base": "my_test_model", "steps": steps, "kept": steps[-4:], "format": "v2",
-            "absolute_paths": True}
+    return {
+        "base": "my_test_model",
+        "steps": steps,
+        "kept": steps[-4:],
+        "format": "v2",
+        "absolute_paths": True,
+    }
 
 
 def build_tf1_varlist(out: str) -> dict[str, Any]:
@@ -79,8 +92,9 @@ def build_tf1_varlist(out: str) -> dict[str, Any]:
     v1 = tf.compat.v1
     graph = tf.Graph()
     with graph.as_default():
-        enc = v1.get_variable("encoder/kernel", shape=[8, 4],
-                              initializer=v1.random_normal_initializer(seed=2))
+        enc = v1.get_variable(
+            "encoder/kernel", shape=[8, 4], initializer=v1.random_normal_initializer(seed=2)
+        )
         v1.get_variable("decoder/kernel", shape=[4, 8], initializer=v1.zeros_initializer())
         saver = v1.train.Saver(var_list=[enc], max_to_keep=2)
         prefix = os.path.abspath(os.path.join(out, "encoder"))
@@ -88,8 +102,13 @@ def build_tf1_varlist(out: str) -> dict[str, Any]:
             sess.run(v1.global_variables_initializer())
             for step in (10, 20):
                 saver.save(sess, prefix, global_step=step)
-    return {"base": "encoder", "steps": [10, 20], "kept": [10, 20], "format": "v2",
-            "variables": ["encoder/kernel"]}
+    return {
+        "base": "encoder",
+        "steps": [10, 20],
+        "kept": [10, 20],
+        "format": "v2",
+        "variables": ["encoder/kernel"],
+    }
 
 
 def _v1_graph(tf: Any, seed: int) -> None:
@@ -126,8 +145,13 @@ def build_v1_nostep(out: str) -> dict[str, Any]:
         with v1.Session(graph=graph) as sess:
             sess.run(v1.global_variables_initializer())
             saver.save(sess, os.path.abspath(os.path.join(out, "inception_v1.ckpt")))
-    return {"base": "inception_v1.ckpt", "steps": [None], "kept": [None], "format": "v1",
-            "prefixes": ["inception_v1.ckpt"]}
+    return {
+        "base": "inception_v1.ckpt",
+        "steps": [None],
+        "kept": [None],
+        "format": "v1",
+        "prefixes": ["inception_v1.ckpt"],
+    }
 
 
 def build_v1_sharded(out: str) -> dict[str, Any]:
@@ -148,8 +172,9 @@ def build_tf2_manager(out: str) -> dict[str, Any]:
     """TF2: a tiny Keras model + optimizer under ``CheckpointManager(max_to_keep=3)``."""
     tf = _tf()
     tf.keras.utils.set_random_seed(0)
-    model = tf.keras.Sequential([tf.keras.Input(shape=(4,)), tf.keras.layers.Dense(8, activation="relu"),
-                                 tf.keras.layers.Dense(2)])
+    model = tf.keras.Sequential(
+        [tf.keras.Input(shape=(4,)), tf.keras.layers.Dense(8, activation="relu"), tf.keras.layers.Dense(2)]
+    )
     opt = tf.keras.optimizers.Adam(0.01)
     ckpt = tf.train.Checkpoint(model=model, optimizer=opt, step=tf.Variable(0, dtype=tf.int64))
     manager = tf.train.CheckpointManager(ckpt, out, max_to_keep=3)
@@ -163,8 +188,13 @@ def build_tf2_manager(out: str) -> dict[str, Any]:
         opt.apply_gradients(zip(grads, model.trainable_variables, strict=True))
         ckpt.step.assign_add(1)
         saved.append(os.path.basename(manager.save(checkpoint_number=int(ckpt.step.numpy()))))
-    return {"base": "ckpt", "steps": [1, 2, 3, 4, 5], "kept": [3, 4, 5], "format": "v2",
-            "prefixes": saved[-3:]}
+    return {
+        "base": "ckpt",
+        "steps": [1, 2, 3, 4, 5],
+        "kept": [3, 4, 5],
+        "format": "v2",
+        "prefixes": saved[-3:],
+    }
 
 
 def build_sharded(out: str) -> dict[str, Any]:
@@ -175,25 +205,37 @@ def build_sharded(out: str) -> dict[str, Any]:
     small = tf.Variable([1, 2, 3], dtype=tf.int32, name="small")
     ckpt = tf.train.Checkpoint(big=big, mid=mid, small=small)
     opts = tf.train.CheckpointOptions(
-        experimental_sharding_callback=tf.train.experimental.MaxShardSizePolicy(max_shard_size=10_000))
+        experimental_sharding_callback=tf.train.experimental.MaxShardSizePolicy(max_shard_size=10_000)
+    )
     manager = tf.train.CheckpointManager(ckpt, out, max_to_keep=2)
     path = manager.save(checkpoint_number=1, options=opts)
-    return {"base": "ckpt", "steps": [1], "kept": [1], "format": "v2",
-            "prefixes": [os.path.basename(path)], "split_tensor": "big/.ATTRIBUTES/VARIABLE_VALUE"}
+    return {
+        "base": "ckpt",
+        "steps": [1],
+        "kept": [1],
+        "format": "v2",
+        "prefixes": [os.path.basename(path)],
+        "split_tensor": "big/.ATTRIBUTES/VARIABLE_VALUE",
+    }
 
 
 def build_strings(out: str) -> dict[str, Any]:
     """A multi-element tf.string variable (incl. empty and >127-byte elements: 2-byte varints)."""
     tf = _tf()
-    words = tf.Variable([["alpha", ""], ["b" * 300, "ünïcödé"], ["x", "end"]], dtype=tf.string,
-                        name="words")
+    words = tf.Variable([["alpha", ""], ["b" * 300, "ünïcödé"], ["x", "end"]], dtype=tf.string, name="words")
     label = tf.Variable("a scalar string", dtype=tf.string)
     num = tf.Variable(3.5)
     ckpt = tf.train.Checkpoint(words=words, label=label, num=num)
     manager = tf.train.CheckpointManager(ckpt, out, max_to_keep=1)
     path = manager.save(checkpoint_number=1)
-    return {"base": "ckpt", "steps": [1], "kept": [1], "format": "v2",
-            "prefixes": [os.path.basename(path)], "string_tensor": "words/.ATTRIBUTES/VARIABLE_VALUE"}
+    return {
+        "base": "ckpt",
+        "steps": [1],
+        "kept": [1],
+        "format": "v2",
+        "prefixes": [os.path.basename(path)],
+        "string_tensor": "words/.ATTRIBUTES/VARIABLE_VALUE",
+    }
 
 
 def build_big(out: str, size_mib: int = 1024, shard_mib: int = 256) -> dict[str, Any]:
@@ -202,21 +244,31 @@ def build_big(out: str, size_mib: int = 1024, shard_mib: int = 256) -> dict[str,
     per_var = 32 << 20
     n = max(1, (size_mib << 20) // per_var)
     rows = per_var // 4 // 1024
-    variables = {f"layer_{i:03d}": tf.Variable(tf.random.stateless_uniform((rows, 1024), seed=(i, 7)))
-                 for i in range(n)}
+    variables = {
+        f"layer_{i:03d}": tf.Variable(tf.random.stateless_uniform((rows, 1024), seed=(i, 7)))
+        for i in range(n)
+    }
     ckpt = tf.train.Checkpoint(**variables)
     opts = tf.train.CheckpointOptions(
         experimental_sharding_callback=tf.train.experimental.MaxShardSizePolicy(
-            max_shard_size=shard_mib << 20))
+            max_shard_size=shard_mib << 20
+        )
+    )
     manager = tf.train.CheckpointManager(ckpt, out, max_to_keep=1)
     path = manager.save(checkpoint_number=1, options=opts)
     return {"base": "ckpt", "steps": [1], "kept": [1], "format": "v2", "prefixes": [os.path.basename(path)]}
 
 
 BUILDERS: dict[str, Callable[..., dict[str, Any]]] = {
-    "tf1_saver": build_tf1_saver, "tf1_varlist": build_tf1_varlist, "v1": build_v1,
-    "v1_nostep": build_v1_nostep, "v1_sharded": build_v1_sharded, "tf2_manager": build_tf2_manager,
-    "sharded": build_sharded, "strings": build_strings, "big": build_big,
+    "tf1_saver": build_tf1_saver,
+    "tf1_varlist": build_tf1_varlist,
+    "v1": build_v1,
+    "v1_nostep": build_v1_nostep,
+    "v1_sharded": build_v1_sharded,
+    "tf2_manager": build_tf2_manager,
+    "sharded": build_sharded,
+    "strings": build_strings,
+    "big": build_big,
 }
 DEFAULT_VARIANTS = [v for v in VARIANTS if v != "big"]
 
@@ -283,7 +335,9 @@ def tensor_values(prefix: str, names: list[str]) -> dict[str, Any]:
 
 
 API: dict[str, Callable[..., Any]] = {
-    "variable_map": variable_map, "read_all": read_all, "latest_checkpoint": latest_checkpoint,
+    "variable_map": variable_map,
+    "read_all": read_all,
+    "latest_checkpoint": latest_checkpoint,
     "tensor_values": tensor_values,
 }
 

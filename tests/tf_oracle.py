@@ -16,7 +16,7 @@ import pytest
 # vector, a variable partitioned in 3, a matrix. ``v1_restore(prefix)`` restores a V1 step into it
 # (``load_checkpoint(...).get_tensor`` cannot read a partitioned V1 variable: "Sliced checkpoints
 # are not supported"; a Saver restore can, and is what a TF1 job does).
-V1_GRAPH = r'''
+V1_GRAPH = r"""
 v1 = tf.compat.v1
 
 def v1_restore(prefix):
@@ -39,10 +39,12 @@ def v1_graph():
     v1.get_variable("part", shape=[10, 3], partitioner=v1.fixed_size_partitioner(3))  # partitioned
     v1.get_variable("dense/kernel", shape=[4, 2], initializer=v1.random_normal_initializer(seed=1))
     return gs
-'''
+"""
 
 # args: [out_dir]. Writes real checkpoints and records what TF itself says of them.
-BUILD = V1_GRAPH + r'''
+BUILD = (
+    V1_GRAPH
+    + r"""
 out = args[0]
 facts = {}
 
@@ -119,10 +121,11 @@ for cut in cuts:
     os.remove(p)
 facts["meta_cuts"] = {"size": len(data), "verdicts": verdicts}
 result = facts
-'''
+"""
+)
 
 # args: [[dir, ...]]. What TF's own readers say of each dir's state file.
-STATE_VERDICTS = r'''
+STATE_VERDICTS = r"""
 from tensorflow.python.checkpoint import checkpoint_management as cm
 import logging as _logging
 tf.get_logger().setLevel(_logging.CRITICAL)
@@ -141,10 +144,10 @@ for d in args[0]:
         v["latest_error"] = f"{type(exc).__name__}: {exc}"
     out.append(v)
 result = out
-'''
+"""
 
 # args: [[prefix, ...]]. None when TF reads every tensor of the prefix, else TF's error.
-READ_VERDICTS = r'''
+READ_VERDICTS = r"""
 out = []
 for prefix in args[0]:
     try:
@@ -155,12 +158,15 @@ for prefix in args[0]:
     except Exception as exc:
         out.append(f"{type(exc).__name__}: {str(exc)[:300]}")
 result = out
-'''
+"""
 
 # args: [[v1 prefix, ...]]. None when a TF1 Saver restores the step, else TF's error.
-V1_RESTORE_VERDICTS = V1_GRAPH + r'''
+V1_RESTORE_VERDICTS = (
+    V1_GRAPH
+    + r"""
 result = [v1_restore(p) for p in args[0]]
-'''
+"""
+)
 
 
 @pytest.fixture(scope="session")
@@ -175,11 +181,12 @@ def tf_built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     facts = tf_batch([(BUILD, [str(root)])])[0]
     return root, facts
 
+
 # args: [out_dir, cases]. Each case {"name", "keep", "hours", "gaps"} (gaps: hours between saves)
 # saves one step per gap with TF's clock (time.time) under control, twice: into NAME/all with
 # max_to_keep=None (every step kept: the input our planner sees) and into NAME/tf with the case's
 # max_to_keep and keep_checkpoint_every_n_hours. Result: {name: [prefixes TF kept in NAME/tf]}.
-RETENTION = r'''
+RETENTION = r"""
 from unittest import mock
 out, cases = args
 result = {}
@@ -196,4 +203,4 @@ for c in cases:
                 mgr.save(checkpoint_number=i + 1)
     tf_dir = os.path.join(out, c["name"], "tf")
     result[c["name"]] = sorted(f[:-len(".index")] for f in os.listdir(tf_dir) if f.endswith(".index"))
-'''
+"""

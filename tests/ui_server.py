@@ -28,9 +28,18 @@ from typing import Any
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                  "--disable-background-networking", "--disable-extensions", "--disable-sync",
-                  "--no-first-run", "--disable-component-update", "--window-size=1400,1000")
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-extensions",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-component-update",
+    "--window-size=1400,1000",
+)
 
 
 def free_port() -> int:
@@ -66,23 +75,24 @@ class AirflowUI:
 
     def _env(self, extra: dict[str, str]) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-        env.update({
-            "AIRFLOW_HOME": str(self.home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
-            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.home / "logs"),
-            "AIRFLOW__CORE__AUTH_MANAGER":
-                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,viewer:viewer",
-            "AIRFLOW__API__HOST": "127.0.0.1",
-            "AIRFLOW__API__PORT": str(self.port),
-            "AIRFLOW__API__BASE_URL": self.url,
-            "AIRFLOW__API__WORKERS": "1",
-            "AIRFLOW__API_AUTH__JWT_SECRET": os.urandom(16).hex(),
-            "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-        })
+        env.update(
+            {
+                "AIRFLOW_HOME": str(self.home),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
+                "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.home / "logs"),
+                "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,viewer:viewer",
+                "AIRFLOW__API__HOST": "127.0.0.1",
+                "AIRFLOW__API__PORT": str(self.port),
+                "AIRFLOW__API__BASE_URL": self.url,
+                "AIRFLOW__API__WORKERS": "1",
+                "AIRFLOW__API_AUTH__JWT_SECRET": os.urandom(16).hex(),
+                "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+                "TF_CPP_MIN_LOG_LEVEL": "2",
+            }
+        )
         env.update(extra)
         return env
 
@@ -90,15 +100,22 @@ class AirflowUI:
         airflow = str(Path(sys.executable).with_name("airflow"))
         proc = subprocess.run([airflow, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
-            raise RuntimeError(f"airflow {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+            raise RuntimeError(
+                f"airflow {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+            )
 
     def start(self, timeout: float = 240) -> AirflowUI:
         self._airflow("db", "migrate")
         self._airflow("dags", "reserialize")
         airflow = str(Path(sys.executable).with_name("airflow"))
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen([airflow, "api-server", "-H", "127.0.0.1", "-p", str(self.port), "-w", "1"],
-                                         env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [airflow, "api-server", "-H", "127.0.0.1", "-p", str(self.port), "-w", "1"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -123,13 +140,21 @@ class AirflowUI:
     def token(self, user: str) -> str:
         """A JWT for ``user`` from ``POST /auth/token`` (what scripts use instead of the cookie)."""
         body = json.dumps({"username": user, "password": self.passwords()[user]}).encode()
-        req = urllib.request.Request(self.url + "/auth/token", data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.url + "/auth/token", data=body, method="POST", headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(req, timeout=30) as r:
             return json.loads(r.read())["access_token"]
 
-    def request(self, path: str, *, token: str | None = None, method: str = "GET",
-                body: Any = None, timeout: float = 60) -> tuple[int, Any]:
+    def request(
+        self,
+        path: str,
+        *,
+        token: str | None = None,
+        method: str = "GET",
+        body: Any = None,
+        timeout: float = 60,
+    ) -> tuple[int, Any]:
         """``(status, parsed JSON or text)`` of one request to the server."""
         headers = {"Accept": "application/json"}
         if token:

@@ -31,4 +31,4 @@ def evaluate(restored: Any, step: int | None) -> dict[str, float]:
     x, y = synthetic_data(VALIDATION_SIZE, VALIDATION_SEED)
     pred = np.asarray(restored.model(x, training=False))
     err = pred - y
-    return {"loss": float(np.mean(err ** 2)), "mae": float(np.mean(np.abs(err)))}
+    return {"loss": float(np.mean(err**2)), "mae": float(np.mean(np.abs(err)))}

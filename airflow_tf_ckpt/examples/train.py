@@ -39,11 +39,14 @@ def synthetic_data(n: int, seed: int) -> tuple[Any, Any]:
 def build_model() -> Any:
     import keras
 
-    model = keras.Sequential([
-        keras.Input(shape=(INPUT_DIM,)),
-        keras.layers.Dense(HIDDEN, activation="relu", name="hidden"),
-        keras.layers.Dense(1, name="out"),
-    ], name="tiny_regressor")
+    model = keras.Sequential(
+        [
+            keras.Input(shape=(INPUT_DIM,)),
+            keras.layers.Dense(HIDDEN, activation="relu", name="hidden"),
+            keras.layers.Dense(1, name="out"),
+        ],
+        name="tiny_regressor",
+    )
     return model
 
 
@@ -77,8 +80,9 @@ def _is_local(url: str) -> bool:
     return "://" not in url or url.startswith("file://")
 
 
-def _mirror(local_dir: str, remote_url: str, prefix: str, dropped: list[str],
-            storage_options: dict[str, Any] | None) -> None:
+def _mirror(
+    local_dir: str, remote_url: str, prefix: str, dropped: list[str], storage_options: dict[str, Any] | None
+) -> None:
     """Copy one saved step to the remote dir in TF's commit order, then mirror TF's deletions.
 
     ``dropped`` are prefixes TF's ``max_to_keep`` dropped in this save; their remote files go only
@@ -101,10 +105,19 @@ def _mirror(local_dir: str, remote_url: str, prefix: str, dropped: list[str],
                 loc.fs.rm_file(loc.join(name))
 
 
-def train(ckpt_dir: str, *, steps: int = 5, start: int | None = None, save_every: int = 1,
-          batch_size: int = 64, seed: int = 0, max_to_keep: int | None = None,
-          sleep_between_saves: float = 0.0, storage_options: dict[str, Any] | None = None,
-          on_save: Callable[[int, str, float], None] | None = None) -> TrainResult:
+def train(
+    ckpt_dir: str,
+    *,
+    steps: int = 5,
+    start: int | None = None,
+    save_every: int = 1,
+    batch_size: int = 64,
+    seed: int = 0,
+    max_to_keep: int | None = None,
+    sleep_between_saves: float = 0.0,
+    storage_options: dict[str, Any] | None = None,
+    on_save: Callable[[int, str, float], None] | None = None,
+) -> TrainResult:
     """Train for ``steps`` more optimizer steps and save every ``save_every`` of them.
 
     Resumes from the latest checkpoint in ``ckpt_dir`` when there is one (so calling it again
@@ -126,8 +139,9 @@ def train(ckpt_dir: str, *, steps: int = 5, start: int | None = None, save_every
             _pull_latest(ckpt_dir, work_dir, storage_options)
         ckpt = build_checkpoint(with_optimizer=True)
         model, opt = ckpt.model, ckpt.optimizer
-        manager = tf.train.CheckpointManager(ckpt, work_dir, max_to_keep=max_to_keep,
-                                             checkpoint_name=CKPT_BASE)
+        manager = tf.train.CheckpointManager(
+            ckpt, work_dir, max_to_keep=max_to_keep, checkpoint_name=CKPT_BASE
+        )
         if manager.latest_checkpoint:
             ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         if start is not None:

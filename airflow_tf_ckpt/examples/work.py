@@ -47,8 +47,11 @@ def pending_steps(ckpt_dir: str, after: int | None, limit: int | None = None) ->
     cdir = discover_or_none(location(ckpt_dir))
     if cdir is None:
         return []
-    steps = sorted((s.step, s.prefix) for s in cdir.committed(settings.BASE)
-                   if s.step is not None and not s.quarantined and (after is None or s.step > after))
+    steps = sorted(
+        (s.step, s.prefix)
+        for s in cdir.committed(settings.BASE)
+        if s.step is not None and not s.quarantined and (after is None or s.step > after)
+    )
     return steps[:limit] if limit else steps
 
 
@@ -60,7 +63,9 @@ def handled(loc: Any, cdir: Any, prefix: str, evaluator: str | None) -> bool:
     return evaluated(loc, prefix, evaluator)
 
 
-def advance_over(ckpt_dir: str, offered: Sequence[str], evaluator: str | None) -> tuple[int | None, list[str]]:
+def advance_over(
+    ckpt_dir: str, offered: Sequence[str], evaluator: str | None
+) -> tuple[int | None, list[str]]:
     """The last step of the contiguous handled run of ``offered`` (oldest first), and the rest.
 
     Returns ``(new_watermark or None, not_handled_prefixes)``.
@@ -107,8 +112,9 @@ def write_mark(context: Any, asset: Any, key: str, step: int) -> int:
     old = read_mark(context, asset, key)
     if old is not None and old >= step:
         return old
-    state_accessor(context, asset).set(key, {"step": step, "updated": time.time(),
-                                             "run_id": context.get("run_id")})
+    state_accessor(context, asset).set(
+        key, {"step": step, "updated": time.time(), "run_id": context.get("run_id")}
+    )
     return step
 
 
@@ -117,5 +123,7 @@ def task_failed(context: Any, task_id: str) -> bool:
     ti = context["ti"]
     states = ti.get_task_states(dag_id=ti.dag_id, task_ids=[task_id], run_ids=[ti.run_id])
     per_run = states.get(ti.run_id, states) if isinstance(states, dict) else {}
-    return str(per_run.get(task_id) or "").lower().endswith("failed") and \
-        "upstream" not in str(per_run.get(task_id)).lower()
+    return (
+        str(per_run.get(task_id) or "").lower().endswith("failed")
+        and "upstream" not in str(per_run.get(task_id)).lower()
+    )

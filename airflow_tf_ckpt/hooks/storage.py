@@ -109,8 +109,10 @@ class GcsAuth:
     secrets: set[str] = field(default_factory=set)
 
     def __repr__(self) -> str:  # the dataclass default would print the credentials
-        return (f"GcsAuth(token={type(self.token).__name__}, project={self.project!r}, "
-                f"endpoint_url={self.endpoint_url!r}, access={self.access!r})")
+        return (
+            f"GcsAuth(token={type(self.token).__name__}, project={self.project!r}, "
+            f"endpoint_url={self.endpoint_url!r}, access={self.access!r})"
+        )
 
 
 def gcs_auth_from_extras(extras: Mapping[str, Any], conn_id: str | None = None) -> GcsAuth:
@@ -127,7 +129,8 @@ def gcs_auth_from_extras(extras: Mapping[str, Any], conn_id: str | None = None) 
         if _extra(extras, name):
             raise StorageCredentialsError(
                 f"{who}: extra {name!r} is not supported by airflow-tf-ckpt; use key_path, keyfile_dict "
-                "or application default credentials")
+                "or application default credentials"
+            )
     access = _extra(extras, "access") or "full_control"
     if access not in ACCESS_SCOPES:
         raise StorageCredentialsError(f"{who}: extra 'access' must be one of {sorted(ACCESS_SCOPES)}")
@@ -223,13 +226,17 @@ def _credentials_from_info(info: Mapping[str, Any], scopes: list[str], what: str
         if kind == "authorized_user":
             from google.oauth2.credentials import Credentials
 
-            return Credentials.from_authorized_user_info(dict(info), scopes=scopes), info.get("quota_project_id")
+            return Credentials.from_authorized_user_info(dict(info), scopes=scopes), info.get(
+                "quota_project_id"
+            )
     except Exception as exc:  # the message may quote the key: keep only the type
         raise StorageCredentialsError(
-            f"{what} is not a usable Google credential ({type(exc).__name__})") from None
+            f"{what} is not a usable Google credential ({type(exc).__name__})"
+        ) from None
     raise StorageCredentialsError(
         f"{what} is not a usable Google credential (type {kind!r}; expected service_account or "
-        "authorized_user)")
+        "authorized_user)"
+    )
 
 
 class CheckpointStorageHook(BaseHook):
@@ -247,8 +254,9 @@ class CheckpointStorageHook(BaseHook):
     conn_type = "tf_ckpt_storage"
     hook_name = "TensorFlow checkpoint storage"
 
-    def __init__(self, conn_id: str | None = None, *, storage_options: Mapping[str, Any] | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, conn_id: str | None = None, *, storage_options: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.conn_id = conn_id or None
         self._storage_options = dict(storage_options or {})
@@ -432,7 +440,9 @@ class AsyncCheckpointDir:
         return snapshot_location(self.location, entries, files)
 
 
-def snapshot_location(location: Location, entries: list[dict[str, Any]], files: Mapping[str, bytes]) -> Location:
+def snapshot_location(
+    location: Location, entries: list[dict[str, Any]], files: Mapping[str, bytes]
+) -> Location:
     """A Location whose ``listdir``/``read_bytes``/``exists`` answer from fetched data (no I/O)."""
     fs = _SnapshotFS(location.fs, location.path, entries, files)
     return Location(fs=fs, path=location.path, url=location.url)  # type: ignore[arg-type]
@@ -522,9 +532,15 @@ def _scan_local(path: str, prefix: str = "") -> list[dict[str, Any]]:
                     is_dir = entry.is_dir()
                 except FileNotFoundError:  # deleted while we listed
                     continue
-                out.append({"name": posixpath.join(path, entry.name), "size": st.st_size,
-                            "type": "directory" if is_dir else "file", "mtime": st.st_mtime,
-                            "islink": entry.is_symlink()})
+                out.append(
+                    {
+                        "name": posixpath.join(path, entry.name),
+                        "size": st.st_size,
+                        "type": "directory" if is_dir else "file",
+                        "mtime": st.st_mtime,
+                        "islink": entry.is_symlink(),
+                    }
+                )
     except (FileNotFoundError, NotADirectoryError):
         return []
     return out
@@ -561,7 +577,9 @@ class _GcsAsyncDir(AsyncCheckpointDir):
                 return b""
             raise
         if len(data) > cap:
-            raise FileTooLargeError(f"is more than {cap} bytes, too large for {what}", self.location.display(name))
+            raise FileTooLargeError(
+                f"is more than {cap} bytes, too large for {what}", self.location.display(name)
+            )
         return data
 
     async def list(self, prefix: str = "") -> list[dict[str, Any]]:
@@ -577,7 +595,9 @@ class _GcsAsyncDir(AsyncCheckpointDir):
 class _SnapshotFS:
     """Just enough of an fsspec filesystem for ``Location.listdir`` / ``read_bytes`` / ``exists``."""
 
-    def __init__(self, real: Any, path: str, entries: list[dict[str, Any]], files: Mapping[str, bytes]) -> None:
+    def __init__(
+        self, real: Any, path: str, entries: list[dict[str, Any]], files: Mapping[str, bytes]
+    ) -> None:
         self._real = real
         self._path = path.rstrip("/")
         self._entries = entries
@@ -604,8 +624,9 @@ class _SnapshotFS:
 
     def exists(self, path: str, **kwargs: Any) -> bool:
         name = posixpath.basename(path)
-        return name in self._files or any(posixpath.basename(e["name"].rstrip("/")) == name
-                                          for e in self._entries)
+        return name in self._files or any(
+            posixpath.basename(e["name"].rstrip("/")) == name for e in self._entries
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -636,8 +657,10 @@ class _SharedAsyncFs:
     @staticmethod
     def _key(opts: Mapping[str, Any]) -> str:
         # credentials objects hash by identity; everything else by value. Hashed: no secret kept.
-        parts = {k: (f"{type(v).__name__}@{id(v)}" if k == "token" and not isinstance(v, str) else v)
-                 for k, v in opts.items()}
+        parts = {
+            k: (f"{type(v).__name__}@{id(v)}" if k == "token" and not isinstance(v, str) else v)
+            for k, v in opts.items()
+        }
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
     async def acquire(self, loop: asyncio.AbstractEventLoop, opts: Mapping[str, Any]) -> _Shared:
@@ -684,6 +707,13 @@ _SHARED = _SharedAsyncFs()
 # constructor may do I/O the first time, so the event loop asks here first).
 _SYNC_FS: dict[str, Any] = {}
 
-__all__ = ["AsyncCheckpointDir", "CheckpointDirReader", "CheckpointStorageHook", "GcsAuth",
-           "StorageCredentialsError", "snapshot_location",
-           "gcs_auth_from_extras", "is_gcs_url"]
+__all__ = [
+    "AsyncCheckpointDir",
+    "CheckpointDirReader",
+    "CheckpointStorageHook",
+    "GcsAuth",
+    "StorageCredentialsError",
+    "snapshot_location",
+    "gcs_auth_from_extras",
+    "is_gcs_url",
+]

@@ -9,5 +9,10 @@ from airflow_tf_ckpt.operators.retention import CheckpointRetentionOperator
 from airflow_tf_ckpt.operators.tensorflow import EvaluateCheckpointOperator, RestoreCheckpointOperator
 from airflow_tf_ckpt.operators.validate import ValidateCheckpointOperator
 
-__all__ = ["CheckpointRetentionOperator", "EvaluateCheckpointOperator", "PromoteCheckpointOperator",
-           "RestoreCheckpointOperator", "ValidateCheckpointOperator"]
+__all__ = [
+    "CheckpointRetentionOperator",
+    "EvaluateCheckpointOperator",
+    "PromoteCheckpointOperator",
+    "RestoreCheckpointOperator",
+    "ValidateCheckpointOperator",
+]

@@ -102,9 +102,13 @@ def lease_owner(context: Any) -> str:
     """A lease owner name for this task try, in full (the lease file's name holds only its hash,
     so a long ``run_id`` is never cut: mapped instances of one run never share a lease)."""
     ti = context.get("ti") if hasattr(context, "get") else None
-    parts = [getattr(ti, "dag_id", None) or "dag", getattr(ti, "task_id", None) or "task",
-             getattr(ti, "run_id", None) or "run", str(getattr(ti, "map_index", -1)),
-             str(getattr(ti, "try_number", 0) or 0)]
+    parts = [
+        getattr(ti, "dag_id", None) or "dag",
+        getattr(ti, "task_id", None) or "task",
+        getattr(ti, "run_id", None) or "run",
+        str(getattr(ti, "map_index", -1)),
+        str(getattr(ti, "try_number", 0) or 0),
+    ]
     return ".".join(_OWNER_BAD.sub("_", str(p)) for p in parts)
 
 
@@ -122,8 +126,15 @@ class BaseCheckpointOperator(BaseOperator):
     template_fields: Sequence[str] = ("ckpt_dir", "step", "prefix")
     ui_color = "#ffd8b1"
 
-    def __init__(self, *, ckpt_dir: str, step: StepArg = "latest", prefix: str | None = None,
-                 conn_id: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        ckpt_dir: str,
+        step: StepArg = "latest",
+        prefix: str | None = None,
+        conn_id: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         require_path(ckpt_dir, "ckpt_dir")
         self.ckpt_dir = ckpt_dir
@@ -144,8 +155,9 @@ class BaseCheckpointOperator(BaseOperator):
 
         return discover(loc, self.prefix or None)
 
-    def resolve_step(self, cdir: CheckpointDir, value: StepArg | None = None, *,
-                     allow_incomplete: bool = False) -> CheckpointStep:
+    def resolve_step(
+        self, cdir: CheckpointDir, value: StepArg | None = None, *, allow_incomplete: bool = False
+    ) -> CheckpointStep:
         """The step the ``step`` argument names; ``latest`` is the newest committed step.
 
         A named step with missing files is refused with what is missing (an evaluator must never
@@ -166,12 +178,20 @@ class BaseCheckpointOperator(BaseOperator):
         step = cdir.get(sel, self.prefix or None)
         if step.status is StepStatus.INCOMPLETE and not allow_incomplete:
             raise StepNotFoundError(
-                f"step {step.prefix} is incomplete (missing {', '.join(step.missing[:5])})", where)
+                f"step {step.prefix} is incomplete (missing {', '.join(step.missing[:5])})", where
+            )
         return step
 
     @contextlib.contextmanager
-    def hold(self, context: Any, loc: Location, step: CheckpointStep, ttl_s: float, *,
-             allow_incomplete: bool = False) -> Iterator[CheckpointStep]:
+    def hold(
+        self,
+        context: Any,
+        loc: Location,
+        step: CheckpointStep,
+        ttl_s: float,
+        *,
+        allow_incomplete: bool = False,
+    ) -> Iterator[CheckpointStep]:
         """Lease ``step`` for the block (retention never deletes a leased step) and yield it afresh.
 
         The step is looked up again once the lease is held: a retention run may have deleted it
@@ -194,7 +214,9 @@ class BaseCheckpointOperator(BaseOperator):
             except StepNotFoundError:
                 raise StepNotFoundError("step was deleted before it could be leased", url) from None
             if fresh.status is StepStatus.INCOMPLETE and not allow_incomplete:
-                raise StepNotFoundError(f"step lost files before it could be leased: {fresh.missing[:5]}", url)
+                raise StepNotFoundError(
+                    f"step lost files before it could be leased: {fresh.missing[:5]}", url
+                )
             yield fresh
 
 

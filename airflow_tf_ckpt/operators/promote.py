@@ -42,14 +42,32 @@ class PromoteCheckpointOperator(BaseCheckpointOperator):
     ``copied``, ``bytes_copied``, ``method``.
     """
 
-    template_fields: Sequence[str] = (*BaseCheckpointOperator.template_fields, "dest", "metric", "mode",
-                                      "alias", "only_if_step", "evaluator")
+    template_fields: Sequence[str] = (
+        *BaseCheckpointOperator.template_fields,
+        "dest",
+        "metric",
+        "mode",
+        "alias",
+        "only_if_step",
+        "evaluator",
+    )
     ui_color = "#dda0dd"
 
-    def __init__(self, *, ckpt_dir: str, dest: str, step: StepArg = "latest", metric: str | None = None,
-                 mode: str = "min", alias: str | None = None, only_if_step: StepArg = None,
-                 dest_conn_id: str | None = None, record: bool = True, evaluator: str | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        ckpt_dir: str,
+        dest: str,
+        step: StepArg = "latest",
+        metric: str | None = None,
+        mode: str = "min",
+        alias: str | None = None,
+        only_if_step: StepArg = None,
+        dest_conn_id: str | None = None,
+        record: bool = True,
+        evaluator: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(ckpt_dir=ckpt_dir, step=step, **kwargs)
         require_path(dest, "dest")
         self.dest = dest
@@ -75,35 +93,68 @@ class PromoteCheckpointOperator(BaseCheckpointOperator):
 
         evaluator = None if self.evaluator in (None, "", "None") else str(self.evaluator)
         cdir = self.discover(src)
-        chosen = select_step(cdir, sel, prefix=self.prefix or None, metric=metric, mode=str(self.mode),
-                             evaluator=evaluator)
+        chosen = select_step(
+            cdir, sel, prefix=self.prefix or None, metric=metric, mode=str(self.mode), evaluator=evaluator
+        )
         if self.only_if_step not in (None, "", "None"):
             want = parse_step_arg(self.only_if_step)
             if want not in (chosen.step, chosen.prefix):
                 raise AirflowSkipException(
                     f"selected {chosen.prefix} ({sel}{':' + metric if metric else ''}"
                     f"{' of ' + evaluator if evaluator else ''}); not promoting "
-                    f"because only_if_step={want!r}")
+                    f"because only_if_step={want!r}"
+                )
         # promote the step we selected, by prefix name, so a newer step landing meanwhile
         # cannot change the decision
-        result = promote(src, dst, chosen.prefix, prefix=self.prefix or None, alias=self.alias or None,
-                         record=self.record, evaluator=evaluator)
+        result = promote(
+            src,
+            dst,
+            chosen.prefix,
+            prefix=self.prefix or None,
+            alias=self.alias or None,
+            record=self.record,
+            evaluator=evaluator,
+        )
         r = result.to_dict()
         uri = dst.display()
         if result.record_problem:  # published all the same: retention there may not know of it
             self.log.warning("%s", result.record_problem)
-        self.log.info("Promoted %s (step %s) to %s: copied %d file(s), %d bytes (%s)%s",
-                      src.display(chosen.prefix), result.step, uri, len(result.copied),
-                      result.bytes_copied, result.method,
-                      f"; alias {self.alias!r}" if self.alias else "")
-        out = {"destination": uri, "uri": uri, "step": result.step, "prefix": result.prefix,
-               "metrics": r.get("metrics") or {}, "alias": r.get("alias"), "source": src.display(),
-               "copied": len(result.copied), "bytes_copied": result.bytes_copied, "method": result.method,
-               "checkpoint_path": r.get("checkpoint_path")}
-        emit_asset_events(context, self.outlets,
-                          {"uri": uri, "step": result.step, "prefix": result.prefix,
-                           "metrics": out["metrics"], "alias": out["alias"], "source": src.display()},
-                          alias_uri=_asset_uri(uri))
+        self.log.info(
+            "Promoted %s (step %s) to %s: copied %d file(s), %d bytes (%s)%s",
+            src.display(chosen.prefix),
+            result.step,
+            uri,
+            len(result.copied),
+            result.bytes_copied,
+            result.method,
+            f"; alias {self.alias!r}" if self.alias else "",
+        )
+        out = {
+            "destination": uri,
+            "uri": uri,
+            "step": result.step,
+            "prefix": result.prefix,
+            "metrics": r.get("metrics") or {},
+            "alias": r.get("alias"),
+            "source": src.display(),
+            "copied": len(result.copied),
+            "bytes_copied": result.bytes_copied,
+            "method": result.method,
+            "checkpoint_path": r.get("checkpoint_path"),
+        }
+        emit_asset_events(
+            context,
+            self.outlets,
+            {
+                "uri": uri,
+                "step": result.step,
+                "prefix": result.prefix,
+                "metrics": out["metrics"],
+                "alias": out["alias"],
+                "source": src.display(),
+            },
+            alias_uri=_asset_uri(uri),
+        )
         return out
 
 

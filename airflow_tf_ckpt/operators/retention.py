@@ -79,18 +79,43 @@ class CheckpointRetentionOperator(BaseCheckpointOperator):
     ``state_file_rewritten``.
     """
 
-    template_fields: Sequence[str] = ("ckpt_dir", "prefix", "keep_last", "keep_every_hours",
-                                      "keep_every_steps", "keep_best", "metric", "mode", "pins", "dry_run",
-                                      "evaluator", "keep_unevaluated", "unevaluated_max_age")
+    template_fields: Sequence[str] = (
+        "ckpt_dir",
+        "prefix",
+        "keep_last",
+        "keep_every_hours",
+        "keep_every_steps",
+        "keep_best",
+        "metric",
+        "mode",
+        "pins",
+        "dry_run",
+        "evaluator",
+        "keep_unevaluated",
+        "unevaluated_max_age",
+    )
     ui_color = "#b0c4de"
 
-    def __init__(self, *, ckpt_dir: str, prefix: str | None = None, keep_last: int | None = None,
-                 keep_every_hours: float | None = None, keep_every_steps: int | None = None,
-                 keep_best: int | None = None, metric: str | None = None, mode: str = "min",
-                 pins: Sequence[int] | None = None, unevaluated: str = "keep", keep_promoted: bool = True,
-                 dry_run: bool = False, evaluator: str | None = None,
-                 keep_unevaluated: Sequence[str] | None = None, unevaluated_max_age: Any = 86400.0,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        ckpt_dir: str,
+        prefix: str | None = None,
+        keep_last: int | None = None,
+        keep_every_hours: float | None = None,
+        keep_every_steps: int | None = None,
+        keep_best: int | None = None,
+        metric: str | None = None,
+        mode: str = "min",
+        pins: Sequence[int] | None = None,
+        unevaluated: str = "keep",
+        keep_promoted: bool = True,
+        dry_run: bool = False,
+        evaluator: str | None = None,
+        keep_unevaluated: Sequence[str] | None = None,
+        unevaluated_max_age: Any = 86400.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(ckpt_dir=ckpt_dir, step=None, prefix=prefix, **kwargs)
         self.keep_last = keep_last
         self.keep_every_hours = keep_every_hours
@@ -118,19 +143,26 @@ class CheckpointRetentionOperator(BaseCheckpointOperator):
             pins = [p for p in pins.strip("[]() ").replace(",", " ").split() if p]
         keep_best = _opt_int(self.keep_best)
         policies = policies_from_options(
-            keep_last=_opt_int(self.keep_last), keep_every_hours=_opt_float(self.keep_every_hours),
-            keep_every_steps=_opt_int(self.keep_every_steps), keep_best=keep_best,
+            keep_last=_opt_int(self.keep_last),
+            keep_every_hours=_opt_float(self.keep_every_hours),
+            keep_every_steps=_opt_int(self.keep_every_steps),
+            keep_best=keep_best,
             # a metric only means something with keep_best (the core refuses it alone)
-            metric=(self.metric or None) if keep_best is not None else None, mode=str(self.mode),
-            pins=[int(p) for p in pins], keep_promoted=bool(self.keep_promoted),
+            metric=(self.metric or None) if keep_best is not None else None,
+            mode=str(self.mode),
+            pins=[int(p) for p in pins],
+            keep_promoted=bool(self.keep_promoted),
             unevaluated=str(self.unevaluated),
             evaluator=None if self.evaluator in (None, "", "None") else str(self.evaluator),
             keep_unevaluated=_names(self.keep_unevaluated),
-            unevaluated_max_age=_seconds(self.unevaluated_max_age))
+            unevaluated_max_age=_seconds(self.unevaluated_max_age),
+        )
         if not policies:
-            raise ValueError("no retention policy given: set keep_last, keep_every_hours, "
-                             "keep_every_steps, keep_best, keep_unevaluated or pins "
-                             "(deleting everything is not an option)")
+            raise ValueError(
+                "no retention policy given: set keep_last, keep_every_hours, "
+                "keep_every_steps, keep_best, keep_unevaluated or pins "
+                "(deleting everything is not an option)"
+            )
         return policies
 
     def execute(self, context: Any) -> dict[str, Any]:
@@ -138,16 +170,27 @@ class CheckpointRetentionOperator(BaseCheckpointOperator):
         from airflow_tf_ckpt.core.retention.executor import apply_plan
         from airflow_tf_ckpt.core.retention.planner import plan_retention
 
-        dry_run = self.dry_run if isinstance(self.dry_run, bool) else \
-            str(self.dry_run).strip().lower() in ("1", "true", "yes", "on")
+        dry_run = (
+            self.dry_run
+            if isinstance(self.dry_run, bool)
+            else str(self.dry_run).strip().lower() in ("1", "true", "yes", "on")
+        )
         loc = self.get_location()
         policies = self.policies()
         try:
             plan = plan_retention(loc, policies, prefix=self.prefix or None)
         except DirNotFoundError:
             self.log.info("%s does not exist yet: nothing to do", loc.display())
-            return {"dry_run": dry_run, "kept": 0, "deleted": 0, "deleted_steps": [], "bytes_freed": 0,
-                    "bytes_to_free": 0, "state_file_rewritten": False, "missing_dir": True}
+            return {
+                "dry_run": dry_run,
+                "kept": 0,
+                "deleted": 0,
+                "deleted_steps": [],
+                "bytes_freed": 0,
+                "bytes_to_free": 0,
+                "state_file_rewritten": False,
+                "missing_dir": True,
+            }
         self.log.info("Retention plan for %s:\n%s", loc.display(), self.plan_table(plan))
         self.log.info("%s", plan.summary())
         for problem in plan.problems:
@@ -160,14 +203,18 @@ class CheckpointRetentionOperator(BaseCheckpointOperator):
         if result.errors:
             from airflow.sdk.exceptions import AirflowException
 
-            raise AirflowException(f"retention of {loc.display()} failed to delete "
-                                   f"{len(result.errors)} file(s):\n" + "\n".join(result.errors[:50]))
+            raise AirflowException(
+                f"retention of {loc.display()} failed to delete "
+                f"{len(result.errors)} file(s):\n" + "\n".join(result.errors[:50])
+            )
         return out
 
     @staticmethod
     def plan_table(plan: Any) -> str:
-        rows = [["-" if d.step is None else d.step, d.prefix, d.action, human_bytes(d.size),
-                 "; ".join(d.reasons)] for d in plan.decisions]
+        rows = [
+            ["-" if d.step is None else d.step, d.prefix, d.action, human_bytes(d.size), "; ".join(d.reasons)]
+            for d in plan.decisions
+        ]
         return format_table(["step", "prefix", "action", "size", "why"], rows) if rows else "(no steps)"
 
     @staticmethod
@@ -179,8 +226,13 @@ class CheckpointRetentionOperator(BaseCheckpointOperator):
             gone = list(result.deleted_steps)
         numbers = {d.prefix: d.step for d in plan.decisions}
         deleted_steps = [numbers.get(p) if numbers.get(p) is not None else p for p in gone]
-        return {"dry_run": dry_run, "kept": len(plan.decisions) - len(gone), "deleted": len(gone),
-                "deleted_steps": deleted_steps[:MAX_XCOM_STEPS],
-                "bytes_freed": 0 if dry_run else int(result.bytes_freed),
-                "bytes_to_free": int(plan.bytes_to_free) if dry_run else 0,
-                "state_file_rewritten": bool(result.state_written), "missing_dir": False}
+        return {
+            "dry_run": dry_run,
+            "kept": len(plan.decisions) - len(gone),
+            "deleted": len(gone),
+            "deleted_steps": deleted_steps[:MAX_XCOM_STEPS],
+            "bytes_freed": 0 if dry_run else int(result.bytes_freed),
+            "bytes_to_free": int(plan.bytes_to_free) if dry_run else 0,
+            "state_file_rewritten": bool(result.state_written),
+            "missing_dir": False,
+        }

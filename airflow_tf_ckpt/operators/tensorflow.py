@@ -61,19 +61,30 @@ class RestoreCheckpointOperator(BaseCheckpointOperator):
     template_fields: Sequence[str] = (*BaseCheckpointOperator.template_fields, "meta_graph")
     ui_color = "#ffb347"
 
-    def __init__(self, *, ckpt_dir: str, step: StepArg = "latest",
-                 build_fn: Callable[[], Any] | str | None = None, format: str = "tf2",
-                 match: str = "existing", meta_graph: str | None = None,
-                 fn: Callable[[Any, int | None], Any] | str | None = None, require_gpu: bool = False,
-                 lease_ttl: float = 6 * 3600.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        ckpt_dir: str,
+        step: StepArg = "latest",
+        build_fn: Callable[[], Any] | str | None = None,
+        format: str = "tf2",
+        match: str = "existing",
+        meta_graph: str | None = None,
+        fn: Callable[[Any, int | None], Any] | str | None = None,
+        require_gpu: bool = False,
+        lease_ttl: float = 6 * 3600.0,
+        **kwargs: Any,
+    ) -> None:
         if kwargs.get("queue") is None:
             kwargs["queue"] = _gpu_queue()
         super().__init__(ckpt_dir=ckpt_dir, step=step, **kwargs)
         if format not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, not {format!r}")
         if format == "tf2" and build_fn is None:
-            raise ValueError("format='tf2' needs build_fn (a callable returning a tf.train.Checkpoint "
-                             "over the model built as in training)")
+            raise ValueError(
+                "format='tf2' needs build_fn (a callable returning a tf.train.Checkpoint "
+                "over the model built as in training)"
+            )
         self.build_fn = build_fn
         self.format = format
         self.match = match
@@ -92,11 +103,18 @@ class RestoreCheckpointOperator(BaseCheckpointOperator):
         build = load_callable(self.build_fn, "build_fn") if self.build_fn is not None else None
         try:
             if self.format == "tf1":
-                return tf_runtime.restore_tf1(url, build_graph=build, meta_graph=self.meta_graph or None,
-                                              location=loc, require_gpu=self.require_gpu, logger=self.log)
+                return tf_runtime.restore_tf1(
+                    url,
+                    build_graph=build,
+                    meta_graph=self.meta_graph or None,
+                    location=loc,
+                    require_gpu=self.require_gpu,
+                    logger=self.log,
+                )
             assert build is not None
-            return tf_runtime.restore_tf2(url, build, match=self.match, location=loc,
-                                          require_gpu=self.require_gpu, logger=self.log)
+            return tf_runtime.restore_tf2(
+                url, build, match=self.match, location=loc, require_gpu=self.require_gpu, logger=self.log
+            )
         except tf_runtime.GpuNotAvailableError as exc:
             # retrying on the same CPU-only worker cannot help
             raise AirflowFailException(str(exc)) from exc
@@ -104,9 +122,14 @@ class RestoreCheckpointOperator(BaseCheckpointOperator):
             raise AirflowFailException(str(exc)) from exc
 
     def _summary(self, loc: Location, step: CheckpointStep, restored: Any) -> dict[str, Any]:
-        return {"prefix": step.prefix, "step": step.step, "url": loc.display(step.prefix),
-                "format": self.format, "device": restored.device.device,
-                "gpus": list(restored.device.gpus)}
+        return {
+            "prefix": step.prefix,
+            "step": step.step,
+            "url": loc.display(step.prefix),
+            "format": self.format,
+            "device": restored.device.device,
+            "gpus": list(restored.device.gpus),
+        }
 
     def execute(self, context: Any) -> dict[str, Any]:
         loc = self.get_location()
@@ -130,8 +153,9 @@ def clean_metrics(raw: Any, where: str) -> dict[str, float]:
     (retention and promotion never pick a NaN as "best").
     """
     if not isinstance(raw, dict):
-        raise AirflowFailException(f"eval_fn must return a dict of metric name -> number for {where}, "
-                                   f"got {type(raw).__name__}")
+        raise AirflowFailException(
+            f"eval_fn must return a dict of metric name -> number for {where}, got {type(raw).__name__}"
+        )
     out: dict[str, float] = {}
     for k, v in raw.items():
         if hasattr(v, "item") and callable(v.item):  # numpy / TF scalars
@@ -144,12 +168,15 @@ def clean_metrics(raw: Any, where: str) -> dict[str, float]:
 
 def json_safe_metrics(metrics: dict[str, float]) -> dict[str, float | str]:
     """Metrics for XCom and Asset extras: NaN/inf spelled as strings (strict JSON, as the sidecar)."""
-    return {k: v if math.isfinite(v) else ("NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity"))
-            for k, v in metrics.items()}
+    return {
+        k: v if math.isfinite(v) else ("NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity"))
+        for k, v in metrics.items()
+    }
 
 
-def emit_asset_events(context: Any, outlets: Sequence[Any], extra: dict[str, Any],
-                      alias_uri: str | None = None) -> int:
+def emit_asset_events(
+    context: Any, outlets: Sequence[Any], extra: dict[str, Any], alias_uri: str | None = None
+) -> int:
     """Attach ``extra`` to the outlet Asset events of this task.
 
     Classic operators cannot ``yield Metadata`` (Airflow only drains generators of ``@task``
@@ -199,8 +226,14 @@ class EvaluateCheckpointOperator(RestoreCheckpointOperator):
     template_fields: Sequence[str] = (*RestoreCheckpointOperator.template_fields, "evaluator")
     ui_color = "#ff9f40"
 
-    def __init__(self, *, eval_fn: Callable[[Any, int | None], dict[str, float]] | str,
-                 write_sidecar: bool = True, evaluator: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        eval_fn: Callable[[Any, int | None], dict[str, float]] | str,
+        write_sidecar: bool = True,
+        evaluator: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.eval_fn = eval_fn
         self.write_sidecar = write_sidecar
@@ -211,8 +244,10 @@ class EvaluateCheckpointOperator(RestoreCheckpointOperator):
             from airflow_tf_ckpt.core.formats.naming import EVALUATOR_RE
 
             if not isinstance(evaluator, str) or not EVALUATOR_RE.match(evaluator):
-                raise ValueError(f"invalid evaluator name {evaluator!r} (letters, digits, '_', '.', '-'; "
-                                 "at most 250; not starting with '.' or '-')")
+                raise ValueError(
+                    f"invalid evaluator name {evaluator!r} (letters, digits, '_', '.', '-'; "
+                    "at most 250; not starting with '.' or '-')"
+                )
 
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_tf_ckpt.core.sidecars.metrics import check_evaluator, write_metrics
@@ -233,22 +268,44 @@ class EvaluateCheckpointOperator(RestoreCheckpointOperator):
             evaluations = 0
             if self.write_sidecar:
                 owner = lease_owner(context)
-                extra = {"run": owner, "device": device} if evaluator else {"evaluator": owner, "device": device}
-                record = write_metrics(loc, step.prefix, metrics, step=step.step, extra=extra,
-                                       evaluator=evaluator)
+                extra = (
+                    {"run": owner, "device": device} if evaluator else {"evaluator": owner, "device": device}
+                )
+                record = write_metrics(
+                    loc, step.prefix, metrics, step=step.step, extra=extra, evaluator=evaluator
+                )
                 evaluations = record["evaluations"]
                 if evaluations > 1:
-                    self.log.warning("%s has now been evaluated %d times by %s", url, evaluations,
-                                     evaluator or "the default evaluator")
+                    self.log.warning(
+                        "%s has now been evaluated %d times by %s",
+                        url,
+                        evaluations,
+                        evaluator or "the default evaluator",
+                    )
         self.log.info("Metrics of %s: %s", url, ", ".join(f"{k}={v:.6g}" for k, v in metrics.items()))
         if not all(math.isfinite(v) for v in metrics.values()):
             self.log.warning("Non-finite metric(s) for %s: %s", url, metrics)
         safe = json_safe_metrics(metrics)
-        result = {"prefix": step.prefix, "step": step.step, "url": url, "metrics": safe,
-                  "device": device, "evaluator": evaluator, "evaluations": evaluations}
-        n = emit_asset_events(context, self.outlets,
-                              {"ckpt_dir": loc.display(), "prefix": step.prefix, "step": step.step,
-                               "url": url, "metrics": safe})
+        result = {
+            "prefix": step.prefix,
+            "step": step.step,
+            "url": url,
+            "metrics": safe,
+            "device": device,
+            "evaluator": evaluator,
+            "evaluations": evaluations,
+        }
+        n = emit_asset_events(
+            context,
+            self.outlets,
+            {
+                "ckpt_dir": loc.display(),
+                "prefix": step.prefix,
+                "step": step.step,
+                "url": url,
+                "metrics": safe,
+            },
+        )
         if n:
             self.log.info("Attached the metrics to %d outlet asset event(s)", n)
         return result

@@ -40,8 +40,9 @@ class _ProgressLog:
             if pct == self._last_pct:
                 return
             self._last_t, self._last_pct = now, pct
-        self.log.info("verifying %s: %3d%% (%s of %s)", self.label, pct, human_bytes(done),
-                      human_bytes(total))
+        self.log.info(
+            "verifying %s: %3d%% (%s of %s)", self.label, pct, human_bytes(done), human_bytes(total)
+        )
 
 
 class ValidateCheckpointOperator(BaseCheckpointOperator):
@@ -63,9 +64,17 @@ class ValidateCheckpointOperator(BaseCheckpointOperator):
     template_fields: Sequence[str] = (*BaseCheckpointOperator.template_fields, "quarantine")
     ui_color = "#c1e1c1"
 
-    def __init__(self, *, ckpt_dir: str, step: StepArg = "latest", quarantine: bool = False,
-                 progress_interval: float = 10.0, concurrency: int = 4, lease_ttl: float = 3600.0,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        ckpt_dir: str,
+        step: StepArg = "latest",
+        quarantine: bool = False,
+        progress_interval: float = 10.0,
+        concurrency: int = 4,
+        lease_ttl: float = 3600.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(ckpt_dir=ckpt_dir, step=step, **kwargs)
         self.quarantine = quarantine
         self.progress_interval = progress_interval
@@ -80,17 +89,38 @@ class ValidateCheckpointOperator(BaseCheckpointOperator):
         step = self.resolve_step(cdir, allow_incomplete=True)  # missing files are problems to report
         url = loc.display(step.prefix)
         with self.hold(context, loc, step, self.lease_ttl, allow_incomplete=True) as step:
-            self.log.info("Validating %s (step %s, %s, %d file(s), %s)", url, step.step, step.format,
-                          len(step.files), human_bytes(step.size))
-            report = verify_step(loc, step.prefix, progress=_ProgressLog(self.log, step.prefix,
-                                                                         self.progress_interval),
-                                 concurrency=self.concurrency, format=step.format)
+            self.log.info(
+                "Validating %s (step %s, %s, %d file(s), %s)",
+                url,
+                step.step,
+                step.format,
+                len(step.files),
+                human_bytes(step.size),
+            )
+            report = verify_step(
+                loc,
+                step.prefix,
+                progress=_ProgressLog(self.log, step.prefix, self.progress_interval),
+                concurrency=self.concurrency,
+                format=step.format,
+            )
             if report.ok:
-                self.log.info("%s is valid: %d tensors, %s checked in %.2f s", url, report.tensors_checked,
-                              human_bytes(report.bytes_checked), report.seconds)
-                return {"prefix": step.prefix, "step": step.step, "url": url, "ok": True,
-                        "tensors_checked": report.tensors_checked, "bytes_checked": report.bytes_checked,
-                        "seconds": round(report.seconds, 3)}
+                self.log.info(
+                    "%s is valid: %d tensors, %s checked in %.2f s",
+                    url,
+                    report.tensors_checked,
+                    human_bytes(report.bytes_checked),
+                    report.seconds,
+                )
+                return {
+                    "prefix": step.prefix,
+                    "step": step.step,
+                    "url": url,
+                    "ok": True,
+                    "tensors_checked": report.tensors_checked,
+                    "bytes_checked": report.bytes_checked,
+                    "seconds": round(report.seconds, 3),
+                }
             problems = [str(p) for p in report.problems]
             for p in problems:
                 self.log.error("problem: %s", p)
@@ -99,15 +129,20 @@ class ValidateCheckpointOperator(BaseCheckpointOperator):
                 # still under the lease: retention cannot delete the step before it is marked
                 from airflow_tf_ckpt.core.sidecars.quarantine import quarantine_step
 
-                q = quarantine_step(loc, step.prefix, f"validation failed with {len(problems)} problem(s)",
-                                    report.to_dict())
-                quarantined = (f"\n{step.prefix} was QUARANTINED: dropped from the state file (TF's "
-                               f"latest_checkpoint now names {q.new_latest or 'no step'}) and kept for "
-                               "inspection; retention will not delete it.")
+                q = quarantine_step(
+                    loc, step.prefix, f"validation failed with {len(problems)} problem(s)", report.to_dict()
+                )
+                quarantined = (
+                    f"\n{step.prefix} was QUARANTINED: dropped from the state file (TF's "
+                    f"latest_checkpoint now names {q.new_latest or 'no step'}) and kept for "
+                    "inspection; retention will not delete it."
+                )
                 self.log.warning("Quarantined %s; the state file's latest is now %s", url, q.new_latest)
         raise AirflowFailException(
             f"checkpoint {url} failed validation with {len(problems)} problem(s):\n"
-            + "\n".join(f"  - {p}" for p in problems) + quarantined)
+            + "\n".join(f"  - {p}" for p in problems)
+            + quarantined
+        )
 
 
 def _truthy(value: Any) -> bool:

@@ -132,13 +132,24 @@ class CheckpointSensor(BaseSensorOperator):
     template_fields: Sequence[str] = ("dir", "prefix", "after_step", "conn_id")
     ui_color = "#ff8f00"
 
-    def __init__(self, *, dir: str, prefix: str | None = None, after_step: int | str | None = None,
-                 watermark: str | None = None, watermark_asset: Asset | None = None,
-                 commit: str = "downstream", pick: str = "newest", require_complete: bool = True,
-                 settle_seconds: float | None = None, conn_id: str | None = None,
-                 state_filename: str = STATE_FILENAME, max_errors: int = 10,
-                 deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        dir: str,
+        prefix: str | None = None,
+        after_step: int | str | None = None,
+        watermark: str | None = None,
+        watermark_asset: Asset | None = None,
+        commit: str = "downstream",
+        pick: str = "newest",
+        require_complete: bool = True,
+        settle_seconds: float | None = None,
+        conn_id: str | None = None,
+        state_filename: str = STATE_FILENAME,
+        max_errors: int = 10,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("poke_interval", config.poll_interval())
         if watermark not in (None, "auto"):
             raise ValueError(f"watermark must be None or 'auto', not {watermark!r}")
@@ -214,8 +225,16 @@ class CheckpointSensor(BaseSensorOperator):
         if old is not None and old >= new:
             self.log.info("Watermark of %s stays at %s (asked for %s)", self.dir, old, new)
             return old
-        acc.set(key, {"step": new, "dir": str(self.dir), "prefix": self.prefix, "updated": time.time(),
-                      "run_id": context.get("run_id") if hasattr(context, "get") else None})
+        acc.set(
+            key,
+            {
+                "step": new,
+                "dir": str(self.dir),
+                "prefix": self.prefix,
+                "updated": time.time(),
+                "run_id": context.get("run_id") if hasattr(context, "get") else None,
+            },
+        )
         self.log.info("Watermark of %s advanced from %s to %s", self.dir, old, new)
         return new
 
@@ -237,20 +256,34 @@ class CheckpointSensor(BaseSensorOperator):
 
     def _trigger(self, after: int | None) -> CheckpointTrigger:
         return CheckpointTrigger(
-            dir=str(self.dir), prefix=self.prefix or None, after_step=after,
-            require_complete=self.require_complete, settle_seconds=self.settle_seconds,
-            poll_interval=float(self.poke_interval), conn_id=self.conn_id,
-            state_filename=self.state_filename, pick=self.pick, max_errors=self.max_errors)
+            dir=str(self.dir),
+            prefix=self.prefix or None,
+            after_step=after,
+            require_complete=self.require_complete,
+            settle_seconds=self.settle_seconds,
+            poll_interval=float(self.poke_interval),
+            conn_id=self.conn_id,
+            state_filename=self.state_filename,
+            pick=self.pick,
+            max_errors=self.max_errors,
+        )
 
     def execute(self, context: Any) -> Any:
         self._after = self._effective_after(context)
-        self.log.info("Waiting for a committed step of %s%s after %s", self.dir,
-                      f" (prefix {self.prefix})" if self.prefix else "", self._after)
+        self.log.info(
+            "Waiting for a committed step of %s%s after %s",
+            self.dir,
+            f" (prefix {self.prefix})" if self.prefix else "",
+            self._after,
+        )
         if self.deferrable:
             payload = self._check(context)
             if payload is None:
-                self.defer(trigger=self._trigger(self._after), method_name="execute_complete",
-                           timeout=timedelta(seconds=float(self.timeout)))
+                self.defer(
+                    trigger=self._trigger(self._after),
+                    method_name="execute_complete",
+                    timeout=timedelta(seconds=float(self.timeout)),
+                )
             return self._succeed(context, payload)
         payload = super().execute(context)
         return self._succeed(context, payload)
@@ -280,7 +313,9 @@ class CheckpointSensor(BaseSensorOperator):
             errors = self._count_error(context)
             msg = hook.redact(f"{type(exc).__name__}: {exc}")
             if self.max_errors and errors >= self.max_errors:
-                raise AirflowException(f"{self.dir}: {errors} consecutive storage errors; last: {msg}") from None
+                raise AirflowException(
+                    f"{self.dir}: {errors} consecutive storage errors; last: {msg}"
+                ) from None
             self.log.warning("%s: poll failed (%d in a row): %s", self.dir, errors, msg)
             return None
         self._reset_errors(context)

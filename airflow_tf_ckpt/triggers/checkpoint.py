@@ -80,6 +80,7 @@ _CPU = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tf-ckpt-cpu")
 async def _on_cpu_thread(fn: Any, *args: Any) -> Any:
     return await asyncio.get_running_loop().run_in_executor(_CPU, functools.partial(fn, *args))
 
+
 PICK_CHOICES = ("newest", "oldest")
 # Above this many candidate steps one listing of the dir is cheaper than a listing per step.
 MAX_PREFIX_LISTINGS = 4
@@ -123,8 +124,9 @@ class Poller:
     file with its parsed candidates, and when each timeless step was first seen.
     """
 
-    def __init__(self, *, prefix: str | None, require_complete: bool, settle_seconds: float,
-                 state_filename: str) -> None:
+    def __init__(
+        self, *, prefix: str | None, require_complete: bool, settle_seconds: float, state_filename: str
+    ) -> None:
         self.prefix = prefix
         self.require_complete = require_complete
         self.settle_seconds = max(0.0, float(settle_seconds or 0))
@@ -160,8 +162,12 @@ class Poller:
         from airflow_tf_ckpt.core.formats.naming import parse_prefix
         from airflow_tf_ckpt.core.formats.state import resolve_path
 
-        raws = list(dict.fromkeys(state.all_model_checkpoint_paths + (
-            [state.model_checkpoint_path] if state.model_checkpoint_path else [])))
+        raws = list(
+            dict.fromkeys(
+                state.all_model_checkpoint_paths
+                + ([state.model_checkpoint_path] if state.model_checkpoint_path else [])
+            )
+        )
         out: dict[str, Candidate] = {}
         for raw in raws:
             name = resolve_path(location, raw).name
@@ -186,8 +192,9 @@ class Poller:
 
     # ------------------------------------------------------------------ judging (CPU only)
 
-    def _group(self, location: Location, listings: list[list[dict[str, Any]]],
-               names: set[str]) -> dict[str, list[dict[str, Any]]]:
+    def _group(
+        self, location: Location, listings: list[list[dict[str, Any]]], names: set[str]
+    ) -> dict[str, list[dict[str, Any]]]:
         """Listing entries by the checkpoint prefix they belong to (only candidates' prefixes)."""
         from airflow_tf_ckpt.core.formats.naming import classify
 
@@ -206,8 +213,9 @@ class Poller:
                     groups.setdefault(owner, []).append(e)
         return groups
 
-    def _judge_chunk(self, reader: Any, groups: dict[str, list[dict[str, Any]]],
-                     chunk: list[Candidate]) -> dict[str, StepCheck]:
+    def _judge_chunk(
+        self, reader: Any, groups: dict[str, list[dict[str, Any]]], chunk: list[Candidate]
+    ) -> dict[str, StepCheck]:
         from airflow_tf_ckpt.core.formats.state import StateFile, format_state
         from airflow_tf_ckpt.core.steps.discovery import StepStatus, discover
 
@@ -218,8 +226,11 @@ class Poller:
         state_path = location.join(self.state_filename)
         entries = [e for c in chunk for e in groups.get(c.name, [])]
         entries.append({"name": state_path, "size": len(state_text), "type": "file"})
-        cdir = discover(reader.snapshot(entries, {self.state_filename: state_text}), None,
-                        state_filename=self.state_filename)
+        cdir = discover(
+            reader.snapshot(entries, {self.state_filename: state_text}),
+            None,
+            state_filename=self.state_filename,
+        )
         by_prefix = {s.prefix: s for s in cdir.steps}
         now = time.time()
         out: dict[str, StepCheck] = {}
@@ -244,10 +255,18 @@ class Poller:
         return out
 
     def usable(self, check: StepCheck) -> bool:
-        return check.step is not None and check.step.in_state and (check.complete or not self.require_complete)
+        return (
+            check.step is not None and check.step.in_state and (check.complete or not self.require_complete)
+        )
 
-    def select(self, reader: Any, listings: list[list[dict[str, Any]]], cands: list[Candidate],
-               pick: str, warn: Any = None) -> tuple[list[StepCheck], float | None]:
+    def select(
+        self,
+        reader: Any,
+        listings: list[list[dict[str, Any]]],
+        cands: list[Candidate],
+        pick: str,
+        warn: Any = None,
+    ) -> tuple[list[StepCheck], float | None]:
         """The steps to fire now and, if a step is settling, the seconds until it settles.
 
         ``pick="newest"``: the newest usable and settled step (an older settled step fires while a
@@ -263,7 +282,7 @@ class Poller:
             c = cands[i]
             if c.name not in judged:
                 lo = (i // JUDGE_CHUNK) * JUDGE_CHUNK
-                judged.update(self._judge_chunk(reader, groups, cands[lo:lo + JUDGE_CHUNK]))
+                judged.update(self._judge_chunk(reader, groups, cands[lo : lo + JUDGE_CHUNK]))
             return judged[c.name]
 
         if pick == "newest":
@@ -279,8 +298,9 @@ class Poller:
         for i in range(len(cands)):
             ch = check(i)
             if not self.usable(ch):
-                later = next((j for j in range(i + 1, len(cands))
-                              if self.usable(check(j)) and check(j).settled), None)
+                later = next(
+                    (j for j in range(i + 1, len(cands)) if self.usable(check(j)) and check(j).settled), None
+                )
                 if later is None:
                     return ready, None
                 if warn is not None:
@@ -311,8 +331,9 @@ class Poller:
 
     # ------------------------------------------------------------------ I/O
 
-    async def apoll(self, adir: AsyncCheckpointDir, after: int | None, pick: str,
-                    warn: Any = None) -> tuple[list[StepCheck], float | None]:
+    async def apoll(
+        self, adir: AsyncCheckpointDir, after: int | None, pick: str, warn: Any = None
+    ) -> tuple[list[StepCheck], float | None]:
         """Async poll: the state file, then (only if it names steps after ``after``) their files."""
         from airflow_tf_ckpt.core.formats.state import MAX_STATE_BYTES
 
@@ -320,7 +341,10 @@ class Poller:
         data = await adir.read(self.state_filename, MAX_STATE_BYTES, "a checkpoint state file")
         if data is None:
             return [], None
-        if len(data) > INLINE_STATE_BYTES and hashlib.blake2b(data, digest_size=16).digest() != self._state_digest:
+        if (
+            len(data) > INLINE_STATE_BYTES
+            and hashlib.blake2b(data, digest_size=16).digest() != self._state_digest
+        ):
             named = await _on_cpu_thread(self.named_steps, adir.location, data)
         else:
             named = self.named_steps(adir.location, data)
@@ -334,8 +358,9 @@ class Poller:
             return await _on_cpu_thread(self.select, adir, listings, cands, pick, warn)
         return self.select(adir, listings, cands, pick, warn)
 
-    def poll(self, reader: Any, after: int | None, pick: str,
-             warn: Any = None) -> tuple[list[StepCheck], float | None]:
+    def poll(
+        self, reader: Any, after: int | None, pick: str, warn: Any = None
+    ) -> tuple[list[StepCheck], float | None]:
         """Blocking twin of :meth:`apoll` (for a sensor's ``poke``)."""
         from airflow_tf_ckpt.core.formats.state import MAX_STATE_BYTES
 
@@ -403,8 +428,10 @@ def freeze_gc_once() -> bool:
 
     gc.freeze()
     _GC_FROZEN = True
-    log.info("gc.freeze(): %d start-up objects moved out of the collector's way ([tf_ckpt] "
-             "triggerer_gc_freeze)", gc.get_freeze_count())
+    log.info(
+        "gc.freeze(): %d start-up objects moved out of the collector's way ([tf_ckpt] triggerer_gc_freeze)",
+        gc.get_freeze_count(),
+    )
     return True
 
 
@@ -413,9 +440,19 @@ class _CheckpointTriggerBase:
 
     pick = "newest"
 
-    def _setup(self, *, dir: str, prefix: str | None, after_step: int | None, require_complete: bool,
-               settle_seconds: float, poll_interval: float, conn_id: str | None, state_filename: str,
-               max_errors: int) -> None:
+    def _setup(
+        self,
+        *,
+        dir: str,
+        prefix: str | None,
+        after_step: int | None,
+        require_complete: bool,
+        settle_seconds: float,
+        poll_interval: float,
+        conn_id: str | None,
+        state_filename: str,
+        max_errors: int,
+    ) -> None:
         if not dir:
             raise ValueError("dir is required")
         if poll_interval is None or float(poll_interval) <= 0:
@@ -432,22 +469,36 @@ class _CheckpointTriggerBase:
 
     def _common_kwargs(self) -> dict[str, Any]:
         return {
-            "dir": self.dir, "prefix": self.prefix, "after_step": self.after_step,
-            "require_complete": self.require_complete, "settle_seconds": self.settle_seconds,
-            "poll_interval": self.poll_interval, "conn_id": self.conn_id,
-            "state_filename": self.state_filename, "max_errors": self.max_errors,
+            "dir": self.dir,
+            "prefix": self.prefix,
+            "after_step": self.after_step,
+            "require_complete": self.require_complete,
+            "settle_seconds": self.settle_seconds,
+            "poll_interval": self.poll_interval,
+            "conn_id": self.conn_id,
+            "state_filename": self.state_filename,
+            "max_errors": self.max_errors,
         }
 
     def make_poller(self) -> Poller:
-        return Poller(prefix=self.prefix, require_complete=self.require_complete,
-                      settle_seconds=self.settle_seconds, state_filename=self.state_filename)
+        return Poller(
+            prefix=self.prefix,
+            require_complete=self.require_complete,
+            settle_seconds=self.settle_seconds,
+            state_filename=self.state_filename,
+        )
 
     def _warn_passed_over(self, cand: Candidate) -> None:
-        log.warning("%s: step %s is named by the state file but its files are missing while a newer "
-                    "step is complete: passing over it (damaged or deleted)", self.dir, cand.name)
+        log.warning(
+            "%s: step %s is named by the state file but its files are missing while a newer "
+            "step is complete: passing over it (damaged or deleted)",
+            self.dir,
+            cand.name,
+        )
 
-    async def apoll(self, poller: Poller, adir: AsyncCheckpointDir,
-                    after: int | None) -> tuple[list[dict[str, Any]], float | None]:
+    async def apoll(
+        self, poller: Poller, adir: AsyncCheckpointDir, after: int | None
+    ) -> tuple[list[dict[str, Any]], float | None]:
         """Payloads to fire now (by ``pick``) and the seconds until a settling step may be ready."""
         ready, wait = await poller.apoll(adir, after, self.pick, self._warn_passed_over)
         return [poller.payload(self.dir, adir.location, ch) for ch in ready], wait
@@ -484,21 +535,42 @@ class CheckpointTrigger(_CheckpointTriggerBase, BaseTrigger):
     The serialized kwargs are these scalars only: their size does not grow with the number of steps.
     """
 
-    def __init__(self, *, dir: str, prefix: str | None = None, after_step: int | None = None,
-                 require_complete: bool = True, settle_seconds: float = 0.0, poll_interval: float = 30.0,
-                 conn_id: str | None = None, state_filename: str = STATE_FILENAME, pick: str = "newest",
-                 max_errors: int = 10, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        dir: str,
+        prefix: str | None = None,
+        after_step: int | None = None,
+        require_complete: bool = True,
+        settle_seconds: float = 0.0,
+        poll_interval: float = 30.0,
+        conn_id: str | None = None,
+        state_filename: str = STATE_FILENAME,
+        pick: str = "newest",
+        max_errors: int = 10,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
-        self._setup(dir=dir, prefix=prefix, after_step=after_step, require_complete=require_complete,
-                    settle_seconds=settle_seconds, poll_interval=poll_interval, conn_id=conn_id,
-                    state_filename=state_filename, max_errors=max_errors)
+        self._setup(
+            dir=dir,
+            prefix=prefix,
+            after_step=after_step,
+            require_complete=require_complete,
+            settle_seconds=settle_seconds,
+            poll_interval=poll_interval,
+            conn_id=conn_id,
+            state_filename=state_filename,
+            max_errors=max_errors,
+        )
         if pick not in PICK_CHOICES:
             raise ValueError(f"pick must be one of {PICK_CHOICES}, not {pick!r}")
         self.pick = pick
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (f"{type(self).__module__}.{type(self).__qualname__}",
-                {**self._common_kwargs(), "pick": self.pick})
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {**self._common_kwargs(), "pick": self.pick},
+        )
 
     async def _wait_for_event(self) -> dict[str, Any]:
         from airflow_tf_ckpt.hooks.storage import CheckpointStorageHook, StorageCredentialsError
@@ -530,8 +602,12 @@ class CheckpointTrigger(_CheckpointTriggerBase, BaseTrigger):
         except _Fatal as exc:
             return {"status": "error", "dir": self.dir, "prefix": self.prefix, "message": str(exc)}
         except StorageCredentialsError as exc:
-            return {"status": "error", "dir": self.dir, "prefix": self.prefix,
-                    "message": _describe(exc, hook)}
+            return {
+                "status": "error",
+                "dir": self.dir,
+                "prefix": self.prefix,
+                "message": _describe(exc, hook),
+            }
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         await preload(self.dir)  # before gc.freeze(): the imported modules are frozen too
@@ -574,14 +650,32 @@ class CheckpointEventTrigger(_CheckpointTriggerBase, BaseEventTrigger):
 
     persist_delay: float = 3.0
 
-    def __init__(self, *, dir: str, prefix: str | None = None, after_step: int | None = None,
-                 require_complete: bool = True, settle_seconds: float = 0.0, poll_interval: float = 30.0,
-                 conn_id: str | None = None, state_filename: str = STATE_FILENAME, max_errors: int = 10,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        dir: str,
+        prefix: str | None = None,
+        after_step: int | None = None,
+        require_complete: bool = True,
+        settle_seconds: float = 0.0,
+        poll_interval: float = 30.0,
+        conn_id: str | None = None,
+        state_filename: str = STATE_FILENAME,
+        max_errors: int = 10,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
-        self._setup(dir=dir, prefix=prefix, after_step=after_step, require_complete=require_complete,
-                    settle_seconds=settle_seconds, poll_interval=poll_interval, conn_id=conn_id,
-                    state_filename=state_filename, max_errors=max_errors)
+        self._setup(
+            dir=dir,
+            prefix=prefix,
+            after_step=after_step,
+            require_complete=require_complete,
+            settle_seconds=settle_seconds,
+            poll_interval=poll_interval,
+            conn_id=conn_id,
+            state_filename=state_filename,
+            max_errors=max_errors,
+        )
         self.pick = "all"
         self.watermark: int | None = None  # in memory; the persisted copy is in the asset state store
         self.persisted: int | None = None
@@ -624,8 +718,11 @@ class CheckpointEventTrigger(_CheckpointTriggerBase, BaseEventTrigger):
     async def _load_watermark(self) -> int | None:
         accessors = self._accessors()
         if not accessors:
-            self.log.info("%s: no asset state store: the watermark lives in memory only (from %s)",
-                          self.dir, self.after_step)
+            self.log.info(
+                "%s: no asset state store: the watermark lives in memory only (from %s)",
+                self.dir,
+                self.after_step,
+            )
             return self.after_step
         values = [self._as_step(await acc.aget(self.watermark_key())) for acc in accessors]
         if all(v is None for v in values):
@@ -662,8 +759,12 @@ class CheckpointEventTrigger(_CheckpointTriggerBase, BaseEventTrigger):
                         await self._store_watermark(self.watermark)
                         persist_at = math.inf
                     except Exception as exc:  # noqa: BLE001 - retried at the next wake-up
-                        self.log.warning("%s: could not persist watermark %s: %s", self.dir,
-                                         self.watermark, _describe(exc, hook))
+                        self.log.warning(
+                            "%s: could not persist watermark %s: %s",
+                            self.dir,
+                            self.watermark,
+                            _describe(exc, hook),
+                        )
                         persist_at = now + self.poll_interval
                 if now >= next_poll:
                     started = now
@@ -674,10 +775,14 @@ class CheckpointEventTrigger(_CheckpointTriggerBase, BaseEventTrigger):
                         errors = 0
                     except Exception as exc:  # noqa: BLE001 - a watcher never gives up
                         errors += 1
-                        level = logging.ERROR if self.max_errors and errors % self.max_errors == 0 \
+                        level = (
+                            logging.ERROR
+                            if self.max_errors and errors % self.max_errors == 0
                             else logging.WARNING
-                        self.log.log(level, "%s: poll failed (%d in a row): %s", self.dir, errors,
-                                     _describe(exc, hook))
+                        )
+                        self.log.log(
+                            level, "%s: poll failed (%d in a row): %s", self.dir, errors, _describe(exc, hook)
+                        )
                     for payload in fire:
                         if self.watermark is not None and payload["step"] <= self.watermark:
                             continue  # never twice, never backwards

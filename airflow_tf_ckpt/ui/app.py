@@ -84,12 +84,15 @@ def _serialized_dags() -> list[tuple[str, dict[str, Any]]]:
 
     with create_session() as session:
         dag_ids = list(session.scalars(select(DagModel.dag_id).where(DagModel.is_stale.is_(False))))
-        rows = SerializedDagModel.get_latest_serialized_dags(dag_ids=dag_ids, session=session) if dag_ids else []
+        rows = (
+            SerializedDagModel.get_latest_serialized_dags(dag_ids=dag_ids, session=session) if dag_ids else []
+        )
         return [(r.dag_id, (r.data or {}).get("dag") or {}) for r in rows]
 
 
 def configured_dirs() -> tuple[list[sources.WatchedDir], list[str]]:
     """The dirs of the DAGs plus ``[tf_ckpt] ui_dirs`` (cached ``DIRS_TTL_S``) and discovery notes."""
+
     def make() -> tuple[list[sources.WatchedDir], list[str]]:
         notes: list[str] = []
         try:
@@ -112,8 +115,9 @@ def _hook(conn_id: str | None) -> Any:
 
 def _dags_of(d: sources.WatchedDir) -> list[str | None]:
     """The DAGs whose access a dir needs; ``None`` (all DAGs) too for a dir that ``ui_dirs`` names."""
-    ids: list[str | None] = sorted({w.split(" ", 1)[0].split(".", 1)[0] for w in d.used_by
-                                    if not w.startswith("[")})
+    ids: list[str | None] = sorted(
+        {w.split(" ", 1)[0].split(".", 1)[0] for w in d.used_by if not w.startswith("[")}
+    )
     return [None, *ids] if any(w.startswith("[") for w in d.used_by) or not ids else ids
 
 
@@ -125,8 +129,13 @@ def _authorize(request: Request, d: sources.WatchedDir, method: str) -> None:
         raise HTTPException(403, "Forbidden")
     for dag_id in _dags_of(d):
         if not am.is_authorized_dag(method=method, details=DagDetails(id=dag_id), user=user):
-            raise HTTPException(403, "Forbidden: needs " + ("write" if method != "GET" else "read")
-                                + " access to " + (f"DAG {dag_id}" if dag_id else "all DAGs"))
+            raise HTTPException(
+                403,
+                "Forbidden: needs "
+                + ("write" if method != "GET" else "read")
+                + " access to "
+                + (f"DAG {dag_id}" if dag_id else "all DAGs"),
+            )
 
 
 def _dir(dir_id: str) -> sources.WatchedDir:
@@ -153,22 +162,29 @@ class _Listings:
         self._lock = threading.Lock()
         self._items: dict[str, dict[str, Any]] = {}
 
-    def get(self, d: sources.WatchedDir, wait: bool, fresh: bool = True,
-            ) -> tuple[CheckpointDir | None, float | None]:
+    def get(
+        self,
+        d: sources.WatchedDir,
+        wait: bool,
+        fresh: bool = True,
+    ) -> tuple[CheckpointDir | None, float | None]:
         """``(listing or None, its age in seconds)``. Without ``wait`` it never blocks (a stale
         listing, or None for a dir never listed); with ``wait`` it returns a fresh listing, or with
         ``fresh=False`` any listing (waiting only for a dir never listed)."""
         deadline = time.monotonic() + 600
         while True:
             with self._lock:
-                e = self._items.setdefault(d.id, {"cdir": None, "at": 0.0, "done": None, "error": None, "gen": 0})
+                e = self._items.setdefault(
+                    d.id, {"cdir": None, "at": 0.0, "done": None, "error": None, "gen": 0}
+                )
                 if e["error"] is not None and e["done"] is None:
                     error, e["error"] = e["error"], None
                     raise HTTPException(502, f"cannot list {d.url}: {error}")
                 if (e["cdir"] is None or time.monotonic() - e["at"] > LISTING_TTL_S) and e["done"] is None:
                     e["done"] = threading.Event()
-                    threading.Thread(target=self._refresh, args=(d, e, e["gen"]), daemon=True,
-                                     name=f"tf-ckpt-ls-{d.id}").start()
+                    threading.Thread(
+                        target=self._refresh, args=(d, e, e["gen"]), daemon=True, name=f"tf-ckpt-ls-{d.id}"
+                    ).start()
                 cdir, at, done = e["cdir"], e["at"], e["done"]
             # ``wait``: also wait for a refresh in flight, so that the answer is at most a TTL old
             if not wait or done is None or (cdir is not None and not fresh) or time.monotonic() > deadline:
@@ -231,8 +247,13 @@ def create_app() -> FastAPI:
     async def remember_user(request: Request, user: Any = Depends(get_user)) -> None:
         request.state.tf_ckpt_user = user
 
-    app = FastAPI(title="TensorFlow checkpoints", dependencies=[Depends(remember_user)],
-                  docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="TensorFlow checkpoints",
+        dependencies=[Depends(remember_user)],
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     app.add_exception_handler(HTTPException, _html_or_json)
     _routes(app)
     return app
@@ -243,8 +264,9 @@ async def _html_or_json(request: Request, exc: HTTPException) -> Response:
     page = request.url.path.rstrip("/").endswith("/tf-ckpt")
     if page and "text/html" in request.headers.get("accept", ""):
         msg = "Your Airflow session has expired: log in again." if exc.status_code == 401 else str(exc.detail)
-        return HTMLResponse(f"<!doctype html><title>Checkpoints</title><p>{_esc(msg)}</p>",
-                            status_code=exc.status_code)
+        return HTMLResponse(
+            f"<!doctype html><title>Checkpoints</title><p>{_esc(msg)}</p>", status_code=exc.status_code
+        )
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
@@ -284,8 +306,9 @@ def _routes(app: FastAPI) -> None:
         _authorize(request, d, "GET")
         return d, _listing(d)
 
-    def first(request: Request, dir_id: str, wait: bool) -> tuple[sources.WatchedDir, CheckpointDir | None,
-                                                                   float | None]:
+    def first(
+        request: Request, dir_id: str, wait: bool
+    ) -> tuple[sources.WatchedDir, CheckpointDir | None, float | None]:
         d = _dir(dir_id)
         _authorize(request, d, "GET")
         cdir, age = _listings.get(d, wait=wait)
@@ -296,13 +319,22 @@ def _routes(app: FastAPI) -> None:
         """``wait=false`` (the page's first paint): the state file alone until a listing exists."""
         d, cdir, age = first(request, dir_id, wait)
         if cdir is None:
-            return {**views.preliminary(_state_only(d), d.prefix)["summary"], "preliminary": True, **d.to_dict()}
+            return {
+                **views.preliminary(_state_only(d), d.prefix)["summary"],
+                "preliminary": True,
+                **d.to_dict(),
+            }
         return {**views.summary(cdir, d.prefix), "listed_s_ago": age, **d.to_dict()}
 
     @app.get("/api/dirs/{dir_id}/steps")
-    def steps(request: Request, dir_id: str, offset: Annotated[int, Query(ge=0)] = 0,
-              limit: Annotated[int, Query(ge=1, le=views.MAX_PAGE)] = 50, status: str | None = None,
-              wait: bool = True) -> dict[str, Any]:
+    def steps(
+        request: Request,
+        dir_id: str,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=views.MAX_PAGE)] = 50,
+        status: str | None = None,
+        wait: bool = True,
+    ) -> dict[str, Any]:
         d, cdir, age = first(request, dir_id, wait)
         if cdir is None:
             if status not in (None, "", "all", "committed"):
@@ -326,9 +358,15 @@ def _routes(app: FastAPI) -> None:
     @app.get("/api/dirs/{dir_id}/retention")
     def retention(request: Request, dir_id: str) -> dict[str, Any]:
         d, cdir = read(request, dir_id)
-        plans = [_guard(d, lambda r=r: views.retention_plan(cdir, r.label, lambda: _policies(d, r),
-                                                            r.prefix or d.prefix))
-                 for r in d.retention]
+        plans = [
+            _guard(
+                d,
+                lambda r=r: views.retention_plan(
+                    cdir, r.label, lambda: _policies(d, r), r.prefix or d.prefix
+                ),
+            )
+            for r in d.retention
+        ]
         return {"plans": plans}
 
     @app.get("/api/dirs/{dir_id}/quarantine")
@@ -340,13 +378,19 @@ def _routes(app: FastAPI) -> None:
     def promotions(request: Request, dir_id: str) -> dict[str, Any]:
         d, cdir = read(request, dir_id)
         out = _guard(d, lambda: views.promotions(cdir))
-        out["aliases"] = _guard(d, lambda: views.destination_aliases(
-            out["records"], lambda url: _hook(d.conn_id).get_location(url)))
+        out["aliases"] = _guard(
+            d,
+            lambda: views.destination_aliases(out["records"], lambda url: _hook(d.conn_id).get_location(url)),
+        )
         return out
 
     @app.post("/api/dirs/{dir_id}/steps/{prefix}/quarantine")
-    def quarantine_one(request: Request, dir_id: str, prefix: str,
-                       reason: Annotated[str, Body(embed=True, min_length=1, max_length=500)]) -> dict[str, Any]:
+    def quarantine_one(
+        request: Request,
+        dir_id: str,
+        prefix: str,
+        reason: Annotated[str, Body(embed=True, min_length=1, max_length=500)],
+    ) -> dict[str, Any]:
         from airflow_tf_ckpt.core.sidecars.quarantine import quarantine_step
 
         d = _dir(dir_id)
@@ -354,7 +398,9 @@ def _routes(app: FastAPI) -> None:
         cdir = _fresh_listing(d)
         _step(cdir, prefix)
         user = getattr(request.state.tf_ckpt_user, "get_name", lambda: "?")()
-        res = _guard(d, lambda: quarantine_step(cdir.location, prefix, f"{reason} (by {user} in the Airflow UI)"))
+        res = _guard(
+            d, lambda: quarantine_step(cdir.location, prefix, f"{reason} (by {user} in the Airflow UI)")
+        )
         _listings.invalidate(d)
         return {"prefix": res.prefix, "quarantined": True}
 

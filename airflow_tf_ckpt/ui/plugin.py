@@ -32,5 +32,12 @@ class _LazyApp:
 class CheckpointsPlugin(AirflowPlugin):
     name = "tf_ckpt"
     fastapi_apps = [{"app": _LazyApp(), "url_prefix": URL_PREFIX, "name": "TensorFlow checkpoints"}]
-    external_views = [{"name": "Checkpoints", "href": "tf-ckpt/", "url_route": "checkpoints",
-                       "destination": "nav", "category": "browse"}]
+    external_views = [
+        {
+            "name": "Checkpoints",
+            "href": "tf-ckpt/",
+            "url_route": "checkpoints",
+            "destination": "nav",
+            "category": "browse",
+        }
+    ]

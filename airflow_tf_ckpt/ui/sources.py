@@ -30,8 +30,18 @@ PROVIDER_MODULE = "airflow_tf_ckpt."
 TRIGGER_CLASS = "airflow_tf_ckpt.triggers.checkpoint.CheckpointEventTrigger"
 RETENTION_TYPE = "CheckpointRetentionOperator"
 SENSOR_TYPE = "CheckpointSensor"
-RETENTION_FIELDS = ("keep_last", "keep_every_hours", "keep_every_steps", "keep_best", "metric", "mode", "pins",
-                    "evaluator", "keep_unevaluated", "unevaluated_max_age")
+RETENTION_FIELDS = (
+    "keep_last",
+    "keep_every_hours",
+    "keep_every_steps",
+    "keep_best",
+    "metric",
+    "mode",
+    "pins",
+    "evaluator",
+    "keep_unevaluated",
+    "unevaluated_max_age",
+)
 
 
 @dataclass
@@ -64,8 +74,14 @@ class WatchedDir:
 
     def to_dict(self) -> dict[str, Any]:
         """What the page gets: the URL, who uses it, and the retention tasks (no connection extras)."""
-        return {"id": self.id, "url": self.url, "conn_id": self.conn_id, "prefix": self.prefix,
-                "used_by": self.used_by, "retention": [r.label for r in self.retention]}
+        return {
+            "id": self.id,
+            "url": self.url,
+            "conn_id": self.conn_id,
+            "prefix": self.prefix,
+            "used_by": self.used_by,
+            "retention": [r.label for r in self.retention],
+        }
 
 
 @dataclass
@@ -187,8 +203,12 @@ def _findings(dag_id: str, dag: Mapping[str, Any], notes: list[str]) -> Iterator
             continue
         kw = trig.get("kwargs") or {}
         if kw.get("dir"):
-            yield _Finding(str(kw["dir"]), f"{dag_id} (asset watcher)", kw.get("conn_id") or None,
-                           kw.get("prefix") or None)
+            yield _Finding(
+                str(kw["dir"]),
+                f"{dag_id} (asset watcher)",
+                kw.get("conn_id") or None,
+                kw.get("prefix") or None,
+            )
 
 
 def normalize(url: str) -> str:
@@ -197,8 +217,12 @@ def normalize(url: str) -> str:
     return url.rstrip("/") if len(url.rstrip("/")) > len("gs://") or "://" not in url else url
 
 
-def watched_dirs(dags: Iterable[tuple[str, Mapping[str, Any]]], extra: Iterable[str] = (),
-                 default_conn_id: str | None = None, notes: list[str] | None = None) -> list[WatchedDir]:
+def watched_dirs(
+    dags: Iterable[tuple[str, Mapping[str, Any]]],
+    extra: Iterable[str] = (),
+    default_conn_id: str | None = None,
+    notes: list[str] | None = None,
+) -> list[WatchedDir]:
     """The dirs of serialized DAGs (``(dag_id, data["dag"])`` pairs) plus ``extra`` URLs, in order."""
     notes = notes if notes is not None else []
     out: dict[str, WatchedDir] = {}

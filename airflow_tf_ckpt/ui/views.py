@@ -39,8 +39,11 @@ def status_of(s: CheckpointStep) -> str:
 
 def _ordered(cdir: CheckpointDir) -> list[CheckpointStep]:
     """Newest first: by step number, then timestamp (unnumbered steps last)."""
-    return sorted(cdir.steps, key=lambda s: (s.step is not None, s.step or 0, s.timestamp or 0.0, s.prefix),
-                  reverse=True)
+    return sorted(
+        cdir.steps,
+        key=lambda s: (s.step is not None, s.step or 0, s.timestamp or 0.0, s.prefix),
+        reverse=True,
+    )
 
 
 def promotions(cdir: CheckpointDir) -> dict[str, Any]:
@@ -49,11 +52,20 @@ def promotions(cdir: CheckpointDir) -> dict[str, Any]:
         return {"records": [], "by_prefix": {}}
     records = read_promotions(cdir.location)
     current = current_promotions(records)
-    now_ids = {(r["prefix"], r.get("dest"), r.get("alias"), r.get("time")) for rs in current.values() for r in rs}
-    out = [{"prefix": r.get("prefix"), "step": r.get("step"), "dest": r.get("dest"), "alias": r.get("alias"),
+    now_ids = {
+        (r["prefix"], r.get("dest"), r.get("alias"), r.get("time")) for rs in current.values() for r in rs
+    }
+    out = [
+        {
+            "prefix": r.get("prefix"),
+            "step": r.get("step"),
+            "dest": r.get("dest"),
+            "alias": r.get("alias"),
             "time": r.get("time"),
-            "current": (r.get("prefix"), r.get("dest"), r.get("alias"), r.get("time")) in now_ids}
-           for r in reversed(records)]
+            "current": (r.get("prefix"), r.get("dest"), r.get("alias"), r.get("time")) in now_ids,
+        }
+        for r in reversed(records)
+    ]
     by_prefix = {p: sorted({r.get("alias") or "(no alias)" for r in rs}) for p, rs in current.items()}
     return {"records": out, "by_prefix": by_prefix}
 
@@ -66,17 +78,24 @@ def summary(cdir: CheckpointDir, prefix: str | None = None) -> dict[str, Any]:
         counts[status_of(s)] += 1
         size += s.size
     latest = cdir.latest(prefix)
-    return {"dir": cdir.location.display(), "steps": len(cdir.steps), "counts": counts, "bytes": size,
-            "latest": latest.prefix if latest else None, "problems": cdir.problems[:50],
-            "problem_count": len(cdir.problems)}
+    return {
+        "dir": cdir.location.display(),
+        "steps": len(cdir.steps),
+        "counts": counts,
+        "bytes": size,
+        "latest": latest.prefix if latest else None,
+        "problems": cdir.problems[:50],
+        "problem_count": len(cdir.problems),
+    }
 
 
-def step_rows(cdir: CheckpointDir, offset: int = 0, limit: int = 50, status: str | None = None,
-              now: float | None = None) -> dict[str, Any]:
+def step_rows(
+    cdir: CheckpointDir, offset: int = 0, limit: int = 50, status: str | None = None, now: float | None = None
+) -> dict[str, Any]:
     """One page of steps, newest first, with each row's leases and promotion aliases."""
     limit = max(1, min(int(limit), MAX_PAGE))
     steps = [s for s in _ordered(cdir) if status in (None, "", "all") or status_of(s) == status]
-    page = steps[max(0, int(offset)): max(0, int(offset)) + limit]
+    page = steps[max(0, int(offset)) : max(0, int(offset)) + limit]
     lease_names = [f.name for s in page for f in s.leases]
     leases = read_leases(cdir, lease_names) if lease_names else {}
     promoted = promotions(cdir)["by_prefix"]
@@ -84,13 +103,25 @@ def step_rows(cdir: CheckpointDir, offset: int = 0, limit: int = 50, status: str
     rows = []
     for s in page:
         ls = [leases[f.name] for f in s.leases if f.name in leases]
-        rows.append({
-            "prefix": s.prefix, "step": s.step, "status": status_of(s), "size": s.size,
-            "saved": s.timestamp, "latest": s.latest, "in_state": s.in_state,
-            "leases": [{"owner": lease.owner, "expires": lease.expires, "active": lease.active(t)} for lease in ls],
-            "promoted": promoted.get(s.prefix, []), "missing": s.missing[:5], "problems": s.problems[:5],
-            "has_metrics": any(_is_metrics(f.name) for f in s.sidecars),
-        })
+        rows.append(
+            {
+                "prefix": s.prefix,
+                "step": s.step,
+                "status": status_of(s),
+                "size": s.size,
+                "saved": s.timestamp,
+                "latest": s.latest,
+                "in_state": s.in_state,
+                "leases": [
+                    {"owner": lease.owner, "expires": lease.expires, "active": lease.active(t)}
+                    for lease in ls
+                ],
+                "promoted": promoted.get(s.prefix, []),
+                "missing": s.missing[:5],
+                "problems": s.problems[:5],
+                "has_metrics": any(_is_metrics(f.name) for f in s.sidecars),
+            }
+        )
     return {"total": len(steps), "offset": int(offset), "limit": limit, "rows": rows}
 
 
@@ -99,16 +130,20 @@ def _is_metrics(name: str) -> bool:
     return role is not None and role.role == "metrics"
 
 
-def evaluator_records(cdir: CheckpointDir, problems: list[str] | None = None,
-                      ) -> dict[str, dict[str, dict[str, Any]]]:
+def evaluator_records(
+    cdir: CheckpointDir,
+    problems: list[str] | None = None,
+) -> dict[str, dict[str, dict[str, Any]]]:
     """THE adapter for "metrics of each step, per evaluator": ``{prefix: {evaluator: record}}``.
 
     A record has ``metrics`` (floats), ``evaluations`` and ``time``; the default sidecar
     (``PREFIX.metrics.json``) is shown as evaluator :data:`DEFAULT_EVALUATOR`, the others
     (``PREFIX.metrics~NAME.json``) under their names. Built on ``core.metrics.evaluation_records``.
     """
-    return {p: {DEFAULT_EVALUATOR if ev is None else ev: r for ev, r in by_ev.items()}
-            for p, by_ev in evaluation_records(cdir, problems=problems).items()}
+    return {
+        p: {DEFAULT_EVALUATOR if ev is None else ev: r for ev, r in by_ev.items()}
+        for p, by_ev in evaluation_records(cdir, problems=problems).items()
+    }
 
 
 def metrics_series(cdir: CheckpointDir) -> dict[str, Any]:
@@ -129,8 +164,13 @@ def metrics_series(cdir: CheckpointDir) -> dict[str, Any]:
         for pts in by_name.values():
             pts.sort()
     quarantined = sorted(s.step for s in cdir.steps if s.quarantined and s.step is not None)
-    return {"evaluators": sorted(series), "series": series, "evaluated_steps": len(per),
-            "quarantined": quarantined, "problems": problems[:50]}
+    return {
+        "evaluators": sorted(series),
+        "series": series,
+        "evaluated_steps": len(per),
+        "quarantined": quarantined,
+        "problems": problems[:50],
+    }
 
 
 def step_metrics(cdir: CheckpointDir, prefix: str) -> dict[str, dict[str, Any]]:
@@ -138,14 +178,24 @@ def step_metrics(cdir: CheckpointDir, prefix: str) -> dict[str, dict[str, Any]]:
     one = [s for s in cdir.steps if s.prefix == prefix]
     if not one:
         return {}
-    sub = CheckpointDir(cdir.location, cdir.state, one, listing=cdir.listing, state_filename=cdir.state_filename)
-    return {ev: {"metrics": {k: v if v == v and abs(v) != float("inf") else str(v) for k, v in r["metrics"].items()},
-                 "evaluations": r.get("evaluations"), "time": r.get("time")}
-            for ev, r in sorted(evaluator_records(sub, []).get(prefix, {}).items())}
+    sub = CheckpointDir(
+        cdir.location, cdir.state, one, listing=cdir.listing, state_filename=cdir.state_filename
+    )
+    return {
+        ev: {
+            "metrics": {
+                k: v if v == v and abs(v) != float("inf") else str(v) for k, v in r["metrics"].items()
+            },
+            "evaluations": r.get("evaluations"),
+            "time": r.get("time"),
+        }
+        for ev, r in sorted(evaluator_records(sub, []).get(prefix, {}).items())
+    }
 
 
-def retention_plan(cdir: CheckpointDir, label: str, policies: Any, prefix: str | None,
-                   now: float | None = None) -> dict[str, Any]:
+def retention_plan(
+    cdir: CheckpointDir, label: str, policies: Any, prefix: str | None, now: float | None = None
+) -> dict[str, Any]:
     """A dry run of one retention task's policies: keep/delete per step and why. Deletes nothing.
 
     ``policies``: a list of core policies, or a zero-argument callable that builds them (its
@@ -157,10 +207,14 @@ def retention_plan(cdir: CheckpointDir, label: str, policies: Any, prefix: str |
     except (CheckpointError, ValueError, TypeError) as exc:
         return {"task": label, "error": str(exc), "decisions": [], "counts": {}}
     decisions = sorted(plan.decisions, key=lambda d: (d.step is not None, d.step or 0), reverse=True)
-    return {"task": label, "policies": [p.describe() for p in plan.policies],
-            "counts": {"keep": len(plan.kept), "delete": len(plan.deleted), "bytes": plan.bytes_to_free},
-            "decisions": [[d.step, d.prefix, d.action, "; ".join(d.reasons)] for d in decisions],
-            "state_file_rewritten": plan.state_changed, "problems": plan.problems[:50]}
+    return {
+        "task": label,
+        "policies": [p.describe() for p in plan.policies],
+        "counts": {"keep": len(plan.kept), "delete": len(plan.deleted), "bytes": plan.bytes_to_free},
+        "decisions": [[d.step, d.prefix, d.action, "; ".join(d.reasons)] for d in decisions],
+        "state_file_rewritten": plan.state_changed,
+        "problems": plan.problems[:50],
+    }
 
 
 def quarantine_records(cdir: CheckpointDir) -> list[dict[str, Any]]:
@@ -173,8 +227,12 @@ def quarantine_records(cdir: CheckpointDir) -> list[dict[str, Any]]:
             if isinstance(data, Exception):
                 raise ValueError(f"unreadable: {data}")
             d = json.loads(data.decode("utf-8"))
-            rec.update(step=d.get("step"), reason=d.get("reason"), time=d.get("time"),
-                       report_problems=_report_problems(d.get("report")))
+            rec.update(
+                step=d.get("step"),
+                reason=d.get("reason"),
+                time=d.get("time"),
+                report_problems=_report_problems(d.get("report")),
+            )
         except (ValueError, UnicodeDecodeError, AttributeError) as exc:
             rec.update(reason=None, error=f"{cdir.location.display(name)}: {exc}")
         out.append(rec)
@@ -200,8 +258,12 @@ def destination_aliases(records: Sequence[Mapping[str, Any]], open_location: Any
     for dest in dict.fromkeys(str(r.get("dest")) for r in records if r.get("current") and r.get("dest")):
         try:
             aliases = list_aliases(open_location(dest))
-            out.append({"dest": dest, "aliases": {a: {"prefix": m.prefix, "step": m.step}
-                                                   for a, m in sorted(aliases.items())}})
+            out.append(
+                {
+                    "dest": dest,
+                    "aliases": {a: {"prefix": m.prefix, "step": m.step} for a, m in sorted(aliases.items())},
+                }
+            )
         except (CheckpointError, OSError, ValueError) as exc:
             out.append({"dest": dest, "aliases": {}, "error": f"{type(exc).__name__}: {exc}"[:500]})
     return out
@@ -218,8 +280,11 @@ def preliminary(state: Any, base: str | None = None, offset: int = 0, limit: int
 
     from airflow_tf_ckpt.core.formats.naming import parse_prefix
 
-    paths = [] if state is None else list(dict.fromkeys(state.all_model_checkpoint_paths
-                                                          + [state.model_checkpoint_path]))
+    paths = (
+        []
+        if state is None
+        else list(dict.fromkeys(state.all_model_checkpoint_paths + [state.model_checkpoint_path]))
+    )
     stamps = {} if state is None else state.timestamps_by_path()
     latest = None if state is None else posixpath.basename(state.model_checkpoint_path.rstrip("/"))
     rows = []
@@ -227,12 +292,36 @@ def preliminary(state: Any, base: str | None = None, offset: int = 0, limit: int
         name = posixpath.basename(raw.rstrip("/"))
         parsed = parse_prefix(name)
         if name and (base is None or parsed.base == base):
-            rows.append({"prefix": name, "step": parsed.step, "status": "committed", "size": None,
-                         "saved": stamps.get(raw), "latest": name == latest, "in_state": True, "leases": [],
-                         "promoted": [], "missing": [], "problems": [], "has_metrics": False})
+            rows.append(
+                {
+                    "prefix": name,
+                    "step": parsed.step,
+                    "status": "committed",
+                    "size": None,
+                    "saved": stamps.get(raw),
+                    "latest": name == latest,
+                    "in_state": True,
+                    "leases": [],
+                    "promoted": [],
+                    "missing": [],
+                    "problems": [],
+                    "has_metrics": False,
+                }
+            )
     rows.sort(key=lambda r: (r["step"] is not None, r["step"] or 0), reverse=True)
     limit = max(1, min(int(limit), MAX_PAGE))
-    return {"preliminary": True, "total": len(rows), "offset": offset, "limit": limit,
-            "rows": rows[offset: offset + limit],
-            "summary": {"steps": len(rows), "counts": {"committed": len(rows)}, "bytes": None,
-                        "latest": latest if rows else None, "problems": [], "problem_count": 0}}
+    return {
+        "preliminary": True,
+        "total": len(rows),
+        "offset": offset,
+        "limit": limit,
+        "rows": rows[offset : offset + limit],
+        "summary": {
+            "steps": len(rows),
+            "counts": {"committed": len(rows)},
+            "bytes": None,
+            "latest": latest if rows else None,
+            "problems": [],
+            "problem_count": 0,
+        },
+    }

@@ -69,7 +69,7 @@ def _read_num_increasing(key: bytes, pos: int) -> tuple[int, int]:
     n = key[pos]
     if n > 8 or pos + 1 + n > len(key):
         raise SliceKeyError("bad unsigned number")
-    return int.from_bytes(key[pos + 1:pos + 1 + n], "big"), pos + 1 + n
+    return int.from_bytes(key[pos + 1 : pos + 1 + n], "big"), pos + 1 + n
 
 
 def _read_string(key: bytes, pos: int) -> tuple[bytes, int]:
@@ -96,8 +96,19 @@ def _read_string(key: bytes, pos: int) -> tuple[bytes, int]:
     raise SliceKeyError("unterminated name")
 
 
-_LENGTH_TO_MASK = [0, 0x80, 0xC000, 0xE00000, 0xF0000000, 0xF800000000, 0xFC0000000000,
-                   0xFE000000000000, 0xFF00000000000000, 0x8000000000000000, 0]
+_LENGTH_TO_MASK = [
+    0,
+    0x80,
+    0xC000,
+    0xE00000,
+    0xF0000000,
+    0xF800000000,
+    0xFC0000000000,
+    0xFE000000000000,
+    0xFF00000000000000,
+    0x8000000000000000,
+    0,
+]
 
 
 def _read_signed(key: bytes, pos: int) -> tuple[int, int]:
@@ -125,7 +136,7 @@ def _read_signed(key: bytes, pos: int) -> tuple[int, int]:
                     raise SliceKeyError("signed number too long")
     if pos + length > len(key):
         raise SliceKeyError("truncated signed number")
-    raw = int.from_bytes(key[pos:pos + length], "big")
+    raw = int.from_bytes(key[pos : pos + length], "big")
     if xor:  # negative: sign-extend (the C++ code shifts ones in from the top)
         raw |= ((1 << 64) - 1) ^ ((1 << (8 * length)) - 1) if length < 8 else 0
     raw &= (1 << 64) - 1
@@ -139,11 +150,85 @@ def _write_num_increasing(value: int) -> bytes:
     return bytes([len(body)]) + body
 
 
-_LENGTH_TO_HEADER = [(0, 0), (0x80, 0), (0xC0, 0), (0xE0, 0), (0xF0, 0), (0xF8, 0), (0xFC, 0),
-                     (0xFE, 0), (0xFF, 0), (0xFF, 0x80), (0xFF, 0xC0)]
-_BITS_TO_LENGTH = [1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 4, 4, 4, 4, 4, 4, 4, 5,
-                   5, 5, 5, 5, 5, 5, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 7, 8, 8, 8, 8, 8, 8, 8, 9, 9,
-                   9, 9, 9, 9, 9, 10]
+_LENGTH_TO_HEADER = [
+    (0, 0),
+    (0x80, 0),
+    (0xC0, 0),
+    (0xE0, 0),
+    (0xF0, 0),
+    (0xF8, 0),
+    (0xFC, 0),
+    (0xFE, 0),
+    (0xFF, 0),
+    (0xFF, 0x80),
+    (0xFF, 0xC0),
+]
+_BITS_TO_LENGTH = [
+    1,
+    1,
+    1,
+    1,
+    1,
+    1,
+    1,
+    2,
+    2,
+    2,
+    2,
+    2,
+    2,
+    2,
+    3,
+    3,
+    3,
+    3,
+    3,
+    3,
+    3,
+    4,
+    4,
+    4,
+    4,
+    4,
+    4,
+    4,
+    5,
+    5,
+    5,
+    5,
+    5,
+    5,
+    5,
+    6,
+    6,
+    6,
+    6,
+    6,
+    6,
+    6,
+    7,
+    7,
+    7,
+    7,
+    7,
+    7,
+    7,
+    8,
+    8,
+    8,
+    8,
+    8,
+    8,
+    8,
+    9,
+    9,
+    9,
+    9,
+    9,
+    9,
+    9,
+    10,
+]
 
 
 def _write_signed(value: int) -> bytes:
@@ -235,19 +320,44 @@ class BundleEntry:
     re-parses it on demand.
     """
 
-    __slots__ = ("_name", "_value", "crc32c_masked", "dtype", "key", "offset", "shape", "shape_ok",
-                 "shard_id", "size", "slice", "sliced")
+    __slots__ = (
+        "_name",
+        "_value",
+        "crc32c_masked",
+        "dtype",
+        "key",
+        "offset",
+        "shape",
+        "shape_ok",
+        "shard_id",
+        "size",
+        "slice",
+        "sliced",
+    )
 
-    def __init__(self, key: bytes, name: str | None, proto: Any, slice: SliceSpec | None = None,
-                 value: bytes | None = None) -> None:
+    def __init__(
+        self,
+        key: bytes,
+        name: str | None,
+        proto: Any,
+        slice: SliceSpec | None = None,
+        value: bytes | None = None,
+    ) -> None:
         self.key = key
         self._name = name  # None: the key's text (computed on use)
         self.slice = slice  # set on slice entries (the pieces that hold data)
         shape = proto.shape
         dim = shape.dim
         n = len(dim)  # (the common ranks without a generator: 2.7 us an entry otherwise)
-        dims = () if n == 0 else (dim[0].size,) if n == 1 else (dim[0].size, dim[1].size) if n == 2 \
+        dims = (
+            ()
+            if n == 0
+            else (dim[0].size,)
+            if n == 1
+            else (dim[0].size, dim[1].size)
+            if n == 2
             else tuple([d.size for d in dim])
+        )
         self.shape: tuple[int, ...] = dims
         self.shape_ok = not shape.unknown_rank and (n == 0 or min(dims) >= 0)
         self.dtype = proto.dtype
@@ -336,8 +446,9 @@ def parse_header(value: bytes, path: str) -> Any:
     try:
         header.ParseFromString(value)
     except (DecodeError, ValueError) as exc:
-        raise TableCorruption(f"header entry (key \"\") is not a BundleHeaderProto: {exc}", path,
-                              "bad_header", key=HEADER_KEY) from None
+        raise TableCorruption(
+            f'header entry (key "") is not a BundleHeaderProto: {exc}', path, "bad_header", key=HEADER_KEY
+        ) from None
     return header
 
 
@@ -347,14 +458,19 @@ def parse_entry(key: bytes, value: bytes, path: str) -> BundleEntry:
     try:
         proto.ParseFromString(value)
     except (DecodeError, ValueError) as exc:
-        raise TableCorruption(f"entry for key {key_text(key)!r} is not a BundleEntryProto: {exc}",
-                              path, "bad_entry", key=key) from None
+        raise TableCorruption(
+            f"entry for key {key_text(key)!r} is not a BundleEntryProto: {exc}", path, "bad_entry", key=key
+        ) from None
     if is_slice_key(key):
         try:
             name, spec = decode_slice_key(key)
         except SliceKeyError as exc:
-            raise TableCorruption(f"key {key!r} starts like a tensor slice key but does not decode: "
-                                  f"{exc}", path, "bad_entry", key=key) from None
+            raise TableCorruption(
+                f"key {key!r} starts like a tensor slice key but does not decode: {exc}",
+                path,
+                "bad_entry",
+                key=key,
+            ) from None
         return BundleEntry(key, name, proto, spec, value)
     return BundleEntry(key, None, proto, None, value)
 
@@ -405,8 +521,9 @@ def bundle_from_scan(scan: TableScan, path: str) -> tuple[Bundle | None, list[Ta
             problems.append(exc)
     if header is None:
         if scan.complete and not any(p.kind in ("bad_header",) for p in problems) and not scan.bad_blocks:
-            problems.append(TableCorruption("no header entry (key \"\"): not a TensorBundle index",
-                                            path, "bad_header"))
+            problems.append(
+                TableCorruption('no header entry (key ""): not a TensorBundle index', path, "bad_header")
+            )
         return None, problems
     return Bundle(path, header, entries), problems
 
@@ -422,7 +539,7 @@ def parse_bundle_index(data: bytes, path: str) -> Bundle:
         else:
             entries.append(parse_entry(key, value, path))
     if header is None:
-        raise TableCorruption("no header entry (key \"\"): not a TensorBundle index", path, "bad_header")
+        raise TableCorruption('no header entry (key ""): not a TensorBundle index', path, "bad_header")
     return Bundle(path, header, entries)
 
 
@@ -454,20 +571,39 @@ def read_bundle_header(location: Location, prefix: str) -> Any:
         data = location.read_bytes(name, cap=MAX_INDEX_BYTES, what="a TensorBundle index", size=size)
         table = Table.from_bytes(data, display)
     else:
+
         def read_at(offset: int, length: int) -> bytes:
             return location.read_bytes(name, offset, offset + length)
 
         table = Table(read_at, size, display)
     first = table.first_entry()
     if first is None or first[0] != HEADER_KEY:
-        raise TableCorruption("no header entry (key \"\") at the start of the index: not a "
-                              "TensorBundle index", display, "bad_header")
+        raise TableCorruption(
+            'no header entry (key "") at the start of the index: not a TensorBundle index',
+            display,
+            "bad_header",
+        )
     return parse_header(first[1], display)
 
 
 __all__ = [
-    "FOOTER_SIZE", "HEADER_KEY", "Bundle", "BundleEntry", "SliceKeyError", "SliceSpec", "TableError",
-    "bundle_from_scan", "data_name", "decode_slice_key", "encode_slice_key", "index_name",
-    "is_slice_key", "key_text", "parse_bundle_index", "parse_entry", "parse_header", "read_bundle",
+    "FOOTER_SIZE",
+    "HEADER_KEY",
+    "Bundle",
+    "BundleEntry",
+    "SliceKeyError",
+    "SliceSpec",
+    "TableError",
+    "bundle_from_scan",
+    "data_name",
+    "decode_slice_key",
+    "encode_slice_key",
+    "index_name",
+    "is_slice_key",
+    "key_text",
+    "parse_bundle_index",
+    "parse_entry",
+    "parse_header",
+    "read_bundle",
     "read_bundle_header",
 ]

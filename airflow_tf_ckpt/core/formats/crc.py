@@ -49,6 +49,7 @@ def extend(crc: int, data: bytes) -> int:
 # releases the GIL for the call (so threads checking several shards run in parallel). If the
 # symbol cannot be found (another build, pure-Python fallback) we copy to bytes instead.
 
+
 def _load_c_extend() -> Any:
     try:
         import ctypes

@@ -22,7 +22,9 @@ V2_DATA_RE = re.compile(r"^(?P<prefix>.+)\.data-(?P<shard>\d{5})-of-(?P<num>\d{5
 V1_SHARD_RE = re.compile(r"^(?P<prefix>.+)-(?P<shard>\d{5})-of-(?P<num>\d{5})$")
 #: an evaluator's name: every Airflow dag_id fits; never ``~`` (the separator) nor ``/``
 EVALUATOR_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,249}$")
-EVALUATOR_METRICS_RE = re.compile(r"^(?P<prefix>.+)\.metrics~(?P<evaluator>[A-Za-z0-9_][A-Za-z0-9_.-]{0,249})\.json$")
+EVALUATOR_METRICS_RE = re.compile(
+    r"^(?P<prefix>.+)\.metrics~(?P<evaluator>[A-Za-z0-9_][A-Za-z0-9_.-]{0,249})\.json$"
+)
 LEASE_RE = re.compile(r"^(?P<prefix>.+)\.lease-(?P<owner>[A-Za-z0-9_.@-]+)$")
 LEASE_INFIX = ".lease-"
 
@@ -94,8 +96,11 @@ def classify(name: str) -> FileRole | None:
         return FileRole(m.group("prefix"), "data", int(m.group("shard")), int(m.group("num")))
     if EVALUATOR_METRICS_INFIX in name and (m := EVALUATOR_METRICS_RE.match(name)):
         return FileRole(m.group("prefix"), "metrics", evaluator=m.group("evaluator"))
-    for suffix, role in ((METRICS_SUFFIX, "metrics"), (QUARANTINE_SUFFIX, "quarantine"),
-                         (META_SUFFIX, "meta")):
+    for suffix, role in (
+        (METRICS_SUFFIX, "metrics"),
+        (QUARANTINE_SUFFIX, "quarantine"),
+        (META_SUFFIX, "meta"),
+    ):
         if name.endswith(suffix) and len(name) > len(suffix):
             return FileRole(name[: -len(suffix)], role)
     m = V1_SHARD_RE.match(name)

@@ -72,8 +72,11 @@ class StateFile:
                 paths.append(p)
                 if aligned:
                     stamps.append(self.all_model_checkpoint_timestamps[i])
-        latest = self.model_checkpoint_path if self.model_checkpoint_path in keep_raw else (
-            paths[-1] if paths else "")
+        latest = (
+            self.model_checkpoint_path
+            if self.model_checkpoint_path in keep_raw
+            else (paths[-1] if paths else "")
+        )
         return StateFile(latest, paths, stamps, self.last_preserved_timestamp)
 
 
@@ -101,9 +104,12 @@ def require_latest(state: StateFile, path: str = STATE_FILENAME) -> StateFile:
     empty file, whitespace or comments only included), and a trainer's ``CheckpointManager``
     fails to start on such a dir. Raises :class:`StateFileError` then."""
     if not state.model_checkpoint_path:
-        raise StateFileError("model_checkpoint_path is missing or empty: TensorFlow's "
-                             "get_checkpoint_state rejects this state file (ValueError: Invalid "
-                             "checkpoint state)", path)
+        raise StateFileError(
+            "model_checkpoint_path is missing or empty: TensorFlow's "
+            "get_checkpoint_state rejects this state file (ValueError: Invalid "
+            "checkpoint state)",
+            path,
+        )
     return state
 
 
@@ -254,8 +260,9 @@ def _read_raw(loc: Location, filename: str) -> tuple[bytes | None, int]:
         raise StorageError(f"cannot read the state file: {exc}", loc.display(filename)) from exc
 
 
-def _write_if_unchanged(loc: Location, filename: str, seen: tuple[bytes | None, int], after: StateFile | None,
-                        gcs: bool) -> bool:
+def _write_if_unchanged(
+    loc: Location, filename: str, seen: tuple[bytes | None, int], after: StateFile | None, gcs: bool
+) -> bool:
     """Write ``after`` (``None``: remove the file) only while the state file still holds ``seen``
     (its bytes and, on ``gs://``, generation); False when it changed."""
     from airflow_tf_ckpt.core.storage.gcs import delete_if_generation, upload_if_generation
@@ -270,8 +277,10 @@ def _write_if_unchanged(loc: Location, filename: str, seen: tuple[bytes | None, 
             return False
         if after is None:
             return seen[0] is None or delete_if_generation(loc.fs, path, seen[1])
-        return upload_if_generation(loc.fs, path, format_state(after).encode("utf-8"), seen[1],
-                                    "text/plain") is not None
+        return (
+            upload_if_generation(loc.fs, path, format_state(after).encode("utf-8"), seen[1], "text/plain")
+            is not None
+        )
     if after is None:
         if not unchanged():
             return False
@@ -283,8 +292,14 @@ def _write_if_unchanged(loc: Location, filename: str, seen: tuple[bytes | None, 
     return write_atomic(loc.fs, path, format_state(after).encode("utf-8"), check=unchanged)
 
 
-def update_state(loc: Location, change: StateChange, filename: str = STATE_FILENAME, *,
-                 hook: Callable[..., Any] | None = None, attempts: int = 50) -> StateUpdate:
+def update_state(
+    loc: Location,
+    change: StateChange,
+    filename: str = STATE_FILENAME,
+    *,
+    hook: Callable[..., Any] | None = None,
+    attempts: int = 50,
+) -> StateUpdate:
     """Read-modify-write of the state file that loses no update written meanwhile (a trainer's
     save, another GC run, a quarantine): TF writes the file without any lock, so the change is
     applied to what the file holds at the moment of the write.
@@ -359,8 +374,10 @@ def _strip_scheme(p: str) -> tuple[str | None, str]:
 def _has_twin(name: str, existing_names: set[str]) -> bool:
     """Some file of prefix ``name`` is in the listing (set lookups only: no scan per path)."""
     first_shard = name.replace("?????", "00000")  # sharded V1 state paths are glob patterns
-    return any(c in existing_names for c in (
-        name, f"{name}.index", f"{name}.meta", first_shard, f"{name}.data-00000-of-00001"))
+    return any(
+        c in existing_names
+        for c in (name, f"{name}.index", f"{name}.meta", first_shard, f"{name}.data-00000-of-00001")
+    )
 
 
 def resolve_path(loc: Location, raw: str, existing_names: set[str] | None = None) -> ResolvedPath:
@@ -380,25 +397,34 @@ def resolve_path(loc: Location, raw: str, existing_names: set[str] | None = None
     if ".." in parts:
         return ResolvedPath(raw, None, "refused", "path climbs out of the checkpoint dir with '..'")
     if body.endswith("/"):  # TF looks for "DIR/ckpt-4/.index": nothing is there
-        return ResolvedPath(raw, None, "refused", "path ends in '/': it names a directory, not a "
-                            "checkpoint prefix")
+        return ResolvedPath(
+            raw, None, "refused", "path ends in '/': it names a directory, not a checkpoint prefix"
+        )
     if not is_abs:
         if len(parts) != 1:
-            return ResolvedPath(raw, None, "refused", "path points into a sub-directory; only prefixes "
-                                "directly in the checkpoint dir are managed")
+            return ResolvedPath(
+                raw,
+                None,
+                "refused",
+                "path points into a sub-directory; only prefixes directly in the checkpoint dir are managed",
+            )
         return ResolvedPath(raw, parts[0], "relative")
     name = parts[-1] if parts else ""
     if not name:
         return ResolvedPath(raw, None, "refused", "path names a directory, not a checkpoint prefix")
-    same_scheme = (scheme or "file") == (dir_scheme or "file") or (
-        {scheme, dir_scheme} <= {"gs", "gcs"})
+    same_scheme = (scheme or "file") == (dir_scheme or "file") or ({scheme, dir_scheme} <= {"gs", "gcs"})
     here = posixpath.normpath("/" + dir_body.strip("/"))
     there = posixpath.normpath("/" + posixpath.dirname(body).strip("/"))
     if same_scheme and here == there:
         return ResolvedPath(raw, name, "absolute")
     if existing_names is not None and _has_twin(name, existing_names):
-        return ResolvedPath(raw, name, "moved",
-                            f"absolute path points outside this dir ({posixpath.dirname(raw)}); "
-                            f"resolved by basename to {name!r} here")
-    return ResolvedPath(raw, None, "refused",
-                        f"absolute path points outside the checkpoint dir and no {name!r} exists here")
+        return ResolvedPath(
+            raw,
+            name,
+            "moved",
+            f"absolute path points outside this dir ({posixpath.dirname(raw)}); "
+            f"resolved by basename to {name!r} here",
+        )
+    return ResolvedPath(
+        raw, None, "refused", f"absolute path points outside the checkpoint dir and no {name!r} exists here"
+    )

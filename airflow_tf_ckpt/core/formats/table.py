@@ -59,9 +59,16 @@ class TableCorruption(TableError):
     ``io_error``.
     """
 
-    def __init__(self, message: str, path: str | None, kind: str, offset: int | None = None,
-                 expected: str | None = None, actual: str | None = None,
-                 key: bytes | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        path: str | None,
+        kind: str,
+        offset: int | None = None,
+        expected: str | None = None,
+        actual: str | None = None,
+        key: bytes | None = None,
+    ) -> None:
         self.kind = kind
         self.offset = offset
         self.key = key  # the entry key concerned, where one is known
@@ -141,20 +148,30 @@ def parse_footer(footer: bytes, path: str, file_size: int) -> Footer:
     if file_size < FOOTER_SIZE or len(footer) != FOOTER_SIZE:
         raise TableCorruption(
             f"file is {file_size} bytes, shorter than the {FOOTER_SIZE}-byte table footer "
-            "(truncated, or still being written)", path, "truncated", 0)
+            "(truncated, or still being written)",
+            path,
+            "truncated",
+            0,
+        )
     lo, hi = struct.unpack_from("<II", footer, FOOTER_SIZE - 8)
     magic = (hi << 32) | lo
     if magic != TABLE_MAGIC:
         raise TableCorruption(
             f"bad table magic number 0x{magic:016x} (expected 0x{TABLE_MAGIC:016x}): not a "
-            "leveldb table, or a truncated / half-written file", path, "bad_magic",
-            file_size - 8, f"0x{TABLE_MAGIC:016x}", f"0x{magic:016x}")
+            "leveldb table, or a truncated / half-written file",
+            path,
+            "bad_magic",
+            file_size - 8,
+            f"0x{TABLE_MAGIC:016x}",
+            f"0x{magic:016x}",
+        )
     try:
         metaindex, pos = BlockHandle.decode(footer, 0, FOOTER_SIZE - 8)
         index, _ = BlockHandle.decode(footer, pos, FOOTER_SIZE - 8)
     except _Malformed as exc:
-        raise TableCorruption(f"bad block handle in the footer: {exc}", path, "bad_footer",
-                              file_size - FOOTER_SIZE) from None
+        raise TableCorruption(
+            f"bad block handle in the footer: {exc}", path, "bad_footer", file_size - FOOTER_SIZE
+        ) from None
     body = file_size - FOOTER_SIZE
     # the metaindex handle is decoded (TF decodes it too) but not followed, by TF or by us: where
     # it points is none of a restore's business (a flip there leaves the step restorable)
@@ -163,56 +180,90 @@ def parse_footer(footer: bytes, path: str, file_size: int) -> Footer:
             raise TableCorruption(
                 f"footer's {what} block handle (offset {h.offset}, size {h.size}) points past the "
                 f"end of the table data ({body} bytes before the footer): truncated or corrupt",
-                path, "truncated" if h.offset < body else "bad_handle", file_size - FOOTER_SIZE)
+                path,
+                "truncated" if h.offset < body else "bad_handle",
+                file_size - FOOTER_SIZE,
+            )
     return Footer(metaindex, index)
 
 
-def decode_block(raw: bytes, handle: BlockHandle, path: str, verify_checksum: bool = True,
-                 what: str = "block") -> bytes:
+def decode_block(
+    raw: bytes, handle: BlockHandle, path: str, verify_checksum: bool = True, what: str = "block"
+) -> bytes:
     """Check the trailer of ``raw`` (contents + 5-byte trailer) and return the contents."""
     n = handle.size
     if len(raw) != n + BLOCK_TRAILER_SIZE:
-        raise TableCorruption(f"{what} at offset {handle.offset}: read {len(raw)} bytes, expected "
-                              f"{n + BLOCK_TRAILER_SIZE} (truncated)", path, "truncated", handle.offset)
+        raise TableCorruption(
+            f"{what} at offset {handle.offset}: read {len(raw)} bytes, expected "
+            f"{n + BLOCK_TRAILER_SIZE} (truncated)",
+            path,
+            "truncated",
+            handle.offset,
+        )
     ctype = raw[n]
     if verify_checksum:
         stored = _crc.unmask(_U32.unpack_from(raw, n + 1)[0])
         actual = _crc.value(raw[: n + 1])
         if stored != actual:
             raise TableCorruption(
-                f"{what} at offset {handle.offset} (size {n}): crc32c mismatch", path,
-                "checksum_mismatch", handle.offset, f"0x{stored:08x}", f"0x{actual:08x}")
+                f"{what} at offset {handle.offset} (size {n}): crc32c mismatch",
+                path,
+                "checksum_mismatch",
+                handle.offset,
+                f"0x{stored:08x}",
+                f"0x{actual:08x}",
+            )
     contents = raw[:n]
     if ctype == NO_COMPRESSION:
         return contents
     if ctype == SNAPPY_COMPRESSION:
         return _snappy(contents, handle, path)
-    raise TableCorruption(f"{what} at offset {handle.offset}: unknown compression type {ctype}",
-                          path, "bad_compression", handle.offset)
+    raise TableCorruption(
+        f"{what} at offset {handle.offset}: unknown compression type {ctype}",
+        path,
+        "bad_compression",
+        handle.offset,
+    )
 
 
 def _snappy(contents: bytes, handle: BlockHandle, path: str) -> bytes:
     try:
         declared, _ = decode_varint(contents, 0, len(contents), 5)
     except _Malformed as exc:
-        raise TableCorruption(f"snappy block at offset {handle.offset}: bad length preamble: {exc}",
-                              path, "bad_compression", handle.offset) from None
+        raise TableCorruption(
+            f"snappy block at offset {handle.offset}: bad length preamble: {exc}",
+            path,
+            "bad_compression",
+            handle.offset,
+        ) from None
     if declared > _SNAPPY_MAX_RATIO * len(contents) + 64:
         raise TableCorruption(
             f"snappy block at offset {handle.offset} claims {declared} uncompressed bytes from "
-            f"{len(contents)}: impossible", path, "bad_compression", handle.offset)
+            f"{len(contents)}: impossible",
+            path,
+            "bad_compression",
+            handle.offset,
+        )
     try:
         out = bytes(cramjam.snappy.decompress_raw(contents))
     except Exception as exc:  # cramjam.DecompressionError, ValueError... all mean "corrupt"
-        raise TableCorruption(f"snappy block at offset {handle.offset}: {exc}", path,
-                              "bad_compression", handle.offset) from None
+        raise TableCorruption(
+            f"snappy block at offset {handle.offset}: {exc}", path, "bad_compression", handle.offset
+        ) from None
     if len(out) != declared:
-        raise TableCorruption(f"snappy block at offset {handle.offset}: decompressed to {len(out)} "
-                              f"bytes, preamble says {declared}", path, "bad_compression", handle.offset)
+        raise TableCorruption(
+            f"snappy block at offset {handle.offset}: decompressed to {len(out)} "
+            f"bytes, preamble says {declared}",
+            path,
+            "bad_compression",
+            handle.offset,
+        )
     return out
 
 
-def iter_block(contents: bytes, path: str, where: str, offset: int | None = None) -> Iterator[tuple[bytes, bytes]]:
+def iter_block(
+    contents: bytes, path: str, where: str, offset: int | None = None
+) -> Iterator[tuple[bytes, bytes]]:
     """Yield the (key, value) entries of one decoded block, checking its structure.
 
     ``where`` names the block in messages (e.g. ``"index block at offset 123"``).
@@ -240,8 +291,9 @@ def iter_block(contents: bytes, path: str, where: str, offset: int | None = None
     prev_r = -1
     for r in restarts:
         if r >= max(restarts_at, 1) or r <= prev_r:
-            raise bad(f"restart point {r} is out of order or outside the entries "
-                      f"(entries end at {restarts_at})")
+            raise bad(
+                f"restart point {r} is out of order or outside the entries (entries end at {restarts_at})"
+            )
         prev_r = r
     restart_set = set(restarts)
     pos = 0
@@ -249,8 +301,12 @@ def iter_block(contents: bytes, path: str, where: str, offset: int | None = None
     first = True
     while pos < restarts_at:
         try:
-            if (restarts_at - pos >= 3 and contents[pos] < 0x80 and contents[pos + 1] < 0x80
-                    and contents[pos + 2] < 0x80):
+            if (
+                restarts_at - pos >= 3
+                and contents[pos] < 0x80
+                and contents[pos + 1] < 0x80
+                and contents[pos + 2] < 0x80
+            ):
                 shared, non_shared, vlen = contents[pos], contents[pos + 1], contents[pos + 2]
                 p = pos + 3
             else:
@@ -264,14 +320,20 @@ def iter_block(contents: bytes, path: str, where: str, offset: int | None = None
         if (first or pos in restart_set) and shared:
             raise bad(f"entry at restart point {pos} has a shared key prefix ({shared} bytes)")
         if non_shared + vlen > restarts_at - p:
-            raise bad(f"entry at block offset {pos} (key {non_shared} + value {vlen} bytes) runs "
-                      f"past the entries' end ({restarts_at})")
-        new_key = key[:shared] + contents[p:p + non_shared]
+            raise bad(
+                f"entry at block offset {pos} (key {non_shared} + value {vlen} bytes) runs "
+                f"past the entries' end ({restarts_at})"
+            )
+        new_key = key[:shared] + contents[p : p + non_shared]
         if not first and new_key <= key:
-            raise TableCorruption(f"{where}: keys out of order at block offset {pos}: "
-                                  f"{new_key!r} after {key!r}", path, "bad_order", offset)
+            raise TableCorruption(
+                f"{where}: keys out of order at block offset {pos}: {new_key!r} after {key!r}",
+                path,
+                "bad_order",
+                offset,
+            )
         key = new_key
-        value = contents[p + non_shared:p + non_shared + vlen]
+        value = contents[p + non_shared : p + non_shared + vlen]
         pos = p + non_shared + vlen
         first = False
         yield key, value
@@ -296,8 +358,9 @@ class Table:
         self.size = size
         self.verify_checksums = verify_checksums
         self._read_at = read_at
-        self.footer = parse_footer(self._read(size - FOOTER_SIZE, FOOTER_SIZE) if size >= FOOTER_SIZE
-                                   else b"", path, size)
+        self.footer = parse_footer(
+            self._read(size - FOOTER_SIZE, FOOTER_SIZE) if size >= FOOTER_SIZE else b"", path, size
+        )
         index_contents = self.read_block(self.footer.index, "index block")
         self.index: list[tuple[bytes, BlockHandle]] = []
         where = f"index block at offset {self.footer.index.offset}"
@@ -307,25 +370,35 @@ class Table:
             try:
                 handle, _ = BlockHandle.decode(value)
             except _Malformed as exc:
-                raise TableCorruption(f"{where}: bad block handle for key {key!r}: {exc}", path,
-                                      "bad_handle", self.footer.index.offset) from None
+                raise TableCorruption(
+                    f"{where}: bad block handle for key {key!r}: {exc}",
+                    path,
+                    "bad_handle",
+                    self.footer.index.offset,
+                ) from None
             if handle.end > data_limit:
                 raise TableCorruption(
                     f"{where}: data block handle (offset {handle.offset}, size {handle.size}) "
-                    f"points past the end of the table data ({data_limit} bytes)", path,
-                    "truncated" if handle.offset < data_limit else "bad_handle", handle.offset)
+                    f"points past the end of the table data ({data_limit} bytes)",
+                    path,
+                    "truncated" if handle.offset < data_limit else "bad_handle",
+                    handle.offset,
+                )
             if handle.offset < prev_end:
                 raise TableCorruption(
                     f"{where}: data block at offset {handle.offset} overlaps or precedes the "
-                    f"previous one (ending at {prev_end}): looping or corrupt handles", path,
-                    "bad_handle", handle.offset)
+                    f"previous one (ending at {prev_end}): looping or corrupt handles",
+                    path,
+                    "bad_handle",
+                    handle.offset,
+                )
             prev_end = handle.end
             self.index.append((key, handle))
 
     @classmethod
     def from_bytes(cls, data: bytes, path: str, *, verify_checksums: bool = True) -> Table:
         def read_at(offset: int, length: int) -> bytes:
-            return data[offset:offset + length]
+            return data[offset : offset + length]
 
         return cls(read_at, len(data), path, verify_checksums=verify_checksums)
 
@@ -335,18 +408,28 @@ class Table:
         except TableError:
             raise
         except (OSError, ValueError) as exc:
-            raise TableCorruption(f"cannot read {length} bytes at offset {offset}: {exc}", self.path,
-                                  "io_error", offset) from exc
+            raise TableCorruption(
+                f"cannot read {length} bytes at offset {offset}: {exc}", self.path, "io_error", offset
+            ) from exc
         if len(out) != length:
-            raise TableCorruption(f"short read: {len(out)} of {length} bytes at offset {offset} "
-                                  "(file truncated while reading?)", self.path, "truncated", offset)
+            raise TableCorruption(
+                f"short read: {len(out)} of {length} bytes at offset {offset} "
+                "(file truncated while reading?)",
+                self.path,
+                "truncated",
+                offset,
+            )
         return out
 
     def read_block(self, handle: BlockHandle, what: str = "data block") -> bytes:
         """Read, checksum and decompress one block; returns its contents."""
         if handle.end > self.size - FOOTER_SIZE:
-            raise TableCorruption(f"{what} at offset {handle.offset} runs past the table data",
-                                  self.path, "bad_handle", handle.offset)
+            raise TableCorruption(
+                f"{what} at offset {handle.offset} runs past the table data",
+                self.path,
+                "bad_handle",
+                handle.offset,
+            )
         raw = self._read(handle.offset, handle.size + BLOCK_TRAILER_SIZE)
         return decode_block(raw, handle, self.path, self.verify_checksums, what)
 
@@ -360,9 +443,13 @@ class Table:
         for _, handle in self.index:
             for key, value in self.block_entries(handle):
                 if last is not None and key <= last:
-                    raise TableCorruption(f"keys out of order across data blocks at offset "
-                                          f"{handle.offset}: {key!r} after {last!r}", self.path,
-                                          "bad_order", handle.offset)
+                    raise TableCorruption(
+                        f"keys out of order across data blocks at offset "
+                        f"{handle.offset}: {key!r} after {last!r}",
+                        self.path,
+                        "bad_order",
+                        handle.offset,
+                    )
                 last = key
                 yield key, value
 
@@ -385,9 +472,13 @@ class Table:
             try:
                 entries = self.block_entries(handle)
                 if entries and last is not None and entries[0][0] <= last:
-                    raise TableCorruption(f"keys out of order across data blocks at offset "
-                                          f"{handle.offset}: {entries[0][0]!r} after {last!r}",
-                                          self.path, "bad_order", handle.offset)
+                    raise TableCorruption(
+                        f"keys out of order across data blocks at offset "
+                        f"{handle.offset}: {entries[0][0]!r} after {last!r}",
+                        self.path,
+                        "bad_order",
+                        handle.offset,
+                    )
             except TableCorruption as exc:
                 out.problems.append(exc)
                 out.bad_blocks += 1

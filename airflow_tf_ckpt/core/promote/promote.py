@@ -104,8 +104,7 @@ DEFAULT_LOCK_TTL = 15 * 60.0  # a lock whose heartbeat is this old is broken
 SOURCE_LEASE_TTL = 6 * 3600.0  # the lease on the source step (released at the end; a crash's expires)
 
 # phase names passed to the ``hook`` callback (tests inspect the destination at each one)
-PHASES = ("locked", "unpublished", "copied", "state_written", "manifest_written", "alias_written",
-          "cleaned")
+PHASES = ("locked", "unpublished", "copied", "state_written", "manifest_written", "alias_written", "cleaned")
 
 ProgressFn = Callable[[int, int, str], None]  # (bytes_done, bytes_total, current file name)
 HookFn = Callable[[str, Location], None]  # (phase, destination)
@@ -186,13 +185,21 @@ class PromotionManifest:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION,
-            "promotion_id": self.promotion_id, "source": self.source,
-            "source_prefix": self.source_prefix, "prefix": self.prefix, "base": self.base,
-            "step": self.step, "checkpoint_path": self.checkpoint_path,
+            "format": MANIFEST_FORMAT,
+            "version": MANIFEST_VERSION,
+            "promotion_id": self.promotion_id,
+            "source": self.source,
+            "source_prefix": self.source_prefix,
+            "prefix": self.prefix,
+            "base": self.base,
+            "step": self.step,
+            "checkpoint_path": self.checkpoint_path,
             "files": [f.to_dict() for f in self.files],
-            "promoted_at": self.promoted_at, "promoted_at_unix": self.promoted_at_unix,
-            "metrics": self.metrics, "alias": self.alias, "selector": self.selector,
+            "promoted_at": self.promoted_at,
+            "promoted_at_unix": self.promoted_at_unix,
+            "metrics": self.metrics,
+            "alias": self.alias,
+            "selector": self.selector,
             "meta_from": self.meta_from,
             "retained": {k: [f.to_dict() for f in v] for k, v in sorted(self.retained.items())},
         }
@@ -201,25 +208,30 @@ class PromotionManifest:
     def from_dict(cls, d: dict[str, Any]) -> PromotionManifest:
         files, retained, metrics = d["files"], d.get("retained") or {}, d.get("metrics") or {}
         if not isinstance(files, list):
-            raise TypeError(f"\"files\" is a JSON {type(files).__name__}, not a list")
+            raise TypeError(f'"files" is a JSON {type(files).__name__}, not a list')
         if not isinstance(retained, dict) or not all(isinstance(v, list) for v in retained.values()):
-            raise TypeError("\"retained\" is not an object of file lists")
+            raise TypeError('"retained" is not an object of file lists')
         if not isinstance(metrics, dict):
-            raise TypeError(f"\"metrics\" is a JSON {type(metrics).__name__}, not an object")
+            raise TypeError(f'"metrics" is a JSON {type(metrics).__name__}, not an object')
         if not isinstance(d["prefix"], str) or not d["prefix"]:
             raise TypeError(f"prefix {d['prefix']!r} is not a non-empty string")
         return cls(
-            promotion_id=str(d["promotion_id"]), source=str(d["source"]),
-            source_prefix=str(d.get("source_prefix", d["prefix"])), prefix=str(d["prefix"]),
+            promotion_id=str(d["promotion_id"]),
+            source=str(d["source"]),
+            source_prefix=str(d.get("source_prefix", d["prefix"])),
+            prefix=str(d["prefix"]),
             base=str(d.get("base", parse_prefix(str(d["prefix"])).base)),
             step=None if d.get("step") is None else int(d["step"]),
             files=[PromotedFile.from_dict(f) for f in d["files"]],
             promoted_at=str(d.get("promoted_at", "")),
             promoted_at_unix=float(d.get("promoted_at_unix", 0.0)),
-            metrics=dict(d.get("metrics") or {}), alias=d.get("alias"),
-            selector=str(d.get("selector", "")), meta_from=d.get("meta_from"),
-            retained={str(k): [PromotedFile.from_dict(f) for f in v]
-                      for k, v in (d.get("retained") or {}).items()},
+            metrics=dict(d.get("metrics") or {}),
+            alias=d.get("alias"),
+            selector=str(d.get("selector", "")),
+            meta_from=d.get("meta_from"),
+            retained={
+                str(k): [PromotedFile.from_dict(f) for f in v] for k, v in (d.get("retained") or {}).items()
+            },
         )
 
 
@@ -250,15 +262,25 @@ class PromotionResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "destination": self.destination, "step": self.step, "prefix": self.prefix,
-            "checkpoint_path": self.manifest.checkpoint_path, "alias": self.manifest.alias,
-            "alias_path": self.alias_path, "source": self.manifest.source,
-            "selector": self.manifest.selector, "metrics": self.manifest.metrics,
-            "copied": self.copied, "reused": self.reused, "deleted": self.deleted,
-            "bytes_copied": self.bytes_copied, "method": self.method,
-            "unpublished": self.unpublished, "recorded": self.recorded,
+            "destination": self.destination,
+            "step": self.step,
+            "prefix": self.prefix,
+            "checkpoint_path": self.manifest.checkpoint_path,
+            "alias": self.manifest.alias,
+            "alias_path": self.alias_path,
+            "source": self.manifest.source,
+            "selector": self.manifest.selector,
+            "metrics": self.manifest.metrics,
+            "copied": self.copied,
+            "reused": self.reused,
+            "deleted": self.deleted,
+            "bytes_copied": self.bytes_copied,
+            "method": self.method,
+            "unpublished": self.unpublished,
+            "recorded": self.recorded,
             "record_problem": self.record_problem,
-            "seconds": round(self.seconds, 3), "manifest": self.manifest.to_dict(),
+            "seconds": round(self.seconds, 3),
+            "manifest": self.manifest.to_dict(),
         }
 
 
@@ -290,21 +312,25 @@ def _read_json(loc: Location, name: str) -> dict[str, Any] | None:
     return data
 
 
-def read_manifest(dest: Location | str, storage_options: dict[str, Any] | None = None,
-                  ) -> PromotionManifest | None:
+def read_manifest(
+    dest: Location | str,
+    storage_options: dict[str, Any] | None = None,
+) -> PromotionManifest | None:
     """The destination's promotion, or ``None`` when it is not promoted (no ``PROMOTED.json``)."""
     loc = dest if isinstance(dest, Location) else Location.of(dest, storage_options)
     data = _read_json(loc, MANIFEST_NAME)
     if data is None:
         return None
     if data.get("format") != MANIFEST_FORMAT:
-        raise PromotionError(f"not a promotion manifest (format={data.get('format')!r})",
-                             loc.display(MANIFEST_NAME))
+        raise PromotionError(
+            f"not a promotion manifest (format={data.get('format')!r})", loc.display(MANIFEST_NAME)
+        )
     try:
         return PromotionManifest.from_dict(data)
     except _SHAPE_ERRORS as exc:
-        raise PromotionError(f"malformed promotion manifest: {_shape_error(exc)}",
-                             loc.display(MANIFEST_NAME)) from exc
+        raise PromotionError(
+            f"malformed promotion manifest: {_shape_error(exc)}", loc.display(MANIFEST_NAME)
+        ) from exc
 
 
 def _shape_error(exc: BaseException) -> str:
@@ -317,12 +343,19 @@ def _shape_error(exc: BaseException) -> str:
 
 def alias_name_ok(alias: str) -> bool:
     """Alias names are file names: letters, digits, ``._-``, not starting with a dot."""
-    return bool(alias) and len(alias) <= 128 and not alias.startswith(".") and all(
-        c.isalnum() or c in "._-" for c in alias)
+    return (
+        bool(alias)
+        and len(alias) <= 128
+        and not alias.startswith(".")
+        and all(c.isalnum() or c in "._-" for c in alias)
+    )
 
 
-def read_alias(dest: Location | str, alias: str, storage_options: dict[str, Any] | None = None,
-               ) -> PromotionManifest | None:
+def read_alias(
+    dest: Location | str,
+    alias: str,
+    storage_options: dict[str, Any] | None = None,
+) -> PromotionManifest | None:
     """The promotion an alias points at (``DEST/aliases/<alias>.json``), or ``None``."""
     if not alias_name_ok(alias):
         raise PromotionError(f"invalid alias name {alias!r} (use letters, digits, '.', '_', '-')")
@@ -333,12 +366,15 @@ def read_alias(dest: Location | str, alias: str, storage_options: dict[str, Any]
     try:
         return PromotionManifest.from_dict(data)
     except _SHAPE_ERRORS as exc:
-        raise PromotionError(f"malformed alias file: {_shape_error(exc)}",
-                             loc.display(f"{ALIASES_DIR}/{alias}.json")) from exc
+        raise PromotionError(
+            f"malformed alias file: {_shape_error(exc)}", loc.display(f"{ALIASES_DIR}/{alias}.json")
+        ) from exc
 
 
-def list_aliases(dest: Location | str, storage_options: dict[str, Any] | None = None,
-                 ) -> dict[str, PromotionManifest]:
+def list_aliases(
+    dest: Location | str,
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, PromotionManifest]:
     """Every alias of a destination, by name."""
     loc = dest if isinstance(dest, Location) else Location.of(dest, storage_options)
     try:
@@ -355,8 +391,9 @@ def list_aliases(dest: Location | str, storage_options: dict[str, Any] | None = 
     return out
 
 
-def check_promotion(dest: Location | str, storage_options: dict[str, Any] | None = None, *,
-                    deep: bool = False) -> list[str]:
+def check_promotion(
+    dest: Location | str, storage_options: dict[str, Any] | None = None, *, deep: bool = False
+) -> list[str]:
     """Problems with a promoted destination ([] when it is complete). ``deep`` re-reads CRCs."""
     loc = dest if isinstance(dest, Location) else Location.of(dest, storage_options)
     manifest = read_manifest(loc)
@@ -396,8 +433,15 @@ def _usable(s: CheckpointStep) -> bool:
     return s.status is StepStatus.COMMITTED and not s.quarantined
 
 
-def select_step(cdir: CheckpointDir, selector: int | str, *, prefix: str | None = None,
-                metric: str | None = None, mode: str = "min", evaluator: str | None = None) -> CheckpointStep:
+def select_step(
+    cdir: CheckpointDir,
+    selector: int | str,
+    *,
+    prefix: str | None = None,
+    metric: str | None = None,
+    mode: str = "min",
+    evaluator: str | None = None,
+) -> CheckpointStep:
     """Pick a step: a number (or prefix name), ``latest``, or ``best`` by ``metric`` (``mode``) of
     ``evaluator``'s sidecars (``None``: the default ``PREFIX.metrics.json``).
 
@@ -414,8 +458,10 @@ def select_step(cdir: CheckpointDir, selector: int | str, *, prefix: str | None 
     if sel == "latest":
         steps = [s for s in cdir.select(prefix) if _usable(s)]
         if not steps:
-            raise StepNotFoundError("no committed checkpoint step to promote"
-                                    + (f" with prefix {prefix!r}" if prefix else ""), where)
+            raise StepNotFoundError(
+                "no committed checkpoint step to promote" + (f" with prefix {prefix!r}" if prefix else ""),
+                where,
+            )
         latest = cdir.latest(prefix)
         if latest is not None and _usable(latest):
             return latest
@@ -447,7 +493,8 @@ def select_step(cdir: CheckpointDir, selector: int | str, *, prefix: str | None 
                 f"no committed step has metric {metric!r}"
                 + (f" from evaluator {evaluator!r}" if evaluator else "")
                 + (f" (metrics found: {', '.join(known)})" if known else " (no metrics sidecars)"),
-                where)
+                where,
+            )
         sign = 1.0 if mode == "min" else -1.0
         # ties: the newer step wins (it has seen more data)
         return min(scored, key=lambda t: (sign * t[0], -(t[1].step or 0)))[1]
@@ -457,8 +504,10 @@ def select_step(cdir: CheckpointDir, selector: int | str, *, prefix: str | None 
         number = sel
     s = cdir.get(number, prefix)
     if s.status is StepStatus.INCOMPLETE:
-        raise PromotionError("step is incomplete (missing " + ", ".join(s.missing[:3]) + "); refusing",
-                             cdir.location.display(s.prefix))
+        raise PromotionError(
+            "step is incomplete (missing " + ", ".join(s.missing[:3]) + "); refusing",
+            cdir.location.display(s.prefix),
+        )
     if s.quarantined:
         raise PromotionError("step is quarantined as corrupt; refusing", cdir.location.display(s.prefix))
     return s
@@ -528,8 +577,9 @@ def _crc_of(loc: Location, name: str) -> str:
     return crc32c_b64(crc)
 
 
-def _stream_copy(src: Location, sname: str, dst: Location, dname: str,
-                 on_bytes: Callable[[int], None]) -> tuple[int, str]:
+def _stream_copy(
+    src: Location, sname: str, dst: Location, dname: str, on_bytes: Callable[[int], None]
+) -> tuple[int, str]:
     """Copy in chunks, computing the CRC32C of the bytes as they pass; ``(size, crc)``.
 
     A local destination is written under a temp name and renamed into place, so a reader that
@@ -569,8 +619,9 @@ def _stream_copy(src: Location, sname: str, dst: Location, dname: str,
     return size, crc32c_b64(crc)
 
 
-def _copy_one(method: str, src: Location, sname: str, dst: Location, dname: str,
-              on_bytes: Callable[[int], None]) -> PromotedFile:
+def _copy_one(
+    method: str, src: Location, sname: str, dst: Location, dname: str, on_bytes: Callable[[int], None]
+) -> PromotedFile:
     """Copy one file and check the copy; the returned record holds the SOURCE's size and CRC."""
     where = dst.display(dname)
     try:
@@ -586,8 +637,7 @@ def _copy_one(method: str, src: Location, sname: str, dst: Location, dname: str,
             if src.protocol in GCS_PROTOCOLS:  # catch corruption in transit
                 _, server = _server_crc(src, sname)
                 if server and server != crc:
-                    raise PromotionError(f"read {crc} but the server has crc32c {server}",
-                                         src.display(sname))
+                    raise PromotionError(f"read {crc} but the server has crc32c {server}", src.display(sname))
     except FileNotFoundError as exc:
         raise StorageError(f"vanished while promoting: {exc}", src.display(sname)) from exc
     except PermissionError as exc:
@@ -605,15 +655,21 @@ def _is_data_shard(name: str) -> bool:
     return role is not None and role.role == "data"
 
 
-def _copy_concurrently(method: str, src: Location, dst: Location, pairs: list[tuple[str, str]],
-                       on_bytes_of: Callable[[str], Callable[[int], None]]) -> list[PromotedFile]:
+def _copy_concurrently(
+    method: str,
+    src: Location,
+    dst: Location,
+    pairs: list[tuple[str, str]],
+    on_bytes_of: Callable[[str], Callable[[int], None]],
+) -> list[PromotedFile]:
     """:func:`_copy_one` for each pair, ``COPY_CONCURRENCY`` at a time; returns once every copy
     has been made AND checked (records in ``pairs`` order), or raises the first failure in
     ``pairs`` order (copies not yet started are cancelled)."""
     if len(pairs) <= 1:
         return [_copy_one(method, src, s, dst, d, on_bytes_of(d)) for s, d in pairs]
-    pool = ThreadPoolExecutor(max_workers=min(COPY_CONCURRENCY, len(pairs)),
-                              thread_name_prefix="tf-ckpt-promote")
+    pool = ThreadPoolExecutor(
+        max_workers=min(COPY_CONCURRENCY, len(pairs)), thread_name_prefix="tf-ckpt-promote"
+    )
     try:
         futures = [pool.submit(_copy_one, method, src, s, dst, d, on_bytes_of(d)) for s, d in pairs]
         return [f.result() for f in futures]
@@ -659,9 +715,17 @@ def _pid_start(pid: int) -> str | None:
 
 
 def _lock_body(token: str, ttl: float, created: float) -> bytes:
-    return json.dumps({"token": token, "host": socket.gethostname(), "pid": os.getpid(),
-                       "pid_start": _pid_start(os.getpid()), "created": created,
-                       "heartbeat": time.time(), "ttl": ttl}).encode()
+    return json.dumps(
+        {
+            "token": token,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "pid_start": _pid_start(os.getpid()),
+            "created": created,
+            "heartbeat": time.time(),
+            "ttl": ttl,
+        }
+    ).encode()
 
 
 def lock_problem(held: dict[str, Any], ttl: float, now: float | None = None) -> str | None:
@@ -719,7 +783,9 @@ def _acquire_lock(dst: Location, ttl: float) -> str:
                 raise PromotionError(
                     f"another promotion holds the lock (host {held.get('host')}, pid {held.get('pid')}, "
                     f"started {int(age)} s ago, alive: heartbeat within {int(float(held.get('ttl', ttl)))} s); "
-                    f"wait for it, or remove {LOCK_NAME} if you know it is dead", dst.display()) from None
+                    f"wait for it, or remove {LOCK_NAME} if you know it is dead",
+                    dst.display(),
+                ) from None
             try:
                 dst.fs.rm_file(path)
             except FileNotFoundError:
@@ -844,8 +910,7 @@ def check_dest_writable(dst: Location, names: Iterable[str] = ()) -> None:
         return  # object stores have no symlinks, and every name is a plain name under DEST
     root = dst.path
     if os.path.islink(root) and not os.path.exists(root):
-        raise PromotionError(f"is a symlink to {os.readlink(root)!r}, which does not exist",
-                             dst.display())
+        raise PromotionError(f"is a symlink to {os.readlink(root)!r}, which does not exist", dst.display())
     if os.path.lexists(root) and not os.path.isdir(root):
         raise PromotionError("is not a directory", dst.display())
     for name in names:
@@ -854,16 +919,22 @@ def check_dest_writable(dst: Location, names: Iterable[str] = ()) -> None:
             rel = "/".join(parts[:i])
             path = dst.join(rel)
             if os.path.islink(path):
-                raise PromotionError(f"is a symlink (to {os.readlink(path)!r}); a promotion never "
-                                     "writes through a symlink: remove it", dst.display(rel))
+                raise PromotionError(
+                    f"is a symlink (to {os.readlink(path)!r}); a promotion never "
+                    "writes through a symlink: remove it",
+                    dst.display(rel),
+                )
             if i < len(parts) and os.path.lexists(path) and not os.path.isdir(path):
                 raise PromotionError("is not a directory", dst.display(rel))
 
 
 def _write_paths(plan: list[tuple[str, str]], alias: str | None) -> list[str]:
     """Every path in DEST that a promotion writes (or removes to unpublish), relative to DEST."""
-    return [d for _, d in plan] + [STATE_FILENAME, MANIFEST_NAME, LOCK_NAME] + (
-        [f"{ALIASES_DIR}/{alias}.json"] if alias is not None else [])
+    return (
+        [d for _, d in plan]
+        + [STATE_FILENAME, MANIFEST_NAME, LOCK_NAME]
+        + ([f"{ALIASES_DIR}/{alias}.json"] if alias is not None else [])
+    )
 
 
 def _check_source_record(src: Location) -> None:
@@ -876,17 +947,31 @@ def _check_source_record(src: Location) -> None:
     except (OSError, StorageError):
         return  # unreadable here (a read-only source): recording is then skipped, as before
     except CheckpointError as exc:
-        raise PromotionError(f"{exc}; nothing was promoted (fix or remove it, or promote without "
-                             "recording: --no-record / record=False)") from exc
+        raise PromotionError(
+            f"{exc}; nothing was promoted (fix or remove it, or promote without "
+            "recording: --no-record / record=False)"
+        ) from exc
 
 
-def promote(source: Location | str, dest: Location | str, step: int | str = "latest", *,
-            prefix: str | None = None, metric: str | None = None, mode: str = "min",
-            alias: str | None = None, storage_options: dict[str, Any] | None = None,
-            dest_storage_options: dict[str, Any] | None = None, keep_previous: bool = True,
-            record: bool = True, lease: bool = True, lock_ttl: float = DEFAULT_LOCK_TTL,
-            progress: ProgressFn | None = None, hook: HookFn | None = None,
-            evaluator: str | None = None) -> PromotionResult:
+def promote(
+    source: Location | str,
+    dest: Location | str,
+    step: int | str = "latest",
+    *,
+    prefix: str | None = None,
+    metric: str | None = None,
+    mode: str = "min",
+    alias: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+    dest_storage_options: dict[str, Any] | None = None,
+    keep_previous: bool = True,
+    record: bool = True,
+    lease: bool = True,
+    lock_ttl: float = DEFAULT_LOCK_TTL,
+    progress: ProgressFn | None = None,
+    hook: HookFn | None = None,
+    evaluator: str | None = None,
+) -> PromotionResult:
     """Promote one step of ``source`` to ``dest``; see the module docstring for the scheme.
 
     ``step``: a step number, a prefix name, ``"latest"`` or ``"best"`` (with ``metric`` and
@@ -900,13 +985,17 @@ def promote(source: Location | str, dest: Location | str, step: int | str = "lat
     """
     t0 = time.monotonic()
     src = source if isinstance(source, Location) else Location.of(source, storage_options)
-    dst = dest if isinstance(dest, Location) else Location.of(
-        dest, dest_storage_options if dest_storage_options is not None else storage_options)
+    dst = (
+        dest
+        if isinstance(dest, Location)
+        else Location.of(dest, dest_storage_options if dest_storage_options is not None else storage_options)
+    )
     if alias is not None and not alias_name_ok(alias):
         raise PromotionError(f"invalid alias name {alias!r} (use letters, digits, '.', '_', '-')")
     if _same_dir(src, dst):
-        raise PromotionError("destination is the source dir itself; promote into a dedicated dir",
-                             dst.display())
+        raise PromotionError(
+            "destination is the source dir itself; promote into a dedicated dir", dst.display()
+        )
 
     cdir = discover(src, prefix)
     chosen = select_step(cdir, step, prefix=prefix, metric=metric, mode=mode, evaluator=evaluator)
@@ -920,8 +1009,10 @@ def promote(source: Location | str, dest: Location | str, step: int | str = "lat
 
         report = verify_step(src, chosen.prefix, format=chosen.format)
         if not report.ok:
-            raise PromotionError("step is not named by the state file and does not verify: "
-                                 + str(report.problems[0]), src.display(chosen.prefix))
+            raise PromotionError(
+                "step is not named by the state file and does not verify: " + str(report.problems[0]),
+                src.display(chosen.prefix),
+            )
     elif chosen.format == "v2":
         _refuse_bad_shard_sizes(src, chosen)
     metrics: dict[str, Any] = _metrics_by_prefix(cdir, evaluator).get(chosen.prefix, {})
@@ -948,9 +1039,25 @@ def promote(source: Location | str, dest: Location | str, step: int | str = "lat
     method = copy_method(src, dst)
     owner = _lease_source(src, chosen, SOURCE_LEASE_TTL) if lease else None
     try:
-        return _promote_locked(src, dst, chosen, plan, sizes, total, method, meta, metrics, selector,
-                               alias=alias, keep_previous=keep_previous, record=record,
-                               lock_ttl=lock_ttl, progress=progress, hook=hook, t0=t0)
+        return _promote_locked(
+            src,
+            dst,
+            chosen,
+            plan,
+            sizes,
+            total,
+            method,
+            meta,
+            metrics,
+            selector,
+            alias=alias,
+            keep_previous=keep_previous,
+            record=record,
+            lock_ttl=lock_ttl,
+            progress=progress,
+            hook=hook,
+            t0=t0,
+        )
     finally:
         if owner is not None:
             from airflow_tf_ckpt.core.sidecars.leases import release_lease
@@ -968,8 +1075,9 @@ def _refuse_bad_shard_sizes(src: Location, step: CheckpointStep) -> None:
 
     problems = shard_size_problems(src, step.prefix)
     if problems:
-        raise PromotionError(f"step does not match its index, refusing: {problems[0]}",
-                             src.display(step.prefix))
+        raise PromotionError(
+            f"step does not match its index, refusing: {problems[0]}", src.display(step.prefix)
+        )
 
 
 def _lease_source(src: Location, step: CheckpointStep, ttl: float) -> str | None:
@@ -980,18 +1088,34 @@ def _lease_source(src: Location, step: CheckpointStep, ttl: float) -> str | None
     try:
         acquire_lease(src, step.prefix, owner, ttl)
     except LeaseConflictError as exc:
-        raise PromotionError(f"step is being deleted by a GC run; not promoted ({exc})",
-                             src.display(step.prefix)) from exc
+        raise PromotionError(
+            f"step is being deleted by a GC run; not promoted ({exc})", src.display(step.prefix)
+        ) from exc
     except (OSError, LeaseError, StorageError):
         return None  # a source we may not write to: copy without a lease
     return owner
 
 
-def _promote_locked(src: Location, dst: Location, chosen: CheckpointStep, plan: list[tuple[str, str]],
-                    sizes: dict[str, int], total: int, method: str, meta: str | None,
-                    metrics: dict[str, Any], selector: str, *, alias: str | None, keep_previous: bool,
-                    record: bool, lock_ttl: float, progress: ProgressFn | None, hook: HookFn | None,
-                    t0: float) -> PromotionResult:
+def _promote_locked(
+    src: Location,
+    dst: Location,
+    chosen: CheckpointStep,
+    plan: list[tuple[str, str]],
+    sizes: dict[str, int],
+    total: int,
+    method: str,
+    meta: str | None,
+    metrics: dict[str, Any],
+    selector: str,
+    *,
+    alias: str | None,
+    keep_previous: bool,
+    record: bool,
+    lock_ttl: float,
+    progress: ProgressFn | None,
+    hook: HookFn | None,
+    t0: float,
+) -> PromotionResult:
     """The part of :func:`promote` that runs under the destination lock."""
     token = _acquire_lock(dst, lock_ttl)
     heartbeat = _Heartbeat(dst, token, lock_ttl)
@@ -1045,11 +1169,17 @@ def _promote_locked(src: Location, dst: Location, chosen: CheckpointStep, plan: 
             if dname not in dest_listing:
                 continue
             rec = known.get(dname)
-            if rec is not None and rec.size == sizes.get(sname) == dest_listing[dname].size \
-                    and rec.crc32c == _crc_of(src, sname) == _crc_of(dst, dname):
+            if (
+                rec is not None
+                and rec.size == sizes.get(sname) == dest_listing[dname].size
+                and rec.crc32c == _crc_of(src, sname) == _crc_of(dst, dname)
+            ):
                 reused.append(PromotedFile(dname, rec.size, rec.crc32c, sname))
-            elif rec is None and sizes.get(sname) == dest_listing[dname].size \
-                    and (crc := _crc_of(src, sname)) == _crc_of(dst, dname):
+            elif (
+                rec is None
+                and sizes.get(sname) == dest_listing[dname].size
+                and (crc := _crc_of(src, sname)) == _crc_of(dst, dname)
+            ):
                 # no manifest records it (a promotion killed after its copy or its state file):
                 # the same bytes all the same, so reuse it rather than unpublish to overwrite it
                 reused.append(PromotedFile(dname, dest_listing[dname].size, crc, sname))
@@ -1062,7 +1192,9 @@ def _promote_locked(src: Location, dst: Location, chosen: CheckpointStep, plan: 
             if held:
                 raise PromotionError(
                     f"{held[0]} in the destination has different bytes and alias "
-                    f"{pinned[held[0]]!r} points at it; move or remove that alias first", dst.display())
+                    f"{pinned[held[0]]!r} points at it; move or remove that alias first",
+                    dst.display(),
+                )
             # unpublish: the manifest first (readers check it), then the alias we are about to
             # move when it reaches these names, then the state file (TF)
             doomed = [MANIFEST_NAME]
@@ -1113,10 +1245,18 @@ def _promote_locked(src: Location, dst: Location, chosen: CheckpointStep, plan: 
         now = time.time()
         manifest = PromotionManifest(
             promotion_id=f"{_dt.datetime.fromtimestamp(now, _dt.timezone.utc):%Y%m%dT%H%M%SZ}-"
-                         f"{uuid.uuid4().hex[:8]}",
-            source=src.display(), source_prefix=chosen.prefix, prefix=chosen.prefix,
-            base=chosen.base, step=chosen.step, files=files, promoted_at=_now_iso(now),
-            promoted_at_unix=now, metrics=metrics, alias=alias, selector=selector,
+            f"{uuid.uuid4().hex[:8]}",
+            source=src.display(),
+            source_prefix=chosen.prefix,
+            prefix=chosen.prefix,
+            base=chosen.base,
+            step=chosen.step,
+            files=files,
+            promoted_at=_now_iso(now),
+            promoted_at_unix=now,
+            metrics=metrics,
+            alias=alias,
+            selector=selector,
             meta_from=meta if meta and meta != f"{chosen.prefix}{META_SUFFIX}" else None,
         )
         new_names = manifest.file_names()
@@ -1131,10 +1271,15 @@ def _promote_locked(src: Location, dst: Location, chosen: CheckpointStep, plan: 
                 if kept:
                     manifest.retained[f"alias:{name}"] = kept
 
-        write_state(dst, StateFile(model_checkpoint_path=chosen.prefix,
-                                   all_model_checkpoint_paths=[chosen.prefix],
-                                   all_model_checkpoint_timestamps=[chosen.timestamp or now],
-                                   last_preserved_timestamp=0.0))
+        write_state(
+            dst,
+            StateFile(
+                model_checkpoint_path=chosen.prefix,
+                all_model_checkpoint_paths=[chosen.prefix],
+                all_model_checkpoint_timestamps=[chosen.timestamp or now],
+                last_preserved_timestamp=0.0,
+            ),
+        )
         if hook:
             hook("state_written", dst)
         dst.write_atomic(MANIFEST_NAME, (json.dumps(manifest.to_dict(), indent=1) + "\n").encode())
@@ -1144,8 +1289,11 @@ def _promote_locked(src: Location, dst: Location, chosen: CheckpointStep, plan: 
         if alias is not None:
             pointer = PromotionManifest.from_dict(manifest.to_dict())
             pointer.retained = {}
-            write_atomic(dst.fs, dst.join(f"{ALIASES_DIR}/{alias}.json"),
-                         (json.dumps(pointer.to_dict(), indent=1) + "\n").encode())
+            write_atomic(
+                dst.fs,
+                dst.join(f"{ALIASES_DIR}/{alias}.json"),
+                (json.dumps(pointer.to_dict(), indent=1) + "\n").encode(),
+            )
             alias_path = dst.display(f"{ALIASES_DIR}/{alias}.json")
             if hook:
                 hook("alias_written", dst)
@@ -1176,8 +1324,16 @@ def _promote_locked(src: Location, dst: Location, chosen: CheckpointStep, plan: 
             record_problem = f"promoted, but not recorded in the source: {exc}"
 
     return PromotionResult(
-        manifest=manifest, destination=dst.display(), copied=[f.name for f in copied],
-        reused=sorted(reused_names), deleted=deleted, bytes_copied=sum(f.size for f in copied),
-        method=method if copied else "none", unpublished=unpublished,
-        seconds=time.monotonic() - t0, alias_path=alias_path, recorded=recorded,
-        record_problem=record_problem)
+        manifest=manifest,
+        destination=dst.display(),
+        copied=[f.name for f in copied],
+        reused=sorted(reused_names),
+        deleted=deleted,
+        bytes_copied=sum(f.size for f in copied),
+        method=method if copied else "none",
+        unpublished=unpublished,
+        seconds=time.monotonic() - t0,
+        alias_path=alias_path,
+        recorded=recorded,
+        record_problem=record_problem,
+    )

@@ -109,16 +109,27 @@ class GcResult:
     def to_dict(self) -> dict[str, Any]:
         st = self.new_state
         return {
-            "dry_run": self.dry_run, "ok": self.ok, "replans": self.replans, "conflicts": self.conflicts,
+            "dry_run": self.dry_run,
+            "ok": self.ok,
+            "replans": self.replans,
+            "conflicts": self.conflicts,
             "state_written": self.state_written,
-            "new_state": None if st is None else {
+            "new_state": None
+            if st is None
+            else {
                 "model_checkpoint_path": st.model_checkpoint_path,
                 "all_model_checkpoint_paths": st.all_model_checkpoint_paths,
-                "last_preserved_timestamp": st.last_preserved_timestamp},
-            "deleted": self.deleted, "deleted_steps": self.deleted_steps,
-            "dropped_from_state": self.dropped_from_state, "would_delete": self.would_delete,
-            "missing": self.missing, "refused": [r.to_dict() for r in self.refused],
-            "skipped": self.skipped, "errors": self.errors, "bytes_freed": self.bytes_freed,
+                "last_preserved_timestamp": st.last_preserved_timestamp,
+            },
+            "deleted": self.deleted,
+            "deleted_steps": self.deleted_steps,
+            "dropped_from_state": self.dropped_from_state,
+            "would_delete": self.would_delete,
+            "missing": self.missing,
+            "refused": [r.to_dict() for r in self.refused],
+            "skipped": self.skipped,
+            "errors": self.errors,
+            "bytes_freed": self.bytes_freed,
             "seconds": round(self.seconds, 3),
         }
 
@@ -126,8 +137,10 @@ class GcResult:
         if self.dry_run:
             head = f"dry run: would delete {len(self.plan.deleted)} step(s), {len(self.would_delete)} file(s)"
         else:
-            head = (f"deleted {len(self.deleted_steps)} step(s), {len(self.deleted)} file(s), "
-                    f"{self.bytes_freed} bytes")
+            head = (
+                f"deleted {len(self.deleted_steps)} step(s), {len(self.deleted)} file(s), "
+                f"{self.bytes_freed} bytes"
+            )
         parts = [head, "state file " + ("rewritten" if self.state_written else "unchanged")]
         if self.replans:
             parts.append(f"re-planned {self.replans}x ({'; '.join(self.conflicts[:3])})")
@@ -157,9 +170,12 @@ def _doomed(plan: RetentionPlan) -> dict[str, set[str]]:
 
 
 def _rechecked(name: str, state_filename: str) -> bool:
-    return (LEASE_INFIX in name or name.endswith(_RECHECK_SUFFIXES)
-            or (EVALUATOR_METRICS_INFIX in name and name.endswith(".json"))
-            or name in (PROMOTIONS_FILENAME, state_filename))
+    return (
+        LEASE_INFIX in name
+        or name.endswith(_RECHECK_SUFFIXES)
+        or (EVALUATOR_METRICS_INFIX in name and name.endswith(".json"))
+        or name in (PROMOTIONS_FILENAME, state_filename)
+    )
 
 
 def _recheck_listing(plan: RetentionPlan) -> dict[str, FileInfo] | None:
@@ -168,9 +184,11 @@ def _recheck_listing(plan: RetentionPlan) -> dict[str, FileInfo] | None:
     loc = plan.location
     if plan.listing is None or not is_gcs(loc.fs):
         return None
-    patterns = [f"*{LEASE_INFIX}*", f"*{EVALUATOR_METRICS_INFIX}*.json"] + [
-        f"*{s}" for s in _RECHECK_SUFFIXES] + [
-        glob_escape(PROMOTIONS_FILENAME), glob_escape(plan.state_filename)]
+    patterns = (
+        [f"*{LEASE_INFIX}*", f"*{EVALUATOR_METRICS_INFIX}*.json"]
+        + [f"*{s}" for s in _RECHECK_SUFFIXES]
+        + [glob_escape(PROMOTIONS_FILENAME), glob_escape(plan.state_filename)]
+    )
     fresh = list_matching(loc, patterns, keep=lambda n: _rechecked(n, plan.state_filename))
     merged = {n: i for n, i in plan.listing.items() if not _rechecked(n, plan.state_filename)}
     merged.update(fresh)
@@ -182,11 +200,15 @@ def find_conflicts(plan: RetentionPlan, fresh: CheckpointDir, now: float | None 
     t = time.time() if now is None else now
     out: list[str] = []
     if (plan.state_before is None) != (fresh.state is None):
-        out.append("the state file " + ("appeared" if fresh.state is not None else "disappeared")
-                   + " since planning")
-    if any(isinstance(p, KeepEveryNHours) for p in plan.policies) and fresh.state is not None and \
-            plan.state_before is not None and \
-            fresh.state.last_preserved_timestamp != plan.state_before.last_preserved_timestamp:
+        out.append(
+            "the state file " + ("appeared" if fresh.state is not None else "disappeared") + " since planning"
+        )
+    if (
+        any(isinstance(p, KeepEveryNHours) for p in plan.policies)
+        and fresh.state is not None
+        and plan.state_before is not None
+        and fresh.state.last_preserved_timestamp != plan.state_before.last_preserved_timestamp
+    ):
         out.append("last_preserved_timestamp changed since planning")
     doomed = [d for d in plan.decisions if d.action == DELETE]
     if not doomed:
@@ -201,8 +223,9 @@ def find_conflicts(plan: RetentionPlan, fresh: CheckpointDir, now: float | None 
     promoted: set[str] = set()
     promo = [p for p in plan.policies if isinstance(p, KeepPromoted)]
     if promo and PROMOTIONS_FILENAME in fresh.listing:
-        promoted = set(current_promotions(read_promotions(fresh.location),
-                                          any(p.include_superseded for p in promo)))
+        promoted = set(
+            current_promotions(read_promotions(fresh.location), any(p.include_superseded for p in promo))
+        )
     fingerprint = plan.fingerprint
     for d in doomed:
         s = by_prefix.get(d.prefix)
@@ -266,9 +289,17 @@ def state_to_write(plan: RetentionPlan, fresh: CheckpointDir) -> StateFile | Non
     return state_change(plan, fresh, set())(fresh.state)
 
 
-def apply_plan(plan: RetentionPlan, *, dry_run: bool = False, batch_size: int = 1000,
-               hook: Hook | None = None, on_conflict: str = "replan", max_replans: int = 3,
-               intent_ttl_s: float = 600.0, lock_wait_s: float = 30.0) -> GcResult:
+def apply_plan(
+    plan: RetentionPlan,
+    *,
+    dry_run: bool = False,
+    batch_size: int = 1000,
+    hook: Hook | None = None,
+    on_conflict: str = "replan",
+    max_replans: int = 3,
+    intent_ttl_s: float = 600.0,
+    lock_wait_s: float = 30.0,
+) -> GcResult:
     """Execute ``plan`` (see the module docstring). Returns a :class:`GcResult`.
 
     A run that deletes holds the dir's GC lock (:func:`leases.acquire_gc_lock`) from before its
@@ -292,8 +323,16 @@ def apply_plan(plan: RetentionPlan, *, dry_run: bool = False, batch_size: int = 
         lock.release()
 
 
-def _apply_plan(plan: RetentionPlan, dry_run: bool, batch_size: int, hook: Hook | None, on_conflict: str,
-                max_replans: int, intent_ttl_s: float, lock: GcLock | None) -> GcResult:
+def _apply_plan(
+    plan: RetentionPlan,
+    dry_run: bool,
+    batch_size: int,
+    hook: Hook | None,
+    on_conflict: str,
+    max_replans: int,
+    intent_ttl_s: float,
+    lock: GcLock | None,
+) -> GcResult:
     t0 = time.monotonic()
     call: Hook = hook or _noop
     loc = plan.location
@@ -317,10 +356,17 @@ def _apply_plan(plan: RetentionPlan, dry_run: bool, batch_size: int, hook: Hook 
         if on_conflict == "refuse" or attempt == max_replans:
             for base in sorted(intents):
                 clear_gc_intent(loc, base)
-            raise PlanConflictError("the checkpoint dir changed since planning: " + "; ".join(conflicts),
-                                    loc.display(), conflicts)
-        current = plan_retention(fresh, current.policies, prefix=current.prefix, now=time.time(),
-                                 purge_quarantined=current.purge_quarantined, meta_guard=current.meta_guard)
+            raise PlanConflictError(
+                "the checkpoint dir changed since planning: " + "; ".join(conflicts), loc.display(), conflicts
+            )
+        current = plan_retention(
+            fresh,
+            current.policies,
+            prefix=current.prefix,
+            now=time.time(),
+            purge_quarantined=current.purge_quarantined,
+            meta_guard=current.meta_guard,
+        )
         result.replans += 1
     assert fresh is not None
     result.plan = current

@@ -136,13 +136,12 @@ class RetentionPolicy(ABC):
 
     def to_dict(self) -> dict[str, Any]:
         d = {"policy": self.name}
-        d.update({k: (sorted(v, key=str) if isinstance(v, frozenset) else v)
-                  for k, v in vars(self).items()})
+        d.update({k: (sorted(v, key=str) if isinstance(v, frozenset) else v) for k, v in vars(self).items()})
         return d
 
 
 def _ordinal(n: int) -> str:
-    return "newest" if n == 1 else f"{n}{'tsnrhtdd'[(n // 10 % 10 != 1) * (n % 10 < 4) * n % 10::4]} newest"
+    return "newest" if n == 1 else f"{n}{'tsnrhtdd'[(n // 10 % 10 != 1) * (n % 10 < 4) * n % 10 :: 4]} newest"
 
 
 @dataclass(frozen=True)
@@ -164,7 +163,7 @@ class KeepLastN(RetentionPolicy):
     def select(self, candidates: Sequence[CheckpointStep], ctx: PolicyContext) -> dict[str, str]:
         if self.n == 0:
             return {}
-        last = candidates[-self.n:]
+        last = candidates[-self.n :]
         k = len(last)
         return {s.prefix: f"keep_last={self.n}: {_ordinal(k - i)}" for i, s in enumerate(last)}
 
@@ -214,9 +213,11 @@ class KeepEveryNHours(RetentionPolicy):
         judged = judged_by_tf(ctx)
         for s in candidates:
             if s.prefix in judged:
-                keeps[s.prefix] = (f"every {self.hours:g}h: older than every step the state file names, which "
-                                   "records save times and a last_preserved_timestamp: TF's CheckpointManager "
-                                   "already judged it and left it (already preserved by TF)")
+                keeps[s.prefix] = (
+                    f"every {self.hours:g}h: older than every step the state file names, which "
+                    "records save times and a last_preserved_timestamp: TF's CheckpointManager "
+                    "already judged it and left it (already preserved by TF)"
+                )
                 earlier.add(s.prefix)
                 continue
             if s.timestamp is None:
@@ -227,13 +228,17 @@ class KeepEveryNHours(RetentionPolicy):
                 ts = ctx.now
             slack = self.clock_skew_s if s.timestamp_source != "state" else 0.0
             if start is not None and ts <= start + slack:
-                keeps[s.prefix] = (f"every {self.hours:g}h: saved {_iso(ts)}, at or before "
-                                   f"last_preserved_timestamp {_iso(start)} (already preserved by TF)")
+                keeps[s.prefix] = (
+                    f"every {self.hours:g}h: saved {_iso(ts)}, at or before "
+                    f"last_preserved_timestamp {_iso(start)} (already preserved by TF)"
+                )
                 earlier.add(s.prefix)
             elif lp is None or ts - period >= lp:
-                keeps[s.prefix] = (f"every {self.hours:g}h: saved {_iso(ts)}, "
-                                   + ("oldest step (no last_preserved_timestamp recorded)" if lp is None
-                                      else f"{(ts - lp) / 3600:.2f}h after the last preserved"))
+                keeps[s.prefix] = f"every {self.hours:g}h: saved {_iso(ts)}, " + (
+                    "oldest step (no last_preserved_timestamp recorded)"
+                    if lp is None
+                    else f"{(ts - lp) / 3600:.2f}h after the last preserved"
+                )
                 advance[s.prefix] = ts
                 lp = ts
         return HoursWalk(keeps, advance, frozenset(earlier), start)
@@ -256,15 +261,22 @@ def judged_by_tf(ctx: PolicyContext) -> frozenset[str]:
     with ``cp -r``, a storage clock ahead of the trainer's): the state file's times are the truth.
     """
     st = ctx.state
-    if st is None or not ctx.last_preserved_timestamp or not st.all_model_checkpoint_paths or \
-            len(st.all_model_checkpoint_timestamps) != len(st.all_model_checkpoint_paths):
+    if (
+        st is None
+        or not ctx.last_preserved_timestamp
+        or not st.all_model_checkpoint_paths
+        or len(st.all_model_checkpoint_timestamps) != len(st.all_model_checkpoint_paths)
+    ):
         return frozenset()
     named = [s.step for s in ctx.all_steps if s.in_state and s.step is not None]
     if not named:
         return frozenset()
     oldest = min(named)
-    return frozenset(s.prefix for s in ctx.all_steps
-                     if not s.in_state and s.step is not None and s.step < oldest and s.files)
+    return frozenset(
+        s.prefix
+        for s in ctx.all_steps
+        if not s.in_state and s.step is not None and s.step < oldest and s.files
+    )
 
 
 @dataclass(frozen=True)
@@ -278,8 +290,11 @@ class KeepEveryNSteps(RetentionPolicy):
         _check_int("keep_every_steps", self.n, 1)
 
     def select(self, candidates: Sequence[CheckpointStep], ctx: PolicyContext) -> dict[str, str]:
-        return {s.prefix: f"every {self.n} steps" for s in candidates
-                if s.step is not None and s.step % self.n == 0}
+        return {
+            s.prefix: f"every {self.n} steps"
+            for s in candidates
+            if s.step is not None and s.step % self.n == 0
+        }
 
     def describe(self) -> str:
         return f"keep every {self.n}th step"
@@ -394,8 +409,9 @@ class KeepUnevaluated(RetentionPolicy):
         for ev in evs:
             _check_evaluator(ev)
         age = max_age_s
-        if age is not None and (isinstance(age, bool) or not isinstance(age, (int, float))
-                                or not math.isfinite(age) or age <= 0):
+        if age is not None and (
+            isinstance(age, bool) or not isinstance(age, (int, float)) or not math.isfinite(age) or age <= 0
+        ):
             raise RetentionError(f"unevaluated_max_age must be a positive number of seconds, not {age!r}")
         object.__setattr__(self, "evaluators", evs)
         object.__setattr__(self, "max_age_s", None if age is None else float(age))
@@ -413,8 +429,10 @@ class KeepUnevaluated(RetentionPolicy):
                 continue
             age = ctx.now - s.timestamp
             if self.max_age_s is not None and age > self.max_age_s:
-                ctx.problems.append(f"{s.prefix}: not evaluated by {', '.join(missing)} "
-                                    f"{_age(age)} after its save; no longer held for it")
+                ctx.problems.append(
+                    f"{s.prefix}: not evaluated by {', '.join(missing)} "
+                    f"{_age(age)} after its save; no longer held for it"
+                )
                 continue
             out[s.prefix] = f"unevaluated by {', '.join(missing)} (saved {_age(age)} ago, {bound})"
         return out
@@ -477,8 +495,9 @@ class KeepPromoted(RetentionPolicy):
         for s in candidates:
             recs = ctx.promotions.get(s.prefix)
             if recs:
-                where = "; ".join(f"{r.get('dest')}" + (f" as {r['alias']!r}" if r.get("alias") else "")
-                                  for r in recs)
+                where = "; ".join(
+                    f"{r.get('dest')}" + (f" as {r['alias']!r}" if r.get("alias") else "") for r in recs
+                )
                 out[s.prefix] = f"promoted to {where}"
         return out
 
@@ -493,12 +512,20 @@ def _check_int(what: str, n: Any, minimum: int) -> None:
         raise RetentionError(f"{what} must be >= {minimum}, not {n}")
 
 
-def policies_from_options(keep_last: int | None = None, keep_every_hours: float | None = None,
-                          keep_every_steps: int | None = None, keep_best: int | None = None,
-                          metric: str | None = None, mode: str = "min", pins: Iterable[int | str] = (),
-                          keep_promoted: bool = True, unevaluated: str = "keep",
-                          evaluator: str | None = None, keep_unevaluated: Iterable[str | None] = (),
-                          unevaluated_max_age: float | None = 86400.0) -> list[RetentionPolicy]:
+def policies_from_options(
+    keep_last: int | None = None,
+    keep_every_hours: float | None = None,
+    keep_every_steps: int | None = None,
+    keep_best: int | None = None,
+    metric: str | None = None,
+    mode: str = "min",
+    pins: Iterable[int | str] = (),
+    keep_promoted: bool = True,
+    unevaluated: str = "keep",
+    evaluator: str | None = None,
+    keep_unevaluated: Iterable[str | None] = (),
+    unevaluated_max_age: float | None = 86400.0,
+) -> list[RetentionPolicy]:
     """Policies from CLI / operator options. Raises :class:`RetentionError` on nonsense.
 
     ``unevaluated`` is :class:`KeepBestK`'s mode for steps without the metric (keep|newer|drop);
@@ -524,9 +551,13 @@ def policies_from_options(keep_last: int | None = None, keep_every_hours: float 
     elif metric:
         raise RetentionError(f"metric {metric!r} given without keep_best: it would have no effect")
     elif evaluator:
-        raise RetentionError(f"evaluator {evaluator!r} given without keep_best: it would have no effect "
-                             "(keep_unevaluated names its own evaluators)")
-    keep_unevaluated = [keep_unevaluated] if isinstance(keep_unevaluated, str) else list(keep_unevaluated or ())
+        raise RetentionError(
+            f"evaluator {evaluator!r} given without keep_best: it would have no effect "
+            "(keep_unevaluated names its own evaluators)"
+        )
+    keep_unevaluated = (
+        [keep_unevaluated] if isinstance(keep_unevaluated, str) else list(keep_unevaluated or ())
+    )
     if keep_unevaluated:
         out.append(KeepUnevaluated(keep_unevaluated, unevaluated_max_age))
     pins = list(pins or ())
@@ -554,12 +585,15 @@ def _check_policies(policies: Iterable[RetentionPolicy]) -> tuple[RetentionPolic
         if not isinstance(p, RetentionPolicy):
             raise RetentionError(f"{p!r} is not a retention policy")
     if not ps or all(isinstance(p, KeepPromoted) for p in ps):
-        raise RetentionError("no retention policy: refusing to plan (guards alone would delete every step "
-                             "but the newest); give keep_last, keep_every_hours, keep_every_steps, "
-                             "keep_best or pins")
+        raise RetentionError(
+            "no retention policy: refusing to plan (guards alone would delete every step "
+            "but the newest); give keep_last, keep_every_hours, keep_every_steps, "
+            "keep_best or pins"
+        )
     if sum(isinstance(p, KeepEveryNHours) for p in ps) > 1:
-        raise RetentionError("more than one keep_every_hours policy: the state file records a single "
-                             "last_preserved_timestamp")
+        raise RetentionError(
+            "more than one keep_every_hours policy: the state file records a single last_preserved_timestamp"
+        )
     return ps
 
 
@@ -586,14 +620,17 @@ def _parse_promotions(data: bytes, where: str) -> list[dict[str, Any]]:
         # GC must not run blind: an unreadable record could hide a promoted step.
         raise CheckpointError(f"is not valid JSON ({exc}); fix or remove it before GC", where) from exc
     recs = doc.get("promotions") if isinstance(doc, dict) else None
-    if not isinstance(recs, list) or not all(isinstance(r, dict) and isinstance(r.get("prefix"), str)
-                                             for r in recs):
-        raise CheckpointError("has no valid \"promotions\" list; fix or remove it before GC", where)
+    if not isinstance(recs, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("prefix"), str) for r in recs
+    ):
+        raise CheckpointError('has no valid "promotions" list; fix or remove it before GC', where)
     return recs
 
 
-def current_promotions(records: Sequence[Mapping[str, Any]], include_superseded: bool = False,
-                       ) -> dict[str, list[dict[str, Any]]]:
+def current_promotions(
+    records: Sequence[Mapping[str, Any]],
+    include_superseded: bool = False,
+) -> dict[str, list[dict[str, Any]]]:
     """``{prefix: [records]}``: the latest record per destination and per (destination, alias)."""
     if include_superseded:
         chosen = list(records)
@@ -632,8 +669,9 @@ def _dir_lock(path: str) -> Iterator[None]:
             os.close(fd)  # releases the lock
 
 
-def record_promotion(loc: Location, prefix: str, dest: str, alias: str | None = None, *,
-                     now: float | None = None) -> dict[str, Any]:
+def record_promotion(
+    loc: Location, prefix: str, dest: str, alias: str | None = None, *, now: float | None = None
+) -> dict[str, Any]:
     """Append a promotion record to ``PROMOTIONS.json`` in the SOURCE dir.
 
     Called by the promotion code after a successful copy. A repeated (prefix, dest, alias) moves
@@ -644,15 +682,25 @@ def record_promotion(loc: Location, prefix: str, dest: str, alias: str | None = 
     there it is serialized within this process only.
     """
     if not prefix or "/" in prefix:
-        raise CheckpointError(f"cannot record promotion of {prefix!r}: not a prefix name",
-                              loc.display(PROMOTIONS_FILENAME))
-    rec = {"prefix": prefix, "step": parse_prefix(prefix).step, "dest": dest, "alias": alias,
-           "time": time.time() if now is None else now}
+        raise CheckpointError(
+            f"cannot record promotion of {prefix!r}: not a prefix name", loc.display(PROMOTIONS_FILENAME)
+        )
+    rec = {
+        "prefix": prefix,
+        "step": parse_prefix(prefix).step,
+        "dest": dest,
+        "alias": alias,
+        "time": time.time() if now is None else now,
+    }
     where = loc.display(PROMOTIONS_FILENAME)
 
     def updated(records: list[dict[str, Any]]) -> bytes:
-        keep = [r for r in records if (r.get("prefix"), r.get("dest"), r.get("alias")) != (prefix, dest, alias)]
-        return json.dumps({"version": 1, "promotions": keep + [rec]}, indent=1, sort_keys=True).encode("utf-8")
+        keep = [
+            r for r in records if (r.get("prefix"), r.get("dest"), r.get("alias")) != (prefix, dest, alias)
+        ]
+        return json.dumps({"version": 1, "promotions": keep + [rec]}, indent=1, sort_keys=True).encode(
+            "utf-8"
+        )
 
     from airflow_tf_ckpt.core.storage.gcs import is_gcs, read_with_generation, write_if_generation
 
@@ -700,10 +748,19 @@ class StepDecision:
         return self.action == KEEP
 
     def to_dict(self) -> dict[str, Any]:
-        return {"prefix": self.prefix, "base": self.base, "step": self.step, "status": self.status,
-                "action": self.action, "reasons": self.reasons, "in_state": self.in_state,
-                "timestamp": self.timestamp, "size": self.size, "delete_files": list(self.delete_files),
-                "kept_files": list(self.kept_files)}
+        return {
+            "prefix": self.prefix,
+            "base": self.base,
+            "step": self.step,
+            "status": self.status,
+            "action": self.action,
+            "reasons": self.reasons,
+            "in_state": self.in_state,
+            "timestamp": self.timestamp,
+            "size": self.size,
+            "delete_files": list(self.delete_files),
+            "kept_files": list(self.kept_files),
+        }
 
 
 _SIZE_SLOT = StepDecision.size  # the slot's descriptor, shadowed in _Decision below
@@ -719,9 +776,20 @@ class _Decision(StepDecision):
 
     __slots__ = ("_files",)
 
-    def __init__(self, prefix: str, base: str, step: int | None, status: str, action: str, reasons: list[str],
-                 in_state: bool, timestamp: float | None, size: int | Sequence[FileInfo],
-                 delete_files: tuple[str, ...] = (), kept_files: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        prefix: str,
+        base: str,
+        step: int | None,
+        status: str,
+        action: str,
+        reasons: list[str],
+        in_state: bool,
+        timestamp: float | None,
+        size: int | Sequence[FileInfo],
+        delete_files: tuple[str, ...] = (),
+        kept_files: tuple[str, ...] = (),
+    ) -> None:
         # StepDecision's fields; ``size`` may be the step's files (compute_plan): summed when read
         self.prefix, self.base, self.step, self.status, self.action = prefix, base, step, status, action
         self.reasons, self.in_state, self.timestamp = reasons, in_state, timestamp
@@ -775,8 +843,13 @@ class SidecarDecision:
     reason: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "prefix": self.prefix, "role": self.role, "action": self.action,
-                "reason": self.reason}
+        return {
+            "name": self.name,
+            "prefix": self.prefix,
+            "role": self.role,
+            "action": self.action,
+            "reason": self.reason,
+        }
 
 
 @dataclass
@@ -810,8 +883,11 @@ class RetentionPlan:
     @property
     def fingerprint(self) -> dict[str, frozenset[str]]:
         """The file names each doomed step had at planning time (GC checks nothing new appeared)."""
-        return {d.prefix: frozenset(d.delete_files) | frozenset(d.kept_files)
-                for d in self.decisions if d.action == DELETE}
+        return {
+            d.prefix: frozenset(d.delete_files) | frozenset(d.kept_files)
+            for d in self.decisions
+            if d.action == DELETE
+        }
 
     @property
     def kept(self) -> list[StepDecision]:
@@ -833,35 +909,55 @@ class RetentionPlan:
 
     def replan(self, now: float | None = None, target: CheckpointDir | None = None) -> RetentionPlan:
         """The same request planned again against a fresh listing (or ``target``)."""
-        return plan_retention(target if target is not None else self.location, self.policies,
-                              prefix=self.prefix, now=now, state_filename=self.state_filename,
-                              purge_quarantined=self.purge_quarantined, meta_guard=self.meta_guard)
+        return plan_retention(
+            target if target is not None else self.location,
+            self.policies,
+            prefix=self.prefix,
+            now=now,
+            state_filename=self.state_filename,
+            purge_quarantined=self.purge_quarantined,
+            meta_guard=self.meta_guard,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         st = self.new_state
         return {
-            "dir": self.location.display(), "prefix": self.prefix, "now": self.now,
+            "dir": self.location.display(),
+            "prefix": self.prefix,
+            "now": self.now,
             "policies": [p.to_dict() for p in self.policies],
-            "purge_quarantined": self.purge_quarantined, "meta_guard": self.meta_guard,
+            "purge_quarantined": self.purge_quarantined,
+            "meta_guard": self.meta_guard,
             "steps": [d.to_dict() for d in self.decisions],
             "sidecars": [s.to_dict() for s in self.sidecars],
             "state_file": {
-                "name": self.state_filename, "changed": self.state_changed, "drop_paths": self.drop_paths,
-                "new": None if st is None else {
+                "name": self.state_filename,
+                "changed": self.state_changed,
+                "drop_paths": self.drop_paths,
+                "new": None
+                if st is None
+                else {
                     "model_checkpoint_path": st.model_checkpoint_path,
                     "all_model_checkpoint_paths": st.all_model_checkpoint_paths,
                     "all_model_checkpoint_timestamps": st.all_model_checkpoint_timestamps,
                     "last_preserved_timestamp": st.last_preserved_timestamp,
                 },
             },
-            "last_preserved_timestamp": {"before": self.last_preserved_before,
-                                         "after": self.last_preserved_after},
+            "last_preserved_timestamp": {
+                "before": self.last_preserved_before,
+                "after": self.last_preserved_after,
+            },
             "delete_files": [self._display(p) for p in self.delete_files],
             "protected_meta": self.protected_meta,
             "refused": [r.to_dict() for r in self.refused],
             "problems": self.problems,
-            "counts": {"steps": len(self.decisions), "keep": len(self.kept), "delete": len(self.deleted),
-                       "files": len(self.delete_files), "bytes": self.bytes_to_free},
+            "counts": {
+                "steps": len(self.decisions),
+                "keep": len(self.kept),
+                "delete": len(self.deleted),
+                "files": len(self.delete_files),
+                "bytes": self.bytes_to_free,
+            },
         }
 
     def _display(self, path: str) -> str:
@@ -870,10 +966,12 @@ class RetentionPlan:
     def summary(self, limit: int = 10) -> str:
         dels = [d.prefix for d in self.deleted]
         shown = ", ".join(dels[:limit]) + (f", ... (+{len(dels) - limit} more)" if len(dels) > limit else "")
-        parts = [f"{self.location.display()}: {len(self.decisions)} step(s): {len(self.kept)} kept, "
-                 f"{len(dels)} to delete" + (f" ({shown})" if dels else ""),
-                 f"{len(self.delete_files)} file(s), {self.bytes_to_free} bytes",
-                 "state file " + ("rewritten" if self.state_changed else "unchanged")]
+        parts = [
+            f"{self.location.display()}: {len(self.decisions)} step(s): {len(self.kept)} kept, "
+            f"{len(dels)} to delete" + (f" ({shown})" if dels else ""),
+            f"{len(self.delete_files)} file(s), {self.bytes_to_free} bytes",
+            "state file " + ("rewritten" if self.state_changed else "unchanged"),
+        ]
         if self.refused:
             parts.append(f"{len(self.refused)} refused")
         if self.problems:
@@ -881,11 +979,17 @@ class RetentionPlan:
         return "; ".join(parts)
 
 
-def plan_retention(target: CheckpointDir | Location | str | os.PathLike[str],
-                   policies: Iterable[RetentionPolicy], *, prefix: str | None = None,
-                   now: float | None = None, state_filename: str = STATE_FILENAME,
-                   purge_quarantined: bool = False, meta_guard: str = "file",
-                   storage_options: dict[str, Any] | None = None) -> RetentionPlan:
+def plan_retention(
+    target: CheckpointDir | Location | str | os.PathLike[str],
+    policies: Iterable[RetentionPolicy],
+    *,
+    prefix: str | None = None,
+    now: float | None = None,
+    state_filename: str = STATE_FILENAME,
+    purge_quarantined: bool = False,
+    meta_guard: str = "file",
+    storage_options: dict[str, Any] | None = None,
+) -> RetentionPlan:
     """Plan retention for a dir (or a ``CheckpointDir`` already discovered). See the module doc.
 
     ``prefix`` is the base name to manage (``ckpt``, ``model.ckpt``); ``None`` manages every base
@@ -895,13 +999,21 @@ def plan_retention(target: CheckpointDir | Location | str | os.PathLike[str],
     if meta_guard not in ("file", "step"):
         raise RetentionError(f"meta_guard must be 'file' or 'step', not {meta_guard!r}")
     with gc_paused():  # see discovery.gc_paused: ~1M objects, no cycles
-        return _plan_retention(target, ps, prefix, now, state_filename, purge_quarantined, meta_guard,
-                               storage_options)
+        return _plan_retention(
+            target, ps, prefix, now, state_filename, purge_quarantined, meta_guard, storage_options
+        )
 
 
-def _plan_retention(target: CheckpointDir | Location | str | os.PathLike[str], ps: tuple[RetentionPolicy, ...],
-                    prefix: str | None, now: float | None, state_filename: str, purge_quarantined: bool,
-                    meta_guard: str, storage_options: dict[str, Any] | None) -> RetentionPlan:
+def _plan_retention(
+    target: CheckpointDir | Location | str | os.PathLike[str],
+    ps: tuple[RetentionPolicy, ...],
+    prefix: str | None,
+    now: float | None,
+    state_filename: str,
+    purge_quarantined: bool,
+    meta_guard: str,
+    storage_options: dict[str, Any] | None,
+) -> RetentionPlan:
     if isinstance(target, CheckpointDir):
         cdir = target
         state_filename = cdir.state_filename
@@ -911,8 +1023,10 @@ def _plan_retention(target: CheckpointDir | Location | str | os.PathLike[str], p
     t = time.time() if now is None else float(now)
     steps = list(cdir.steps) if prefix is None else [s for s in cdir.steps if s.base == prefix]
     if prefix is not None and not steps and any(s.prefix == prefix for s in cdir.steps):
-        raise RetentionError(f"{prefix!r} names one step; pass its base name "
-                             f"({parse_prefix(prefix).base!r}) to manage that job's steps")
+        raise RetentionError(
+            f"{prefix!r} names one step; pass its base name "
+            f"({parse_prefix(prefix).base!r}) to manage that job's steps"
+        )
     problems = list(cdir.problems)
 
     metrics: dict[str, dict[str, float]] = {}
@@ -926,27 +1040,54 @@ def _plan_retention(target: CheckpointDir | Location | str | os.PathLike[str], p
     promotions: dict[str, list[dict[str, Any]]] = {}
     promo_policies = [p for p in ps if isinstance(p, KeepPromoted)]
     if promo_policies and PROMOTIONS_FILENAME in cdir.listing:
-        promotions = current_promotions(read_promotions(cdir.location),
-                                        any(p.include_superseded for p in promo_policies))
-    lease_roles = [(n, r) for n in cdir.listing if LEASE_INFIX in n and (r := classify(n)) is not None
-                   and r.role == "lease"] if LEASE_INFIX in "\n".join(cdir.listing) else []
+        promotions = current_promotions(
+            read_promotions(cdir.location), any(p.include_superseded for p in promo_policies)
+        )
+    lease_roles = (
+        [
+            (n, r)
+            for n in cdir.listing
+            if LEASE_INFIX in n and (r := classify(n)) is not None and r.role == "lease"
+        ]
+        if LEASE_INFIX in "\n".join(cdir.listing)
+        else []
+    )
     lease_names: list[str] = []
     if lease_roles:  # the managed bases are only needed when the dir holds leases at all
         bases = {s.base for s in steps}
         lease_names = [n for n, r in lease_roles if parse_prefix(r.prefix).base in bases]
     leases = read_leases(cdir.location, lease_names, listing=cdir.listing) if lease_names else {}
-    return compute_plan(cdir, steps, ps, now=t, prefix=prefix, metrics=metrics, evaluations=evaluations,
-                        promotions=promotions,
-                        leases=leases, purge_quarantined=purge_quarantined, meta_guard=meta_guard,
-                        problems=problems)
+    return compute_plan(
+        cdir,
+        steps,
+        ps,
+        now=t,
+        prefix=prefix,
+        metrics=metrics,
+        evaluations=evaluations,
+        promotions=promotions,
+        leases=leases,
+        purge_quarantined=purge_quarantined,
+        meta_guard=meta_guard,
+        problems=problems,
+    )
 
 
-def compute_plan(cdir: CheckpointDir, steps: Sequence[CheckpointStep], policies: tuple[RetentionPolicy, ...],
-                 *, now: float, prefix: str | None, metrics: Mapping[str, Mapping[str, float]],
-                 promotions: Mapping[str, list[dict[str, Any]]], leases: Mapping[str, Lease],
-                 purge_quarantined: bool, meta_guard: str, problems: list[str],
-                 evaluations: Mapping[str, Mapping[str | None, Mapping[str, Any]]] | None = None,
-                 ) -> RetentionPlan:
+def compute_plan(
+    cdir: CheckpointDir,
+    steps: Sequence[CheckpointStep],
+    policies: tuple[RetentionPolicy, ...],
+    *,
+    now: float,
+    prefix: str | None,
+    metrics: Mapping[str, Mapping[str, float]],
+    promotions: Mapping[str, list[dict[str, Any]]],
+    leases: Mapping[str, Lease],
+    purge_quarantined: bool,
+    meta_guard: str,
+    problems: list[str],
+    evaluations: Mapping[str, Mapping[str | None, Mapping[str, Any]]] | None = None,
+) -> RetentionPlan:
     """The pure part of :func:`plan_retention`: no I/O except ``realpath`` of local symlinks.
 
     Written for 100k-step dirs: one sort, index arithmetic instead of key comparisons, and no
@@ -958,8 +1099,11 @@ def compute_plan(cdir: CheckpointDir, steps: Sequence[CheckpointStep], policies:
     names_text = "\n".join(cdir.listing)  # scanned by regexes instead of 300k Python-level tests
     bad_names = _bad_names(cdir.listing, names_text, local)
     # per-file checks are only needed when some listed name is odd or (locally) a symlink/dir
-    check_files = bool(bad_names) or (local and not cdir.regular_files_only and (
-        any(map(_IS_LINK, cdir.listing.values())) or any(map(_IS_DIR, cdir.listing.values()))))
+    check_files = bool(bad_names) or (
+        local
+        and not cdir.regular_files_only
+        and (any(map(_IS_LINK, cdir.listing.values())) or any(map(_IS_DIR, cdir.listing.values())))
+    )
     state = cdir.state
     lp_before = state.last_preserved_timestamp if state is not None else None
     lp_known = lp_before if lp_before else None
@@ -1014,21 +1158,33 @@ def compute_plan(cdir: CheckpointDir, steps: Sequence[CheckpointStep], policies:
                     keep.setdefault(s.prefix, []).append("quarantined")
             elif s.status is incomplete_status:
                 if not older:
-                    keep.setdefault(s.prefix, []).append("incomplete and newer than the newest committed step "
-                                          "(possibly being written)")
+                    keep.setdefault(s.prefix, []).append(
+                        "incomplete and newer than the newest committed step (possibly being written)"
+                    )
                 elif not s.files:
                     drop_reason[s.prefix] = "named by the state file but none of its files exist"
                 else:
-                    drop_reason[s.prefix] = ("incomplete and older than the newest committed step "
-                                             "(debris of an interrupted save or delete)")
+                    drop_reason[s.prefix] = (
+                        "incomplete and older than the newest committed step "
+                        "(debris of an interrupted save or delete)"
+                    )
             elif older or s.status is committed_status:
                 candidates.append(s)
             else:
-                keep.setdefault(s.prefix, []).append("complete but not in the state file, and newer than the newest "
-                                      "committed step (possibly being committed)")
-        ctx = PolicyContext(now=now, state=state, last_preserved_timestamp=lp_known, metrics=metrics,
-                            promotions=promotions, all_steps=bsteps, problems=problems,
-                            evaluations=evaluations or {})
+                keep.setdefault(s.prefix, []).append(
+                    "complete but not in the state file, and newer than the newest "
+                    "committed step (possibly being committed)"
+                )
+        ctx = PolicyContext(
+            now=now,
+            state=state,
+            last_preserved_timestamp=lp_known,
+            metrics=metrics,
+            promotions=promotions,
+            all_steps=bsteps,
+            problems=problems,
+            evaluations=evaluations or {},
+        )
         walk: HoursWalk | None = None
         for p in policies:
             if p is hours:
@@ -1046,7 +1202,9 @@ def compute_plan(cdir: CheckpointDir, steps: Sequence[CheckpointStep], policies:
             except ValueError:
                 break
             if bsteps[i].status is committed_status:
-                keep.setdefault(bsteps[i].prefix, []).insert(0, "the state file's latest (model_checkpoint_path)")
+                keep.setdefault(bsteps[i].prefix, []).insert(
+                    0, "the state file's latest (model_checkpoint_path)"
+                )
         if leases:
             for s in bsteps:
                 if s.sidecars:
@@ -1058,7 +1216,9 @@ def compute_plan(cdir: CheckpointDir, steps: Sequence[CheckpointStep], policies:
         # the newest .meta at or before the newest committed step (orphan .meta files included)
         metas: list[tuple[tuple[int, float, str], str, str]] = [
             (step_order(s), s.prefix, f"{s.prefix}.meta")
-            for s in filter(_SIDECARS, islice(bsteps, newest_i + 1)) if s.has_meta]
+            for s in filter(_SIDECARS, islice(bsteps, newest_i + 1))
+            if s.has_meta
+        ]
         newest_no = newest.step if newest.step is not None else -1
         orphan_sidecars = [o for o in orphans_by_base.get(base, []) if o[3] < newest_no]
         for name, pfx, role, step_no, info in orphan_sidecars:
@@ -1068,10 +1228,14 @@ def compute_plan(cdir: CheckpointDir, steps: Sequence[CheckpointStep], policies:
         if metas:
             _, meta_owner, pmeta = max(metas)
             protected_meta[base] = pmeta
-            if meta_guard == "step" and meta_owner != newest.prefix and any(
-                    s.prefix == meta_owner for s in bsteps):
-                keep.setdefault(meta_owner, []).append("owns the newest .meta (MetaGraphDef); later steps were saved "
-                                        "without one")
+            if (
+                meta_guard == "step"
+                and meta_owner != newest.prefix
+                and any(s.prefix == meta_owner for s in bsteps)
+            ):
+                keep.setdefault(meta_owner, []).append(
+                    "owns the newest .meta (MetaGraphDef); later steps were saved without one"
+                )
 
         keep_get, drop_get, add_decision = keep.get, drop_reason.get, decisions.append
         for s in bsteps:
@@ -1084,8 +1248,20 @@ def compute_plan(cdir: CheckpointDir, steps: Sequence[CheckpointStep], policies:
             if not (s.sidecars or check_files) and files and files[0].name.endswith(".index"):
                 # the common case, a step of an index and data shards and nothing else
                 names = (files[0].name, files[1].name) if len(files) == 2 else tuple(map(_NAME, files))
-                add_decision(_Decision(pfx, s.base, s.step, _STATUS_VALUE[s.status], DELETE,
-                                       [drop_get(pfx) or _NOT_KEPT], s.in_state, s.timestamp, files, names))
+                add_decision(
+                    _Decision(
+                        pfx,
+                        s.base,
+                        s.step,
+                        _STATUS_VALUE[s.status],
+                        DELETE,
+                        [drop_get(pfx) or _NOT_KEPT],
+                        s.in_state,
+                        s.timestamp,
+                        files,
+                        names,
+                    )
+                )
                 delete_names += names
                 if s.in_state:
                     deleted_in_state.add(pfx)
@@ -1107,14 +1283,29 @@ def compute_plan(cdir: CheckpointDir, steps: Sequence[CheckpointStep], policies:
                 continue
             why = drop_reason.get(s.prefix)
             if kept_files:
-                reasons = [why or _NOT_KEPT, f"keeps {kept_files[0]}: the newest MetaGraphDef, which "
-                           "later steps (saved without one) need for import_meta_graph"]
+                reasons = [
+                    why or _NOT_KEPT,
+                    f"keeps {kept_files[0]}: the newest MetaGraphDef, which "
+                    "later steps (saved without one) need for import_meta_graph",
+                ]
             else:
                 reasons = [why or _NOT_KEPT]
             names = tuple(map(_NAME, infos))
-            decisions.append(_Decision(s.prefix, s.base, s.step, _STATUS_VALUE[s.status], DELETE, reasons,
-                                       s.in_state, s.timestamp, s.files, names,
-                                       tuple(kept_files) if kept_files else ()))
+            decisions.append(
+                _Decision(
+                    s.prefix,
+                    s.base,
+                    s.step,
+                    _STATUS_VALUE[s.status],
+                    DELETE,
+                    reasons,
+                    s.in_state,
+                    s.timestamp,
+                    s.files,
+                    names,
+                    tuple(kept_files) if kept_files else (),
+                )
+            )
             delete_names += names
             if s.in_state:
                 deleted_in_state.add(s.prefix)
@@ -1124,8 +1315,13 @@ def compute_plan(cdir: CheckpointDir, steps: Sequence[CheckpointStep], policies:
         for name, pfx, role, _, info in sorted(orphan_sidecars, key=lambda o: o[0]):
             action, reason = DELETE, "sidecar of a step whose checkpoint files are gone"
             if role == "meta" and pmeta == name:
-                action, reason = KEEP, ("the newest MetaGraphDef, which later steps (saved without one) "
-                                        "need for import_meta_graph")
+                action, reason = (
+                    KEEP,
+                    (
+                        "the newest MetaGraphDef, which later steps (saved without one) "
+                        "need for import_meta_graph"
+                    ),
+                )
             elif role == "lease":
                 lease = leases.get(name)
                 if lease is None or lease.active(now):
@@ -1149,17 +1345,28 @@ def compute_plan(cdir: CheckpointDir, steps: Sequence[CheckpointStep], policies:
     if local and (prefix is None or prefix == ""):
         for m in _TEMP_FILE.finditer(names_text):
             info = cdir.listing.get(m.group(0))
-            if info is None or info.is_dir or info.is_link or info.mtime is None or \
-                    now - info.mtime < TEMP_FILE_TTL_S:
+            if (
+                info is None
+                or info.is_dir
+                or info.is_link
+                or info.mtime is None
+                or now - info.mtime < TEMP_FILE_TTL_S
+            ):
                 continue
             bad_refusals = _refusals(loc, [info], real_root)
             if bad_refusals:
                 refused += bad_refusals
                 continue
-            sidecar_decisions.append(SidecarDecision(
-                info.name, m.group("target"), "temp", DELETE,
-                f"temp file of a write to {m.group('target')} that never finished "
-                f"({int((now - info.mtime) // 60)} min old)"))
+            sidecar_decisions.append(
+                SidecarDecision(
+                    info.name,
+                    m.group("target"),
+                    "temp",
+                    DELETE,
+                    f"temp file of a write to {m.group('target')} that never finished "
+                    f"({int((now - info.mtime) // 60)} min old)",
+                )
+            )
 
     # the state file: drop every spelling of a deleted step
     drop_paths: list[str] = []
@@ -1181,29 +1388,57 @@ def compute_plan(cdir: CheckpointDir, steps: Sequence[CheckpointStep], policies:
                 all_raw.add(state.model_checkpoint_path)
             new_state = state.retained(all_raw.difference(drop_paths))
         else:
-            new_state = replace(state, all_model_checkpoint_paths=list(state.all_model_checkpoint_paths),
-                                all_model_checkpoint_timestamps=list(state.all_model_checkpoint_timestamps))
+            new_state = replace(
+                state,
+                all_model_checkpoint_paths=list(state.all_model_checkpoint_paths),
+                all_model_checkpoint_timestamps=list(state.all_model_checkpoint_timestamps),
+            )
         new_state.last_preserved_timestamp = lp_after if lp_after is not None else 0.0
     state_changed = new_state is not None and new_state != state
 
     if hours is None and lp_known is not None and deleted_orphans:
-        lost = [s.prefix for s in steps if s.prefix in deleted_orphans and not s.in_state
-                and s.status is StepStatus.ORPHAN and s.timestamp is not None and s.timestamp <= lp_known]
+        lost = [
+            s.prefix
+            for s in steps
+            if s.prefix in deleted_orphans
+            and not s.in_state
+            and s.status is StepStatus.ORPHAN
+            and s.timestamp is not None
+            and s.timestamp <= lp_known
+        ]
         if lost:
-            problems.append(f"{len(lost)} step(s) look preserved by TF's keep_checkpoint_every_n_hours "
-                            f"(saved at or before last_preserved_timestamp) and no keep_every_hours policy "
-                            f"keeps them: {', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''}")
+            problems.append(
+                f"{len(lost)} step(s) look preserved by TF's keep_checkpoint_every_n_hours "
+                f"(saved at or before last_preserved_timestamp) and no keep_every_hours policy "
+                f"keeps them: {', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''}"
+            )
 
     delete_names += [sc.name for sc in sidecar_decisions if sc.action == DELETE]
     delete_files = list(map(prefix_path.__add__, delete_names))
 
     return RetentionPlan(
-        location=loc, prefix=prefix, state_filename=cdir.state_filename, now=now, policies=policies,
-        decisions=decisions, sidecars=sidecar_decisions, state_before=state, new_state=new_state,
-        state_changed=state_changed, drop_paths=drop_paths, delete_files=delete_files,
-        protected_meta=protected_meta, last_preserved_before=lp_before, last_preserved_after=lp_after,
-        refused=refused, problems=problems, purge_quarantined=purge_quarantined, meta_guard=meta_guard,
-        root_realpath=real_root, listing=cdir.listing)
+        location=loc,
+        prefix=prefix,
+        state_filename=cdir.state_filename,
+        now=now,
+        policies=policies,
+        decisions=decisions,
+        sidecars=sidecar_decisions,
+        state_before=state,
+        new_state=new_state,
+        state_changed=state_changed,
+        drop_paths=drop_paths,
+        delete_files=delete_files,
+        protected_meta=protected_meta,
+        last_preserved_before=lp_before,
+        last_preserved_after=lp_after,
+        refused=refused,
+        problems=problems,
+        purge_quarantined=purge_quarantined,
+        meta_guard=meta_guard,
+        root_realpath=real_root,
+        listing=cdir.listing,
+    )
 
 
 _STATUS_VALUE = {st: st.value for st in StepStatus}
@@ -1242,23 +1477,30 @@ _NOT_KEPT = "not kept by any policy"
 
 
 def _decision(s: CheckpointStep, action: str, reasons: list[str]) -> StepDecision:
-    return _Decision(s.prefix, s.base, s.step, _STATUS_VALUE[s.status], action, reasons, s.in_state,
-                     s.timestamp, s.files)
+    return _Decision(
+        s.prefix, s.base, s.step, _STATUS_VALUE[s.status], action, reasons, s.in_state, s.timestamp, s.files
+    )
 
 
-_SIDECAR_END = re.compile(r"(?:\.meta|\.metrics\.json|\.metrics~[A-Za-z0-9_.-]+\.json|\.quarantine\.json"
-                          r"|\.lease-[A-Za-z0-9_.@-]+)$", re.M)
+_SIDECAR_END = re.compile(
+    r"(?:\.meta|\.metrics\.json|\.metrics~[A-Za-z0-9_.-]+\.json|\.quarantine\.json"
+    r"|\.lease-[A-Za-z0-9_.@-]+)$",
+    re.M,
+)
 
 
-def _orphan_sidecars(cdir: CheckpointDir, text: str, bases: set[str],
-                     ) -> dict[str, list[tuple[str, str, str, int, FileInfo]]]:
+def _orphan_sidecars(
+    cdir: CheckpointDir,
+    text: str,
+    bases: set[str],
+) -> dict[str, list[tuple[str, str, str, int, FileInfo]]]:
     """Sidecars (``.meta``, metrics, leases, quarantine records) whose step has no checkpoint
     files, by base: ``(name, prefix, role, step, info)``. One regex scan over the joined listing
     finds the sidecar names (a 100k-step dir lists 300k names, nearly all index/data files)."""
     known: set[str] | None = None  # built on the first sidecar found (most dirs have none)
     out: dict[str, list[tuple[str, str, str, int, FileInfo]]] = {}
     for m in _SIDECAR_END.finditer(text):
-        name = text[text.rfind("\n", 0, m.start()) + 1: m.end()]
+        name = text[text.rfind("\n", 0, m.start()) + 1 : m.end()]
         info = cdir.listing.get(name)
         if info is None or info.is_dir:
             continue
@@ -1276,8 +1518,9 @@ def _orphan_sidecars(cdir: CheckpointDir, text: str, bases: set[str],
     return out
 
 
-def _files_to_delete(s: CheckpointStep, protected_meta: str | None, leases: Mapping[str, Lease],
-                     now: float) -> tuple[list[FileInfo], list[str]]:
+def _files_to_delete(
+    s: CheckpointStep, protected_meta: str | None, leases: Mapping[str, Lease], now: float
+) -> tuple[list[FileInfo], list[str]]:
     """Files to delete for a dropped step: the index first (no reader sees it complete after the
     first removal), then data files, then sidecars. The protected ``.meta`` survives."""
     files = s.files
@@ -1311,8 +1554,12 @@ def _refusals(loc: Location, infos: Iterable[FileInfo], real_root: str | None) -
     return out
 
 
-def _settled_lp(candidates: Sequence[CheckpointStep], walk: HoursWalk, keep: Mapping[str, list[str]],
-                lp_known: float | None) -> float | None:
+def _settled_lp(
+    candidates: Sequence[CheckpointStep],
+    walk: HoursWalk,
+    keep: Mapping[str, list[str]],
+    lp_known: float | None,
+) -> float | None:
     """How far ``last_preserved_timestamp`` may move: through the oldest-first run of candidates
     whose fate is final (preserved by the hours rule, or deleted now), never past one that another
     policy only holds for now (TF would still judge it later)."""

@@ -91,8 +91,9 @@ def lease_name(prefix: str, owner: str) -> str:
     """``PREFIX.lease-TOKEN`` (see the module docstring). An owner is 1 to :data:`MAX_OWNER_CHARS`
     letters, digits and ``_.@-``; it is never cut."""
     if not isinstance(owner, str) or not _OWNER_RE.fullmatch(owner) or len(owner) > MAX_OWNER_CHARS:
-        raise LeaseError(f"lease owner {str(owner)[:80]!r} must be 1 to {MAX_OWNER_CHARS} letters, "
-                         "digits and _.@- only")
+        raise LeaseError(
+            f"lease owner {str(owner)[:80]!r} must be 1 to {MAX_OWNER_CHARS} letters, digits and _.@- only"
+        )
     if not prefix or "/" in prefix or "\x00" in prefix or "\n" in prefix:
         raise LeaseError(f"cannot lease {prefix!r}: not a checkpoint prefix name")
     return f"{prefix}{LEASE_INFIX}{lease_token(owner)}"
@@ -136,9 +137,17 @@ class Lease:
         return text + " (unreadable lease file, honoured for a day after its mtime)"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"prefix": self.prefix, "owner": self.owner, "acquired": self.acquired,
-                "expires": self.expires, "name": self.name, "host": self.host, "pid": self.pid,
-                "readable": self.readable, "problem": self.problem}
+        return {
+            "prefix": self.prefix,
+            "owner": self.owner,
+            "acquired": self.acquired,
+            "expires": self.expires,
+            "name": self.name,
+            "host": self.host,
+            "pid": self.pid,
+            "readable": self.readable,
+            "problem": self.problem,
+        }
 
 
 def parse_lease(name: str, data: bytes | Exception | None, info: FileInfo | None = None) -> Lease:
@@ -163,9 +172,17 @@ def parse_lease(name: str, data: bytes | Exception | None, info: FileInfo | None
             except ValueError as exc:
                 # The holder meant a lease, and when it ends cannot be read: a live lease (never
                 # "expired, delete") until someone removes the file.
-                return Lease(prefix, owner, base, MAX_EXPIRY, name, host, pid if isinstance(pid, int) else None,
-                             readable=False, problem=f"lease file {name}: {exc}: held as live until the "
-                             "file is removed")
+                return Lease(
+                    prefix,
+                    owner,
+                    base,
+                    MAX_EXPIRY,
+                    name,
+                    host,
+                    pid if isinstance(pid, int) else None,
+                    readable=False,
+                    problem=f"lease file {name}: {exc}: held as live until the file is removed",
+                )
             try:
                 acquired = _lease_time(d, "acquired") if "acquired" in d else expires
             except ValueError:
@@ -178,8 +195,9 @@ def parse_lease(name: str, data: bytes | Exception | None, info: FileInfo | None
     return Lease(prefix, owner, base, base + UNREADABLE_LEASE_TTL_S, name, readable=False, problem=problem)
 
 
-def acquire_lease(loc: Location, prefix: str, owner: str, ttl_s: float, *, now: float | None = None,
-                  check_gc: bool = True) -> Lease:
+def acquire_lease(
+    loc: Location, prefix: str, owner: str, ttl_s: float, *, now: float | None = None, check_gc: bool = True
+) -> Lease:
     """Take (or renew) ``owner``'s lease on ``prefix`` for ``ttl_s`` seconds.
 
     With ``check_gc`` (the default), a live GC intent naming the step makes the lease be taken back
@@ -190,15 +208,24 @@ def acquire_lease(loc: Location, prefix: str, owner: str, ttl_s: float, *, now: 
     name = lease_name(prefix, owner)
     t = time.time() if now is None else now
     lease = Lease(prefix, owner, t, t + float(ttl_s), name, socket.gethostname(), os.getpid())
-    body = {"prefix": prefix, "owner": owner, "acquired": lease.acquired, "expires": lease.expires,
-            "host": lease.host, "pid": lease.pid}
+    body = {
+        "prefix": prefix,
+        "owner": owner,
+        "acquired": lease.acquired,
+        "expires": lease.expires,
+        "host": lease.host,
+        "pid": lease.pid,
+    }
     loc.write_atomic(name, json.dumps(body, sort_keys=True).encode("utf-8"))
     if check_gc:
         intent = read_gc_intent(loc, parse_prefix(prefix).base)
         if intent is not None and prefix in intent.prefixes and intent.expires > t:
             release_lease(loc, prefix, owner)
-            raise LeaseConflictError(f"step {prefix} is being deleted by a GC run (started "
-                                     f"{_iso(intent.started)}); lease not taken", loc.display(prefix))
+            raise LeaseConflictError(
+                f"step {prefix} is being deleted by a GC run (started "
+                f"{_iso(intent.started)}); lease not taken",
+                loc.display(prefix),
+            )
     return lease
 
 
@@ -253,8 +280,11 @@ def lease_files(cdir: CheckpointDir) -> list[FileInfo]:
     return list(out.values())
 
 
-def read_leases(target: CheckpointDir | Location, names: Iterable[str] | None = None,
-                listing: Mapping[str, FileInfo] | None = None) -> dict[str, Lease]:
+def read_leases(
+    target: CheckpointDir | Location,
+    names: Iterable[str] | None = None,
+    listing: Mapping[str, FileInfo] | None = None,
+) -> dict[str, Lease]:
     """``{lease file name: Lease}`` for the lease files of a dir (one concurrent read of each)."""
     from airflow_tf_ckpt.core.sidecars.metrics import read_files  # shared bulk reader
 
@@ -278,7 +308,9 @@ def read_leases(target: CheckpointDir | Location, names: Iterable[str] | None = 
     return out
 
 
-def active_leases(step: CheckpointStep, now: float | None, source: Mapping[str, Lease] | Location) -> list[Lease]:
+def active_leases(
+    step: CheckpointStep, now: float | None, source: Mapping[str, Lease] | Location
+) -> list[Lease]:
     """The unexpired leases on ``step`` at ``now``.
 
     ``source`` is either the result of :func:`read_leases` (the fast path GC uses) or the step's
@@ -310,12 +342,25 @@ def gc_intent_name(base: str) -> str:
     return f"{base}{GC_INTENT_SUFFIX}"
 
 
-def write_gc_intent(loc: Location, base: str, prefixes: Iterable[str], *, ttl_s: float,
-                    started: float, now: float | None = None) -> GcIntent:
+def write_gc_intent(
+    loc: Location,
+    base: str,
+    prefixes: Iterable[str],
+    *,
+    ttl_s: float,
+    started: float,
+    now: float | None = None,
+) -> GcIntent:
     t = time.time() if now is None else now
     intent = GcIntent(base, frozenset(prefixes), started, t + ttl_s)
-    body = {"base": base, "prefixes": sorted(intent.prefixes), "started": started,
-            "expires": intent.expires, "host": socket.gethostname(), "pid": os.getpid()}
+    body = {
+        "base": base,
+        "prefixes": sorted(intent.prefixes),
+        "started": started,
+        "expires": intent.expires,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    }
     loc.write_atomic(gc_intent_name(base), json.dumps(body, sort_keys=True).encode("utf-8"))
     return intent
 
@@ -328,8 +373,9 @@ def read_gc_intent(loc: Location, base: str) -> GcIntent | None:
         return None  # not ours (we write regular files, atomically): it blocks nothing, as garbage
     try:
         d = loads_json(data)
-        return GcIntent(base, frozenset(str(p) for p in d["prefixes"]), float(d["started"]),
-                        float(d["expires"]))
+        return GcIntent(
+            base, frozenset(str(p) for p in d["prefixes"]), float(d["started"]), float(d["expires"])
+        )
     except (UnicodeDecodeError, ValueError, KeyError, TypeError):
         # We write intents atomically, so garbage here is not ours (or not an intent at all); it
         # cannot say which steps are doomed, so it blocks nothing.
@@ -366,11 +412,14 @@ class GcLock:
 
         if self.fd is not None or not is_gcs(self.loc.fs):
             return
-        gen = upload_if_generation(self.loc.fs, self.loc.join(GC_LOCK_NAME), _lock_body(self.ttl_s),
-                                   self.generation)
+        gen = upload_if_generation(
+            self.loc.fs, self.loc.join(GC_LOCK_NAME), _lock_body(self.ttl_s), self.generation
+        )
         if gen is None:
-            raise GcBusyError("another GC run took over this dir's GC lock (this run was too slow to "
-                              "renew it); stopped", self.loc.display(GC_LOCK_NAME))
+            raise GcBusyError(
+                "another GC run took over this dir's GC lock (this run was too slow to renew it); stopped",
+                self.loc.display(GC_LOCK_NAME),
+            )
         self.generation = gen
 
     def release(self) -> None:
@@ -394,8 +443,10 @@ _PROCESS_LOCKS: dict[str, float] = {}
 
 def _lock_body(ttl_s: float) -> bytes:
     t = time.time()
-    return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "acquired": t,
-                       "expires": t + ttl_s}, sort_keys=True).encode("utf-8")
+    return json.dumps(
+        {"host": socket.gethostname(), "pid": os.getpid(), "acquired": t, "expires": t + ttl_s},
+        sort_keys=True,
+    ).encode("utf-8")
 
 
 def _holder(data: bytes | None) -> tuple[str, bool]:
@@ -424,7 +475,9 @@ def _try_local(loc: Location) -> tuple[GcLock | None, str]:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
     except OSError as exc:  # a symlink planted there, a dir, no permission
-        raise StorageError(f"cannot open the GC lock file: {exc.strerror}", loc.display(GC_LOCK_NAME)) from exc
+        raise StorageError(
+            f"cannot open the GC lock file: {exc.strerror}", loc.display(GC_LOCK_NAME)
+        ) from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -489,6 +542,8 @@ def acquire_gc_lock(loc: Location, *, ttl_s: float = 600.0, wait_s: float = 0.0)
         if lock is not None:
             return lock
         if who and time.monotonic() >= deadline:
-            raise GcBusyError(f"another GC run is working on this dir ({who}); try again when it is done",
-                              loc.display(GC_LOCK_NAME))
+            raise GcBusyError(
+                f"another GC run is working on this dir ({who}); try again when it is done",
+                loc.display(GC_LOCK_NAME),
+            )
         time.sleep(0.05 if not who else 0.2)

@@ -52,8 +52,14 @@ from airflow_tf_ckpt.core.storage.location import (
 )
 
 _NONFINITE_OUT = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
-_NONFINITE_IN = {"nan": math.nan, "infinity": math.inf, "inf": math.inf, "+infinity": math.inf,
-                 "-infinity": -math.inf, "-inf": -math.inf}
+_NONFINITE_IN = {
+    "nan": math.nan,
+    "infinity": math.inf,
+    "inf": math.inf,
+    "+infinity": math.inf,
+    "-infinity": -math.inf,
+    "-inf": -math.inf,
+}
 RESERVED_KEYS = ("prefix", "step", "metrics", "time", "evaluations", "history")
 MAX_METRICS_BYTES = 4 << 20
 HISTORY_LEN = 20  # evaluations kept in a record's history
@@ -72,8 +78,10 @@ def check_evaluator(evaluator: str | None) -> str | None:
     if evaluator is None:
         return None
     if not isinstance(evaluator, str) or not EVALUATOR_RE.match(evaluator):
-        raise MetricsError(f"invalid evaluator name {evaluator!r} (letters, digits, '_', '.', '-'; "
-                           "at most 250; not starting with '.' or '-')")
+        raise MetricsError(
+            f"invalid evaluator name {evaluator!r} (letters, digits, '_', '.', '-'; "
+            "at most 250; not starting with '.' or '-')"
+        )
     return evaluator
 
 
@@ -89,8 +97,10 @@ def metric_name_problem(name: Any) -> str | None:
     if isinstance(name, str) and METRIC_NAME_RE.fullmatch(name):
         return None
     shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
-    return (f"metric name {shown} is not valid: use 1-256 letters, digits and '_', '.', '-', '/' "
-            "(like TF summary tags and Keras metric names)")
+    return (
+        f"metric name {shown} is not valid: use 1-256 letters, digits and '_', '.', '-', '/' "
+        "(like TF summary tags and Keras metric names)"
+    )
 
 
 def _to_float(name: str, value: Any, where: str) -> float:
@@ -112,8 +122,9 @@ def _encode(v: float) -> float | str:
 
 def _validate(metrics: Mapping[str, Any], where: str) -> dict[str, float]:
     if not isinstance(metrics, Mapping):
-        raise MetricsError(f"metrics must be a mapping of name -> number, not {type(metrics).__name__}",
-                           where)
+        raise MetricsError(
+            f"metrics must be a mapping of name -> number, not {type(metrics).__name__}", where
+        )
     out: dict[str, float] = {}
     for k, v in metrics.items():
         problem = metric_name_problem(k)
@@ -123,9 +134,17 @@ def _validate(metrics: Mapping[str, Any], where: str) -> dict[str, float]:
     return out
 
 
-def write_metrics(loc: Location, prefix: str, metrics: Mapping[str, Any], *, step: int | None = None,
-                  extra: Mapping[str, Any] | None = None, now: float | None = None,
-                  evaluator: str | None = None, count: bool = True) -> dict[str, Any]:
+def write_metrics(
+    loc: Location,
+    prefix: str,
+    metrics: Mapping[str, Any],
+    *,
+    step: int | None = None,
+    extra: Mapping[str, Any] | None = None,
+    now: float | None = None,
+    evaluator: str | None = None,
+    count: bool = True,
+) -> dict[str, Any]:
     """Write the sidecar of ``evaluator`` (``None``: the default one) and return the record written.
 
     ``step`` defaults to the prefix's ``-N`` suffix. ``extra`` keys (e.g. ``{"run": "..."}``)
@@ -140,7 +159,9 @@ def write_metrics(loc: Location, prefix: str, metrics: Mapping[str, Any], *, ste
     record: dict[str, Any] = {
         "prefix": prefix,
         "step": step if step is not None else parse_prefix(prefix).step,
-        "metrics": encoded, "time": t, "evaluator": evaluator,
+        "metrics": encoded,
+        "time": t,
+        "evaluator": evaluator,
     }
     for k, v in (extra or {}).items():
         # "evaluator" in extra: free text in the default sidecar (as before names existed)
@@ -230,7 +251,7 @@ def parse_metrics_record(data: bytes, where: str) -> dict[str, Any]:
         raise MetricsError(f"holds a JSON {type(record).__name__}, not an object", where)
     raw = record.get("metrics")
     if not isinstance(raw, dict):
-        raise MetricsError("has no \"metrics\" object", where)
+        raise MetricsError('has no "metrics" object', where)
     values: dict[str, float] = {}
     for k, v in raw.items():
         if isinstance(v, str) and v.strip().lower() in _NONFINITE_IN:
@@ -269,8 +290,15 @@ def read_metrics(loc: Location, prefix: str, evaluator: str | None = None) -> di
     return None if record is None else record["metrics"]
 
 
-def read_files(loc: Location, names: Iterable[str], max_workers: int = 16, *, cap: int = MAX_METRICS_BYTES,
-               what: str = "a sidecar", sizes: Mapping[str, int] | None = None) -> dict[str, bytes | Exception]:
+def read_files(
+    loc: Location,
+    names: Iterable[str],
+    max_workers: int = 16,
+    *,
+    cap: int = MAX_METRICS_BYTES,
+    what: str = "a sidecar",
+    sizes: Mapping[str, int] | None = None,
+) -> dict[str, bytes | Exception]:
     """Read several small files of one dir: concurrently on object stores, in order locally.
 
     Async filesystems (gcsfs) get one ``cat_ranges`` call, which gathers the reads on fsspec's
@@ -292,8 +320,17 @@ def read_files(loc: Location, names: Iterable[str], max_workers: int = 16, *, ca
             elif (known.get(n) or 0) > cap:
                 out[n] = FileTooLargeError(f"is {known[n]} bytes, too large for {what}", loc.display(n))
         todo = [n for n in names if n not in out]
-        results = fs.cat_ranges([loc.join(n) for n in todo], [0] * len(todo), [cap + 1] * len(todo),
-                                on_error="return", batch_size=max_workers) if todo else []
+        results = (
+            fs.cat_ranges(
+                [loc.join(n) for n in todo],
+                [0] * len(todo),
+                [cap + 1] * len(todo),
+                on_error="return",
+                batch_size=max_workers,
+            )
+            if todo
+            else []
+        )
         for n, r in zip(todo, results, strict=True):
             if isinstance(r, Exception) and range_not_satisfiable(r, loc.join(n)):  # an empty object
                 r = b""
@@ -314,8 +351,13 @@ def read_files(loc: Location, names: Iterable[str], max_workers: int = 16, *, ca
         return dict(zip(names, pool.map(one, names), strict=True))
 
 
-def metrics_for(cdir: CheckpointDir, *, problems: list[str] | None = None, max_workers: int = 16,
-                evaluator: str | None = None) -> dict[str, dict[str, float]]:
+def metrics_for(
+    cdir: CheckpointDir,
+    *,
+    problems: list[str] | None = None,
+    max_workers: int = 16,
+    evaluator: str | None = None,
+) -> dict[str, dict[str, float]]:
     """``{prefix: metrics}`` by ``evaluator`` (``None``: the default sidecar) for every step of
     ``cdir`` whose sidecar of that evaluator the listing shows.
 
@@ -327,9 +369,13 @@ def metrics_for(cdir: CheckpointDir, *, problems: list[str] | None = None, max_w
     return {p: by_ev[evaluator]["metrics"] for p, by_ev in records.items() if evaluator in by_ev}
 
 
-def evaluation_records(cdir: CheckpointDir, *, evaluators: Iterable[str | None] | None = None,
-                       problems: list[str] | None = None, max_workers: int = 16,
-                       ) -> dict[str, dict[str | None, dict[str, Any]]]:
+def evaluation_records(
+    cdir: CheckpointDir,
+    *,
+    evaluators: Iterable[str | None] | None = None,
+    problems: list[str] | None = None,
+    max_workers: int = 16,
+) -> dict[str, dict[str | None, dict[str, Any]]]:
     """``{prefix: {evaluator: record}}`` of every metrics sidecar the listing shows (of only the
     named ``evaluators`` when given; ``None`` is the default sidecar). Each record has
     ``metrics`` (floats), ``evaluations`` (>= 1) and ``history``. Malformed: as :func:`metrics_for`.
@@ -345,8 +391,11 @@ def evaluation_records(cdir: CheckpointDir, *, evaluators: Iterable[str | None] 
                 continue
             if only is None or role.evaluator in only:
                 wanted[f.name] = (s.prefix, role.evaluator)
-    sizes = {f.name: f.size for s in cdir.steps for f in s.sidecars if f.name in wanted} \
-        if not cdir.location.local else None
+    sizes = (
+        {f.name: f.size for s in cdir.steps for f in s.sidecars if f.name in wanted}
+        if not cdir.location.local
+        else None
+    )
     raw = read_files(cdir.location, wanted, max_workers=max_workers, sizes=sizes)
     out: dict[str, dict[str | None, dict[str, Any]]] = {}
     for name, data in raw.items():
@@ -365,8 +414,11 @@ def evaluation_records(cdir: CheckpointDir, *, evaluators: Iterable[str | None] 
     return out
 
 
-def evaluation_counts(cdir: CheckpointDir, *, evaluators: Iterable[str | None] | None = None,
-                      problems: list[str] | None = None) -> dict[str, dict[str | None, int]]:
+def evaluation_counts(
+    cdir: CheckpointDir, *, evaluators: Iterable[str | None] | None = None, problems: list[str] | None = None
+) -> dict[str, dict[str | None, int]]:
     """``{prefix: {evaluator: how many times it evaluated the step}}`` (see :func:`evaluation_records`)."""
-    return {p: {ev: r["evaluations"] for ev, r in by_ev.items()}
-            for p, by_ev in evaluation_records(cdir, evaluators=evaluators, problems=problems).items()}
+    return {
+        p: {ev: r["evaluations"] for ev, r in by_ev.items()}
+        for p, by_ev in evaluation_records(cdir, evaluators=evaluators, problems=problems).items()
+    }

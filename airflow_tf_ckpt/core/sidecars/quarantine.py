@@ -91,8 +91,9 @@ class StillCorruptError(CheckpointError):
     and verification was not asked for).
     """
 
-    def __init__(self, message: str, path: str | None, problems: list[str],
-                 report: VerifyReport | None = None) -> None:
+    def __init__(
+        self, message: str, path: str | None, problems: list[str], report: VerifyReport | None = None
+    ) -> None:
         super().__init__(message, path)
         self.problems = problems
         self.report = report
@@ -113,9 +114,14 @@ class QuarantineResult:
     removed_paths: list[str] = field(default_factory=list)  # raw spellings dropped from the state file
 
     def to_dict(self) -> dict[str, Any]:
-        return {"prefix": self.prefix, "record": self.record_name, "state_removed": self.state_removed,
-                "was_latest": self.was_latest, "new_latest": self.new_latest,
-                "removed_paths": self.removed_paths}
+        return {
+            "prefix": self.prefix,
+            "record": self.record_name,
+            "state_removed": self.state_removed,
+            "was_latest": self.was_latest,
+            "new_latest": self.new_latest,
+            "removed_paths": self.removed_paths,
+        }
 
 
 MAX_QUARANTINE_BYTES = 4 << 20
@@ -145,8 +151,12 @@ def _state_entry(loc: Location, cdir: CheckpointDir, name: str) -> dict[str, Any
     """
     s = next((x for x in cdir.steps if x.prefix == name), None)
     if s is not None and s.in_state and s.state_path and cdir.state is not None:
-        return {"path": s.state_path, "timestamp": cdir.state.timestamp_of(s.state_path),
-                "latest": s.latest, "last_preserved_timestamp": cdir.state.last_preserved_timestamp}
+        return {
+            "path": s.state_path,
+            "timestamp": cdir.state.timestamp_of(s.state_path),
+            "latest": s.latest,
+            "last_preserved_timestamp": cdir.state.last_preserved_timestamp,
+        }
     previous = read_quarantine(loc, name)
     entry = previous.get("state_entry") if previous else None
     return entry if isinstance(entry, dict) else None
@@ -156,8 +166,11 @@ def _order(s: CheckpointStep) -> tuple[int, float, str]:
     return (-1 if s.step is None else s.step, s.timestamp or 0.0, s.prefix)
 
 
-def _fresh(target: CheckpointDir | Location | str | os.PathLike[str], state_filename: str | None,
-           storage_options: dict[str, Any] | None) -> tuple[Location, str, CheckpointDir]:
+def _fresh(
+    target: CheckpointDir | Location | str | os.PathLike[str],
+    state_filename: str | None,
+    storage_options: dict[str, Any] | None,
+) -> tuple[Location, str, CheckpointDir]:
     """The dir, its state file name and a FRESH listing (a caller's CheckpointDir may be minutes old)."""
     if isinstance(target, CheckpointDir):
         loc = target.location
@@ -176,24 +189,35 @@ def _step_name(cdir: CheckpointDir, step: str | int | CheckpointStep) -> str:
     return step
 
 
-def quarantine_step(target: CheckpointDir | Location | str | os.PathLike[str],
-                    prefix: str | int | CheckpointStep, reason: str,
-                    report_dict: Mapping[str, Any] | None = None, *,
-                    state_filename: str | None = None, now: float | None = None,
-                    storage_options: dict[str, Any] | None = None,
-                    hook: Callable[..., Any] | None = None) -> QuarantineResult:
+def quarantine_step(
+    target: CheckpointDir | Location | str | os.PathLike[str],
+    prefix: str | int | CheckpointStep,
+    reason: str,
+    report_dict: Mapping[str, Any] | None = None,
+    *,
+    state_filename: str | None = None,
+    now: float | None = None,
+    storage_options: dict[str, Any] | None = None,
+    hook: Callable[..., Any] | None = None,
+) -> QuarantineResult:
     """Quarantine one step (see the module docstring). ``prefix`` may be a prefix, a step number
     or a :class:`CheckpointStep`. ``hook(label)`` runs before each write (crash tests)."""
     loc, state_filename, cdir = _fresh(target, state_filename, storage_options)
     name = _step_name(cdir, prefix)
     names = set(cdir.listing)
     if not any(n == name or n.startswith(name + ".") for n in names) and not any(
-            s.prefix == name for s in cdir.steps):
+        s.prefix == name for s in cdir.steps
+    ):
         raise StepNotFoundError(f"no checkpoint step {name!r}", loc.display())
     t = time.time() if now is None else now
-    record = {"prefix": name, "step": parse_prefix(name).step, "reason": reason, "time": t,
-              "report": dict(report_dict) if report_dict is not None else None,
-              "state_entry": _state_entry(loc, cdir, name)}
+    record = {
+        "prefix": name,
+        "step": parse_prefix(name).step,
+        "reason": reason,
+        "time": t,
+        "report": dict(report_dict) if report_dict is not None else None,
+        "state_entry": _state_entry(loc, cdir, name),
+    }
     rec_name = quarantine_name(name)
     _refuse_if_doomed(loc, name)
     previous = _record_bytes(loc, rec_name)
@@ -224,9 +248,12 @@ def _refuse_if_doomed(loc: Location, name: str) -> None:
 
     intent = read_gc_intent(loc, parse_prefix(name).base)
     if intent is not None and name in intent.prefixes and intent.expires > time.time():
-        raise QuarantineConflictError(f"step {name} is being deleted by a GC run (started "
-                                      f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(intent.started))});"
-                                      " not quarantined", loc.display(name))
+        raise QuarantineConflictError(
+            f"step {name} is being deleted by a GC run (started "
+            f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(intent.started))});"
+            " not quarantined",
+            loc.display(name),
+        )
 
 
 def _refuse_if_deleted(loc: Location, cdir: CheckpointDir, name: str) -> None:
@@ -235,8 +262,9 @@ def _refuse_if_deleted(loc: Location, cdir: CheckpointDir, name: str) -> None:
     s = next((x for x in cdir.steps if x.prefix == name), None)
     had = {f.name for f in s.files} if s is not None else set()
     if had and not had <= set(loc.listdir()):
-        raise QuarantineConflictError(f"step {name} was deleted while it was being quarantined; "
-                                      "not quarantined", loc.display(name))
+        raise QuarantineConflictError(
+            f"step {name} was deleted while it was being quarantined; not quarantined", loc.display(name)
+        )
 
 
 def _record_bytes(loc: Location, rec_name: str) -> bytes | None:
@@ -257,8 +285,9 @@ def _put_back(loc: Location, rec_name: str, previous: bytes | None) -> None:
         pass
 
 
-def _quarantine_change(loc: Location, cdir: CheckpointDir, name: str, t: float,
-                       result: QuarantineResult) -> StateChange:
+def _quarantine_change(
+    loc: Location, cdir: CheckpointDir, name: str, t: float, result: QuarantineResult
+) -> StateChange:
     """Step 2 of a quarantine as a change to the state file as it is when written (see
     :func:`state.update_state`): without the step, latest falling back (module docstring)."""
     names = set(cdir.listing)
@@ -270,8 +299,9 @@ def _quarantine_change(loc: Location, cdir: CheckpointDir, name: str, t: float,
         if before is None:
             return None
         raws = list(dict.fromkeys(before.all_model_checkpoint_paths + [before.model_checkpoint_path]))
-        resolved = {raw: known[raw] if raw in known else resolve_path(loc, raw, names).name
-                    for raw in raws if raw}
+        resolved = {
+            raw: known[raw] if raw in known else resolve_path(loc, raw, names).name for raw in raws if raw
+        }
         drop = {raw for raw, n in resolved.items() if n == name}
         if not drop:
             return before
@@ -288,19 +318,34 @@ def _quarantine_change(loc: Location, cdir: CheckpointDir, name: str, t: float,
     return change
 
 
-def _fall_back(cdir: CheckpointDir, name: str, before: StateFile, after: StateFile,
-               resolved: dict[str, str | None], t: float) -> None:
+def _fall_back(
+    cdir: CheckpointDir,
+    name: str,
+    before: StateFile,
+    after: StateFile,
+    resolved: dict[str, str | None],
+    t: float,
+) -> None:
     """The new latest when the quarantined step was the latest (see the module docstring)."""
     base = parse_prefix(name).base
-    same_base = [p for p in after.all_model_checkpoint_paths
-                 if (n := resolved.get(p)) is not None and parse_prefix(n).base == base]
+    same_base = [
+        p
+        for p in after.all_model_checkpoint_paths
+        if (n := resolved.get(p)) is not None and parse_prefix(n).base == base
+    ]
     if same_base:
         after.model_checkpoint_path = same_base[-1]
     elif not after.all_model_checkpoint_paths:
         q = next((s for s in cdir.steps if s.prefix == name), None)
-        older = [s for s in cdir.steps
-                 if s.base == base and s.status is StepStatus.ORPHAN and not s.quarantined
-                 and s.prefix != name and (q is None or _order(s) < _order(q))]
+        older = [
+            s
+            for s in cdir.steps
+            if s.base == base
+            and s.status is StepStatus.ORPHAN
+            and not s.quarantined
+            and s.prefix != name
+            and (q is None or _order(s) < _order(q))
+        ]
         if older:
             fallback = max(older, key=_order)
             after.model_checkpoint_path = fallback.prefix
@@ -328,20 +373,33 @@ class ReleaseResult:
     made_latest: bool = False  # the step became model_checkpoint_path
 
     def to_dict(self) -> dict[str, Any]:
-        return {"prefix": self.prefix, "record": self.record_name, "reason": self.record.get("reason"),
-                "verified": self.verified, "tensors_checked": self.tensors_checked,
-                "bytes_checked": self.bytes_checked, "state_written": self.state_written,
-                "state_created": self.state_created, "already_named": self.already_named,
-                "restored_path": self.restored_path, "made_latest": self.made_latest,
-                "latest": None if self.state_after is None else self.state_after.model_checkpoint_path}
+        return {
+            "prefix": self.prefix,
+            "record": self.record_name,
+            "reason": self.record.get("reason"),
+            "verified": self.verified,
+            "tensors_checked": self.tensors_checked,
+            "bytes_checked": self.bytes_checked,
+            "state_written": self.state_written,
+            "state_created": self.state_created,
+            "already_named": self.already_named,
+            "restored_path": self.restored_path,
+            "made_latest": self.made_latest,
+            "latest": None if self.state_after is None else self.state_after.model_checkpoint_path,
+        }
 
 
-def release_quarantine(target: CheckpointDir | Location | str | os.PathLike[str],
-                       prefix_or_step: str | int | CheckpointStep, *, verify: bool = True,
-                       restore_state: bool = True, state_filename: str | None = None,
-                       storage_options: dict[str, Any] | None = None,
-                       hook: Callable[..., Any] | None = None,
-                       progress: ProgressFn | None = None) -> ReleaseResult:
+def release_quarantine(
+    target: CheckpointDir | Location | str | os.PathLike[str],
+    prefix_or_step: str | int | CheckpointStep,
+    *,
+    verify: bool = True,
+    restore_state: bool = True,
+    state_filename: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+    hook: Callable[..., Any] | None = None,
+    progress: ProgressFn | None = None,
+) -> ReleaseResult:
     """Lift the quarantine of one step (see the module docstring for the order of the writes).
 
     ``prefix_or_step`` is a prefix, a step number or a :class:`CheckpointStep`. Raises
@@ -358,11 +416,13 @@ def release_quarantine(target: CheckpointDir | Location | str | os.PathLike[str]
     record = read_quarantine(loc, name)
     if step is None:
         left = " (its quarantine record is still there)" if record is not None else ""
-        raise StepNotFoundError(f"no checkpoint step {name!r}: no checkpoint files of it here{left}",
-                                loc.display(name))
+        raise StepNotFoundError(
+            f"no checkpoint step {name!r}: no checkpoint files of it here{left}", loc.display(name)
+        )
     if record is None:
-        raise NotQuarantinedError(f"{name!r} is not quarantined: there is no quarantine record",
-                                  loc.display(rec_name))
+        raise NotQuarantinedError(
+            f"{name!r} is not quarantined: there is no quarantine record", loc.display(rec_name)
+        )
     result = ReleaseResult(name, rec_name, record)
 
     missing = [loc.display(m) for m in step.missing if "?" not in m]
@@ -371,13 +431,20 @@ def release_quarantine(target: CheckpointDir | Location | str | os.PathLike[str]
 
         report = verify_step(loc, name, progress=progress, format=step.format)
         problems = [str(p) for p in report.problems]
-        problems += [f"{m}: [missing_file] file is missing (step incomplete)" for m in missing
-                     if not any(p.startswith(m + ":") for p in problems)]
+        problems += [
+            f"{m}: [missing_file] file is missing (step incomplete)"
+            for m in missing
+            if not any(p.startswith(m + ":") for p in problems)
+        ]
         problems += [f"{loc.display(name)}: [layout] {p}" for p in step.problems]
         if problems:
             raise StillCorruptError(
                 f"still fails verification with {len(problems)} problem(s), the quarantine stays; "
-                f"first: {problems[0]}", loc.display(rec_name), problems, report)
+                f"first: {problems[0]}",
+                loc.display(rec_name),
+                problems,
+                report,
+            )
         result.verified = True
         result.tensors_checked, result.bytes_checked = report.tensors_checked, report.bytes_checked
     elif restore_state and (missing or step.status is StepStatus.INCOMPLETE):
@@ -385,8 +452,10 @@ def release_quarantine(target: CheckpointDir | Location | str | os.PathLike[str]
         raise StillCorruptError(
             f"files are missing ({', '.join(shown[:3])}{' ...' if len(shown) > 3 else ''}): the state "
             "file must not name an incomplete step; the quarantine stays (restore_state=False lifts "
-            "the quarantine alone)", loc.display(rec_name),
-            [f"{m}: [missing_file] file is missing (step incomplete)" for m in shown])
+            "the quarantine alone)",
+            loc.display(rec_name),
+            [f"{m}: [missing_file] file is missing (step incomplete)" for m in shown],
+        )
 
     if restore_state:
         _restore_entry(loc, cdir, step, record, state_filename, result, hook)
@@ -402,8 +471,15 @@ def release_quarantine(target: CheckpointDir | Location | str | os.PathLike[str]
     return result
 
 
-def _restore_entry(loc: Location, cdir: CheckpointDir, step: CheckpointStep, record: dict[str, Any],
-                   state_filename: str, result: ReleaseResult, hook: Callable[..., Any] | None) -> None:
+def _restore_entry(
+    loc: Location,
+    cdir: CheckpointDir,
+    step: CheckpointStep,
+    record: dict[str, Any],
+    state_filename: str,
+    result: ReleaseResult,
+    hook: Callable[..., Any] | None,
+) -> None:
     """Step 1 of a release: name the step in the state file again (see the module docstring),
     applied to the state file as it is when written (a trainer may have saved while we verified)."""
     update = update_state(loc, _release_change(loc, cdir, step, record, result), state_filename, hook=hook)
@@ -412,8 +488,9 @@ def _restore_entry(loc: Location, cdir: CheckpointDir, step: CheckpointStep, rec
         result.state_after, result.state_written = update.after, True
 
 
-def _release_change(loc: Location, cdir: CheckpointDir, step: CheckpointStep, record: dict[str, Any],
-                    result: ReleaseResult) -> StateChange:
+def _release_change(
+    loc: Location, cdir: CheckpointDir, step: CheckpointStep, record: dict[str, Any], result: ReleaseResult
+) -> StateChange:
     """:func:`_restore_entry`'s change to the state file."""
     name = step.prefix
     entry = record.get("state_entry") if isinstance(record.get("state_entry"), dict) else {}
@@ -429,8 +506,11 @@ def _release_change(loc: Location, cdir: CheckpointDir, step: CheckpointStep, re
     def change(before: StateFile | None) -> StateFile | None:
         result.already_named = result.state_created = result.made_latest = False
         result.restored_path = None
-        if before is not None and any(resolve(raw) == name for raw in
-                                      [*before.all_model_checkpoint_paths, before.model_checkpoint_path] if raw):
+        if before is not None and any(
+            resolve(raw) == name
+            for raw in [*before.all_model_checkpoint_paths, before.model_checkpoint_path]
+            if raw
+        ):
             result.already_named = True
             return before
 
@@ -444,8 +524,12 @@ def _release_change(loc: Location, cdir: CheckpointDir, step: CheckpointStep, re
 
         if before is None:
             lp = entry.get("last_preserved_timestamp")
-            after = StateFile(raw, [raw], [float(ts)],
-                              float(lp) if isinstance(lp, (int, float)) and not isinstance(lp, bool) else 0.0)
+            after = StateFile(
+                raw,
+                [raw],
+                [float(ts)],
+                float(lp) if isinstance(lp, (int, float)) and not isinstance(lp, bool) else 0.0,
+            )
             result.state_created = True
         else:
             paths = list(before.all_model_checkpoint_paths)

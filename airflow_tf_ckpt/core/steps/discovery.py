@@ -125,13 +125,24 @@ class CheckpointStep:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "prefix": self.prefix, "base": self.base, "step": self.step, "format": self.format,
-            "status": self.status.value, "size": self.size, "num_shards": self.num_shards,
-            "timestamp": self.timestamp, "timestamp_source": self.timestamp_source,
-            "in_state": self.in_state, "latest": self.latest, "has_meta": self.has_meta,
-            "quarantined": self.quarantined, "leases": [f.name for f in self.leases],
-            "files": [f.name for f in self.files], "sidecars": [f.name for f in self.sidecars],
-            "missing": self.missing, "problems": self.problems,
+            "prefix": self.prefix,
+            "base": self.base,
+            "step": self.step,
+            "format": self.format,
+            "status": self.status.value,
+            "size": self.size,
+            "num_shards": self.num_shards,
+            "timestamp": self.timestamp,
+            "timestamp_source": self.timestamp_source,
+            "in_state": self.in_state,
+            "latest": self.latest,
+            "has_meta": self.has_meta,
+            "quarantined": self.quarantined,
+            "leases": [f.name for f in self.leases],
+            "files": [f.name for f in self.files],
+            "sidecars": [f.name for f in self.sidecars],
+            "missing": self.missing,
+            "problems": self.problems,
         }
 
 
@@ -178,31 +189,43 @@ class CheckpointDir:
         for s in self.select(prefix):
             if s.latest and not s.committed:
                 indexed = any(f.name in (s.prefix + ".index", s.prefix) for f in s.files)
-                what = ("a restore of it fails" if indexed else
-                        "tf.train.latest_checkpoint returns None, so a trainer restarts from scratch")
+                what = (
+                    "a restore of it fails"
+                    if indexed
+                    else "tf.train.latest_checkpoint returns None, so a trainer restarts from scratch"
+                )
                 missing = ", ".join(s.missing[:3]) or "all of them"
-                return (f"the state file's model_checkpoint_path {s.state_path!r} names a step whose "
-                        f"files are missing ({missing}): {what}")
+                return (
+                    f"the state file's model_checkpoint_path {s.state_path!r} names a step whose "
+                    f"files are missing ({missing}): {what}"
+                )
         return None
 
     def get(self, step: int | str, prefix: str | None = None) -> CheckpointStep:
         """A step by number or by prefix name. Raises :class:`StepNotFoundError`."""
-        matches = [s for s in self.select(prefix)
-                   if (isinstance(step, int) and s.step == step) or s.prefix == str(step)]
+        matches = [
+            s
+            for s in self.select(prefix)
+            if (isinstance(step, int) and s.step == step) or s.prefix == str(step)
+        ]
         if not matches:
-            raise StepNotFoundError(f"no checkpoint step {step!r}"
-                                    + (f" with prefix {prefix!r}" if prefix else ""),
-                                    self.location.display())
+            raise StepNotFoundError(
+                f"no checkpoint step {step!r}" + (f" with prefix {prefix!r}" if prefix else ""),
+                self.location.display(),
+            )
         if len(matches) > 1:
             bases = sorted({m.base for m in matches})
-            raise StepNotFoundError(f"step {step} exists under several prefixes {bases}; pass --prefix",
-                                    self.location.display())
+            raise StepNotFoundError(
+                f"step {step} exists under several prefixes {bases}; pass --prefix", self.location.display()
+            )
         return matches[0]
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "dir": self.location.display(),
-            "state_file": None if self.state is None else {
+            "state_file": None
+            if self.state is None
+            else {
                 "model_checkpoint_path": self.state.model_checkpoint_path,
                 "all_model_checkpoint_paths": self.state.all_model_checkpoint_paths,
                 "last_preserved_timestamp": self.state.last_preserved_timestamp,
@@ -230,8 +253,13 @@ def _group(listing: dict[str, FileInfo], state_names: Iterable[str]) -> dict[str
     return groups
 
 
-def _resolve_state(loc: Location, state: StateFile | None, listing: dict[str, FileInfo], state_filename: str,
-                   problems: list[str]) -> tuple[list[ResolvedPath], dict[str, ResolvedPath], str | None]:
+def _resolve_state(
+    loc: Location,
+    state: StateFile | None,
+    listing: dict[str, FileInfo],
+    state_filename: str,
+    problems: list[str],
+) -> tuple[list[ResolvedPath], dict[str, ResolvedPath], str | None]:
     """The state file's paths resolved in the dir: all of them, by prefix name, and the latest's."""
     resolved: list[ResolvedPath] = []
     by_name: dict[str, ResolvedPath] = {}
@@ -240,15 +268,26 @@ def _resolve_state(loc: Location, state: StateFile | None, listing: dict[str, Fi
         return resolved, by_name, latest_name
     latest_raw = state.model_checkpoint_path
     raws = list(dict.fromkeys(state.all_model_checkpoint_paths + ([latest_raw] if latest_raw else [])))
-    if _FAST and raws and (joined := "\n".join(raws)).count("\n") == len(raws) - 1 \
-            and not _ODD_RAW.search(joined):
+    if (
+        _FAST
+        and raws
+        and (joined := "\n".join(raws)).count("\n") == len(raws) - 1
+        and not _ODD_RAW.search(joined)
+    ):
         # every path a plain name, as CheckpointManager writes them: what resolve_path says of
         # each, without its URL and path handling (one C-level scan for the odd ones)
         resolved = relative_paths(raws)
         return resolved, dict(zip(raws, resolved, strict=True)), latest_raw or None
     names: set[str] | None = None
     for raw in raws:
-        if _FAST and raw and "/" not in raw and "\x00" not in raw and "?????" not in raw and raw not in (".", ".."):
+        if (
+            _FAST
+            and raw
+            and "/" not in raw
+            and "\x00" not in raw
+            and "?????" not in raw
+            and raw not in (".", "..")
+        ):
             # a plain name, as CheckpointManager writes: what resolve_path says of it, without
             # its URL and path handling (100k paths: ~0.1 s instead of ~0.7 s)
             r = ResolvedPath(raw, raw, "relative")
@@ -330,8 +369,12 @@ def _order(prefixes: list[str]) -> tuple[list[str], list[str], list[int | None],
         steps = list(map(int, map(_SECOND, found)))
         if len(set(steps)) == n:
             order = sorted(range(n), key=steps.__getitem__)
-            return (list(map(prefixes.__getitem__, order)), [bases.pop()] * n,
-                    list(map(steps.__getitem__, order)), set())
+            return (
+                list(map(prefixes.__getitem__, order)),
+                [bases.pop()] * n,
+                list(map(steps.__getitem__, order)),
+                set(),
+            )
     parsed: list[tuple[str, str, int | None]] = []
     overflow: set[str] = set()
     for pfx in prefixes:
@@ -346,14 +389,19 @@ def _order(prefixes: list[str]) -> tuple[list[str], list[str], list[int | None],
 _SECOND = itemgetter(1)
 
 
-def _pair(index: dict[str, str], data1: dict[str, str],
-          ) -> tuple[list[str], list[str], list[int | None], set[str], list[str], list[str], list[str]]:
+def _pair(
+    index: dict[str, str],
+    data1: dict[str, str],
+) -> tuple[list[str], list[str], list[int | None], set[str], list[str], list[str], list[str]]:
     """The pairs (see :class:`_Split`) in order, their file names (index, data, ...), and the
     lone ``.index`` and ``.data-00000-of-00001`` names."""
     both = list(filter(data1.__contains__, index))
     prefixes, bases, steps, overflow = _order(both)
-    names = list(chain.from_iterable(zip(map(index.__getitem__, prefixes), map(data1.__getitem__, prefixes),
-                                         strict=True)))
+    names = list(
+        chain.from_iterable(
+            zip(map(index.__getitem__, prefixes), map(data1.__getitem__, prefixes), strict=True)
+        )
+    )
     lone_i: list[str] = []
     lone_d: list[str] = []
     if len(both) != len(index) or len(both) != len(data1):
@@ -367,9 +415,16 @@ def _split_listing(listing: dict[str, FileInfo]) -> _Split:
     index, data1, rest = _split_names([n for n, i in listing.items() if not i.is_dir])
     prefixes, bases, steps, overflow, names, lone_i, lone_d = _pair(index, data1)
     get = listing.__getitem__
-    return _Split(prefixes, bases, steps, list(map(get, names)),
-                  {n[:-6]: get(n) for n in lone_i}, {n[:-20]: get(n) for n in lone_d},
-                  {n: get(n) for n in rest}, overflow)
+    return _Split(
+        prefixes,
+        bases,
+        steps,
+        list(map(get, names)),
+        {n[:-6]: get(n) for n in lone_i},
+        {n[:-20]: get(n) for n in lone_d},
+        {n: get(n) for n in rest},
+        overflow,
+    )
 
 
 def _scan_listing(loc: Location) -> tuple[dict[str, FileInfo], _Split, bool]:
@@ -390,15 +445,33 @@ def _scan_listing(loc: Location) -> tuple[dict[str, FileInfo], _Split, bool]:
         (dirs if is_dir else rest)[name] = lazy_special_info(loc.path, name, is_dir, is_link)
     listing.update(rest)
     listing.update(dirs)
-    return listing, _Split(prefixes, bases, steps, infos,
-                           {n[:-6]: i for n, i in zip(lone_i, lone[:len(lone_i)], strict=True)},
-                           {n[:-20]: i for n, i in zip(lone_d, lone[len(lone_i):], strict=True)},
-                           rest, overflow), not special
+    return (
+        listing,
+        _Split(
+            prefixes,
+            bases,
+            steps,
+            infos,
+            {n[:-6]: i for n, i in zip(lone_i, lone[: len(lone_i)], strict=True)},
+            {n[:-20]: i for n, i in zip(lone_d, lone[len(lone_i) :], strict=True)},
+            rest,
+            overflow,
+        ),
+        not special,
+    )
 
 
-def _steps(loc: Location, listing: dict[str, FileInfo], split: _Split | None, by_name: dict[str, ResolvedPath],
-           latest_name: str | None, state: StateFile | None, state_times: dict[str, float], deep: bool,
-           problems: list[str]) -> list[CheckpointStep]:
+def _steps(
+    loc: Location,
+    listing: dict[str, FileInfo],
+    split: _Split | None,
+    by_name: dict[str, ResolvedPath],
+    latest_name: str | None,
+    state: StateFile | None,
+    state_times: dict[str, float],
+    deep: bool,
+    problems: list[str],
+) -> list[CheckpointStep]:
     """Every step of the listing, in :meth:`CheckpointStep.sort_key` order.
 
     The common layout, a prefix with ``.index`` and ``.data-00000-of-00001`` and no other file,
@@ -407,7 +480,9 @@ def _steps(loc: Location, listing: dict[str, FileInfo], split: _Split | None, by
     layout; tests check that both paths give the same steps.
     """
     if split is None:
-        split = _split_listing(listing) if _FAST and not deep else _Split([], [], [], [], {}, {}, listing, set())
+        split = (
+            _split_listing(listing) if _FAST and not deep else _Split([], [], [], [], {}, {}, listing, set())
+        )
     index, data1 = split.index, split.data1
     groups = _group(split.rest, by_name) if split.rest else {}
     # a pair with another file of its prefix (or named bare by the state file) goes the general
@@ -440,22 +515,53 @@ def _steps(loc: Location, listing: dict[str, FileInfo], split: _Split | None, by
             named += 1
             ts = times_get(r.raw)
             if ts is not None:
-                add(CheckpointStep(pfx, base, step, "v2", committed, [iinfo, dinfo], [], [], [], 1, ts, "state",
-                                   True, r.raw, pfx == latest_name))
+                add(
+                    CheckpointStep(
+                        pfx,
+                        base,
+                        step,
+                        "v2",
+                        committed,
+                        [iinfo, dinfo],
+                        [],
+                        [],
+                        [],
+                        1,
+                        ts,
+                        "state",
+                        True,
+                        r.raw,
+                        pfx == latest_name,
+                    )
+                )
                 continue
         files = [iinfo, dinfo]
         mtimes = [f.mtime for f in files if f.mtime is not None]
         ts, source = (max(mtimes), "mtime") if mtimes else (None, None)
-        add(CheckpointStep(prefix=pfx, base=base, step=step, format="v2",
-                           status=orphan if r is None else committed, files=files, num_shards=1,
-                           timestamp=ts, timestamp_source=source, in_state=r is not None,
-                           state_path=None if r is None else r.raw, latest=pfx == latest_name))
+        add(
+            CheckpointStep(
+                prefix=pfx,
+                base=base,
+                step=step,
+                format="v2",
+                status=orphan if r is None else committed,
+                files=files,
+                num_shards=1,
+                timestamp=ts,
+                timestamp_source=source,
+                in_state=r is not None,
+                state_path=None if r is None else r.raw,
+                latest=pfx == latest_name,
+            )
+        )
     if named + sum(1 for g in groups if g in by_name) < len(by_name):
         paired = set(split.prefixes)
         for name in by_name:  # named by the state file but with no file at all: gone or never written
             if name not in groups and name not in paired:
                 groups[name] = {}
-    overflow = [p for p in split.prefixes if p in split.overflow and p not in groups] if split.overflow else []
+    overflow = (
+        [p for p in split.prefixes if p in split.overflow and p not in groups] if split.overflow else []
+    )
     fast_steps = len(steps)
     for pfx, roles in groups.items():
         s = _general_step(loc, pfx, roles, by_name, latest_name, state, state_times, deep, overflow)
@@ -466,7 +572,9 @@ def _steps(loc: Location, listing: dict[str, FileInfo], split: _Split | None, by
         full.update((n, {}) for n in by_name if n not in full)
         at = {p: i for i, p in enumerate(full)}
         overflow.sort(key=at.__getitem__)
-    problems += [f"{loc.display(p)}: step suffix does not fit in int64; listed with no step" for p in overflow]
+    problems += [
+        f"{loc.display(p)}: step suffix does not fit in int64; listed with no step" for p in overflow
+    ]
     others = steps[fast_steps:]
     if len(others) > 1000:
         steps.sort(key=CheckpointStep.sort_key)
@@ -479,13 +587,35 @@ def _steps(loc: Location, listing: dict[str, FileInfo], split: _Split | None, by
 
 # CheckpointStep's fields in order: the fast path above passes them by position
 assert [f.name for f in fields(CheckpointStep)] == [
-    "prefix", "base", "step", "format", "status", "files", "sidecars", "missing", "problems", "num_shards",
-    "timestamp", "timestamp_source", "in_state", "state_path", "latest"]
+    "prefix",
+    "base",
+    "step",
+    "format",
+    "status",
+    "files",
+    "sidecars",
+    "missing",
+    "problems",
+    "num_shards",
+    "timestamp",
+    "timestamp_source",
+    "in_state",
+    "state_path",
+    "latest",
+]
 
 
-def _general_step(loc: Location, pfx: str, roles: dict[str, list], by_name: dict[str, ResolvedPath],
-                  latest_name: str | None, state: StateFile | None, state_times: dict[str, float],
-                  deep: bool, overflow: list[str]) -> CheckpointStep | None:
+def _general_step(
+    loc: Location,
+    pfx: str,
+    roles: dict[str, list],
+    by_name: dict[str, ResolvedPath],
+    latest_name: str | None,
+    state: StateFile | None,
+    state_times: dict[str, float],
+    deep: bool,
+    overflow: list[str],
+) -> CheckpointStep | None:
     """One prefix's step from its files grouped by role (see :func:`_group`), whatever the layout:
     V1 or V2, sidecars, missing or stray shards. ``None`` for sidecars alone (not a step). A
     prefix whose step suffix overflows int64 is added to ``overflow``."""
@@ -517,11 +647,15 @@ def _general_step(loc: Location, pfx: str, roles: dict[str, list], by_name: dict
         elif num_shards is None and len(counts) > 1:
             # A stray shard (left by another save, or copied in by hand) must not make a sound
             # step look incomplete: prefer a shard count whose shards are all present.
-            whole = [n for n in counts if 0 < n <= 100_000 and all(
-                v2_data_name(pfx, k, n) in have for k in range(n))]
+            whole = [
+                n
+                for n in counts
+                if 0 < n <= 100_000 and all(v2_data_name(pfx, k, n) in have for k in range(n))
+            ]
             num_shards = max(whole) if whole else max(counts)
-            step_problems.append(f"data shards disagree on the shard count: {sorted(counts)}; "
-                                 f"judged by {num_shards}")
+            step_problems.append(
+                f"data shards disagree on the shard count: {sorted(counts)}; judged by {num_shards}"
+            )
         files += [i for i, _ in sorted(data, key=lambda x: x[1].shard or 0)]
         if num_shards is None:
             missing.append(f"{pfx}.data-?????-of-?????")
@@ -532,8 +666,7 @@ def _general_step(loc: Location, pfx: str, roles: dict[str, list], by_name: dict
                 n = v2_data_name(pfx, k, num_shards)
                 if n not in have:
                     missing.append(n)
-            stray = sorted(have - {v2_data_name(pfx, k, num_shards)
-                                   for k in range(min(num_shards, 100_000))})
+            stray = sorted(have - {v2_data_name(pfx, k, num_shards) for k in range(min(num_shards, 100_000))})
             if stray:
                 step_problems.append(f"data shards that the shard count does not cover: {stray}")
     elif "v1" in roles or "v1_shard" in roles:
@@ -545,8 +678,11 @@ def _general_step(loc: Location, pfx: str, roles: dict[str, list], by_name: dict
             num_shards = max(counts)
             have = {i.name for i, _ in shards}
             files += [i for i, _ in sorted(shards, key=lambda x: x[1].shard or 0)]
-            missing += [v1_shard_name(pfx, k, num_shards) for k in range(min(num_shards, 100_000))
-                        if v1_shard_name(pfx, k, num_shards) not in have]
+            missing += [
+                v1_shard_name(pfx, k, num_shards)
+                for k in range(min(num_shards, 100_000))
+                if v1_shard_name(pfx, k, num_shards) not in have
+            ]
         else:
             num_shards = 1
     else:
@@ -564,8 +700,11 @@ def _general_step(loc: Location, pfx: str, roles: dict[str, list], by_name: dict
     if missing:
         status = StepStatus.INCOMPLETE
         if in_state:
-            step_problems.append("the state file names this step but files are missing: "
-                                 + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
+            step_problems.append(
+                "the state file names this step but files are missing: "
+                + ", ".join(missing[:5])
+                + (" ..." if len(missing) > 5 else "")
+            )
     else:
         status = StepStatus.COMMITTED if in_state else StepStatus.ORPHAN
     ts, source = None, None
@@ -577,16 +716,33 @@ def _general_step(loc: Location, pfx: str, roles: dict[str, list], by_name: dict
         if mtimes:
             ts, source = max(mtimes), "mtime"
     return CheckpointStep(
-        prefix=pfx, base=pn.base, step=pn.step, format=fmt, status=status, files=files,
-        sidecars=sidecars, missing=missing, problems=step_problems, num_shards=num_shards,
-        timestamp=ts, timestamp_source=source, in_state=in_state,
-        state_path=r.raw if r else None, latest=(pfx == latest_name),
+        prefix=pfx,
+        base=pn.base,
+        step=pn.step,
+        format=fmt,
+        status=status,
+        files=files,
+        sidecars=sidecars,
+        missing=missing,
+        problems=step_problems,
+        num_shards=num_shards,
+        timestamp=ts,
+        timestamp_source=source,
+        in_state=in_state,
+        state_path=r.raw if r else None,
+        latest=(pfx == latest_name),
     )
 
 
-def discover(target: Location | str | os.PathLike[str], prefix: str | None = None, *,
-             state_filename: str = STATE_FILENAME, storage_options: dict[str, Any] | None = None,
-             deep: bool = False, listing: dict[str, FileInfo] | None = None) -> CheckpointDir:
+def discover(
+    target: Location | str | os.PathLike[str],
+    prefix: str | None = None,
+    *,
+    state_filename: str = STATE_FILENAME,
+    storage_options: dict[str, Any] | None = None,
+    deep: bool = False,
+    listing: dict[str, FileInfo] | None = None,
+) -> CheckpointDir:
     """List the steps of a checkpoint dir with their status, sizes and timestamps.
 
     ``prefix`` keeps only one base name (e.g. ``ckpt``), so two jobs can share a dir.
@@ -599,8 +755,9 @@ def discover(target: Location | str | os.PathLike[str], prefix: str | None = Non
         return _discover(loc, prefix, state_filename, deep, listing)
 
 
-def _discover(loc: Location, prefix: str | None, state_filename: str, deep: bool,
-              listing: dict[str, FileInfo] | None) -> CheckpointDir:
+def _discover(
+    loc: Location, prefix: str | None, state_filename: str, deep: bool, listing: dict[str, FileInfo] | None
+) -> CheckpointDir:
     split: _Split | None = None
     regular_only = False
     if listing is None:
@@ -615,9 +772,16 @@ def _discover(loc: Location, prefix: str | None, state_filename: str, deep: bool
     resolved, by_name, latest_name = _resolve_state(loc, state, listing, state_filename, problems)
     state_times = state.timestamps_by_path() if state is not None else {}
     steps = _steps(loc, listing, split, by_name, latest_name, state, state_times, deep, problems)
-    cdir = CheckpointDir(location=loc, state=state, steps=steps, resolved=resolved,
-                         problems=problems, state_filename=state_filename, listing=listing,
-                         regular_files_only=regular_only)
+    cdir = CheckpointDir(
+        location=loc,
+        state=state,
+        steps=steps,
+        resolved=resolved,
+        problems=problems,
+        state_filename=state_filename,
+        listing=listing,
+        regular_files_only=regular_only,
+    )
     if prefix is not None:
         cdir.steps = cdir.select(prefix)
     return cdir

@@ -67,8 +67,10 @@ def _body(boundary: str, calls: list[tuple[str, str]]) -> bytes:
     """A multipart/mixed body; each part an HTTP request ending with its blank line."""
     out = []
     for cid, path in calls:
-        out.append(f"--{boundary}\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n"
-                   f"Content-ID: <{cid}>\r\n\r\nDELETE {path} HTTP/1.1\r\nContent-Length: 0\r\n\r\n\r\n")
+        out.append(
+            f"--{boundary}\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n"
+            f"Content-ID: <{cid}>\r\n\r\nDELETE {path} HTTP/1.1\r\nContent-Length: 0\r\n\r\n\r\n"
+        )
     out.append(f"--{boundary}--\r\n")
     return "".join(out).encode()
 
@@ -83,13 +85,13 @@ def _parse(content_type: str, content: bytes) -> dict[str, tuple[int, str]]:
         cid = _CONTENT_ID.search(part)
         status = _STATUS.search(part)
         if cid and status:
-            body = part[status.end():].strip().decode("utf-8", "replace")
+            body = part[status.end() :].strip().decode("utf-8", "replace")
             out[cid.group(1).decode()] = (int(status.group(1)), body[-300:])
     return out
 
 
 async def _backoff(attempt: int) -> None:
-    await asyncio.sleep(min(0.1 * 2 ** attempt + random.random() * 0.1, 5.0))
+    await asyncio.sleep(min(0.1 * 2**attempt + random.random() * 0.1, 5.0))
 
 
 async def _one_batch(fs: Any, paths: list[str]) -> list[BaseException | None]:
@@ -109,8 +111,11 @@ async def _one_batch(fs: Any, paths: list[str]) -> list[BaseException | None]:
         boundary = f"tf-ckpt-{tag}"
         try:
             headers, content = await fs._call(
-                "POST", _batch_url(fs), data=_body(boundary, calls),
-                headers={"Content-Type": f'multipart/mixed; boundary="{boundary}"'})
+                "POST",
+                _batch_url(fs),
+                data=_body(boundary, calls),
+                headers={"Content-Type": f'multipart/mixed; boundary="{boundary}"'},
+            )
             parts = _parse(headers.get("Content-Type", ""), content)
         except Exception as exc:  # noqa: BLE001 - the whole request failed (gcsfs retried 5xx already)
             if attempt == MAX_TRIES:
@@ -142,11 +147,12 @@ def batch_delete(fs: Any, paths: list[str]) -> list[BaseException | None]:
     ``FileNotFoundError`` (already gone) or an ``OSError`` (failed after retries)."""
     from fsspec.asyn import _run_coros_in_chunks, sync
 
-    chunks = [paths[i:i + BATCH_LIMIT] for i in range(0, len(paths), BATCH_LIMIT)]
+    chunks = [paths[i : i + BATCH_LIMIT] for i in range(0, len(paths), BATCH_LIMIT)]
 
     async def run() -> list[Any]:
-        return await _run_coros_in_chunks([_one_batch(fs, c) for c in chunks],
-                                          batch_size=BATCH_CONCURRENCY, return_exceptions=True)
+        return await _run_coros_in_chunks(
+            [_one_batch(fs, c) for c in chunks], batch_size=BATCH_CONCURRENCY, return_exceptions=True
+        )
 
     out: list[BaseException | None] = []
     for chunk, res in zip(chunks, sync(fs.loop, run), strict=True):
@@ -181,8 +187,17 @@ def list_matching(loc: Location, patterns: Iterable[str], keep: Callable[[str], 
         items: list[dict[str, Any]] = []
         token = None
         while True:
-            page = await fs._call("GET", "b/{}/o", bucket, json_out=True, prefix=prefix or None,
-                                  delimiter="/", matchGlob=glob, maxResults=5000, pageToken=token)
+            page = await fs._call(
+                "GET",
+                "b/{}/o",
+                bucket,
+                json_out=True,
+                prefix=prefix or None,
+                delimiter="/",
+                matchGlob=glob,
+                maxResults=5000,
+                pageToken=token,
+            )
             items += page.get("items", [])
             token = page.get("nextPageToken")
             if not token:
@@ -190,12 +205,13 @@ def list_matching(loc: Location, patterns: Iterable[str], keep: Callable[[str], 
 
     out: dict[str, FileInfo] = {}
     for item in sync(fs.loop, run):
-        name = item["name"][len(prefix):]
+        name = item["name"][len(prefix) :]
         if not name or "/" in name or not keep(name):
             continue
         info = fs._process_object(bucket, item)
-        out[name] = FileInfo(name=name, path=info["name"], size=int(info.get("size") or 0),
-                             mtime=_mtime(info))
+        out[name] = FileInfo(
+            name=name, path=info["name"], size=int(info.get("size") or 0), mtime=_mtime(info)
+        )
     return out
 
 
@@ -212,21 +228,24 @@ def read_with_generation(fs: Any, path: str) -> tuple[bytes | None, int]:
     gen = headers.get("X-Goog-Generation")
     if gen is None:  # not on every server: ask for the metadata, and read that generation
         gen = str(fs.info(path)["generation"])
-        headers, content = sync(fs.loop, fs._call, "GET", "b/{}/o/{}", bucket, key, alt="media",
-                                generation=gen)
+        headers, content = sync(
+            fs.loop, fs._call, "GET", "b/{}/o/{}", bucket, key, alt="media", generation=gen
+        )
     return content, int(gen)
 
 
-def write_if_generation(fs: Any, path: str, data: bytes, generation: int,
-                        content_type: str = "application/json") -> bool:
+def write_if_generation(
+    fs: Any, path: str, data: bytes, generation: int, content_type: str = "application/json"
+) -> bool:
     """Upload ``data`` to ``path`` only while the object is still at ``generation`` (0: absent),
     in one request (``ifGenerationMatch``): GCS's compare-and-swap. False when someone else wrote
     it first (412); the caller re-reads and tries again."""
     return upload_if_generation(fs, path, data, generation, content_type) is not None
 
 
-def upload_if_generation(fs: Any, path: str, data: bytes, generation: int,
-                         content_type: str = "application/json") -> int | None:
+def upload_if_generation(
+    fs: Any, path: str, data: bytes, generation: int, content_type: str = "application/json"
+) -> int | None:
     """:func:`write_if_generation` that returns the new object's generation (``None``: someone
     else wrote first; 0 where the server's answer names none)."""
     from fsspec.asyn import sync
@@ -235,13 +254,25 @@ def upload_if_generation(fs: Any, path: str, data: bytes, generation: int,
     # a multipart upload, as gcsfs's own create-only write: fake-gcs-server checks preconditions
     # there and ignores them on uploadType=media
     boundary = f"tf-ckpt-{uuid.uuid4().hex}"
-    body = (f"--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n"
+    body = (
+        (
+            f"--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n"
             f"{json.dumps({'name': key})}\r\n--{boundary}\r\nContent-Type: {content_type}\r\n\r\n"
-            ).encode() + data + f"\r\n--{boundary}--\r\n".encode()
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     try:
-        _, content = sync(fs.loop, fs._call, "POST", f"{fs._location}/upload/storage/v1/b/{_q(bucket)}/o",
-                          uploadType="multipart", ifGenerationMatch=str(generation), data=body,
-                          headers={"Content-Type": f'multipart/related; boundary="{boundary}"'})
+        _, content = sync(
+            fs.loop,
+            fs._call,
+            "POST",
+            f"{fs._location}/upload/storage/v1/b/{_q(bucket)}/o",
+            uploadType="multipart",
+            ifGenerationMatch=str(generation),
+            data=body,
+            headers={"Content-Type": f'multipart/related; boundary="{boundary}"'},
+        )
     except FileExistsError:  # gcsfs's spelling of 412 Precondition Failed
         return None
     fs.invalidate_cache(path)

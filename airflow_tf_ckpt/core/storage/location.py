@@ -46,8 +46,13 @@ class FileTooLargeError(StorageError):
 
 
 def _kind_of(mode: int) -> str:
-    for test, kind in ((S_ISFIFO, "a FIFO"), (S_ISCHR, "a character device"), (S_ISBLK, "a block device"),
-                       (S_ISSOCK, "a socket"), (S_ISDIR, "a directory")):
+    for test, kind in (
+        (S_ISFIFO, "a FIFO"),
+        (S_ISCHR, "a character device"),
+        (S_ISBLK, "a block device"),
+        (S_ISSOCK, "a socket"),
+        (S_ISDIR, "a directory"),
+    ):
         if test(mode):
             return kind
     return "a special file"
@@ -90,8 +95,14 @@ def _pread_all(fd: int, length: int, offset: int) -> bytes:
     return b"".join(chunks) if len(chunks) != 1 else chunks[0]
 
 
-def read_local_bounded(path: str, display: str, cap: int = MAX_READ_BYTES, what: str = "a file",
-                       start: int | None = None, end: int | None = None) -> bytes:
+def read_local_bounded(
+    path: str,
+    display: str,
+    cap: int = MAX_READ_BYTES,
+    what: str = "a file",
+    start: int | None = None,
+    end: int | None = None,
+) -> bytes:
     """A regular local file's bytes (or the range ``start:end``), never more than ``cap`` + 1
     read: the size is checked on the open descriptor first, and a file growing meanwhile is cut
     at ``cap`` + 1 bytes and refused."""
@@ -114,8 +125,14 @@ def read_local_bounded(path: str, display: str, cap: int = MAX_READ_BYTES, what:
         os.close(fd)
 
 
-def read_bounded(fs: fsspec.AbstractFileSystem, path: str, display: str, cap: int = MAX_READ_BYTES,
-                 what: str = "a file", size: int | None = None) -> bytes:
+def read_bounded(
+    fs: fsspec.AbstractFileSystem,
+    path: str,
+    display: str,
+    cap: int = MAX_READ_BYTES,
+    what: str = "a file",
+    size: int | None = None,
+) -> bytes:
     """A whole file of any filesystem, at most ``cap`` bytes (:class:`FileTooLargeError` past it).
 
     Local: :func:`read_local_bounded` (regular files only). Object stores: the size (``size``
@@ -203,7 +220,9 @@ def quiet_gcsfs_tracebacks() -> None:
         logger.addFilter(_NoTracebacks())
 
 
-def filesystem_for(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+def filesystem_for(
+    url: str, storage_options: dict[str, Any] | None = None
+) -> tuple[fsspec.AbstractFileSystem, str]:
     """Map a URL (or plain path) to ``(filesystem, path)`` with the emulator trap handled."""
     opts = dict(storage_options or {})
     protocol = url.split("://", 1)[0] if "://" in url else "file"
@@ -363,8 +382,12 @@ class Location:
     url: str
 
     @classmethod
-    def of(cls, url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None,
-           fs: fsspec.AbstractFileSystem | None = None) -> Location:
+    def of(
+        cls,
+        url: str | os.PathLike[str],
+        storage_options: dict[str, Any] | None = None,
+        fs: fsspec.AbstractFileSystem | None = None,
+    ) -> Location:
         url = os.fspath(url)
         if not url.strip() or url.strip() in ("file://", "gs://", "gcs://"):
             # "" would be the working directory, "gs://" every bucket: never what was meant
@@ -401,8 +424,11 @@ class Location:
             with self._local_errors():
                 return _listdir_local(self.path)
         try:
-            entries = self.fs.ls(self.path, detail=True, refresh=True) if not self.local else \
-                self.fs.ls(self.path, detail=True)
+            entries = (
+                self.fs.ls(self.path, detail=True, refresh=True)
+                if not self.local
+                else self.fs.ls(self.path, detail=True)
+            )
         except FileNotFoundError as exc:
             raise DirNotFoundError("directory does not exist", self.display()) from exc
         except PermissionError as exc:
@@ -412,8 +438,11 @@ class Location:
         except TypeError:
             # some implementations have no ``refresh`` keyword
             entries = self.fs.ls(self.path, detail=True)
-        if len(entries) == 1 and entries[0].get("type") == "file" and \
-                entries[0]["name"].rstrip("/") == self.path.rstrip("/"):
+        if (
+            len(entries) == 1
+            and entries[0].get("type") == "file"
+            and entries[0]["name"].rstrip("/") == self.path.rstrip("/")
+        ):
             # fsspec lists a FILE as itself: that is not an (empty) checkpoint dir
             raise StorageError("not a directory (it is a file)", self.display())
         out: dict[str, FileInfo] = {}
@@ -423,8 +452,12 @@ class Location:
             if not name or full == self.path.rstrip("/"):
                 continue
             out[name] = FileInfo(
-                name=name, path=full, size=int(info.get("size") or 0), mtime=_mtime(info),
-                is_dir=info.get("type") == "directory", is_link=bool(info.get("islink")),
+                name=name,
+                path=full,
+                size=int(info.get("size") or 0),
+                mtime=_mtime(info),
+                is_dir=info.get("type") == "directory",
+                is_link=bool(info.get("islink")),
             )
         return out
 
@@ -449,8 +482,16 @@ class Location:
     def exists(self, name: str | None = None) -> bool:
         return self.fs.exists(self.join(name) if name else self.path)
 
-    def read_bytes(self, name: str, start: int | None = None, end: int | None = None, *,
-                   cap: int = MAX_READ_BYTES, what: str = "a file", size: int | None = None) -> bytes:
+    def read_bytes(
+        self,
+        name: str,
+        start: int | None = None,
+        end: int | None = None,
+        *,
+        cap: int = MAX_READ_BYTES,
+        what: str = "a file",
+        size: int | None = None,
+    ) -> bytes:
         """A file of the dir (or the range ``start:end``), bounded: at most ``cap`` bytes
         (:class:`FileTooLargeError`), and locally only a regular file (:class:`NotRegularFileError`),
         opened without blocking. ``size``: the object's size where a listing gave it (saves an
@@ -489,8 +530,9 @@ def _umask() -> int:
     return mask
 
 
-def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes,
-                 check: Callable[[], bool] | None = None) -> bool:
+def write_atomic(
+    fs: fsspec.AbstractFileSystem, path: str, data: bytes, check: Callable[[], bool] | None = None
+) -> bool:
     """See :meth:`Location.write_atomic`. Locally, ``check()`` runs after the temp file is durable,
     just before the rename; when it returns False the temp file is removed and nothing replaced
     (returns False). Elsewhere it runs just before the upload. Returns True when written."""

@@ -99,8 +99,10 @@ def symlink_problem(loc: Location, name: str, real_root: str | None = None) -> s
         return f"cannot inspect symlink: {exc}"
     resolved = os.path.realpath(path)
     if not _inside(resolved, real_root) or resolved == real_root:
-        return (f"is a symlink to {target!r} (resolves to {resolved}), outside the checkpoint dir "
-                f"{real_root}: nothing is removed through it")
+        return (
+            f"is a symlink to {target!r} (resolves to {resolved}), outside the checkpoint dir "
+            f"{real_root}: nothing is removed through it"
+        )
     if os.path.isdir(resolved):
         return f"is a symlink to a directory ({resolved}): not removed"
     return None
@@ -118,8 +120,9 @@ class Deleter:
     one ``fs.rm(list)`` per call.
     """
 
-    def __init__(self, loc: Location, expected_real_root: str | None = None,
-                 hook: Hook | None = None) -> None:
+    def __init__(
+        self, loc: Location, expected_real_root: str | None = None, hook: Hook | None = None
+    ) -> None:
         self.loc = loc
         self.hook = hook
         self._fd: int | None = None
@@ -128,8 +131,10 @@ class Deleter:
         if loc.local:
             self.real_root = os.path.realpath(loc.path)
             if expected_real_root is not None and self.real_root != expected_real_root:
-                self.root_problem = (f"the checkpoint dir now resolves to {self.real_root}, but the plan "
-                                     f"was made for {expected_real_root}: nothing is deleted")
+                self.root_problem = (
+                    f"the checkpoint dir now resolves to {self.real_root}, but the plan "
+                    f"was made for {expected_real_root}: nothing is deleted"
+                )
 
     def __enter__(self) -> Deleter:
         return self

@@ -81,8 +81,30 @@ _LOCAL_READ = 2 << 20
 
 # Fixed element sizes (tensorflow/core/framework/types.proto): a plain entry's size must be
 # num_elements * itemsize, or TF refuses it ("Invalid size in bundle entry").
-_ITEMSIZE = {1: 4, 2: 8, 3: 4, 4: 1, 5: 2, 6: 1, 8: 8, 9: 8, 10: 1, 11: 1, 12: 1, 13: 4, 14: 2,
-             15: 2, 16: 2, 17: 2, 18: 16, 19: 2, 22: 4, 23: 8, 24: 1, 25: 1}
+_ITEMSIZE = {
+    1: 4,
+    2: 8,
+    3: 4,
+    4: 1,
+    5: 2,
+    6: 1,
+    8: 8,
+    9: 8,
+    10: 1,
+    11: 1,
+    12: 1,
+    13: 4,
+    14: 2,
+    15: 2,
+    16: 2,
+    17: 2,
+    18: 16,
+    19: 2,
+    22: 4,
+    23: 8,
+    24: 1,
+    25: 1,
+}
 
 ProgressFn = Callable[[int, int], None]
 
@@ -99,8 +121,14 @@ class Problem:
     actual: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "tensor": self.tensor, "kind": self.kind, "message": self.message,
-                "expected": self.expected, "actual": self.actual}
+        return {
+            "file": self.file,
+            "tensor": self.tensor,
+            "kind": self.kind,
+            "message": self.message,
+            "expected": self.expected,
+            "actual": self.actual,
+        }
 
     def __str__(self) -> str:
         where = f"{self.file}: {self.tensor}" if self.tensor else self.file
@@ -122,15 +150,25 @@ class VerifyReport:
     warnings: list[str] = field(default_factory=list)  # what was not checked, and why
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "prefix": self.prefix, "format": self.format, "location": self.location,
-                "problems": [p.to_dict() for p in self.problems], "warnings": list(self.warnings),
-                "tensors_checked": self.tensors_checked, "bytes_checked": self.bytes_checked,
-                "files": list(self.files), "seconds": round(self.seconds, 3)}
+        return {
+            "ok": self.ok,
+            "prefix": self.prefix,
+            "format": self.format,
+            "location": self.location,
+            "problems": [p.to_dict() for p in self.problems],
+            "warnings": list(self.warnings),
+            "tensors_checked": self.tensors_checked,
+            "bytes_checked": self.bytes_checked,
+            "files": list(self.files),
+            "seconds": round(self.seconds, 3),
+        }
 
     def summary(self) -> str:
-        head = (f"{self.location}/{self.prefix} ({self.format}): "
-                f"{'OK' if self.ok else f'{len(self.problems)} problem(s)'}, "
-                f"{self.tensors_checked} tensors, {self.bytes_checked} bytes checked")
+        head = (
+            f"{self.location}/{self.prefix} ({self.format}): "
+            f"{'OK' if self.ok else f'{len(self.problems)} problem(s)'}, "
+            f"{self.tensors_checked} tensors, {self.bytes_checked} bytes checked"
+        )
         return "\n".join([head, *(f"  {p}" for p in self.problems)])
 
 
@@ -142,14 +180,28 @@ class _Problems:
         self._per_file: dict[str, int] = defaultdict(int)
         self._lock = threading.Lock()
 
-    def add(self, file: str, tensor: str | None, kind: str, message: str,
-            expected: object = None, actual: object = None) -> None:
+    def add(
+        self,
+        file: str,
+        tensor: str | None,
+        kind: str,
+        message: str,
+        expected: object = None,
+        actual: object = None,
+    ) -> None:
         with self._lock:
             n = self._per_file[file] = self._per_file[file] + 1
             if n <= MAX_PROBLEMS_PER_FILE:
-                self.items.append(Problem(file, tensor, kind, message,
-                                          None if expected is None else str(expected),
-                                          None if actual is None else str(actual)))
+                self.items.append(
+                    Problem(
+                        file,
+                        tensor,
+                        kind,
+                        message,
+                        None if expected is None else str(expected),
+                        None if actual is None else str(actual),
+                    )
+                )
 
     def add_table(self, exc: TableCorruption, tensor: str | None = None) -> None:
         if tensor is None and exc.key is not None and exc.key != HEADER_KEY:
@@ -160,8 +212,14 @@ class _Problems:
         out = list(self.items)
         for file, n in self._per_file.items():
             if n > MAX_PROBLEMS_PER_FILE:
-                out.append(Problem(file, None, "more_problems",
-                                   f"{n - MAX_PROBLEMS_PER_FILE} more problem(s) in this file not listed"))
+                out.append(
+                    Problem(
+                        file,
+                        None,
+                        "more_problems",
+                        f"{n - MAX_PROBLEMS_PER_FILE} more problem(s) in this file not listed",
+                    )
+                )
         return out
 
 
@@ -202,9 +260,23 @@ class _StringCrc:
     the byte order of the writer (the header's endianness), not as their varint bytes.
     """
 
-    __slots__ = ("big_endian", "count", "crc", "entry", "error", "lengths_total", "raw_bytes",
-                 "varint_bytes", "_cksum", "_nbytes", "_packed", "_phase", "_remaining", "_shift",
-                 "_value")
+    __slots__ = (
+        "big_endian",
+        "count",
+        "crc",
+        "entry",
+        "error",
+        "lengths_total",
+        "raw_bytes",
+        "varint_bytes",
+        "_cksum",
+        "_nbytes",
+        "_packed",
+        "_phase",
+        "_remaining",
+        "_shift",
+        "_value",
+    )
 
     def __init__(self, entry: BundleEntry, big_endian: bool) -> None:
         self.entry = entry
@@ -264,13 +336,15 @@ class _StringCrc:
             self._phase = 1
         if self._phase == 1 and i < n:
             take = min(4 - len(self._cksum), n - i)
-            self._cksum += data[i:i + take]
+            self._cksum += data[i : i + take]
             i += take
             if len(self._cksum) == 4:
                 stored = unmask(struct.unpack(">I" if self.big_endian else "<I", self._cksum)[0])
                 if stored != self.crc:
-                    self.error = (f"the checksum of the string lengths does not match (stored "
-                                  f"0x{stored:08x}, computed 0x{self.crc:08x})")
+                    self.error = (
+                        f"the checksum of the string lengths does not match (stored "
+                        f"0x{stored:08x}, computed 0x{self.crc:08x})"
+                    )
                 self.crc = _extend(self.crc, bytes(self._cksum))
                 self._phase = 2
         if self._phase == 2 and i < n:
@@ -281,21 +355,35 @@ class _StringCrc:
         if self._phase == 3:
             return self.error
         if self._phase == 0:
-            return (f"the range ends inside the string lengths ({self.count} of "
-                    f"{self.entry.num_elements} decoded)")
+            return (
+                f"the range ends inside the string lengths ({self.count} of "
+                f"{self.entry.num_elements} decoded)"
+            )
         if self._phase == 1:
             return "the range ends inside the 4-byte checksum of the string lengths"
         if self.raw_bytes != self.lengths_total:
-            return (f"string layout does not add up: the lengths sum to {self.lengths_total} bytes "
-                    f"but {self.raw_bytes} bytes follow them")
+            return (
+                f"string layout does not add up: the lengths sum to {self.lengths_total} bytes "
+                f"but {self.raw_bytes} bytes follow them"
+            )
         return self.error
 
 
 class _VariantCrc:
     """DT_VARIANT: per element [varint64 len][bytes][4-byte masked crc of everything so far]."""
 
-    __slots__ = ("_buf", "_elem_left", "_phase", "_remaining", "_shift", "_value", "_nbytes",
-                 "crc", "entry", "error")
+    __slots__ = (
+        "_buf",
+        "_elem_left",
+        "_phase",
+        "_remaining",
+        "_shift",
+        "_value",
+        "_nbytes",
+        "crc",
+        "entry",
+        "error",
+    )
 
     def __init__(self, entry: BundleEntry) -> None:
         self.entry = entry
@@ -332,14 +420,14 @@ class _VariantCrc:
                 self._phase = 1 if self._elem_left else 2
             elif self._phase == 1:
                 take = min(self._elem_left, n - i)
-                self.crc = _extend(self.crc, data[i:i + take])
+                self.crc = _extend(self.crc, data[i : i + take])
                 i += take
                 self._elem_left -= take
                 if not self._elem_left:
                     self._phase = 2
             elif self._phase == 2:
                 take = min(4 - len(self._buf), n - i)
-                self._buf += data[i:i + take]
+                self._buf += data[i : i + take]
                 i += take
                 if len(self._buf) == 4:
                     stored = struct.unpack("<I", self._buf)[0]
@@ -417,7 +505,7 @@ def _readinto_exact(f: Any, view: memoryview) -> int:
         else:
             chunk = f.read(n - got)
             k = len(chunk)
-            view[got:got + k] = chunk
+            view[got : got + k] = chunk
         if not k:
             break
         got += k
@@ -488,14 +576,15 @@ class _Stream:
                 n = min(self.chunk_size, end_all - pos)
                 got = _readinto_exact(f, view[:n])
                 if got != n:
-                    return done, (f"file ended at byte {pos + got} while reading "
-                                  "(truncated while verifying?)")
+                    return done, (
+                        f"file ended at byte {pos + got} while reading (truncated while verifying?)"
+                    )
                 cpos, end = pos, pos + n
                 while cpos < end:
                     seg_end = cuts[k + 1]
                     stop = seg_end if seg_end < end else end
                     if active:
-                        piece = view[cpos - pos:stop - pos]
+                        piece = view[cpos - pos : stop - pos]
                         for a in active.values():
                             a.feed(piece)
                         self.on_bytes(stop - cpos)
@@ -518,17 +607,24 @@ def _entry_sanity(e: BundleEntry, num_shards: int, index_display: str, problems:
         problems.add(index_display, name, "bad_entry", "the stored shape is not fully defined")
         return False
     if not 0 <= e.shard_id < num_shards:
-        problems.add(index_display, name, "bad_entry",
-                     f"shard id {e.shard_id} is outside 0..{num_shards - 1}")
+        problems.add(
+            index_display, name, "bad_entry", f"shard id {e.shard_id} is outside 0..{num_shards - 1}"
+        )
         return False
     if e.offset < 0 or e.size < 0:
         problems.add(index_display, name, "bad_entry", f"negative offset/size ({e.offset}, {e.size})")
         return False
     itemsize = _ITEMSIZE.get(e.dtype)
     if itemsize is not None and e.size != e.num_elements * itemsize:
-        problems.add(index_display, name, "size_mismatch",
-                     f"{e.dtype_name}{list(e.shape)} needs {e.num_elements * itemsize} bytes but the "
-                     f"entry says {e.size} (TF refuses to restore it)", e.num_elements * itemsize, e.size)
+        problems.add(
+            index_display,
+            name,
+            "size_mismatch",
+            f"{e.dtype_name}{list(e.shape)} needs {e.num_elements * itemsize} bytes but the "
+            f"entry says {e.size} (TF refuses to restore it)",
+            e.num_elements * itemsize,
+            e.size,
+        )
     return True
 
 
@@ -540,8 +636,14 @@ def _make_acc(e: BundleEntry, big_endian: bool) -> Any:
     return _RawCrc(e)
 
 
-def verify_v2(location: Location, prefix: str, *, progress: ProgressFn | None = None,
-              concurrency: int = 4, chunk_size: int = 8 << 20) -> VerifyReport:
+def verify_v2(
+    location: Location,
+    prefix: str,
+    *,
+    progress: ProgressFn | None = None,
+    concurrency: int = 4,
+    chunk_size: int = 8 << 20,
+) -> VerifyReport:
     t0 = time.monotonic()
     problems = _Problems()
     report = VerifyReport(ok=False, prefix=prefix, format="v2", location=location.display())
@@ -580,18 +682,32 @@ def verify_v2(location: Location, prefix: str, *, progress: ProgressFn | None = 
     header = bundle.header
     num_shards = int(header.num_shards)
     if not 1 <= num_shards <= MAX_SHARDS:
-        problems.add(idisplay, None, "bad_header", f"header num_shards {num_shards} is not in 1..{MAX_SHARDS}",
-                     "1..100000", num_shards)
+        problems.add(
+            idisplay,
+            None,
+            "bad_header",
+            f"header num_shards {num_shards} is not in 1..{MAX_SHARDS}",
+            "1..100000",
+            num_shards,
+        )
         return _done(report, problems, t0)
     if header.endianness not in (BUNDLE_LITTLE_ENDIAN, BUNDLE_BIG_ENDIAN):
-        problems.add(idisplay, None, "bad_header", f"header endianness {header.endianness} is neither "
-                     "LITTLE (0) nor BIG (1)")
+        problems.add(
+            idisplay,
+            None,
+            "bad_header",
+            f"header endianness {header.endianness} is neither LITTLE (0) nor BIG (1)",
+        )
     version = header.version
     if version.min_consumer > TENSOR_BUNDLE_VERSION or TENSOR_BUNDLE_VERSION in version.bad_consumers:
-        problems.add(idisplay, None, "unsupported_version",
-                     f"bundle version (producer {version.producer}, min_consumer {version.min_consumer}, "
-                     f"bad_consumers {list(version.bad_consumers)}) cannot be read by a version-"
-                     f"{TENSOR_BUNDLE_VERSION} reader")
+        problems.add(
+            idisplay,
+            None,
+            "unsupported_version",
+            f"bundle version (producer {version.producer}, min_consumer {version.min_consumer}, "
+            f"bad_consumers {list(version.bad_consumers)}) cannot be read by a version-"
+            f"{TENSOR_BUNDLE_VERSION} reader",
+        )
     big_endian = header.endianness == BUNDLE_BIG_ENDIAN
 
     # Which entries own data; do listed slices exist?
@@ -602,22 +718,35 @@ def verify_v2(location: Location, prefix: str, *, progress: ProgressFn | None = 
             if e.dtype == DT_STRING:
                 # TF reads slices only of fixed-size dtypes (tensor_bundle.cc GetSliceValue): both
                 # get_tensor and a restore fail with "Dtype string not supported" (checked: TF 2.21)
-                problems.add(idisplay, e.name, "unrestorable",
-                             f"string tensor saved in {len(e.proto.slices)} slice(s) (MaxShardSizePolicy "
-                             "split it): TensorFlow cannot restore it (\"Dtype string not supported\")")
+                problems.add(
+                    idisplay,
+                    e.name,
+                    "unrestorable",
+                    f"string tensor saved in {len(e.proto.slices)} slice(s) (MaxShardSizePolicy "
+                    'split it): TensorFlow cannot restore it ("Dtype string not supported")',
+                )
             # with an unreadable index block, absent slice entries are a consequence, not news
-            for spec in (e.slices if not bad_blocks else ()):
+            for spec in e.slices if not bad_blocks else ():
                 if encode_slice_key(e.name, spec) not in keys:
-                    problems.add(idisplay, f"{e.name}[{spec}]", "missing_slice",
-                                 f"{e.name} lists slice {spec} but the index has no entry for it")
+                    problems.add(
+                        idisplay,
+                        f"{e.name}[{spec}]",
+                        "missing_slice",
+                        f"{e.name} lists slice {spec} but the index has no entry for it",
+                    )
             continue
         if _entry_sanity(e, num_shards, idisplay, problems):
             per_shard[e.shard_id].append(e)
 
-    jobs = [_ShardJob(data_name(prefix, k, num_shards), location.display(data_name(prefix, k, num_shards)),
-                      sorted(per_shard.get(k, []), key=lambda x: (x.offset, x.size)),
-                      check_tail=index_complete and not bad_blocks and not table_problems)
-            for k in range(num_shards)]
+    jobs = [
+        _ShardJob(
+            data_name(prefix, k, num_shards),
+            location.display(data_name(prefix, k, num_shards)),
+            sorted(per_shard.get(k, []), key=lambda x: (x.offset, x.size)),
+            check_tail=index_complete and not bad_blocks and not table_problems,
+        )
+        for k in range(num_shards)
+    ]
     report.files.extend(j.display for j in jobs)
     tally = _Tally(progress, sum(_union_length(j.entries) for j in jobs))
 
@@ -662,8 +791,9 @@ def _union_length(entries: list[BundleEntry]) -> int:
     return total
 
 
-def _verify_shard(location: Location, job: _ShardJob, big_endian: bool, chunk_size: int,
-                  problems: _Problems, tally: _Tally) -> _ShardResult:
+def _verify_shard(
+    location: Location, job: _ShardJob, big_endian: bool, chunk_size: int, problems: _Problems, tally: _Tally
+) -> _ShardResult:
     res = _ShardResult()
     path = location.join(job.name)
     try:
@@ -677,8 +807,12 @@ def _verify_shard(location: Location, job: _ShardJob, big_endian: bool, chunk_si
     except FileNotFoundError:
         names = [e.display_name for e in job.entries]
         shown = ", ".join(names[:10]) + (f", ... ({len(names)} in all)" if len(names) > 10 else "")
-        problems.add(job.display, None, "missing_file",
-                     f"data shard is missing; tensors stored in it: {shown or 'none'}")
+        problems.add(
+            job.display,
+            None,
+            "missing_file",
+            f"data shard is missing; tensors stored in it: {shown or 'none'}",
+        )
         tally.add(_union_length(job.entries))
         return res
     except OSError as exc:
@@ -689,9 +823,15 @@ def _verify_shard(location: Location, job: _ShardJob, big_endian: bool, chunk_si
     ok_entries = []
     for e in job.entries:
         if e.offset + e.size > size:
-            problems.add(job.display, e.display_name, "truncated",
-                         f"bytes {e.offset}..{e.offset + e.size} are past the end of the shard "
-                         f"({size} bytes): truncated", f">= {e.offset + e.size} bytes", f"{size} bytes")
+            problems.add(
+                job.display,
+                e.display_name,
+                "truncated",
+                f"bytes {e.offset}..{e.offset + e.size} are past the end of the shard "
+                f"({size} bytes): truncated",
+                f">= {e.offset + e.size} bytes",
+                f"{size} bytes",
+            )
         else:
             ok_entries.append(e)
     skipped = _union_length(job.entries) - _union_length(ok_entries)
@@ -728,16 +868,24 @@ def _verify_shard(location: Location, job: _ShardJob, big_endian: bool, chunk_si
     for a in accs:
         e = a.entry
         if id(a) not in done:
-            problems.add(job.display, e.display_name, "truncated", "the shard ended before this tensor's bytes")
+            problems.add(
+                job.display, e.display_name, "truncated", "the shard ended before this tensor's bytes"
+            )
             continue
         res.tensors += 1
         layout = a.finish()
         if layout:
             problems.add(job.display, e.display_name, "bad_layout", layout)
         if a.crc != e.crc32c:
-            problems.add(job.display, e.display_name, "checksum_mismatch",
-                         f"crc32c of bytes {e.offset}..{e.offset + e.size} ({e.dtype_name}"
-                         f"{list(e.shape)}) does not match the index", f"0x{e.crc32c:08x}", f"0x{a.crc:08x}")
+            problems.add(
+                job.display,
+                e.display_name,
+                "checksum_mismatch",
+                f"crc32c of bytes {e.offset}..{e.offset + e.size} ({e.dtype_name}"
+                f"{list(e.shape)}) does not match the index",
+                f"0x{e.crc32c:08x}",
+                f"0x{a.crc:08x}",
+            )
     return res
 
 
@@ -747,10 +895,15 @@ def _check_tail(display: str, entries: list[BundleEntry], size: int, problems: _
     sparse 10 TiB shard costs no more than its tensors)."""
     data_end = max((e.offset + e.size for e in entries), default=0)
     if size > data_end:
-        problems.add(display, None, "trailing_bytes",
-                     f"{size - data_end} byte(s) after the end of the last tensor (byte {data_end}); "
-                     "TensorFlow writes none: bytes were appended or the file was extended",
-                     f"{data_end} bytes", f"{size} bytes")
+        problems.add(
+            display,
+            None,
+            "trailing_bytes",
+            f"{size - data_end} byte(s) after the end of the last tensor (byte {data_end}); "
+            "TensorFlow writes none: bytes were appended or the file was extended",
+            f"{data_end} bytes",
+            f"{size} bytes",
+        )
 
 
 def shard_size_problems(location: Location, prefix: str) -> list[Problem]:
@@ -762,8 +915,14 @@ def shard_size_problems(location: Location, prefix: str) -> list[Problem]:
     bundle = read_bundle(location, prefix)
     n = bundle.num_shards
     if not 1 <= n <= MAX_SHARDS:
-        return [Problem(location.display(index_name(prefix)), None, "bad_header",
-                        f"header num_shards {n} is not in 1..{MAX_SHARDS}")]
+        return [
+            Problem(
+                location.display(index_name(prefix)),
+                None,
+                "bad_header",
+                f"header num_shards {n} is not in 1..{MAX_SHARDS}",
+            )
+        ]
     per_shard: dict[int, list[BundleEntry]] = defaultdict(list)
     for e in bundle.entries:
         if e.has_data:
@@ -780,8 +939,12 @@ def shard_size_problems(location: Location, prefix: str) -> list[Problem]:
         _check_tail(location.display(name), entries, size, problems)
         end = max((e.offset + e.size for e in entries), default=0)
         if end > size:
-            problems.add(location.display(name), None, "truncated",
-                         f"the tensors end at byte {end}, past the end of the shard ({size} bytes)")
+            problems.add(
+                location.display(name),
+                None,
+                "truncated",
+                f"the tensors end at byte {end}, past the end of the shard ({size} bytes)",
+            )
     return problems.finish()
 
 
@@ -814,8 +977,9 @@ def _v1_files(location: Location, prefix: str) -> tuple[list[str], list[str]]:
     return present, missing
 
 
-def verify_v1(location: Location, prefix: str, *, progress: ProgressFn | None = None,
-              chunk_size: int = 8 << 20) -> VerifyReport:
+def verify_v1(
+    location: Location, prefix: str, *, progress: ProgressFn | None = None, chunk_size: int = 8 << 20
+) -> VerifyReport:
     t0 = time.monotonic()
     problems = _Problems()
     report = VerifyReport(ok=False, prefix=prefix, format="v1", location=location.display())
@@ -852,6 +1016,7 @@ def _verify_v1_table(location: Location, name: str, size: int, chunk_size: int, 
         problems.add(display, None, "io_error", f"cannot open: {exc}")
         return 0
     with f:
+
         def read_at(offset: int, length: int) -> bytes:
             f.seek(offset)
             return _read_exact(f, length)
@@ -870,8 +1035,12 @@ def _verify_v1_table(location: Location, name: str, size: int, chunk_size: int, 
             try:
                 entries = table.block_entries(handle)
                 if entries and last is not None and entries[0][0] <= last:
-                    raise TableCorruption(f"keys out of order across data blocks at offset {handle.offset}",
-                                          display, "bad_order", handle.offset)
+                    raise TableCorruption(
+                        f"keys out of order across data blocks at offset {handle.offset}",
+                        display,
+                        "bad_order",
+                        handle.offset,
+                    )
             except TableCorruption as exc:
                 problems.add_table(exc)
                 bad_blocks += 1
@@ -887,12 +1056,16 @@ def _verify_v1_table(location: Location, name: str, size: int, chunk_size: int, 
                 try:
                     msg.ParseFromString(value)
                 except (DecodeError, ValueError) as exc:
-                    problems.add(display, _key_display(key) if key else None, "bad_entry",
-                                 f"value is not a SavedTensorSlices: {exc}")
+                    problems.add(
+                        display,
+                        _key_display(key) if key else None,
+                        "bad_entry",
+                        f"value is not a SavedTensorSlices: {exc}",
+                    )
                     continue
                 if key == HEADER_KEY:
                     if not msg.HasField("meta"):
-                        problems.add(display, None, "bad_header", "the \"\" entry has no SavedTensorSliceMeta")
+                        problems.add(display, None, "bad_header", 'the "" entry has no SavedTensorSliceMeta')
                     else:
                         meta = msg.meta
                         for t in meta.tensor:
@@ -904,8 +1077,12 @@ def _verify_v1_table(location: Location, name: str, size: int, chunk_size: int, 
                     problems.add(display, key_text(key), "bad_entry", f"key is not a tensor slice key: {exc}")
                     continue
                 if not msg.HasField("data") or msg.data.name != tname:
-                    problems.add(display, f"{tname}[{spec}]", "bad_entry",
-                                 f"the entry's SavedSlice names {msg.data.name!r}, not {tname!r}")
+                    problems.add(
+                        display,
+                        f"{tname}[{spec}]",
+                        "bad_entry",
+                        f"the entry's SavedSlice names {msg.data.name!r}, not {tname!r}",
+                    )
                     continue
                 checked += 1
                 seen.append((tname, str(spec), key))
@@ -913,18 +1090,28 @@ def _verify_v1_table(location: Location, name: str, size: int, chunk_size: int, 
             pass  # what the bad blocks held is unknown: listing "missing" data would only be noise
         elif meta is None:
             if not any(p.file == display and p.kind in ("bad_header",) for p in problems.items):
-                problems.add(display, None, "bad_header",
-                             "no SavedTensorSlices meta under the \"\" key: not a V1 checkpoint")
+                problems.add(
+                    display,
+                    None,
+                    "bad_header",
+                    'no SavedTensorSlices meta under the "" key: not a V1 checkpoint',
+                )
         else:
             for tname, spec, _ in seen:
                 if tname not in listed:
-                    problems.add(display, f"{tname}[{spec}]", "bad_entry", "data for a tensor the meta does not list")
+                    problems.add(
+                        display, f"{tname}[{spec}]", "bad_entry", "data for a tensor the meta does not list"
+                    )
             have = {(t, s) for t, s, _ in seen}
             for tname, specs in listed.items():
                 for spec in specs:
                     if (tname, spec) not in have:
-                        problems.add(display, tname, "missing_slice",
-                                     f"the meta lists slice {spec} but the table has no data for it")
+                        problems.add(
+                            display,
+                            tname,
+                            "missing_slice",
+                            f"the meta lists slice {spec} but the table has no data for it",
+                        )
     return checked
 
 
@@ -952,9 +1139,16 @@ def detect_format(location: Location, prefix: str) -> str:
     return "v2"
 
 
-def verify_step(location: Location | str, prefix: str, *, progress: ProgressFn | None = None,
-                concurrency: int = 4, chunk_size: int = 8 << 20, format: str | None = None,
-                storage_options: dict[str, Any] | None = None) -> VerifyReport:
+def verify_step(
+    location: Location | str,
+    prefix: str,
+    *,
+    progress: ProgressFn | None = None,
+    concurrency: int = 4,
+    chunk_size: int = 8 << 20,
+    format: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> VerifyReport:
     """Verify the checkpoint ``prefix`` (e.g. ``ckpt-500``) in ``location``; never raises for a
     damaged checkpoint (see the module docstring). ``format`` forces ``"v2"`` or ``"v1"``.
 
@@ -997,8 +1191,10 @@ def _check_meta(location: Location, prefix: str, report: VerifyReport) -> None:
         return
     size = int(info.get("size") or 0)
     if size > MAX_META_BYTES:
-        report.warnings.append(f"{display}: {size} bytes, over the {MAX_META_BYTES >> 20} MiB cap: "
-                               "not parsed, its graph is not checked")
+        report.warnings.append(
+            f"{display}: {size} bytes, over the {MAX_META_BYTES >> 20} MiB cap: "
+            "not parsed, its graph is not checked"
+        )
         return
     try:
         data = location.read_bytes(name)
@@ -1014,11 +1210,22 @@ def _check_meta(location: Location, prefix: str, report: VerifyReport) -> None:
         problem = f"not a well-formed MetaGraphDef ({size} bytes; truncated or damaged?): {exc}"
     else:
         if not msg.graph_def.node:
-            problem = f"MetaGraphDef holds no graph ({size} bytes): import_meta_graph restores nothing from it"
+            problem = (
+                f"MetaGraphDef holds no graph ({size} bytes): import_meta_graph restores nothing from it"
+            )
     if problem:
         report.problems.append(Problem(display, None, "bad_meta", problem))
         report.ok = False
 
 
-__all__ = ["MAX_SHARDS", "Problem", "ProgressFn", "VerifyReport", "detect_format", "shard_size_problems",
-           "verify_step", "verify_v1", "verify_v2"]
+__all__ = [
+    "MAX_SHARDS",
+    "Problem",
+    "ProgressFn",
+    "VerifyReport",
+    "detect_format",
+    "shard_size_problems",
+    "verify_step",
+    "verify_v1",
+    "verify_v2",
+]
