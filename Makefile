@@ -7,7 +7,7 @@ EXTRAS ?= airflow,tensorflow,gcs,test
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test test-long lint demo up down bench clean
+.PHONY: install test test-long lint typecheck demo up down bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ install: $(STAMP)
 
 lint: install
 	$(VENV)/bin/ruff check airflow_tf_ckpt dags tests bench scripts
+	$(VENV)/bin/ruff format --check airflow_tf_ckpt dags tests bench scripts
+
+# The type check (mypy over the package); joins `make lint` once it is at 0 errors.
+typecheck: install
+	$(VENV)/bin/mypy
 
 test: install lint
 	$(PY) -m pytest
