@@ -1,15 +1,15 @@
 """Shared fixtures. Each fixture family lives in its own module under tests/fixtures/."""
 
+import pytest
+
+from tests.fixtures.tf_checkpoints import tf_available
+
 pytest_plugins = [
     "tests.fixtures.gcs_emulator",
     "tests.fixtures.tf_checkpoints",
     "tests.fixtures.airflow_env",
     "tests.tf_oracle",
 ]
-
-import pytest  # noqa: E402
-
-from tests.fixtures.tf_checkpoints import tf_available  # noqa: E402
 
 # Fixtures that run real TensorFlow (or keras): a test that uses one needs TF, whatever its own
 # markers say, so it is marked `tf` here once instead of by hand in every file.
