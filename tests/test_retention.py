@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 
 from airflow_tf_ckpt.core.formats.state import StateFile, read_state, write_state
 from airflow_tf_ckpt.core.retention.executor import apply_plan
-from airflow_tf_ckpt.core.retention.planner import (
+from airflow_tf_ckpt.core.retention.planner import plan_retention
+from airflow_tf_ckpt.core.retention.policies import (
     KeepBestK,
     KeepEveryNHours,
     KeepEveryNSteps,
@@ -34,13 +35,11 @@ from airflow_tf_ckpt.core.retention.planner import (
     KeepUnevaluated,
     RetentionError,
     parse_duration,
-    plan_retention,
     policies_from_options,
-    promoted_prefixes,
-    record_promotion,
 )
 from airflow_tf_ckpt.core.sidecars.leases import acquire_lease, lease_name
 from airflow_tf_ckpt.core.sidecars.metrics import write_metrics
+from airflow_tf_ckpt.core.sidecars.promotions import promoted_prefixes, record_promotion
 from airflow_tf_ckpt.core.sidecars.quarantine import quarantine_step
 from airflow_tf_ckpt.core.steps.discovery import CheckpointDir, CheckpointStep, StepStatus, discover
 from airflow_tf_ckpt.core.storage.location import FileInfo, Location
@@ -785,7 +784,8 @@ TIMELINE_SRC = r"""
 import os
 from tensorflow.python.checkpoint import checkpoint_management as cm
 from airflow_tf_ckpt.core.retention.executor import apply_plan
-from airflow_tf_ckpt.core.retention.planner import KeepEveryNHours, KeepLastN, plan_retention
+from airflow_tf_ckpt.core.retention.planner import plan_retention
+from airflow_tf_ckpt.core.retention.policies import KeepEveryNHours, KeepLastN
 
 clock = [0.0]
 

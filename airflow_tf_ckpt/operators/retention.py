@@ -34,7 +34,7 @@ def _seconds(value: Any) -> float | None:
         return value.total_seconds()
     if value in (None, "", "None"):
         return None
-    from airflow_tf_ckpt.core.retention.planner import parse_duration
+    from airflow_tf_ckpt.core.retention.policies import parse_duration
 
     return parse_duration(str(value)) if isinstance(value, str) else float(value)
 
@@ -136,7 +136,7 @@ class CheckpointRetentionOperator(BaseCheckpointOperator):
             raise ValueError(f"mode must be 'min' or 'max', not {mode!r}")
 
     def policies(self) -> list[Any]:
-        from airflow_tf_ckpt.core.retention.planner import policies_from_options
+        from airflow_tf_ckpt.core.retention.policies import policies_from_options
 
         pins = self.pins
         if isinstance(pins, str):  # a templated list renders to text
