@@ -31,7 +31,7 @@ from .core.errors import CheckpointError, StepNotFoundError, StorageError
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from .core.retention.planner import RetentionPlan
+    from .core.retention.plan import RetentionPlan
     from .core.steps.discovery import CheckpointDir, CheckpointStep
     from .core.storage.location import Location
 
@@ -791,7 +791,8 @@ def gc_cmd(
     A dir that does not exist (yet) is nothing to do (exit 0)."""
     from .core.errors import DirNotFoundError
     from .core.retention.executor import apply_plan
-    from .core.retention.planner import parse_duration, plan_retention, policies_from_options
+    from .core.retention.planner import plan_retention
+    from .core.retention.policies import parse_duration, policies_from_options
 
     if mode not in ("min", "max"):
         raise CliError(f"--mode must be 'min' or 'max', not {mode!r}")

@@ -70,7 +70,9 @@ def gc_compare(root: C.Path, steps: int, keep_last: int, endpoint: str | None, w
     """Sequential ``fs.rm_file`` of the plan's files against ``apply_plan``, both through ``endpoint``
     (``None``: the emulator itself)."""
     from airflow_tf_ckpt.core.retention.executor import apply_plan
-    from airflow_tf_ckpt.core.retention.planner import DELETE, plan_retention, policies_from_options
+    from airflow_tf_ckpt.core.retention.plan import DELETE
+    from airflow_tf_ckpt.core.retention.planner import plan_retention
+    from airflow_tf_ckpt.core.retention.policies import policies_from_options
     from airflow_tf_ckpt.core.storage.location import Location
 
     policies = policies_from_options(keep_last=keep_last)
@@ -168,7 +170,8 @@ PLAN_T0 = 1_700_000_000.0
 def plan_bench(steps: int, repeat: int = 3) -> None:
     import fsspec
 
-    from airflow_tf_ckpt.core.retention.planner import plan_retention, policies_from_options
+    from airflow_tf_ckpt.core.retention.planner import plan_retention
+    from airflow_tf_ckpt.core.retention.policies import policies_from_options
     from airflow_tf_ckpt.core.steps.discovery import discover
     from airflow_tf_ckpt.core.storage.location import Location
 

@@ -48,7 +48,8 @@ def _killer(kill_at: int):
 
 def run_gc(directory: str, kill_at: int, policy_json: str) -> list[str]:
     from airflow_tf_ckpt.core.retention.executor import apply_plan
-    from airflow_tf_ckpt.core.retention.planner import plan_retention, policies_from_options
+    from airflow_tf_ckpt.core.retention.planner import plan_retention
+    from airflow_tf_ckpt.core.retention.policies import policies_from_options
     from airflow_tf_ckpt.core.storage.location import Location
 
     points, point = _killer(kill_at)

@@ -72,7 +72,8 @@ def eval_v1_graph(restored: Any, step: int | None) -> dict[str, float]:
 
 def eval_with_gc_probe(restored: Any, step: int | None) -> dict[str, float]:
     """While the step is being evaluated: which lease files exist, and what would GC decide for it?"""
-    from airflow_tf_ckpt.core.retention.planner import plan_retention, policies_from_options
+    from airflow_tf_ckpt.core.retention.planner import plan_retention
+    from airflow_tf_ckpt.core.retention.policies import policies_from_options
     from airflow_tf_ckpt.core.storage.location import Location
 
     directory, prefix = os.path.split(restored.staged.source)

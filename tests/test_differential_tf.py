@@ -341,7 +341,8 @@ def _retention_cases(rng: random.Random, n: int) -> list[dict[str, Any]]:
 
 
 def _run_retention(tmp_path: Path, n: int, seed: int) -> None:
-    from airflow_tf_ckpt.core.retention.planner import plan_retention, policies_from_options
+    from airflow_tf_ckpt.core.retention.planner import plan_retention
+    from airflow_tf_ckpt.core.retention.policies import policies_from_options
 
     cases = _retention_cases(random.Random(seed), n)
     kept_by_tf = tf_batch([(tf_oracle.RETENTION, [str(tmp_path), cases])])[0]

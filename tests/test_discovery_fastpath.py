@@ -245,7 +245,9 @@ def test_plan_sizes_are_read_lazily_and_survive_gc(tmp_path) -> None:
     """A plan's sizes come from lazily stat'ed local files: they must be read before GC deletes
     them, so the report after GC still says how many bytes went."""
     from airflow_tf_ckpt.core.retention.executor import apply_plan
-    from airflow_tf_ckpt.core.retention.planner import StepDecision, plan_retention, policies_from_options
+    from airflow_tf_ckpt.core.retention.plan import StepDecision
+    from airflow_tf_ckpt.core.retention.planner import plan_retention
+    from airflow_tf_ckpt.core.retention.policies import policies_from_options
 
     for i in range(1, 6):
         (tmp_path / f"ckpt-{i}.index").write_bytes(b"I" * 8)

@@ -10,13 +10,8 @@ import pytest
 
 from airflow_tf_ckpt.core.formats.state import StateFile, read_state, resolve_path, write_state
 from airflow_tf_ckpt.core.retention.executor import PlanConflictError, apply_plan
-from airflow_tf_ckpt.core.retention.planner import (
-    KeepEveryNHours,
-    KeepLastN,
-    KeepPromoted,
-    plan_retention,
-    record_promotion,
-)
+from airflow_tf_ckpt.core.retention.planner import plan_retention
+from airflow_tf_ckpt.core.retention.policies import KeepEveryNHours, KeepLastN, KeepPromoted
 from airflow_tf_ckpt.core.sidecars.leases import (
     LeaseConflictError,
     acquire_lease,
@@ -25,6 +20,7 @@ from airflow_tf_ckpt.core.sidecars.leases import (
     read_gc_intent,
 )
 from airflow_tf_ckpt.core.sidecars.metrics import write_metrics
+from airflow_tf_ckpt.core.sidecars.promotions import record_promotion
 from airflow_tf_ckpt.core.sidecars.quarantine import quarantine_step
 from airflow_tf_ckpt.core.steps.discovery import discover
 from airflow_tf_ckpt.core.storage.location import Location

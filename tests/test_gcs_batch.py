@@ -8,7 +8,8 @@ import dataclasses
 import pytest
 
 from airflow_tf_ckpt.core.retention.executor import apply_plan
-from airflow_tf_ckpt.core.retention.planner import KeepLastN, plan_retention
+from airflow_tf_ckpt.core.retention.planner import plan_retention
+from airflow_tf_ckpt.core.retention.policies import KeepLastN
 from airflow_tf_ckpt.core.storage import gcs
 from airflow_tf_ckpt.core.storage.location import Location
 from airflow_tf_ckpt.core.storage.safety import Deleter

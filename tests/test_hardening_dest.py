@@ -34,7 +34,7 @@ from airflow_tf_ckpt.core.promote.promote import (
     promote,
     read_manifest,
 )
-from airflow_tf_ckpt.core.retention.planner import read_promotions
+from airflow_tf_ckpt.core.sidecars.promotions import read_promotions
 from airflow_tf_ckpt.core.storage.location import Location
 from tests.fixtures.gcs_emulator import upload_dir
 
@@ -429,7 +429,7 @@ def test_metrics_set_refuses_non_finite_values(value, store, capsys):
 @pytest.mark.parametrize("name", ["val loss", "a\nb", "tab\there", "bell\x07", "", "é", "x" * 257])
 def test_metric_names_follow_one_rule_everywhere(name, copy_variant, capsys):
     from airflow_tf_ckpt.cli import main
-    from airflow_tf_ckpt.core.retention.planner import KeepBestK, RetentionError
+    from airflow_tf_ckpt.core.retention.policies import KeepBestK, RetentionError
     from airflow_tf_ckpt.core.sidecars.metrics import MetricsError, write_metrics
 
     src = copy_variant("tf2_manager")
@@ -465,7 +465,8 @@ def test_best_never_chooses_a_non_finite_value(store):
     import math
 
     from airflow_tf_ckpt.core.promote.promote import select_step
-    from airflow_tf_ckpt.core.retention.planner import plan_retention, policies_from_options
+    from airflow_tf_ckpt.core.retention.planner import plan_retention
+    from airflow_tf_ckpt.core.retention.policies import policies_from_options
     from airflow_tf_ckpt.core.sidecars.metrics import write_metrics
     from airflow_tf_ckpt.core.steps.discovery import discover
 

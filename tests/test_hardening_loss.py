@@ -16,7 +16,8 @@ import pytest
 
 from airflow_tf_ckpt.core.formats.state import StateFile, read_state, write_state
 from airflow_tf_ckpt.core.retention.executor import apply_plan
-from airflow_tf_ckpt.core.retention.planner import KeepEveryNHours, KeepLastN, plan_retention
+from airflow_tf_ckpt.core.retention.planner import plan_retention
+from airflow_tf_ckpt.core.retention.policies import KeepEveryNHours, KeepLastN
 from airflow_tf_ckpt.core.sidecars.leases import (
     GC_LOCK_NAME,
     GcBusyError,

@@ -196,7 +196,8 @@ def test_unreadable_lease_is_honoured(tmp_path):
     step = discover(loc).get(1)
     [lease] = active_leases(step, time.time(), loc)
     assert not lease.readable and "malformed" in lease.problem and "unreadable" in lease.describe()
-    from airflow_tf_ckpt.core.retention.planner import KeepLastN, plan_retention
+    from airflow_tf_ckpt.core.retention.planner import plan_retention
+    from airflow_tf_ckpt.core.retention.policies import KeepLastN
 
     assert plan_retention(loc, [KeepLastN(1)]).decision("ckpt-1").action == "keep"
 
@@ -261,7 +262,8 @@ def test_quarantine_absolute_spelling_and_crash_between_writes(tmp_path):
         quarantine_step(loc, "ckpt-2", "bad", hook=crash)
     assert read_quarantine(loc, "ckpt-2") is not None  # the record is written first...
     assert read_state(loc).model_checkpoint_path == str(tmp_path / "ckpt-2")  # ...state not yet
-    from airflow_tf_ckpt.core.retention.planner import KeepLastN, plan_retention
+    from airflow_tf_ckpt.core.retention.planner import plan_retention
+    from airflow_tf_ckpt.core.retention.policies import KeepLastN
 
     assert plan_retention(loc, [KeepLastN(1)]).decision("ckpt-2").action == "keep"  # GC keeps it anyway
     quarantine_step(loc, "ckpt-2", "bad")

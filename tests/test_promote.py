@@ -247,7 +247,7 @@ def test_heartbeat_keeps_a_long_promotion_locked(copy_variant, tmp_path):
 
 
 def test_record_promotion_is_called(copy_variant, tmp_path, monkeypatch):
-    import airflow_tf_ckpt.core.retention.planner as retention
+    import airflow_tf_ckpt.core.sidecars.promotions as retention
 
     calls = []
     monkeypatch.setattr(retention, "record_promotion", lambda *a, **k: calls.append(a))

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from airflow_tf_ckpt.core.retention.planner import PROMOTIONS_FILENAME, read_promotions, record_promotion
+from airflow_tf_ckpt.core.sidecars.promotions import PROMOTIONS_FILENAME, read_promotions, record_promotion
 from airflow_tf_ckpt.core.storage import gcs
 from airflow_tf_ckpt.core.storage.location import Location
 

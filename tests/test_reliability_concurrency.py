@@ -37,7 +37,9 @@ import pytest
 
 from airflow_tf_ckpt.core.formats.state import parse_state
 from airflow_tf_ckpt.core.retention.executor import PlanConflictError, apply_plan
-from airflow_tf_ckpt.core.retention.planner import DELETE, KeepLastN, plan_retention
+from airflow_tf_ckpt.core.retention.plan import DELETE
+from airflow_tf_ckpt.core.retention.planner import plan_retention
+from airflow_tf_ckpt.core.retention.policies import KeepLastN
 from airflow_tf_ckpt.core.storage.location import Location
 from tests.fixtures.tf_checkpoints import REPO_ROOT, _env, tf_available
 

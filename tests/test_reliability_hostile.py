@@ -569,7 +569,8 @@ def test_gc_never_deletes_outside_the_root(layout: str, how: str, copy_variant, 
             report = " ".join(o.text.split())
         else:
             from airflow_tf_ckpt.core.retention.executor import apply_plan
-            from airflow_tf_ckpt.core.retention.planner import plan_retention, policies_from_options
+            from airflow_tf_ckpt.core.retention.planner import plan_retention
+            from airflow_tf_ckpt.core.retention.policies import policies_from_options
 
             result = apply_plan(plan_retention(str(d), policies_from_options(keep_last=1)))
             report = str(result.to_dict()) + " " + result.summary()

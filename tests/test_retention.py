@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 
 from airflow_tf_ckpt.core.formats.state import StateFile, read_state, write_state
 from airflow_tf_ckpt.core.retention.executor import apply_plan
-from airflow_tf_ckpt.core.retention.planner import (
+from airflow_tf_ckpt.core.retention.planner import plan_retention
+from airflow_tf_ckpt.core.retention.policies import (
     KeepBestK,
     KeepEveryNHours,
     KeepEveryNSteps,
@@ -34,13 +35,11 @@ from airflow_tf_ckpt.core.retention.planner import (
     KeepUnevaluated,
     RetentionError,
     parse_duration,
-    plan_retention,
     policies_from_options,
-    promoted_prefixes,
-    record_promotion,
 )
 from airflow_tf_ckpt.core.sidecars.leases import acquire_lease, lease_name
 from airflow_tf_ckpt.core.sidecars.metrics import write_metrics
+from airflow_tf_ckpt.core.sidecars.promotions import promoted_prefixes, record_promotion
 from airflow_tf_ckpt.core.sidecars.quarantine import quarantine_step
 from airflow_tf_ckpt.core.steps.discovery import CheckpointDir, CheckpointStep, StepStatus, discover
 from airflow_tf_ckpt.core.storage.location import FileInfo, Location
@@ -785,7 +784,8 @@ TIMELINE_SRC = r"""
 import os
 from tensorflow.python.checkpoint import checkpoint_management as cm
 from airflow_tf_ckpt.core.retention.executor import apply_plan
-from airflow_tf_ckpt.core.retention.planner import KeepEveryNHours, KeepLastN, plan_retention
+from airflow_tf_ckpt.core.retention.planner import plan_retention
+from airflow_tf_ckpt.core.retention.policies import KeepEveryNHours, KeepLastN
 
 clock = [0.0]
 
@@ -929,3 +929,28 @@ def test_newest_meta_survives_for_import_meta_graph(tf_run, tmp_path):
     assert sorted(p.name for p in d.glob("model-100*")) == ["model-100.meta"]
     out = tf_run(IMPORT_META_SRC, str(d / "model-100.meta"), str(d))
     assert Path(out["latest"]).name == "model-400" and out["w"] == [4.0, 4.0, 4.0]
+
+
+# --------------------------------------------------------------------------------------------
+# the operator's dry_run
+
+
+@pytest.mark.airflow
+def test_retention_operator_dry_run_does_not_shadow_base_operator_dry_run(tmp_path) -> None:
+    """``dry_run=`` is still the constructor argument (and a template field, as ``plan_only``),
+    but ``op.dry_run`` stays ``BaseOperator.dry_run()``: before, the bool shadowed the method."""
+    pytest.importorskip("airflow.sdk")
+    from airflow_tf_ckpt.operators.retention import CheckpointRetentionOperator
+
+    op = CheckpointRetentionOperator(task_id="gc", ckpt_dir=str(tmp_path), keep_last=1, dry_run=True)
+    assert op.plan_only is True and "plan_only" in op.template_fields
+    assert callable(op.dry_run) and "dry_run" not in op.template_fields
+    make_dir(Location.of(tmp_path), range(1, 4))
+    out = op.execute({})
+    assert out["dry_run"] is True and out["deleted"] == 2 and sorted(out["deleted_steps"]) == [1, 2]
+    assert (tmp_path / "ckpt-1.index").exists()  # a dry run deletes nothing
+    templated = CheckpointRetentionOperator(
+        task_id="gc2", ckpt_dir=str(tmp_path), keep_last=1, dry_run="{{ x }}"
+    )
+    templated.plan_only = "false"  # what a rendered template gives
+    assert templated.execute({})["deleted"] == 2 and not (tmp_path / "ckpt-1.index").exists()

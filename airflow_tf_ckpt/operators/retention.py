@@ -1,7 +1,7 @@
 """``CheckpointRetentionOperator``: apply the core's retention policies to a checkpoint dir.
 
-A thin adapter over ``core.retention`` (the plan: which steps each policy keeps, and why) and
-``core.gc`` (the deletion: the state file is rewritten first, then the files go). Leased steps
+A thin adapter over ``core.retention.planner`` (the plan: which steps each policy keeps, and why)
+and ``core.retention.executor`` (the deletion: the state file is rewritten first, then the files go). Leased steps
 (an evaluation in progress), quarantined steps, pinned and promoted steps are never deleted.
 
 The full plan is logged as a table; the XCom stays SMALL (counts and the deleted step numbers),
@@ -34,7 +34,7 @@ def _seconds(value: Any) -> float | None:
         return value.total_seconds()
     if value in (None, "", "None"):
         return None
-    from airflow_tf_ckpt.core.retention.planner import parse_duration
+    from airflow_tf_ckpt.core.retention.policies import parse_duration
 
     return parse_duration(str(value)) if isinstance(value, str) else float(value)
 
@@ -68,7 +68,8 @@ class CheckpointRetentionOperator(BaseCheckpointOperator):
         ``timedelta`` or ``"24h"``; default 24 h; ``None``: no bound).
     :param pins: step numbers never to delete.
     :param keep_promoted: keep the steps recorded as promoted in the dir (default True).
-    :param dry_run: log the plan, delete nothing.
+    :param dry_run: log the plan, delete nothing (kept as the ``plan_only`` attribute, a
+        template field: ``dry_run`` is ``BaseOperator.dry_run()``).
 
     A dir that does not exist (yet: nothing was trained) is nothing to do: the task succeeds and
     logs it (XCom ``missing_dir: True``). A dir that exists but cannot be read fails the task.
@@ -89,7 +90,7 @@ class CheckpointRetentionOperator(BaseCheckpointOperator):
         "metric",
         "mode",
         "pins",
-        "dry_run",
+        "plan_only",
         "evaluator",
         "keep_unevaluated",
         "unevaluated_max_age",
@@ -126,7 +127,8 @@ class CheckpointRetentionOperator(BaseCheckpointOperator):
         self.pins = list(pins or [])
         self.unevaluated = unevaluated
         self.keep_promoted = keep_promoted
-        self.dry_run = dry_run
+        # not ``self.dry_run``: that would shadow ``BaseOperator.dry_run()``
+        self.plan_only = dry_run
         self.evaluator = evaluator
         self.keep_unevaluated = keep_unevaluated
         self.unevaluated_max_age = unevaluated_max_age
@@ -136,7 +138,7 @@ class CheckpointRetentionOperator(BaseCheckpointOperator):
             raise ValueError(f"mode must be 'min' or 'max', not {mode!r}")
 
     def policies(self) -> list[Any]:
-        from airflow_tf_ckpt.core.retention.planner import policies_from_options
+        from airflow_tf_ckpt.core.retention.policies import policies_from_options
 
         pins = self.pins
         if isinstance(pins, str):  # a templated list renders to text
@@ -171,9 +173,9 @@ class CheckpointRetentionOperator(BaseCheckpointOperator):
         from airflow_tf_ckpt.core.retention.planner import plan_retention
 
         dry_run = (
-            self.dry_run
-            if isinstance(self.dry_run, bool)
-            else str(self.dry_run).strip().lower() in ("1", "true", "yes", "on")
+            self.plan_only
+            if isinstance(self.plan_only, bool)
+            else str(self.plan_only).strip().lower() in ("1", "true", "yes", "on")
         )
         loc = self.get_location()
         policies = self.policies()

@@ -15,15 +15,11 @@ from typing import Any
 
 from airflow_tf_ckpt.core.errors import CheckpointError
 from airflow_tf_ckpt.core.formats.naming import QUARANTINE_SUFFIX, classify
-from airflow_tf_ckpt.core.retention.planner import (
-    PROMOTIONS_FILENAME,
-    RetentionPolicy,
-    current_promotions,
-    plan_retention,
-    read_promotions,
-)
+from airflow_tf_ckpt.core.retention.planner import plan_retention
+from airflow_tf_ckpt.core.retention.policies import RetentionPolicy
 from airflow_tf_ckpt.core.sidecars.leases import read_leases
 from airflow_tf_ckpt.core.sidecars.metrics import evaluation_records, read_files
+from airflow_tf_ckpt.core.sidecars.promotions import PROMOTIONS_FILENAME, current_promotions, read_promotions
 from airflow_tf_ckpt.core.steps.discovery import CheckpointDir, CheckpointStep
 
 # PREFIX.metrics.json, the sidecar of evaluations that name no evaluator; parentheses are not

@@ -940,7 +940,7 @@ def _write_paths(plan: list[tuple[str, str]], alias: str | None) -> list[str]:
 def _check_source_record(src: Location) -> None:
     """Refuse before anything is published when the source's ``PROMOTIONS.json`` is malformed:
     the promotion could not be recorded, and a task would fail after a published promotion."""
-    from airflow_tf_ckpt.core.retention.planner import read_promotions
+    from airflow_tf_ckpt.core.sidecars.promotions import read_promotions
 
     try:
         read_promotions(src)
@@ -1313,7 +1313,7 @@ def _promote_locked(
     recorded = False
     record_problem: str | None = None
     if record:  # while the source lease still holds
-        from airflow_tf_ckpt.core.retention.planner import record_promotion
+        from airflow_tf_ckpt.core.sidecars.promotions import record_promotion
 
         try:
             record_promotion(src, chosen.prefix, dst.display(), alias)

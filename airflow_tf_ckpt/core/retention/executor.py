@@ -38,32 +38,27 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from airflow_tf_ckpt.core.errors import CheckpointError, StorageError
 from airflow_tf_ckpt.core.formats.naming import EVALUATOR_METRICS_INFIX, METRICS_SUFFIX, QUARANTINE_SUFFIX
 from airflow_tf_ckpt.core.formats.state import StateChange, StateFile, resolve_path, update_state
-from airflow_tf_ckpt.core.retention.planner import (
-    DELETE,
-    PROMOTIONS_FILENAME,
-    KeepEveryNHours,
-    KeepPromoted,
-    RetentionPlan,
-    current_promotions,
-    plan_retention,
-    read_promotions,
-)
+from airflow_tf_ckpt.core.retention.plan import DELETE, RetentionPlan, StepDecision
+from airflow_tf_ckpt.core.retention.planner import plan_retention, promotions_for
+from airflow_tf_ckpt.core.retention.policies import tracks_last_preserved
 from airflow_tf_ckpt.core.sidecars.leases import (
     GC_INTENT_SUFFIX,
     LEASE_INFIX,
     GcLock,
+    Lease,
     acquire_gc_lock,
     clear_gc_intent,
     gc_intent_name,
     read_leases,
     write_gc_intent,
 )
-from airflow_tf_ckpt.core.steps.discovery import CheckpointDir, discover
+from airflow_tf_ckpt.core.sidecars.promotions import PROMOTIONS_FILENAME
+from airflow_tf_ckpt.core.steps.discovery import CheckpointDir, CheckpointStep, discover
 from airflow_tf_ckpt.core.storage.gcs import glob_escape, is_gcs, list_matching
 from airflow_tf_ckpt.core.storage.location import FileInfo
 from airflow_tf_ckpt.core.storage.safety import Deleter, Refusal
@@ -197,58 +192,75 @@ def _recheck_listing(plan: RetentionPlan) -> dict[str, FileInfo] | None:
 
 def find_conflicts(plan: RetentionPlan, fresh: CheckpointDir, now: float | None = None) -> list[str]:
     """Why ``plan`` is no longer safe against the fresh listing ``fresh`` (``[]`` when it is)."""
-    t = time.time() if now is None else now
-    out: list[str] = []
-    if (plan.state_before is None) != (fresh.state is None):
-        out.append(
-            "the state file " + ("appeared" if fresh.state is not None else "disappeared") + " since planning"
-        )
-    if (
-        any(isinstance(p, KeepEveryNHours) for p in plan.policies)
-        and fresh.state is not None
-        and plan.state_before is not None
-        and fresh.state.last_preserved_timestamp != plan.state_before.last_preserved_timestamp
-    ):
-        out.append("last_preserved_timestamp changed since planning")
-    doomed = [d for d in plan.decisions if d.action == DELETE]
+    out = _state_conflicts(plan, fresh)
+    doomed = plan.deleted
     if not doomed:
         return out
-    by_prefix = {s.prefix: s for s in fresh.steps}
-    newest: dict[str, str] = {}
-    for s in fresh.steps:  # sorted oldest first, so the last committed of a base wins
-        if s.committed:
-            newest[s.base] = s.prefix
-    lease_names = [f.name for d in doomed if (s := by_prefix.get(d.prefix)) is not None for f in s.leases]
-    leases = read_leases(fresh.location, lease_names, listing=fresh.listing) if lease_names else {}
-    promoted: set[str] = set()
-    promo = [p for p in plan.policies if isinstance(p, KeepPromoted)]
-    if promo and PROMOTIONS_FILENAME in fresh.listing:
-        promoted = set(
-            current_promotions(read_promotions(fresh.location), any(p.include_superseded for p in promo))
-        )
+    seen = _Fresh.of(plan, fresh, doomed)
+    t = time.time() if now is None else now
     fingerprint = plan.fingerprint
     for d in doomed:
-        s = by_prefix.get(d.prefix)
-        if s is None:
-            continue  # gone already: nothing to do but drop it from the state file
-        p = d.prefix
-        new_files = {f.name for f in s.all_files} - fingerprint.get(p, frozenset())
-        if new_files:
-            out.append(f"{p} has new files since planning: {', '.join(sorted(new_files)[:3])}")
-        if s.latest:
-            out.append(f"{p} is now the state file's latest")
-        if newest.get(s.base) == p:
-            out.append(f"{p} is now the newest committed step")
-        if s.status.value != d.status:
-            out.append(f"{p} changed from {d.status} to {s.status.value}")
-        if s.quarantined and not plan.purge_quarantined:
-            out.append(f"{p} was quarantined since planning")
-        for f in s.leases:
-            lease = leases.get(f.name)
-            if lease is not None and lease.active(t):
-                out.append(f"{p} is now {lease.describe()}")
-        if p in promoted:
-            out.append(f"{p} was promoted since planning")
+        s = seen.by_prefix.get(d.prefix)
+        if s is not None:  # else gone already: nothing to do but drop it from the state file
+            out += _step_conflicts(plan, d, s, seen, fingerprint.get(d.prefix, frozenset()), t)
+    return out
+
+
+def _state_conflicts(plan: RetentionPlan, fresh: CheckpointDir) -> list[str]:
+    before, after = plan.state_before, fresh.state
+    if (before is None) != (after is None):
+        return ["the state file " + ("appeared" if after is not None else "disappeared") + " since planning"]
+    if (
+        tracks_last_preserved(plan.policies)
+        and after is not None
+        and before is not None
+        and after.last_preserved_timestamp != before.last_preserved_timestamp
+    ):
+        return ["last_preserved_timestamp changed since planning"]
+    return []
+
+
+@dataclass
+class _Fresh:
+    """What the fresh listing says about the doomed steps."""
+
+    by_prefix: dict[str, CheckpointStep]
+    newest: dict[str, str]  # base -> its newest committed step
+    leases: dict[str, Lease]
+    promoted: set[str]
+
+    @classmethod
+    def of(cls, plan: RetentionPlan, fresh: CheckpointDir, doomed: list[StepDecision]) -> _Fresh:
+        by_prefix = {s.prefix: s for s in fresh.steps}
+        newest = {s.base: s.prefix for s in fresh.steps if s.committed}  # oldest first: the last wins
+        lease_names = [f.name for d in doomed if (st := by_prefix.get(d.prefix)) for f in st.leases]
+        leases = read_leases(fresh.location, lease_names, listing=fresh.listing) if lease_names else {}
+        return cls(by_prefix, newest, leases, set(promotions_for(plan.policies, fresh)))
+
+
+def _step_conflicts(
+    plan: RetentionPlan, d: StepDecision, s: CheckpointStep, seen: _Fresh, files: frozenset[str], now: float
+) -> list[str]:
+    """Why doomed step ``d`` (``s`` in the fresh listing) must not go now."""
+    p = d.prefix
+    out = []
+    new_files = {f.name for f in s.all_files} - files
+    if new_files:
+        out.append(f"{p} has new files since planning: {', '.join(sorted(new_files)[:3])}")
+    if s.latest:
+        out.append(f"{p} is now the state file's latest")
+    if seen.newest.get(s.base) == p:
+        out.append(f"{p} is now the newest committed step")
+    if s.status.value != d.status:
+        out.append(f"{p} changed from {d.status} to {s.status.value}")
+    if s.quarantined and not plan.purge_quarantined:
+        out.append(f"{p} was quarantined since planning")
+    for f in s.leases:
+        lease = seen.leases.get(f.name)
+        if lease is not None and lease.active(now):
+            out.append(f"{p} is now {lease.describe()}")
+    if p in seen.promoted:
+        out.append(f"{p} was promoted since planning")
     return out
 
 
@@ -261,7 +273,7 @@ def state_change(plan: RetentionPlan, fresh: CheckpointDir, spared: set[str]) ->
     doomed = {d.prefix for d in plan.decisions if d.action == DELETE}
     known = {r.raw: r.name for r in fresh.resolved}
     names = set(fresh.listing)
-    lp = plan.last_preserved_after if any(isinstance(p, KeepEveryNHours) for p in plan.policies) else None
+    lp = plan.last_preserved_after if tracks_last_preserved(plan.policies) else None
 
     def name(raw: str) -> str | None:
         return known[raw] if raw in known else resolve_path(plan.location, raw, names).name
@@ -314,161 +326,223 @@ def apply_plan(
         raise ValueError(f"batch_size must be >= 1, not {batch_size}")
     if on_conflict not in ("replan", "refuse"):
         raise ValueError(f"on_conflict must be 'replan' or 'refuse', not {on_conflict!r}")
+    run = _GcRun(plan, dry_run, batch_size, hook or _noop, on_conflict, max_replans, intent_ttl_s)
     if dry_run:
-        return _apply_plan(plan, True, batch_size, hook, on_conflict, max_replans, intent_ttl_s, None)
-    lock = acquire_gc_lock(plan.location, ttl_s=intent_ttl_s, wait_s=lock_wait_s)
+        return run.execute()
+    run.lock = lock = acquire_gc_lock(plan.location, ttl_s=intent_ttl_s, wait_s=lock_wait_s)
     try:
-        return _apply_plan(plan, False, batch_size, hook, on_conflict, max_replans, intent_ttl_s, lock)
+        return run.execute()
     finally:
         lock.release()
 
 
-def _apply_plan(
-    plan: RetentionPlan,
-    dry_run: bool,
-    batch_size: int,
-    hook: Hook | None,
-    on_conflict: str,
-    max_replans: int,
-    intent_ttl_s: float,
-    lock: GcLock | None,
-) -> GcResult:
-    t0 = time.monotonic()
-    call: Hook = hook or _noop
-    loc = plan.location
-    result = GcResult(dry_run=dry_run, plan=plan)
-    started = time.time()
-    intents: set[str] = set()
-    current = plan
-    fresh: CheckpointDir | None = None
-    for attempt in range(max_replans + 1):
-        if not dry_run:
-            for base, prefixes in sorted(_doomed(current).items()):
-                call("write_intent", gc_intent_name(base))
-                write_gc_intent(loc, base, prefixes, ttl_s=intent_ttl_s, started=started)
-                intents.add(base)
-        call("relist")
-        fresh = discover(loc, state_filename=current.state_filename, listing=_recheck_listing(current))
-        conflicts = find_conflicts(current, fresh)
-        if not conflicts:
-            break
-        result.conflicts += conflicts
-        if on_conflict == "refuse" or attempt == max_replans:
-            for base in sorted(intents):
-                clear_gc_intent(loc, base)
-            raise PlanConflictError(
-                "the checkpoint dir changed since planning: " + "; ".join(conflicts), loc.display(), conflicts
-            )
-        current = plan_retention(
-            fresh,
-            current.policies,
-            prefix=current.prefix,
-            now=time.time(),
-            purge_quarantined=current.purge_quarantined,
-            meta_guard=current.meta_guard,
-        )
-        result.replans += 1
-    assert fresh is not None
-    result.plan = current
-    result.refused = list(current.refused)
-    new_state = state_to_write(current, fresh)
-    result.new_state = new_state
-    state_changes = new_state is not None and new_state != fresh.state
+# a group: a step's files (or one sidecar) go together or not at all: (label, paths, bytes)
+_Group = tuple[str, list[str], int]
 
-    # groups: a step's files go together or not at all
-    groups: list[tuple[str, list[str], int]] = []
-    for d in current.decisions:
-        if d.action == DELETE:
-            groups.append((d.prefix, [loc.join(n) for n in d.delete_files], d.size))
-    fresh_leases: dict[str, Any] = {}
-    lease_sidecars = [s.name for s in current.sidecars if s.action == DELETE and s.role == "lease"]
-    if lease_sidecars:
-        fresh_leases = read_leases(loc, lease_sidecars, listing=fresh.listing)
-    for sc in current.sidecars:
-        if sc.action != DELETE:
-            continue
-        lease = fresh_leases.get(sc.name)
-        if lease is not None and lease.active():
-            result.skipped[sc.name] = f"lease renewed since planning: {lease.describe()}"
-            continue
-        groups.append((sc.name, [loc.join(sc.name)], 0))
 
-    if dry_run:
-        result.would_delete = [p for _, paths, _ in groups for p in paths]
+@dataclass
+class _GcRun:
+    """One execution of a plan, phase by phase (see the module docstring for the order)."""
+
+    plan: RetentionPlan
+    dry_run: bool
+    batch_size: int
+    call: Hook
+    on_conflict: str
+    max_replans: int
+    intent_ttl_s: float
+    lock: GcLock | None = None
+    started: float = field(default_factory=time.time)  # the intents' start time
+    intents: set[str] = field(default_factory=set)  # bases whose intent this run wrote
+
+    def execute(self) -> GcResult:
+        t0 = time.monotonic()
+        result = GcResult(dry_run=self.dry_run, plan=self.plan)
+        current, fresh = self.settle(result)
+        result.plan, result.refused = current, list(current.refused)
+        result.new_state = state_to_write(current, fresh)
+        state_changes = result.new_state is not None and result.new_state != fresh.state
+        groups = self.groups(current, fresh, result)
+        if self.dry_run:
+            result.would_delete = [p for _, paths, _ in groups for p in paths]
+        else:
+            spared = self.rewrite_state(current, fresh, state_changes, result)
+            self.delete(current, groups, spared, state_changes, result)
+            self.clear_intents(current, fresh)
         result.seconds = time.monotonic() - t0
         return result
 
-    spared: set[str] = set()
-    if state_changes:
-        update = update_state(loc, state_change(current, fresh, spared), current.state_filename, hook=call)
-        result.state_written, result.new_state = update.written, update.after
-    for label in sorted(spared):
-        result.skipped[label] = "became the state file's latest while GC ran (a trainer rolled back to it)"
+    # -- phase 1: intent, fresh listing, conflicts (re-planned up to max_replans times)
 
-    last_intent = time.time()
-    doomed_all = _doomed(current)
-    step_labels = set(current.fingerprint)
-    with Deleter(loc, current.root_realpath, hook=call) as deleter:
-        batch: list[tuple[str, list[str], int]] = []
+    def settle(self, result: GcResult) -> tuple[RetentionPlan, CheckpointDir]:
+        """The plan to execute and the fresh listing it holds against: intents written first
+        (unless a dry run), then the dir re-listed; a conflict re-plans or refuses."""
+        loc, current = self.plan.location, self.plan
+        for attempt in range(self.max_replans + 1):
+            if not self.dry_run:
+                self.write_intents(_doomed(current))
+            self.call("relist")
+            fresh = discover(loc, state_filename=current.state_filename, listing=_recheck_listing(current))
+            conflicts = find_conflicts(current, fresh)
+            if not conflicts:
+                return current, fresh
+            result.conflicts += conflicts
+            if self.on_conflict == "refuse" or attempt == self.max_replans:
+                self.refuse(conflicts)
+            current = plan_retention(
+                fresh,
+                current.policies,
+                prefix=current.prefix,
+                now=time.time(),
+                purge_quarantined=current.purge_quarantined,
+                meta_guard=current.meta_guard,
+            )
+            result.replans += 1
+        raise AssertionError("unreachable: the last attempt refuses")  # pragma: no cover
 
-        def flush() -> bool:
-            nonlocal last_intent
-            if not batch:
-                return True
-            if time.time() - last_intent > intent_ttl_s / 2:  # keep the handshake alive
-                if lock is not None:
-                    lock.refresh()
-                for base in sorted(doomed_all):
-                    call("write_intent", gc_intent_name(base))
-                    write_gc_intent(loc, base, doomed_all[base], ttl_s=intent_ttl_s, started=started)
-                last_intent = time.time()
-            paths = [p for _, ps, _ in batch for p in ps]
-            try:
-                deleted, missing, refused = deleter.delete(paths)
-            except (OSError, StorageError) as exc:
-                result.errors.append(f"delete failed: {exc}")
-                batch.clear()
-                return False
-            result.deleted += deleted
-            result.missing += missing
-            result.refused += refused
-            bad = {r.path for r in refused}
-            for label, ps, size in batch:
-                shown = {deleter.display(p) for p in ps}
-                if shown & bad:
-                    result.skipped[label] = "some files were refused at deletion time"
-                elif label in step_labels:
-                    result.deleted_steps.append(label)
-                    result.bytes_freed += size
-            batch.clear()
+    def write_intents(self, doomed: dict[str, set[str]]) -> None:
+        for base, prefixes in sorted(doomed.items()):
+            self.call("write_intent", gc_intent_name(base))
+            write_gc_intent(self.plan.location, base, prefixes, ttl_s=self.intent_ttl_s, started=self.started)
+            self.intents.add(base)
+
+    def refuse(self, conflicts: list[str]) -> NoReturn:
+        loc = self.plan.location
+        for base in sorted(self.intents):
+            clear_gc_intent(loc, base)
+        raise PlanConflictError(
+            "the checkpoint dir changed since planning: " + "; ".join(conflicts), loc.display(), conflicts
+        )
+
+    # -- phase 2: what goes, group by group
+
+    def groups(self, current: RetentionPlan, fresh: CheckpointDir, result: GcResult) -> list[_Group]:
+        """The doomed steps' files, then the doomed sidecars (but those whose lease was renewed)."""
+        loc = current.location
+        groups: list[_Group] = [
+            (d.prefix, [loc.join(n) for n in d.delete_files], d.size) for d in current.deleted
+        ]
+        doomed = [sc for sc in current.sidecars if sc.action == DELETE]
+        lease_names = [sc.name for sc in doomed if sc.role == "lease"]
+        leases = read_leases(loc, lease_names, listing=fresh.listing) if lease_names else {}
+        for sc in doomed:
+            lease = leases.get(sc.name)
+            if lease is not None and lease.active():
+                result.skipped[sc.name] = f"lease renewed since planning: {lease.describe()}"
+            else:
+                groups.append((sc.name, [loc.join(sc.name)], 0))
+        return groups
+
+    # -- phase 3: the state file, before any file goes
+
+    def rewrite_state(
+        self, current: RetentionPlan, fresh: CheckpointDir, state_changes: bool, result: GcResult
+    ) -> set[str]:
+        """Rewrite the state file (atomically, against the file as it is then); the doomed
+        steps that became its latest meanwhile are spared."""
+        spared: set[str] = set()
+        if state_changes:
+            change = state_change(current, fresh, spared)
+            update = update_state(current.location, change, current.state_filename, hook=self.call)
+            result.state_written, result.new_state = update.written, update.after
+        for label in sorted(spared):
+            result.skipped[label] = (
+                "became the state file's latest while GC ran (a trainer rolled back to it)"
+            )
+        return spared
+
+    # -- phase 4: the deletes, in batches
+
+    def delete(
+        self,
+        current: RetentionPlan,
+        groups: list[_Group],
+        spared: set[str],
+        state_changes: bool,
+        result: GcResult,
+    ) -> None:
+        """Delete group by group in batches of about ``batch_size`` paths; each path is re-checked
+        first, and a group with a refused path is skipped whole. Stops at a failed batch."""
+        with Deleter(current.location, current.root_realpath, hook=self.call) as deleter:
+            batches = _Batches(self, deleter, current, result)
+            for label, paths, size in groups:
+                if label in spared:
+                    continue
+                if not paths:  # a state-file entry with no files: dropping it from the state was all
+                    if state_changes:
+                        result.dropped_from_state.append(label)
+                    continue
+                bad = deleter.precheck(paths)
+                if bad:
+                    result.refused += bad
+                    result.skipped[label] = "; ".join(f"{b.path}: {b.reason}" for b in bad)
+                    continue
+                if not batches.add((label, paths, size)):
+                    return
+            batches.flush()
+
+    def keep_intents_alive(self, doomed: dict[str, set[str]]) -> None:
+        """Refresh the lock and the intents (the lease handshake) when half their TTL has passed."""
+        if self.lock is not None:
+            self.lock.refresh()
+        for base in sorted(doomed):
+            self.call("write_intent", gc_intent_name(base))
+            write_gc_intent(
+                self.plan.location, base, doomed[base], ttl_s=self.intent_ttl_s, started=self.started
+            )
+
+    # -- phase 5: release
+
+    def clear_intents(self, current: RetentionPlan, fresh: CheckpointDir) -> None:
+        """Ours, and any left by a GC run that died on this base (one GC per base at a time)."""
+        leftovers = {d.base for d in current.decisions if gc_intent_name(d.base) in fresh.listing}
+        for base in sorted(self.intents | leftovers):
+            self.call("clear_intent", gc_intent_name(base))
+            clear_gc_intent(current.location, base)
+
+
+class _Batches:
+    """Groups gathered into batches of about ``batch_size`` paths, each deleted in one call."""
+
+    def __init__(self, run: _GcRun, deleter: Deleter, current: RetentionPlan, result: GcResult) -> None:
+        self.run, self.deleter, self.result = run, deleter, result
+        self.doomed = _doomed(current)
+        self.step_labels = set(current.fingerprint)
+        self.batch: list[_Group] = []
+        self.count = 0
+        self.last_intent = time.time()
+
+    def add(self, group: _Group) -> bool:
+        """Queue ``group``; a full batch is deleted. False when a delete failed (stop there)."""
+        self.batch.append(group)
+        self.count += len(group[1])
+        if self.count < self.run.batch_size:
             return True
+        self.count = 0
+        return self.flush()
 
-        count = 0
-        for label, paths, size in groups:
-            if label in spared:
-                continue
-            if not paths:  # a state-file entry with no files: dropping it from the state was all
-                if state_changes:
-                    result.dropped_from_state.append(label)
-                continue
-            bad = deleter.precheck(paths)
-            if bad:
-                result.refused += bad
-                result.skipped[label] = "; ".join(f"{b.path}: {b.reason}" for b in bad)
-                continue
-            batch.append((label, paths, size))
-            count += len(paths)
-            if count >= batch_size:
-                count = 0
-                if not flush():
-                    break
-        else:
-            flush()
-
-    # Ours, and any left by a GC run that died on this base (one GC per base at a time).
-    leftovers = {d.base for d in current.decisions if gc_intent_name(d.base) in fresh.listing}
-    for base in sorted(intents | leftovers):
-        call("clear_intent", gc_intent_name(base))
-        clear_gc_intent(loc, base)
-    result.seconds = time.monotonic() - t0
-    return result
+    def flush(self) -> bool:
+        """Delete the queued groups. False when the delete failed (recorded in the result)."""
+        if not self.batch:
+            return True
+        if time.time() - self.last_intent > self.run.intent_ttl_s / 2:
+            self.run.keep_intents_alive(self.doomed)
+            self.last_intent = time.time()
+        batch, self.batch = self.batch, []
+        try:
+            deleted, missing, refused = self.deleter.delete([p for _, ps, _ in batch for p in ps])
+        except (OSError, StorageError) as exc:
+            self.result.errors.append(f"delete failed: {exc}")
+            return False
+        result = self.result
+        result.deleted += deleted
+        result.missing += missing
+        result.refused += refused
+        bad = {r.path for r in refused}
+        for label, ps, size in batch:
+            if {self.deleter.display(p) for p in ps} & bad:
+                result.skipped[label] = "some files were refused at deletion time"
+            elif label in self.step_labels:
+                result.deleted_steps.append(label)
+                result.bytes_freed += size
+        return True

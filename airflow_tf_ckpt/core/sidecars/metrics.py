@@ -228,11 +228,9 @@ def _update_file(loc: Location, name: str, updated: Any, where: str) -> None:
             raise
 
     if loc.local:
-        from airflow_tf_ckpt.core.retention.planner import (
-            _dir_lock,  # the dir flock that PROMOTIONS.json's writers take
-        )
+        from airflow_tf_ckpt.core.sidecars.promotions import dir_lock  # PROMOTIONS.json's writers take it
 
-        with _dir_lock(loc.path):
+        with dir_lock(loc.path):
             loc.write_atomic(name, updated(old()))
         return
     with _WRITE_LOCK:
