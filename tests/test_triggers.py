@@ -18,12 +18,8 @@ import pytest
 
 from airflow_tf_ckpt.core.formats.state import StateFile, write_state
 from airflow_tf_ckpt.core.storage.location import Location
-from airflow_tf_ckpt.hooks.storage import (
-    CheckpointStorageHook,
-    GcsAuth,
-    StorageCredentialsError,
-    gcs_auth_from_extras,
-)
+from airflow_tf_ckpt.hooks.credentials import GcsAuth, StorageCredentialsError, gcs_auth_from_extras
+from airflow_tf_ckpt.hooks.storage import CheckpointStorageHook
 from airflow_tf_ckpt.triggers.checkpoint import CheckpointEventTrigger, CheckpointTrigger
 from tests.fixtures.gcs_emulator import upload_dir
 
