@@ -126,8 +126,8 @@ def build_state(mb: int, d: Path) -> tuple[bytes, str]:
 def bench_state(mb: int, polls: int) -> bool:
     C.airflow_home()
     import airflow_tf_ckpt.core.formats.state as state_mod
+    from airflow_tf_ckpt.core.watch.poller import Poller
     from airflow_tf_ckpt.hooks.storage import CheckpointStorageHook
-    from airflow_tf_ckpt.triggers.checkpoint import Poller
 
     d = C.cache_dir(f"large-state-{mb}")
     for p in d.iterdir():

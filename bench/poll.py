@@ -41,8 +41,8 @@ def build(steps: int) -> tuple[C.Path, str, str]:
 
 
 async def run(url: str, steps: int, rounds: int, polls: int) -> int:
+    from airflow_tf_ckpt.core.watch.poller import Poller
     from airflow_tf_ckpt.hooks.storage import CheckpointStorageHook
-    from airflow_tf_ckpt.triggers.checkpoint import Poller
 
     hook = CheckpointStorageHook(None)
     async with hook.aopen(url) as adir:

@@ -67,7 +67,8 @@ json.dump(times, open(out, "w"))
 
 
 async def run(n: int, poll: float, window: float, emu_url: str, bucket: str, freeze: bool) -> dict:
-    from airflow_tf_ckpt.triggers.checkpoint import CheckpointTrigger, Poller
+    from airflow_tf_ckpt.core.watch.poller import Poller
+    from airflow_tf_ckpt.triggers.checkpoint import CheckpointTrigger
 
     lag: dict = {"max": 0.0, "ticks": 0, "over_50ms": 0, "late": [], "cpu_max": 0.0, "cpu_at": 0.0}
     stop = asyncio.Event()

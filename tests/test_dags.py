@@ -85,6 +85,10 @@ def test_every_dag_file_imports_without_tensorflow(tmp_path: Path) -> None:
         "airflow_tf_ckpt.core.formats.protos",
         "airflow_tf_ckpt.core.steps.discovery",
         "airflow_tf_ckpt.core.storage.location",
+        "airflow_tf_ckpt.core.watch.poller",
+        "airflow_tf_ckpt.hooks.credentials",
+        "airflow_tf_ckpt.hooks.readers",
+        "airflow_tf_ckpt.hooks.sessions",
         "airflow_tf_ckpt.hooks.storage",
         "airflow_tf_ckpt.tf_runtime",
     }

@@ -362,7 +362,7 @@ def test_gcs_reads_are_bounded(copy_variant, gcs_emulator) -> None:
 _POLL = textwrap.dedent("""
     import asyncio, sys
     from airflow_tf_ckpt.hooks.storage import CheckpointStorageHook
-    from airflow_tf_ckpt.triggers.checkpoint import Poller
+    from airflow_tf_ckpt.core.watch.poller import Poller
 
     def poller():
         return Poller(prefix=None, require_complete=True, settle_seconds=0, state_filename="checkpoint")

@@ -18,12 +18,8 @@ import pytest
 
 from airflow_tf_ckpt.core.formats.state import StateFile, write_state
 from airflow_tf_ckpt.core.storage.location import Location
-from airflow_tf_ckpt.hooks.storage import (
-    CheckpointStorageHook,
-    GcsAuth,
-    StorageCredentialsError,
-    gcs_auth_from_extras,
-)
+from airflow_tf_ckpt.hooks.credentials import GcsAuth, StorageCredentialsError, gcs_auth_from_extras
+from airflow_tf_ckpt.hooks.storage import CheckpointStorageHook
 from airflow_tf_ckpt.triggers.checkpoint import CheckpointEventTrigger, CheckpointTrigger
 from tests.fixtures.gcs_emulator import upload_dir
 
@@ -667,3 +663,102 @@ def test_a_dir_that_does_not_exist_yet_is_waited_for_not_an_error(tmp_path):
             return await poller.apoll(adir, None, "newest")
 
     assert asyncio.run(apoll()) == ([], None)
+
+
+# ------------------------------------------------------------------------------------------ agreement with TF
+
+
+async def test_latest_step_with_files_missing_waits_like_tf(copy_variant, tf_run, capfd, caplog):
+    """The state file names ckpt-5 as latest but its files are gone: TF's latest_checkpoint says None
+    (a trainer would start from scratch). The trigger and the sensor's poke must not quietly fire
+    ckpt-4 instead: they wait, with one warning naming the missing file, and fire ckpt-5 once its
+    files are back (a copy tool that uploaded ``checkpoint`` first)."""
+    from airflow_tf_ckpt.sensors.checkpoint import CheckpointSensor
+
+    d = copy_variant("tf2_manager")  # ckpt-3, ckpt-4, ckpt-5, written by TF's CheckpointManager
+    saved = {p.name: p.read_bytes() for p in d.glob("ckpt-5.*")}
+    assert any(n.endswith(".index") for n in saved)
+    for name in saved:
+        (d / name).unlink()
+    assert tf_run("latest_checkpoint", str(d)) is None  # the oracle
+    caplog.set_level(logging.WARNING)
+    c = Collector(CheckpointTrigger(dir=str(d), poll_interval=0.05))
+    await asyncio.sleep(0.6)
+    assert c.events == []  # today's code fired ckpt-4 here
+    sensor = CheckpointSensor(task_id="wait", dir=str(d), settle_seconds=0)
+    assert sensor.poke({}) is False
+    out = capfd.readouterr().out + caplog.text
+    warnings = [ln for ln in out.splitlines() if "ckpt-5.index" in ln and "latest" in ln]
+    assert len(warnings) == 2, out  # one for the trigger (not one per poll), one for the poke
+    assert str(d / "ckpt-5.index") in warnings[0]
+    for name, data in saved.items():
+        (d / name).write_bytes(data)
+    assert (await c.wait_for(1))[0]["step"] == 5
+    assert sensor.poke({}).xcom_value["step"] == 5
+    await c.stop()
+
+
+async def test_event_trigger_with_several_assets_keeps_the_watermark_in_memory(tmp_path, capfd, caplog):
+    """Airflow's own store for two watched assets: its public aget/aset refuse to pick one, so the
+    watermark lives in memory (said once); events still flow, in order."""
+    from airflow.sdk import Asset
+    from airflow.sdk.execution_time.context import AssetStateStoreAccessors
+
+    d = tmp_path / "run"
+    for n in (1, 2):
+        make_step(d, n)
+    commit(d, [1, 2])
+    trig = CheckpointEventTrigger(dir=str(d), poll_interval=0.05)
+    trig.persist_delay = 0.05
+    trig.asset_state_store = AssetStateStoreAccessors(
+        inlets=[Asset("a", uri="x-a://a"), Asset("b", uri="x-b://b")]
+    )
+    c = Collector(trig)
+    await c.wait_for(2)
+    await asyncio.sleep(0.3)
+    assert c.steps == [1, 2] and trig.persisted == 2
+    assert "asset state store cannot be used" in capfd.readouterr().out + caplog.text
+    await c.stop()
+
+
+# ------------------------------------------------------------------------------------------ hook API
+
+
+def test_token_freshness_from_public_google_auth_fields():
+    import datetime as dt
+
+    from google.oauth2.credentials import Credentials
+
+    from airflow_tf_ckpt.hooks.readers import token_fresh
+
+    utcnow = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)  # google-auth: naive UTC
+    assert token_fresh(Credentials(token="t", expiry=utcnow + dt.timedelta(hours=1)), 420)
+    assert not token_fresh(Credentials(token="t", expiry=utcnow + dt.timedelta(seconds=200)), 420)
+    assert not token_fresh(Credentials(token=None), 420)  # no token yet
+    assert token_fresh(Credentials(token="t"), 420)  # no expiry
+
+
+@pytest.mark.gcs
+def test_get_conn_has_basehooks_signature(gcs_emulator, gcs_bucket, monkeypatch):
+    import inspect
+
+    from airflow.sdk import BaseHook
+
+    assert (
+        list(inspect.signature(CheckpointStorageHook.get_conn).parameters)
+        == list(inspect.signature(BaseHook.get_conn).parameters)
+        == ["self"]
+    )
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_EMU_CONN",
+        json.dumps(
+            {
+                "conn_type": "tf_ckpt_storage",
+                "extra": {"endpoint_url": gcs_emulator.url, "is_anonymous": True},
+            }
+        ),
+    )
+    gcs_emulator.fs().pipe_file(f"{gcs_bucket}/run/checkpoint", b'model_checkpoint_path: "ckpt-1"\n')
+    fs = CheckpointStorageHook("emu_conn").get_conn()  # the connection's gs://, no argument
+    assert fs.cat_file(f"{gcs_bucket}/run/checkpoint").startswith(b"model_checkpoint_path")

@@ -43,9 +43,12 @@ from airflow.sdk import Asset, BaseOperator, BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowException
 
 from airflow_tf_ckpt import config
-from airflow_tf_ckpt.triggers.checkpoint import PICK_CHOICES, STATE_FILENAME, CheckpointTrigger
+from airflow_tf_ckpt.core.watch import PICK_CHOICES
+from airflow_tf_ckpt.triggers.checkpoint import STATE_FILENAME, CheckpointTrigger
 
-if TYPE_CHECKING:  # the hook imports the storage core: only when the sensor runs, not at DAG parse
+if TYPE_CHECKING:  # the hook and the Poller import the storage core: when the sensor runs, not at DAG parse
+    from airflow_tf_ckpt.core.watch.poller import Poller
+    from airflow_tf_ckpt.hooks.readers import CheckpointDirReader
     from airflow_tf_ckpt.hooks.storage import CheckpointStorageHook
 
 COMMIT_CHOICES = ("downstream", "on_success")
@@ -182,8 +185,8 @@ class CheckpointSensor(BaseSensorOperator):
         self.max_errors = int(max_errors or 0)
         self.deferrable = deferrable
         self._after: int | None = None
-        self._poller: Any = None
-        self._reader: Any = None
+        self._poller: Poller | None = None
+        self._reader: CheckpointDirReader | None = None
         self._hook: CheckpointStorageHook | None = None
         self._errors = 0
 
@@ -294,19 +297,14 @@ class CheckpointSensor(BaseSensorOperator):
 
     def _check(self, context: Any) -> dict[str, Any] | None:
         """One poll: the payload of the step to return, or None. Tolerates ``max_errors`` errors."""
-        from airflow_tf_ckpt.hooks.storage import CheckpointStorageHook, StorageCredentialsError
+        from airflow_tf_ckpt.hooks.credentials import StorageCredentialsError
+        from airflow_tf_ckpt.hooks.storage import CheckpointStorageHook
 
-        trig = self._trigger(self._after)
-        if self._poller is None:
-            self._poller = trig.make_poller()
         if self._hook is None:
             self._hook = CheckpointStorageHook(self.conn_id)
         hook = self._hook  # the one that knows the connection's secrets, to redact them
         try:
-            if self._reader is None:
-                self._reader = hook.open(str(self.dir))
-            ready, _ = self._poller.poll(self._reader, self._after, self.pick, trig._warn_passed_over)
-            fire = [self._poller.payload(str(self.dir), self._reader.location, ch) for ch in ready]
+            payload = self._poll_once(hook)
         except StorageCredentialsError as exc:
             raise AirflowException(hook.redact(exc)) from None
         except Exception as exc:  # noqa: BLE001 - storage errors are retried up to max_errors
@@ -319,7 +317,24 @@ class CheckpointSensor(BaseSensorOperator):
             self.log.warning("%s: poll failed (%d in a row): %s", self.dir, errors, msg)
             return None
         self._reset_errors(context)
-        return fire[0] if fire else None
+        return payload
+
+    def _poll_once(self, hook: CheckpointStorageHook) -> dict[str, Any] | None:
+        """The Poller's blocking poll (poller and reader kept across pokes of this process)."""
+        from airflow_tf_ckpt.core.watch.poller import Poller
+
+        if self._poller is None:
+            self._poller = Poller(
+                prefix=self.prefix or None,
+                require_complete=self.require_complete,
+                settle_seconds=self.settle_seconds,
+                state_filename=self.state_filename,
+                warn=self.log.warning,
+            )
+        if self._reader is None:
+            self._reader = hook.open(str(self.dir))
+        ready, _ = self._poller.poll(self._reader, self._after, self.pick)
+        return self._poller.payload(str(self.dir), self._reader.location, ready[0]) if ready else None
 
     def _task_store(self, context: Any) -> Any:
         return context.get("task_state_store") if self.reschedule and hasattr(context, "get") else None
@@ -376,4 +391,6 @@ class CheckpointWatermarkOperator(BaseOperator):
         if payload is None:
             raise AirflowException(f"{self.sensor_task_id} returned no step to commit")
         sensor = self.dag.get_task(self.sensor_task_id) if self.dag else self._sensor
+        if not isinstance(sensor, CheckpointSensor):  # a mapped or replaced task of that id
+            raise AirflowException(f"{self.sensor_task_id} is not a CheckpointSensor")
         return sensor.commit_watermark(context, payload)

@@ -1,24 +1,12 @@
 """Triggers that wait for committed TensorFlow checkpoint steps without blocking the triggerer.
 
-**The state file is the commit signal.** TF writes the ``checkpoint`` state file last, atomically, so
-a poll first reads only that file (one GET on gs://, O(1) whatever the number of steps). Only when it
-names a step newer than the watermark does the poll list anything, and then only the files of that
-step (a name-prefix listing; the whole dir only when more than four steps are new), and judges the
-step with the core's ``discover`` over just those files. Network I/O is gcsfs's async API on the
-triggerer's loop (one shared session); local disk I/O runs in threads; parsing a big state file and
-judging many steps run on one dedicated CPU thread, so the loop is never stalled by them. A poll that
-finds nothing new costs one request and no parsing (the parsed state file is cached by digest).
-Polls start at a random phase of the interval, so that triggers created together don't poll
-together.
-
-A step is *ready* when the state file names it, it is newer than the watermark, all of its files are
-there (``require_complete``; an index plus every ``.data-NNNNN-of-MMMMM`` shard, or the V1 files), and
-it has *settled*: its state timestamp and its newest file's mtime are both at least
-``settle_seconds`` old. A step named by the state file whose files are still missing (a copy tool
-that uploaded ``checkpoint`` first) is waited for while it is the newest candidate; once a newer step
-is ready, an incomplete older one is passed over with a warning (TF never completes a step after
-naming it: such a step is damaged). Steps whose prefix has no ``-N`` suffix have no order and are
-ignored by these triggers.
+Both triggers run the :class:`~airflow_tf_ckpt.core.watch.poller.Poller` (what "committed, complete
+and settled" means, and how a poll stays O(1) while nothing changes: see its module). Network I/O is
+gcsfs's async API on the triggerer's loop (one shared session); local disk I/O runs in threads;
+parsing a big state file and judging many steps run on one dedicated CPU thread, so the loop is never
+stalled by them. Polls start at a random phase of the interval, so that triggers created together
+don't poll together. The serialized kwargs are scalars only: their size does not grow with the
+number of steps.
 
 **Event payload** (both triggers)::
 
@@ -40,340 +28,33 @@ retrying and logs every ``max_errors``-th consecutive failure at error level.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import logging
 import math
-import posixpath
 import random
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseEventTrigger, BaseTrigger, TriggerEvent
 
+from airflow_tf_ckpt.core.watch import PICK_CHOICES
+
 if TYPE_CHECKING:
-    from airflow_tf_ckpt.core.formats.state import StateFile
-    from airflow_tf_ckpt.core.steps.discovery import CheckpointStep
-    from airflow_tf_ckpt.core.storage.location import Location
-    from airflow_tf_ckpt.hooks.storage import AsyncCheckpointDir, CheckpointStorageHook
+    from airflow_tf_ckpt.core.watch.poller import Poller
+    from airflow_tf_ckpt.hooks.readers import AsyncCheckpointDir
+    from airflow_tf_ckpt.hooks.storage import CheckpointStorageHook
 
 # This module is imported when a DAG file is parsed (a CheckpointEventTrigger is built for its
-# AssetWatcher; the sensor builds its CheckpointTrigger from here): it imports only Airflow's trigger
-# base classes. The core (discovery, the state file and with it protobuf) and the storage hook are
-# imported by the methods that poll, which run in the triggerer or the worker.
+# AssetWatcher; the sensor validates its arguments with it): it imports only Airflow's trigger base
+# classes and the import-free ``core.watch`` package. The Poller (the state file's protobuf,
+# discovery) and the storage hook are imported by the methods that poll, in the triggerer.
 
 # = airflow_tf_ckpt.core.formats.state.STATE_FILENAME (TF's name for it), repeated so that the constructors'
 # default does not import core.state and protobuf; tests/test_triggers.py checks that they agree.
 STATE_FILENAME = "checkpoint"
 
 log = logging.getLogger(__name__)
-
-# CPU work (parsing big state files, discovery over many files) runs on ONE worker thread per
-# process. The triggerer's loop must win the GIL back quickly; several CPU-bound threads competing
-# with it stretched its ticks to 0.2 s in tests, one thread keeps them to a few switch intervals.
-_CPU = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tf-ckpt-cpu")
-
-
-async def _on_cpu_thread(fn: Any, *args: Any) -> Any:
-    return await asyncio.get_running_loop().run_in_executor(_CPU, functools.partial(fn, *args))
-
-
-PICK_CHOICES = ("newest", "oldest")
-# Above this many candidate steps one listing of the dir is cheaper than a listing per step.
-MAX_PREFIX_LISTINGS = 4
-# Parse state files and run discovery inline below these sizes; in a thread above them.
-INLINE_STATE_BYTES = 64 << 10
-INLINE_LISTING_ENTRIES = 200
-# Candidates judged per discovery pass (a poll judges only as many chunks as it needs).
-JUDGE_CHUNK = 64
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A step the state file names: its prefix in the dir, step number and raw state-file path."""
-
-    name: str
-    step: int
-    raw: str
-
-
-@dataclass
-class StepCheck:
-    """What a poll found out about one candidate."""
-
-    candidate: Candidate
-    step: CheckpointStep | None
-    complete: bool
-    settled: bool
-    wait_seconds: float  # until it settles (0 when settled)
-    committed_at: float | None
-    time_source: str | None
-
-
-class Poller:
-    """One dir's polling logic, shared by both triggers and the sensor's poke mode.
-
-    The decisions are pure functions of what was fetched (state-file bytes, listing entries); only
-    :meth:`apoll` / :meth:`poll` do I/O, async or blocking. Candidates are judged lazily, in chunks
-    of :data:`JUDGE_CHUNK` steps, each by the core's ``discover`` over just that chunk's files and a
-    state file naming just that chunk: the cost of a poll follows the steps it has to look at, not
-    the size of the dir or of the state file. Per-dir caches are tiny: the digest of the last state
-    file with its parsed candidates, and when each timeless step was first seen.
-    """
-
-    def __init__(
-        self, *, prefix: str | None, require_complete: bool, settle_seconds: float, state_filename: str
-    ) -> None:
-        self.prefix = prefix
-        self.require_complete = require_complete
-        self.settle_seconds = max(0.0, float(settle_seconds or 0))
-        self.state_filename = state_filename
-        self._state_digest: bytes | None = None
-        self._candidates: list[Candidate] = []
-        self._stamps: dict[str, float] = {}
-        self._first_seen: dict[str, float] = {}
-        self.requests = 0  # storage calls made by this poller (tests)
-
-    requests_total = 0  # by all pollers of the process (the benchmark)
-
-    def _count(self, n: int) -> None:
-        self.requests += n
-        Poller.requests_total += n
-
-    # ------------------------------------------------------------------ the state file
-
-    def named_steps(self, location: Location, data: bytes) -> list[Candidate]:
-        """The ordered steps the state file names (cached while the file is unchanged)."""
-        digest = hashlib.blake2b(data, digest_size=16).digest()
-        if digest != self._state_digest:
-            from airflow_tf_ckpt.core.formats.state import parse_state
-
-            state = parse_state(data, location.display(self.state_filename))
-            self._candidates = self._named_steps(location, state)
-            paths, stamps = state.all_model_checkpoint_paths, state.all_model_checkpoint_timestamps
-            self._stamps = dict(zip(paths, stamps, strict=True)) if len(paths) == len(stamps) else {}
-            self._state_digest = digest
-        return self._candidates
-
-    def _named_steps(self, location: Location, state: StateFile) -> list[Candidate]:
-        from airflow_tf_ckpt.core.formats.naming import parse_prefix
-        from airflow_tf_ckpt.core.formats.state import resolve_path
-
-        raws = list(
-            dict.fromkeys(
-                state.all_model_checkpoint_paths
-                + ([state.model_checkpoint_path] if state.model_checkpoint_path else [])
-            )
-        )
-        out: dict[str, Candidate] = {}
-        for raw in raws:
-            name = resolve_path(location, raw).name
-            if name is None and (raw.startswith("/") or "://" in raw) and ".." not in raw.split("/"):
-                # an absolute path of another host or bucket: discovery re-homes it by basename if
-                # its files are here (it sees the listing; we have not listed yet)
-                name = posixpath.basename(raw.rstrip("/")) or None
-            if not name:
-                continue
-            pn = parse_prefix(name)
-            if pn.step is None:
-                continue
-            if self.prefix is not None and pn.base != self.prefix and name != self.prefix:
-                continue
-            out.setdefault(name, Candidate(name=name, step=pn.step, raw=raw))
-        return sorted(out.values(), key=lambda c: c.step)
-
-    @staticmethod
-    def listing_plan(cands: list[Candidate]) -> list[str]:
-        """Name prefixes to list: one per candidate, or ``[""]`` (the whole dir) for many."""
-        return [c.name for c in cands] if len(cands) <= MAX_PREFIX_LISTINGS else [""]
-
-    # ------------------------------------------------------------------ judging (CPU only)
-
-    def _group(
-        self, location: Location, listings: list[list[dict[str, Any]]], names: set[str]
-    ) -> dict[str, list[dict[str, Any]]]:
-        """Listing entries by the checkpoint prefix they belong to (only candidates' prefixes)."""
-        from airflow_tf_ckpt.core.formats.naming import classify
-
-        groups: dict[str, list[dict[str, Any]]] = {}
-        seen: set[str] = set()
-        for entries in listings:
-            for e in entries:
-                full = e["name"].rstrip("/")
-                if full in seen or e.get("type") == "directory":
-                    continue
-                seen.add(full)
-                base = posixpath.basename(full)
-                role = classify(base)
-                owner = role.prefix if role is not None else base
-                if owner in names:
-                    groups.setdefault(owner, []).append(e)
-        return groups
-
-    def _judge_chunk(
-        self, reader: Any, groups: dict[str, list[dict[str, Any]]], chunk: list[Candidate]
-    ) -> dict[str, StepCheck]:
-        from airflow_tf_ckpt.core.formats.state import StateFile, format_state
-        from airflow_tf_ckpt.core.steps.discovery import StepStatus, discover
-
-        location: Location = reader.location
-        raws = [c.raw for c in chunk]
-        stamps = [self._stamps[r] for r in raws] if all(r in self._stamps for r in raws) else []
-        state_text = format_state(StateFile(raws[-1], raws, stamps, 0.0)).encode()
-        state_path = location.join(self.state_filename)
-        entries = [e for c in chunk for e in groups.get(c.name, [])]
-        entries.append({"name": state_path, "size": len(state_text), "type": "file"})
-        cdir = discover(
-            reader.snapshot(entries, {self.state_filename: state_text}),
-            None,
-            state_filename=self.state_filename,
-        )
-        by_prefix = {s.prefix: s for s in cdir.steps}
-        now = time.time()
-        out: dict[str, StepCheck] = {}
-        for c in chunk:
-            step = by_prefix.get(c.name)
-            if step is None or not step.in_state:
-                out[c.name] = StepCheck(c, step, False, False, 0.0, None, None)
-                continue
-            complete = step.status is StepStatus.COMMITTED
-            times: list[tuple[float, str]] = []
-            if step.timestamp_source == "state" and step.timestamp is not None:
-                times.append((step.timestamp, "state"))
-            mtimes = [f.mtime for f in step.files if f.mtime is not None]
-            if mtimes:
-                times.append((max(mtimes), "mtime"))
-            if times:
-                committed_at, source = max(times)
-            else:  # the store reports no times: settle from when we first saw it named
-                committed_at, source = self._first_seen.setdefault(c.name, now), "seen"
-            wait = max(0.0, committed_at + self.settle_seconds - now) if self.settle_seconds else 0.0
-            out[c.name] = StepCheck(c, step, complete, wait <= 0, wait, committed_at, source)
-        return out
-
-    def usable(self, check: StepCheck) -> bool:
-        return (
-            check.step is not None and check.step.in_state and (check.complete or not self.require_complete)
-        )
-
-    def select(
-        self,
-        reader: Any,
-        listings: list[list[dict[str, Any]]],
-        cands: list[Candidate],
-        pick: str,
-        warn: Any = None,
-    ) -> tuple[list[StepCheck], float | None]:
-        """The steps to fire now and, if a step is settling, the seconds until it settles.
-
-        ``pick="newest"``: the newest usable and settled step (an older settled step fires while a
-        newer one settles: saves more frequent than ``settle_seconds`` must not starve the
-        sensor). ``"oldest"``/``"all"``: ready steps
-        oldest first, stopping at the first one not ready (a step with missing files is passed
-        over only once a newer step is ready: then it is damaged, not in flight).
-        """
-        groups = self._group(reader.location, listings, {c.name for c in cands})
-        judged: dict[str, StepCheck] = {}
-
-        def check(i: int) -> StepCheck:
-            c = cands[i]
-            if c.name not in judged:
-                lo = (i // JUDGE_CHUNK) * JUDGE_CHUNK
-                judged.update(self._judge_chunk(reader, groups, cands[lo : lo + JUDGE_CHUNK]))
-            return judged[c.name]
-
-        if pick == "newest":
-            waits: list[float] = []
-            for i in range(len(cands) - 1, -1, -1):
-                ch = check(i)
-                if self.usable(ch):
-                    if ch.settled:
-                        return [ch], None
-                    waits.append(ch.wait_seconds)  # settling: an older settled step may fire
-            return [], (min(waits) if waits else None)
-        ready: list[StepCheck] = []
-        for i in range(len(cands)):
-            ch = check(i)
-            if not self.usable(ch):
-                later = next(
-                    (j for j in range(i + 1, len(cands)) if self.usable(check(j)) and check(j).settled), None
-                )
-                if later is None:
-                    return ready, None
-                if warn is not None:
-                    warn(cands[i])
-                continue
-            if not ch.settled:
-                return ready, ch.wait_seconds
-            ready.append(ch)
-            if pick == "oldest":
-                break
-        return ready, None
-
-    def payload(self, dir_: str, location: Location, check: StepCheck) -> dict[str, Any]:
-        step = check.step
-        assert step is not None
-        return {
-            "status": "success",
-            "dir": dir_,
-            "prefix": step.base,
-            "checkpoint": step.prefix,
-            "path": location.display(step.prefix),
-            "step": step.step,
-            "files": [f.name for f in step.files],
-            "time": check.committed_at,
-            "time_source": check.time_source,
-            "format": step.format,
-        }
-
-    # ------------------------------------------------------------------ I/O
-
-    async def apoll(
-        self, adir: AsyncCheckpointDir, after: int | None, pick: str, warn: Any = None
-    ) -> tuple[list[StepCheck], float | None]:
-        """Async poll: the state file, then (only if it names steps after ``after``) their files."""
-        from airflow_tf_ckpt.core.formats.state import MAX_STATE_BYTES
-
-        self._count(1)
-        data = await adir.read(self.state_filename, MAX_STATE_BYTES, "a checkpoint state file")
-        if data is None:
-            return [], None
-        if (
-            len(data) > INLINE_STATE_BYTES
-            and hashlib.blake2b(data, digest_size=16).digest() != self._state_digest
-        ):
-            named = await _on_cpu_thread(self.named_steps, adir.location, data)
-        else:
-            named = self.named_steps(adir.location, data)
-        cands = [c for c in named if after is None or c.step > after]
-        if not cands:
-            return [], None
-        plan = self.listing_plan(cands)
-        self._count(len(plan))
-        listings = list(await asyncio.gather(*(adir.list(p) for p in plan)))
-        if len(cands) > 2 * JUDGE_CHUNK or sum(len(x) for x in listings) > INLINE_LISTING_ENTRIES:
-            return await _on_cpu_thread(self.select, adir, listings, cands, pick, warn)
-        return self.select(adir, listings, cands, pick, warn)
-
-    def poll(
-        self, reader: Any, after: int | None, pick: str, warn: Any = None
-    ) -> tuple[list[StepCheck], float | None]:
-        """Blocking twin of :meth:`apoll` (for a sensor's ``poke``)."""
-        from airflow_tf_ckpt.core.formats.state import MAX_STATE_BYTES
-
-        self._count(1)
-        data = reader.read(self.state_filename, MAX_STATE_BYTES, "a checkpoint state file")
-        if data is None:
-            return [], None
-        cands = [c for c in self.named_steps(reader.location, data) if after is None or c.step > after]
-        if not cands:
-            return [], None
-        plan = self.listing_plan(cands)
-        self._count(len(plan))
-        return self.select(reader, [reader.list(p) for p in plan], cands, pick, warn)
 
 
 def _describe(exc: BaseException, hook: CheckpointStorageHook) -> str:
@@ -395,6 +76,7 @@ def _preload(gcs: bool) -> None:
     import airflow_tf_ckpt.core.formats.naming  # noqa: F401
     import airflow_tf_ckpt.core.formats.state  # noqa: F401 - and protobuf
     import airflow_tf_ckpt.core.steps.discovery  # noqa: F401
+    import airflow_tf_ckpt.core.watch.poller  # noqa: F401
     import airflow_tf_ckpt.hooks.storage  # noqa: F401
 
     if gcs:
@@ -481,26 +163,22 @@ class _CheckpointTriggerBase:
         }
 
     def make_poller(self) -> Poller:
+        """This trigger's Poller (imported here: not at DAG parse). Warnings go to the trigger's log."""
+        from airflow_tf_ckpt.core.watch.poller import Poller
+
         return Poller(
             prefix=self.prefix,
             require_complete=self.require_complete,
             settle_seconds=self.settle_seconds,
             state_filename=self.state_filename,
-        )
-
-    def _warn_passed_over(self, cand: Candidate) -> None:
-        log.warning(
-            "%s: step %s is named by the state file but its files are missing while a newer "
-            "step is complete: passing over it (damaged or deleted)",
-            self.dir,
-            cand.name,
+            warn=self.log.warning,  # type: ignore[attr-defined]  # LoggingMixin of the trigger classes
         )
 
     async def apoll(
         self, poller: Poller, adir: AsyncCheckpointDir, after: int | None
     ) -> tuple[list[dict[str, Any]], float | None]:
         """Payloads to fire now (by ``pick``) and the seconds until a settling step may be ready."""
-        ready, wait = await poller.apoll(adir, after, self.pick, self._warn_passed_over)
+        ready, wait = await poller.apoll(adir, after, self.pick)
         return [poller.payload(self.dir, adir.location, ch) for ch in ready], wait
 
     def next_sleep(self, wait: float | None) -> float:
@@ -573,41 +251,47 @@ class CheckpointTrigger(_CheckpointTriggerBase, BaseTrigger):
         )
 
     async def _wait_for_event(self) -> dict[str, Any]:
-        from airflow_tf_ckpt.hooks.storage import CheckpointStorageHook, StorageCredentialsError
+        from airflow_tf_ckpt.hooks.credentials import StorageCredentialsError
+        from airflow_tf_ckpt.hooks.storage import CheckpointStorageHook
 
         hook = CheckpointStorageHook(self.conn_id)
-        poller = self.make_poller()
-        errors = 0
         try:
-            async with hook.aopen(self.dir) as adir:
-                while True:
-                    wait: float | None = None
-                    started = time.monotonic()
-                    try:
-                        fire, wait = await self.apoll(poller, adir, self.after_step)
-                        errors = 0
-                    except StorageCredentialsError:
-                        raise
-                    except Exception as exc:  # noqa: BLE001 - storage errors are retried
-                        errors += 1
-                        msg = _describe(exc, hook)
-                        self.log.warning("%s: poll failed (%d in a row): %s", self.dir, errors, msg)
-                        if self.max_errors and errors >= self.max_errors:
-                            raise _Fatal(f"{errors} consecutive storage errors; last: {msg}") from None
-                        fire = []
-                    if fire:
-                        return fire[0]
-                    # fixed rate: the time the poll took counts towards the interval
-                    await asyncio.sleep(max(0.0, self.next_sleep(wait) - (time.monotonic() - started)))
+            async with hook.aopen(self.dir) as adir:  # released before the event leaves
+                return await self._poll_until_ready(self.make_poller(), adir, hook)
         except _Fatal as exc:
-            return {"status": "error", "dir": self.dir, "prefix": self.prefix, "message": str(exc)}
-        except StorageCredentialsError as exc:
-            return {
-                "status": "error",
-                "dir": self.dir,
-                "prefix": self.prefix,
-                "message": _describe(exc, hook),
-            }
+            return self._error(str(exc))
+        except StorageCredentialsError as exc:  # a connection that cannot be used at all
+            return self._error(_describe(exc, hook))
+
+    def _error(self, message: str) -> dict[str, Any]:
+        return {"status": "error", "dir": self.dir, "prefix": self.prefix, "message": message}
+
+    async def _poll_until_ready(
+        self, poller: Poller, adir: AsyncCheckpointDir, hook: CheckpointStorageHook
+    ) -> dict[str, Any]:
+        """Poll at a fixed rate until a step is ready; raise :class:`_Fatal` after ``max_errors``."""
+        from airflow_tf_ckpt.hooks.credentials import StorageCredentialsError
+
+        errors = 0
+        while True:
+            started = time.monotonic()
+            fire: list[dict[str, Any]] = []
+            wait: float | None = None
+            try:
+                fire, wait = await self.apoll(poller, adir, self.after_step)
+                errors = 0
+            except StorageCredentialsError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - storage errors are retried
+                errors += 1
+                msg = _describe(exc, hook)
+                self.log.warning("%s: poll failed (%d in a row): %s", self.dir, errors, msg)
+                if self.max_errors and errors >= self.max_errors:
+                    raise _Fatal(f"{errors} consecutive storage errors; last: {msg}") from None
+            if fire:
+                return fire[0]
+            # fixed rate: the time the poll took counts towards the interval
+            await asyncio.sleep(max(0.0, self.next_sleep(wait) - (time.monotonic() - started)))
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         await preload(self.dir)  # before gc.freeze(): the imported modules are frozen too
@@ -645,7 +329,9 @@ class CheckpointEventTrigger(_CheckpointTriggerBase, BaseEventTrigger):
     it are replayed. A note is logged.
 
     When one trigger watches several assets (Airflow de-duplicates watchers with identical kwargs),
-    the watermark is read as the minimum over them and written to all.
+    the store's public API (``aget``/``aset`` of the single watched asset) refuses to pick one: the
+    watermark then lives in memory only, with a warning. (This replaced reading the store's private
+    per-asset dicts, ``_by_name``/``_by_uri``, which no public API exposes.)
     """
 
     persist_delay: float = 3.0
@@ -679,6 +365,9 @@ class CheckpointEventTrigger(_CheckpointTriggerBase, BaseEventTrigger):
         self.pick = "all"
         self.watermark: int | None = None  # in memory; the persisted copy is in the asset state store
         self.persisted: int | None = None
+        self._persist_at = math.inf
+        self._errors = 0
+        self._store_unusable = False
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (f"{type(self).__module__}.{type(self).__qualname__}", self._common_kwargs())
@@ -692,17 +381,9 @@ class CheckpointEventTrigger(_CheckpointTriggerBase, BaseEventTrigger):
 
     # ------------------------------------------------------------------ the asset state store
 
-    def _accessors(self) -> list[Any]:
-        store = getattr(self, "asset_state_store", None)
-        if store is None:
-            return []
-        by_name = getattr(store, "_by_name", None)
-        by_uri = getattr(store, "_by_uri", None)
-        if isinstance(by_name, dict) and isinstance(by_uri, dict):
-            accessors = [*by_name.values(), *by_uri.values()]
-            if len(accessors) > 1:  # the store's own get/set refuse to pick one
-                return accessors
-        return [store]
+    def _store(self) -> Any:
+        """The asset state store the triggerer injected, or None (none, or unusable: see the class)."""
+        return None if self._store_unusable else getattr(self, "asset_state_store", None)
 
     @staticmethod
     def _as_step(raw: Any) -> int | None:
@@ -716,25 +397,68 @@ class CheckpointEventTrigger(_CheckpointTriggerBase, BaseEventTrigger):
             return None
 
     async def _load_watermark(self) -> int | None:
-        accessors = self._accessors()
-        if not accessors:
-            self.log.info(
-                "%s: no asset state store: the watermark lives in memory only (from %s)",
-                self.dir,
-                self.after_step,
-            )
-            return self.after_step
-        values = [self._as_step(await acc.aget(self.watermark_key())) for acc in accessors]
-        if all(v is None for v in values):
-            return self.after_step
-        effective = [self.after_step if v is None else v for v in values]
-        return None if any(v is None for v in effective) else min(v for v in effective if v is not None)
+        store = self._store()
+        if store is not None:
+            try:
+                stored = self._as_step(await store.aget(self.watermark_key()))
+                return self.after_step if stored is None else stored
+            except ValueError as exc:  # several assets: the public single-asset API refuses
+                self._store_unusable = True
+                self.log.warning(
+                    "%s: the asset state store cannot be used (%s): give each watcher of this dir "
+                    "its own kwargs (e.g. a prefix) to persist its watermark",
+                    self.dir,
+                    exc,
+                )
+        self.log.info(
+            "%s: no asset state store: the watermark lives in memory only (from %s)",
+            self.dir,
+            self.after_step,
+        )
+        return self.after_step
 
     async def _store_watermark(self, step: int) -> None:
-        value = {"step": step, "dir": self.dir, "prefix": self.prefix, "updated": time.time()}
-        for acc in self._accessors():
-            await acc.aset(self.watermark_key(), value)
+        store = self._store()
+        if store is not None:
+            value = {"step": step, "dir": self.dir, "prefix": self.prefix, "updated": time.time()}
+            await store.aset(self.watermark_key(), value)
         self.persisted = step
+
+    async def _persist_if_due(self, hook: CheckpointStorageHook, now: float) -> None:
+        """Write the in-memory watermark to the store once its delay is over (retried on failure)."""
+        if now < self._persist_at:
+            return
+        if self.watermark is None or self.watermark == self.persisted:
+            self._persist_at = math.inf
+            return
+        try:
+            await self._store_watermark(self.watermark)
+            self._persist_at = math.inf
+        except Exception as exc:  # noqa: BLE001 - retried at the next wake-up
+            self.log.warning(
+                "%s: could not persist watermark %s: %s", self.dir, self.watermark, _describe(exc, hook)
+            )
+            self._persist_at = now + self.poll_interval
+
+    async def _poll_logged(
+        self, poller: Poller, adir: AsyncCheckpointDir, hook: CheckpointStorageHook
+    ) -> tuple[list[dict[str, Any]], float | None]:
+        """One poll; a failure is logged (every ``max_errors``-th in a row at error level), never raised."""
+        try:
+            fire, wait = await self.apoll(poller, adir, self.watermark)
+        except Exception as exc:  # noqa: BLE001 - a watcher never gives up
+            self._errors += 1
+            every = self.max_errors and self._errors % self.max_errors == 0
+            self.log.log(
+                logging.ERROR if every else logging.WARNING,
+                "%s: poll failed (%d in a row): %s",
+                self.dir,
+                self._errors,
+                _describe(exc, hook),
+            )
+            return [], None
+        self._errors = 0
+        return fire, wait
 
     # ------------------------------------------------------------------ run
 
@@ -745,49 +469,20 @@ class CheckpointEventTrigger(_CheckpointTriggerBase, BaseEventTrigger):
         freeze_gc_once()
         hook = CheckpointStorageHook(self.conn_id)
         poller = self.make_poller()
-        self.watermark = await self._load_watermark()
-        self.persisted = self.watermark
+        self.watermark = self.persisted = await self._load_watermark()
         self.log.info("%s: watching for steps after %s", self.dir, self.watermark)
-        persist_at = math.inf  # when the in-memory watermark is due in the store
+        self._persist_at = math.inf  # when the in-memory watermark is due in the store
         next_poll = 0.0
-        errors = 0
         async with hook.aopen(self.dir) as adir:
             while True:
                 now = time.monotonic()
-                if now >= persist_at and self.watermark is not None and self.watermark != self.persisted:
-                    try:
-                        await self._store_watermark(self.watermark)
-                        persist_at = math.inf
-                    except Exception as exc:  # noqa: BLE001 - retried at the next wake-up
-                        self.log.warning(
-                            "%s: could not persist watermark %s: %s",
-                            self.dir,
-                            self.watermark,
-                            _describe(exc, hook),
-                        )
-                        persist_at = now + self.poll_interval
+                await self._persist_if_due(hook, now)
                 if now >= next_poll:
-                    started = now
-                    fire: list[dict[str, Any]] = []
-                    wait: float | None = None
-                    try:
-                        fire, wait = await self.apoll(poller, adir, self.watermark)
-                        errors = 0
-                    except Exception as exc:  # noqa: BLE001 - a watcher never gives up
-                        errors += 1
-                        level = (
-                            logging.ERROR
-                            if self.max_errors and errors % self.max_errors == 0
-                            else logging.WARNING
-                        )
-                        self.log.log(
-                            level, "%s: poll failed (%d in a row): %s", self.dir, errors, _describe(exc, hook)
-                        )
+                    fire, wait = await self._poll_logged(poller, adir, hook)
                     for payload in fire:
-                        if self.watermark is not None and payload["step"] <= self.watermark:
-                            continue  # never twice, never backwards
-                        yield TriggerEvent(payload)
-                        self.watermark = payload["step"]
-                        persist_at = time.monotonic() + self.persist_delay
-                    next_poll = started + self.next_sleep(wait)  # fixed rate
-                await asyncio.sleep(max(0.0, min(next_poll, persist_at) - time.monotonic()))
+                        if self.watermark is None or payload["step"] > self.watermark:  # never twice
+                            yield TriggerEvent(payload)
+                            self.watermark = payload["step"]
+                            self._persist_at = time.monotonic() + self.persist_delay
+                    next_poll = now + self.next_sleep(wait)  # fixed rate
+                await asyncio.sleep(max(0.0, min(next_poll, self._persist_at) - time.monotonic()))
