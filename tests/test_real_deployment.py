@@ -11,13 +11,16 @@ SQLite, all on 127.0.0.1) and drive it through the REST API, as a user does.
 * ``test_soak`` (``make test-long``): ~30 steps in bursts, both evaluation DAGs, GC every minute.
 
 Both check through the API: every committed step evaluated exactly once by each evaluation DAG,
-no run failed, GC deleted no step before both DAGs had evaluated it.
+no run failed, GC deleted no step before both DAGs had evaluated it, and no successful evaluate
+task's log (read through the REST API, as the UI shows it) has an ERROR line: TensorFlow's native
+start-up lines (cuInit, "Could not find cuda drivers") reach it at their true level.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
-from deployment import Deployment, Ledger, read_ledger, triggerer_blocks  # noqa: E402
+from deployment import EVAL_TASKS, Deployment, Ledger, read_ledger, triggerer_blocks  # noqa: E402
 
 pytestmark = [pytest.mark.airflow, pytest.mark.tf, pytest.mark.real]
 
@@ -74,6 +77,38 @@ def _wait_all_evaluated(dep: Deployment, timeout: float) -> Ledger:
         time.sleep(3)
 
 
+def task_log(dep: Deployment, dag_id: str, ti: dict[str, Any]) -> list[dict[str, Any]]:
+    """A task instance's log lines (the structured records the UI shows), from the REST API."""
+    path = (
+        f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(ti['dag_run_id'], safe='')}/taskInstances/"
+        f"{ti['task_id']}/logs/{ti['try_number']}"
+    )
+    body = dep.api("GET", path, full_content="true", map_index=ti.get("map_index", -1))
+    content = body.get("content") or []
+    return [c for c in content if isinstance(c, dict)]
+
+
+def evaluate_log_errors(dep: Deployment, ledger: Ledger) -> tuple[int, list[str]]:
+    """``(successful evaluate tasks read, their ERROR/CRITICAL lines)`` for every evaluation DAG."""
+    read, errors = 0, []
+    for dag, task_id in EVAL_TASKS.items():
+        for r in ledger.runs.get(dag, []):
+            for ti in dep.task_instances(dag, r["dag_run_id"]):
+                if ti["task_id"] != task_id or ti["state"] != "success":
+                    continue
+                lines = task_log(dep, dag, ti)
+                assert any(str(x.get("event", "")).startswith("Restoring ") for x in lines), (
+                    f"not the evaluate task's log ({dag} {r['dag_run_id']}): {lines[:5]}"
+                )
+                read += 1
+                errors += [
+                    f"{dag} {r['dag_run_id']} {task_id}[{ti.get('map_index', -1)}]: {x.get('event')}"
+                    for x in lines
+                    if str(x.get("level", "")).lower() in ("error", "critical", "fatal")
+                ]
+    return read, errors
+
+
 def _gc_during_evaluation(dep: Deployment, timeout: float = 600) -> None:
     """Trigger GC (deleting all it may) as soon as an evaluation is in flight."""
     deadline = time.monotonic() + timeout
@@ -106,6 +141,8 @@ def test_dags_on_a_real_deployment(deployment: Deployment) -> None:
     assert len(cont) >= 3, "the continuous DAG kept making runs"
     gc_runs = ledger.runs["tf_ckpt_gc"]
     assert gc_runs and all(r["state"] == "success" for r in gc_runs), gc_runs
+    read, errors = evaluate_log_errors(dep, ledger)
+    assert read >= 2 * len(ledger.committed()) and errors == [], errors[:20]
     print("triggerer:", triggerer_blocks(dep))
 
 
@@ -124,4 +161,6 @@ def test_soak(deployment: Deployment) -> None:
     assert len(ledger.saved) == 30 and ledger.corrupted == [15]
     assert ledger.problems(EVAL_DAGS) == []
     assert len([r for r in ledger.runs["tf_ckpt_gc"] if r["state"] == "success"]) >= 3
+    read, errors = evaluate_log_errors(dep, ledger)
+    assert read >= 2 * len(ledger.committed()) and errors == [], errors[:20]
     print("triggerer:", triggerer_blocks(dep))

@@ -114,3 +114,31 @@ def test_render_is_sandboxed_and_keeps_types() -> None:
         sources.render("{{ ''.__class__.__mro__[1].__subclasses__() }}", {})
     with pytest.raises(sources.Unresolved):
         sources.render("{{ var.value.x }}", {})
+
+
+def test_first_paint_from_the_state_file_pages_newest_first() -> None:
+    """The first paint of a dir never listed: one page of rows (newest step first, with TF's save
+    times), the total and the latest from the state file alone; other bases are left out."""
+    from airflow_tf_ckpt.core.formats.state import parse_state
+    from airflow_tf_ckpt.ui import views
+
+    names = [f"ckpt-{i}" for i in (3, 1, 10, 2)] + ["other-7"]
+    text = 'model_checkpoint_path: "/some/dir/ckpt-10"\n' + "".join(
+        f'all_model_checkpoint_paths: "/some/dir/{n}"\n' for n in names
+    )
+    text += "".join(f"all_model_checkpoint_timestamps: {100.0 + i}\n" for i in range(len(names)))
+    state = parse_state(text, "checkpoint")
+    out = views.preliminary(state, "ckpt", offset=1, limit=2)
+    assert out["preliminary"] and out["total"] == 4 and out["offset"] == 1 and out["limit"] == 2
+    assert [(r["prefix"], r["saved"]) for r in out["rows"]] == [("ckpt-3", 100.0), ("ckpt-2", 103.0)]
+    assert out["summary"] == {
+        "steps": 4,
+        "counts": {"committed": 4},
+        "bytes": None,
+        "latest": "ckpt-10",
+        "problems": [],
+        "problem_count": 0,
+    }
+    first = views.preliminary(state, "ckpt", 0, 50)["rows"][0]
+    assert first["prefix"] == "ckpt-10" and first["latest"] and first["size"] is None
+    assert views.preliminary(None, "ckpt")["total"] == 0

@@ -32,6 +32,7 @@ from airflow_tf_ckpt.ui import sources, views
 
 DIRS_TTL_S = 30.0  # how long the list of dirs (read from the serialized DAGs) is reused
 LISTING_TTL_S = 5.0  # a listing older than this is redone in the background on the next request
+STATE_TTL_S = 2.0  # the first paint's summary and rows (two requests at once) share one state-file read
 STATIC = {"app.js": "text/javascript", "app.css": "text/css"}
 
 
@@ -115,8 +116,8 @@ def _hook(conn_id: str | None) -> Any:
 
 def _dags_of(d: sources.WatchedDir) -> list[str | None]:
     """The DAGs whose access a dir needs; ``None`` (all DAGs) too for a dir that ``ui_dirs`` names."""
-    ids: list[str | None] = sorted(
-        {w.split(" ", 1)[0].split(".", 1)[0] for w in d.used_by if not w.startswith("[")}
+    ids: list[str | None] = list(
+        sorted({w.split(" ", 1)[0].split(".", 1)[0] for w in d.used_by if not w.startswith("[")})
     )
     return [None, *ids] if any(w.startswith("[") for w in d.used_by) or not ids else ids
 
@@ -232,12 +233,18 @@ def _fresh_listing(d: sources.WatchedDir) -> CheckpointDir:
 
 
 def _state_only(d: sources.WatchedDir) -> Any:
+    """The dir's state file, parsed (kept ``STATE_TTL_S``: the page asks for the summary and the
+    first rows at once, and the second request waits for the first one's read instead of making
+    its own)."""
     from airflow_tf_ckpt.core.formats.state import STATE_FILENAME, read_state
 
-    try:
-        return read_state(_hook(d.conn_id).get_location(d.url), STATE_FILENAME)
-    except (CheckpointError, OSError, ValueError) as exc:
-        raise HTTPException(502, f"cannot read the state file of {d.url}: {_redacted(d, exc)}") from None
+    def make() -> Any:
+        try:
+            return read_state(_hook(d.conn_id).get_location(d.url), STATE_FILENAME)
+        except (CheckpointError, OSError, ValueError) as exc:
+            raise HTTPException(502, f"cannot read the state file of {d.url}: {_redacted(d, exc)}") from None
+
+    return _cache.get(f"state:{d.id}", STATE_TTL_S, make)
 
 
 def create_app() -> FastAPI:
@@ -254,7 +261,7 @@ def create_app() -> FastAPI:
         redoc_url=None,
         openapi_url=None,
     )
-    app.add_exception_handler(HTTPException, _html_or_json)
+    app.add_exception_handler(HTTPException, _html_or_json)  # type: ignore[arg-type]  # Starlette's stub: any Exception
     _routes(app)
     return app
 
