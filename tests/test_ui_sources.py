@@ -142,3 +142,31 @@ def test_first_paint_from_the_state_file_pages_newest_first() -> None:
     first = views.preliminary(state, "ckpt", 0, 50)["rows"][0]
     assert first["prefix"] == "ckpt-10" and first["latest"] and first["size"] is None
     assert views.preliminary(None, "ckpt")["total"] == 0
+
+
+def test_the_first_paint_does_not_start_a_listing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A dir never listed: the first paint's requests (``wait=false``) answer at once and start no
+    listing (it would share the CPU with them); the page's next request, which waits, lists it."""
+    import time
+
+    from airflow_tf_ckpt.ui import app
+
+    listed: list[str] = []
+    real = app.discover
+
+    def counted(loc, prefix=None):  # the real discovery, counted
+        listed.append(str(loc))
+        return real(loc, prefix)
+
+    monkeypatch.setattr(app, "discover", counted)
+    d = sources.WatchedDir(url=str(tmp_path))
+    app._hook(None).get_location(d.url)  # imported now, so that a listing would be quick
+    listings = app._Listings()
+    assert listings.get(d, wait=False) == (None, None)
+    assert listings.get(d, wait=False) == (None, None)
+    time.sleep(1.0)  # a listing started in the background would have run by now
+    assert listed == []
+    cdir, age = listings.get(d, wait=True)
+    assert cdir is not None and cdir.steps == [] and age is not None and len(listed) == 1
+    assert listings.get(d, wait=False)[0] is cdir  # kept: no new listing within the TTL
+    assert len(listed) == 1

@@ -170,8 +170,9 @@ class _Listings:
         fresh: bool = True,
     ) -> tuple[CheckpointDir | None, float | None]:
         """``(listing or None, its age in seconds)``. Without ``wait`` it never blocks (a stale
-        listing, or None for a dir never listed); with ``wait`` it returns a fresh listing, or with
-        ``fresh=False`` any listing (waiting only for a dir never listed)."""
+        listing, refreshed in the background, or None for a dir never listed, whose listing
+        starts with the first request that waits); with ``wait`` it returns a fresh listing, or
+        with ``fresh=False`` any listing (waiting only for a dir never listed)."""
         deadline = time.monotonic() + 600
         while True:
             with self._lock:
@@ -181,7 +182,12 @@ class _Listings:
                 if e["error"] is not None and e["done"] is None:
                     error, e["error"] = e["error"], None
                     raise HTTPException(502, f"cannot list {d.url}: {error}")
-                if (e["cdir"] is None or time.monotonic() - e["at"] > LISTING_TTL_S) and e["done"] is None:
+                # a dir never listed is first listed by a request that waits (the page's second
+                # phase): the first paint's own requests then do not share the CPU with a listing
+                due = (e["cdir"] is None and wait) or (
+                    e["cdir"] is not None and time.monotonic() - e["at"] > LISTING_TTL_S
+                )
+                if due and e["done"] is None:
                     e["done"] = threading.Event()
                     threading.Thread(
                         target=self._refresh, args=(d, e, e["gen"]), daemon=True, name=f"tf-ckpt-ls-{d.id}"
