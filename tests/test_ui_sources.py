@@ -170,3 +170,17 @@ def test_the_first_paint_does_not_start_a_listing(monkeypatch: pytest.MonkeyPatc
     assert cdir is not None and cdir.steps == [] and age is not None and len(listed) == 1
     assert listings.get(d, wait=False)[0] is cdir  # kept: no new listing within the TTL
     assert len(listed) == 1
+
+
+def test_the_page_is_one_request() -> None:
+    """The page comes with its stylesheet and script inlined (no request for them before the first
+    data request); the script is the shipped one, whole."""
+    from importlib import resources
+
+    from airflow_tf_ckpt.ui import app
+
+    page = app._page()
+    js = resources.files("airflow_tf_ckpt.ui").joinpath("static", "app.js").read_text("utf-8")
+    assert 'href="static/' not in page and 'src="static/' not in page
+    assert page.count("<script>") == 1 and js in page and "</script" not in js
+    assert page.index('<table id="steps">') < page.index("<script>")  # the DOM is there when it runs

@@ -291,10 +291,20 @@ def _static(name: str) -> str:
     return resources.files("airflow_tf_ckpt.ui").joinpath("static", name).read_text("utf-8")
 
 
+def _page() -> str:
+    """index.html with its stylesheet and script inlined: one request for the page instead of
+    three before the first data request (on a loaded api-server each one costs hundreds of ms).
+    The files stay served under ``static/`` too."""
+    html = _static("index.html")
+    css, js = _static("app.css"), _static("app.js").replace("</script", "<\\/script")
+    html = html.replace('<link rel="stylesheet" href="static/app.css">', f"<style>\n{css}</style>")
+    return html.replace('<script src="static/app.js"></script>', f"<script>\n{js}</script>")
+
+
 def _routes(app: FastAPI) -> None:
     @app.get("/", response_class=HTMLResponse)
     def index() -> HTMLResponse:
-        return HTMLResponse(_static("index.html"), headers={"Cache-Control": "no-store"})
+        return HTMLResponse(_page(), headers={"Cache-Control": "no-store"})
 
     @app.get("/static/{name}")
     def static(name: str) -> Response:
