@@ -3,7 +3,8 @@
 ``up`` starts the same deployment as ``make demo`` (``scripts/deployment.py``: scheduler,
 dag-processor, triggerer, api-server, LocalExecutor, SQLite, all on 127.0.0.1) under
 ``demo_output/up/``, unpauses the DAGs in the safe order (the evaluation DAGs, then GC, then the
-trainer), triggers one training run, prints the URL, the user and the password, and returns.
+trainer), triggers the demo's training run (with its corrupt step), prints the URL, the user and the
+password, and returns.
 ``down`` stops every process group it started (their ids are in ``demo_output/up/deployment.json``).
 
 ``up`` on a deployment that is still running says so and leaves it alone; ``up --fresh`` stops
@@ -16,6 +17,7 @@ import argparse
 import shutil
 import sys
 
+from airflow_demo import TRAIN
 from deployment import REPO, Deployment, _group_alive, stop_groups
 
 ROOT = REPO / "demo_output" / "up"
@@ -46,7 +48,9 @@ def up(fresh: bool) -> int:
         dep.wait_dags(DAGS)
         for dag in DAGS:
             dep.unpause(dag)
-        dep.trigger("tf_ckpt_train_demo", {"steps": 10, "save_every": 2, "sleep_between_saves": 10})
+        # the demo's training run: a burst, then spaced saves, one corrupted (quarantined by validate),
+        # so the Checkpoints page shows every marker
+        dep.trigger("tf_ckpt_train_demo", TRAIN)
     except BaseException:
         dep.stop()
         raise
@@ -56,7 +60,10 @@ Airflow is up: {dep.url}
   user admin, password {dep.password}
   AIRFLOW_HOME {dep.home}   checkpoints {dep.ckpt_dir}
   component logs {dep.logs}
-One training run was triggered (5 steps, 10 s apart); trigger tf_ckpt_train_demo again for more.
+One training run was triggered, as in `make demo` ({TRAIN["steps"] // TRAIN["save_every"]} saves: a burst of {TRAIN["burst"]}, then
+{TRAIN["sleep_between_saves"]:g} s apart; step {TRAIN["corrupt_step"]} is corrupted on purpose and gets quarantined); the steps,
+their metrics, the quarantined step and the promoted best show on the Checkpoints page within a few
+minutes. Trigger tf_ckpt_train_demo again for more.
 Stop everything with: make down""")
     return 0
 

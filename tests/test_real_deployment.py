@@ -11,13 +11,16 @@ SQLite, all on 127.0.0.1) and drive it through the REST API, as a user does.
 * ``test_soak`` (``make test-long``): ~30 steps in bursts, both evaluation DAGs, GC every minute.
 
 Both check through the API: every committed step evaluated exactly once by each evaluation DAG,
-no run failed, GC deleted no step before both DAGs had evaluated it.
+no run failed, GC deleted no step before both DAGs had evaluated it, and no successful evaluate
+task's log (read through the REST API, as the UI shows it) has an ERROR line: TensorFlow's native
+start-up lines (cuInit, "Could not find cuda drivers") reach it at their true level.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
-from deployment import Deployment, Ledger, read_ledger, triggerer_blocks  # noqa: E402
+from deployment import EVAL_TASKS, Deployment, Ledger, read_ledger, triggerer_blocks  # noqa: E402
 
 pytestmark = [pytest.mark.airflow, pytest.mark.tf, pytest.mark.real]
 
@@ -74,6 +77,38 @@ def _wait_all_evaluated(dep: Deployment, timeout: float) -> Ledger:
         time.sleep(3)
 
 
+def task_log(dep: Deployment, dag_id: str, ti: dict[str, Any]) -> list[dict[str, Any]]:
+    """A task instance's log lines (the structured records the UI shows), from the REST API."""
+    path = (
+        f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(ti['dag_run_id'], safe='')}/taskInstances/"
+        f"{ti['task_id']}/logs/{ti['try_number']}"
+    )
+    body = dep.api("GET", path, full_content="true", map_index=ti.get("map_index", -1))
+    content = body.get("content") or []
+    return [c for c in content if isinstance(c, dict)]
+
+
+def evaluate_log_errors(dep: Deployment, ledger: Ledger) -> tuple[int, list[str]]:
+    """``(successful evaluate tasks read, their ERROR/CRITICAL lines)`` for every evaluation DAG."""
+    read, errors = 0, []
+    for dag, task_id in EVAL_TASKS.items():
+        for r in ledger.runs.get(dag, []):
+            for ti in dep.task_instances(dag, r["dag_run_id"]):
+                if ti["task_id"] != task_id or ti["state"] != "success":
+                    continue
+                lines = task_log(dep, dag, ti)
+                assert any(str(x.get("event", "")).startswith("Restoring ") for x in lines), (
+                    f"not the evaluate task's log ({dag} {r['dag_run_id']}): {lines[:5]}"
+                )
+                read += 1
+                errors += [
+                    f"{dag} {r['dag_run_id']} {task_id}[{ti.get('map_index', -1)}]: {x.get('event')}"
+                    for x in lines
+                    if str(x.get("level", "")).lower() in ("error", "critical", "fatal")
+                ]
+    return read, errors
+
+
 def _gc_during_evaluation(dep: Deployment, timeout: float = 600) -> None:
     """Trigger GC (deleting all it may) as soon as an evaluation is in flight."""
     deadline = time.monotonic() + timeout
@@ -106,6 +141,8 @@ def test_dags_on_a_real_deployment(deployment: Deployment) -> None:
     assert len(cont) >= 3, "the continuous DAG kept making runs"
     gc_runs = ledger.runs["tf_ckpt_gc"]
     assert gc_runs and all(r["state"] == "success" for r in gc_runs), gc_runs
+    read, errors = evaluate_log_errors(dep, ledger)
+    assert read >= 2 * len(ledger.committed()) and errors == [], errors[:20]
     print("triggerer:", triggerer_blocks(dep))
 
 
@@ -124,4 +161,93 @@ def test_soak(deployment: Deployment) -> None:
     assert len(ledger.saved) == 30 and ledger.corrupted == [15]
     assert ledger.problems(EVAL_DAGS) == []
     assert len([r for r in ledger.runs["tf_ckpt_gc"] if r["state"] == "success"]) >= 3
+    read, errors = evaluate_log_errors(dep, ledger)
+    assert read >= 2 * len(ledger.committed()) and errors == [], errors[:20]
     print("triggerer:", triggerer_blocks(dep))
+
+
+@pytest.mark.timeout(2400)
+def test_the_checkpoints_page_on_a_live_deployment(tmp_path: Path) -> None:
+    """As a new user of ``make up``: train with a corrupt step, then in headless Chromium log in
+    through the real login form, Browse > Checkpoints, and see the demo's dir with its steps, the
+    metrics plot with the best step, the quarantined step and the promoted one. Also: no successful
+    evaluate task's log has an ERROR line."""
+    from tests.ui_server import chromium_driver, chromium_missing
+
+    why = chromium_missing()
+    if why:
+        pytest.skip(why)
+    dep = Deployment(root=tmp_path / "deployment", poll_interval=2.0)
+    dep.prepare()
+    try:
+        dep.start()
+        dep.wait_dags(ALL_DAGS)
+        for dag in (*EVAL_DAGS, "tf_ckpt_gc", "tf_ckpt_train_demo"):  # the README's order
+            dep.unpause(dag)
+        _train(dep, {"steps": 6, "save_every": 2, "corrupt_step": 4})  # ckpt-2, -4 (corrupt), -6
+        ledger = _wait_all_evaluated(dep, timeout=1500)
+        assert ledger.corrupted == [4] and ledger.problems(EVAL_DAGS) == []
+        losses = {s: ms[-1][1]["loss"] for s, ms in ledger.evaluations["tf_ckpt_evaluate_each_step"].items()}
+        best = min(losses, key=losses.__getitem__)
+        assert (dep.ckpt_dir / "ckpt-4.quarantine.json").exists()
+        read, errors = evaluate_log_errors(dep, ledger)
+        assert read >= 2 * len(ledger.committed()) and errors == [], errors[:20]
+        driver = chromium_driver()
+        try:
+            _check_page(driver, dep, best, tmp_path)
+        finally:
+            driver.quit()
+    finally:
+        dep.stop()
+        assert not dep.procs
+
+
+def _check_page(driver: Any, dep: Deployment, best: int, tmp_path: Path) -> None:
+    import os
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    wait = WebDriverWait(driver, 120)
+    driver.get(dep.url + "/")
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "input[name=username]"))).send_keys("admin")
+    driver.find_element(By.CSS_SELECTOR, "input[name=password]").send_keys(dep.password)
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait.until(ec.element_to_be_clickable((By.XPATH, "//button[normalize-space()='Browse']"))).click()
+    wait.until(
+        ec.element_to_be_clickable(
+            (
+                By.XPATH,
+                "//*[@role='menuitem'][normalize-space()='Checkpoints'] | //a[normalize-space()='Checkpoints']",
+            )
+        )
+    ).click()
+    wait.until(ec.frame_to_be_available_and_switch_to_it((By.TAG_NAME, "iframe")))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#dir option"))
+    urls = [o.text for o in driver.find_elements(By.CSS_SELECTOR, "#dir option")]
+    assert str(dep.ckpt_dir) in urls, urls
+    if Select(driver.find_element(By.ID, "dir")).first_selected_option.text != str(dep.ckpt_dir):
+        Select(driver.find_element(By.ID, "dir")).select_by_visible_text(str(dep.ckpt_dir))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#steps[data-complete='1'] tbody tr[data-prefix]"))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#plot circle.best"))
+    rows = {
+        r.get_attribute("data-prefix"): r for r in driver.find_elements(By.CSS_SELECTOR, "#steps tbody tr")
+    }
+    assert {p: r.get_attribute("data-status") for p, r in rows.items()} == {
+        "ckpt-6": "committed",
+        "ckpt-4": "quarantined",
+        "ckpt-2": "committed",
+    }
+    assert "latest" in rows["ckpt-6"].text
+    promoted = [p for p, r in rows.items() if r.find_elements(By.CSS_SELECTOR, ".badge.promoted")]
+    assert promoted == [f"ckpt-{best}"], promoted
+    assert rows[f"ckpt-{best}"].find_element(By.CSS_SELECTOR, ".badge.promoted").text == "best"
+    assert driver.find_element(By.CSS_SELECTOR, "#plot circle.best").get_attribute("data-step") == str(best)
+    assert (
+        len(driver.find_elements(By.CSS_SELECTOR, "#plot circle.point")) == 2
+    )  # the corrupt step: never evaluated
+    shot = Path(os.environ.get("TF_CKPT_UI_LIVE_SCREENSHOT") or tmp_path / "checkpoints-live.png")
+    driver.switch_to.default_content()
+    assert driver.save_screenshot(str(shot))
+    print("screenshot:", shot)

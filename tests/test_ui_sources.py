@@ -114,3 +114,73 @@ def test_render_is_sandboxed_and_keeps_types() -> None:
         sources.render("{{ ''.__class__.__mro__[1].__subclasses__() }}", {})
     with pytest.raises(sources.Unresolved):
         sources.render("{{ var.value.x }}", {})
+
+
+def test_first_paint_from_the_state_file_pages_newest_first() -> None:
+    """The first paint of a dir never listed: one page of rows (newest step first, with TF's save
+    times), the total and the latest from the state file alone; other bases are left out."""
+    from airflow_tf_ckpt.core.formats.state import parse_state
+    from airflow_tf_ckpt.ui import views
+
+    names = [f"ckpt-{i}" for i in (3, 1, 10, 2)] + ["other-7"]
+    text = 'model_checkpoint_path: "/some/dir/ckpt-10"\n' + "".join(
+        f'all_model_checkpoint_paths: "/some/dir/{n}"\n' for n in names
+    )
+    text += "".join(f"all_model_checkpoint_timestamps: {100.0 + i}\n" for i in range(len(names)))
+    state = parse_state(text, "checkpoint")
+    out = views.preliminary(state, "ckpt", offset=1, limit=2)
+    assert out["preliminary"] and out["total"] == 4 and out["offset"] == 1 and out["limit"] == 2
+    assert [(r["prefix"], r["saved"]) for r in out["rows"]] == [("ckpt-3", 100.0), ("ckpt-2", 103.0)]
+    assert out["summary"] == {
+        "steps": 4,
+        "counts": {"committed": 4},
+        "bytes": None,
+        "latest": "ckpt-10",
+        "problems": [],
+        "problem_count": 0,
+    }
+    first = views.preliminary(state, "ckpt", 0, 50)["rows"][0]
+    assert first["prefix"] == "ckpt-10" and first["latest"] and first["size"] is None
+    assert views.preliminary(None, "ckpt")["total"] == 0
+
+
+def test_the_first_paint_does_not_start_a_listing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A dir never listed: the first paint's requests (``wait=false``) answer at once and start no
+    listing (it would share the CPU with them); the page's next request, which waits, lists it."""
+    import time
+
+    from airflow_tf_ckpt.ui import app
+
+    listed: list[str] = []
+    real = app.discover
+
+    def counted(loc, prefix=None):  # the real discovery, counted
+        listed.append(str(loc))
+        return real(loc, prefix)
+
+    monkeypatch.setattr(app, "discover", counted)
+    d = sources.WatchedDir(url=str(tmp_path))
+    app._hook(None).get_location(d.url)  # imported now, so that a listing would be quick
+    listings = app._Listings()
+    assert listings.get(d, wait=False) == (None, None)
+    assert listings.get(d, wait=False) == (None, None)
+    time.sleep(1.0)  # a listing started in the background would have run by now
+    assert listed == []
+    cdir, age = listings.get(d, wait=True)
+    assert cdir is not None and cdir.steps == [] and age is not None and len(listed) == 1
+    assert listings.get(d, wait=False)[0] is cdir  # kept: no new listing within the TTL
+    assert len(listed) == 1
+
+
+def test_the_page_is_one_request() -> None:
+    """The page comes with its stylesheet and script inlined (no request for them before the first
+    data request); the script is the shipped one, whole."""
+    from importlib import resources
+
+    from airflow_tf_ckpt.ui import app
+
+    page = app._page()
+    js = resources.files("airflow_tf_ckpt.ui").joinpath("static", "app.js").read_text("utf-8")
+    assert 'href="static/' not in page and 'src="static/' not in page
+    assert page.count("<script>") == 1 and js in page and "</script" not in js
+    assert page.index('<table id="steps">') < page.index("<script>")  # the DOM is there when it runs

@@ -76,6 +76,8 @@ async function loadSteps(wait) {
   $("#pageinfo").textContent = d.total ? `${d.offset + 1}-${d.offset + d.rows.length} of ${d.total}` : "no steps";
   $("#prev").disabled = st.offset === 0; $("#next").disabled = st.offset + PAGE >= d.total;
   $("#steps tbody").innerHTML = d.rows.map(rowHtml).join("");
+  // user timing (devtools, bench/ui.py): when the first rows were on the page
+  if (d.rows.length && !performance.getEntriesByName("tf-ckpt-first-rows").length) performance.mark("tf-ckpt-first-rows");
 }
 
 function rowHtml(r) {
