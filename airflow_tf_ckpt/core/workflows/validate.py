@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_tf_ckpt.core.errors import StepNotFoundError
-from airflow_tf_ckpt.core.steps.discovery import CheckpointStep, StepStatus, discover
+from airflow_tf_ckpt.core.steps.discovery import CheckpointDir, CheckpointStep, StepStatus, discover
 from airflow_tf_ckpt.core.storage.location import Location
 from airflow_tf_ckpt.core.verify.engine import Problem, VerifyReport, verify_step
 
@@ -279,3 +279,23 @@ def _not_quarantined_because(v: StepValidation) -> str | None:
     if v.step.status is StepStatus.INCOMPLETE and not v.step.in_state:
         return "incomplete and not named by the state file (a save may be in progress)"
     return None
+
+
+def dir_findings(
+    cdir: CheckpointDir, prefix: str | None, *, check_latest: bool
+) -> tuple[list[str], list[str]]:
+    """``(problems, warnings)`` of the dir itself, beside its steps' verdicts.
+
+    A state-file path that resolves to nothing here breaks TF's restore: a problem; one re-homed
+    by basename (the dir was moved) is only a warning. With ``check_latest``, a state file whose
+    latest is not the step a restore falls back to (``latest_problem``) is a problem too."""
+    refused = {
+        f"{cdir.location.display(cdir.state_filename)}: {r.raw!r}: {r.problem}"
+        for r in cdir.resolved
+        if r.how == "refused"
+    }
+    problems = [p for p in cdir.problems if p in refused]
+    warnings = [p for p in cdir.problems if p not in refused]
+    if check_latest and (lp := cdir.latest_problem(prefix)):
+        problems.append(lp)
+    return problems, warnings
