@@ -96,7 +96,7 @@ def best(fn, repeat: int) -> tuple[float, object]:
 
 def tf_ckpt_cmd() -> tuple[list[str], str]:
     """The ``tf-ckpt`` console script, if the CLI exists and is installed."""
-    if not (REPO / "airflow_tf_ckpt" / "cli.py").exists():
+    if not (REPO / "airflow_tf_ckpt" / "cli").is_dir():
         return [], "the tf-ckpt CLI does not exist yet: measuring python -c verify_step only"
     exe = Path(sys.executable).with_name("tf-ckpt")
     found = str(exe) if exe.exists() else shutil.which("tf-ckpt")

@@ -172,6 +172,58 @@ ValidateCheckpointOperator(task_id="v", ckpt_dir={str(d)!r}, step="ckpt-5", quar
     assert (d / "ckpt-5.index").exists()  # kept for inspection
 
 
+def _two_bad_steps(d: Path) -> None:
+    """ckpt-4: named by the state file, one tensor's bytes flipped (a restore fails on its crc);
+    ckpt-6: an index without its data shard that the state file does not name (what a save in
+    progress looks like: TF's latest_checkpoint never reaches it)."""
+    _flip(d / "ckpt-4.data-00000-of-00001", 40)
+    (d / "ckpt-6.index").write_bytes((d / "ckpt-5.index").read_bytes())
+
+
+def test_cli_and_operator_validate_agree(dag_runner, copy_variant, capfd, tf_run) -> None:
+    """`tf-ckpt validate --quarantine` and ValidateCheckpointOperator(quarantine=True) run the one
+    workflow: on the same real TF dir they find the same problems and quarantine the same steps.
+    The corrupt named step is quarantined (TF then restores ckpt-5 as before); the incomplete
+    unnamed one fails but is NOT quarantined (it may be a save in progress). Before, the operator
+    quarantined it."""
+    from tests.test_cli import run_json
+
+    by_cli, by_op = copy_variant("tf2_manager"), copy_variant("tf2_manager")
+    _two_bad_steps(by_cli)
+    _two_bad_steps(by_op)
+    cli = {n: run_json("validate", str(by_cli), "--step", str(n), "--quarantine", code=1) for n in (4, 6)}
+    r = dag_runner(
+        _dag(
+            "op_validate_agree",
+            f"""
+ValidateCheckpointOperator(task_id="v4", ckpt_dir={str(by_op)!r}, step=4, quarantine=True)
+ValidateCheckpointOperator(task_id="v6", ckpt_dir={str(by_op)!r}, step=6, quarantine=True)
+""",
+        ),
+        "op_validate_agree",
+    )
+    out = capfd.readouterr().out
+    assert r.task_states == {"v4": "failed", "v6": "failed"}, r
+    for n, doc in cli.items():
+        (step,) = doc["steps"]
+        assert not doc["ok"] and step["problems"]
+        lines = [_problem_str(p).replace(str(by_cli), str(by_op)) for p in step["problems"]]
+        assert f"ckpt-{n} failed validation with {len(lines)} problem(s)" in out
+        assert all(line in out for line in lines), (lines, out)
+    assert cli[4]["steps"][0]["quarantined"] is True and cli[6]["steps"][0]["quarantined"] is False
+    for d in (by_cli, by_op):
+        assert (d / "ckpt-4.quarantine.json").exists() and not (d / "ckpt-6.quarantine.json").exists()
+        assert _state_latest(d) == "ckpt-5"
+        assert os.path.basename(tf_run("latest_checkpoint", str(d))) == "ckpt-5"
+    assert (by_cli / "checkpoint").read_text() == (by_op / "checkpoint").read_text()
+
+
+def _problem_str(p: dict[str, Any]) -> str:
+    from airflow_tf_ckpt.core.verify.engine import Problem
+
+    return str(Problem(**p))
+
+
 def test_validate_on_gcs(dag_runner, tf_checkpoints, gcs_emulator, gcs_bucket) -> None:
     from tests.fixtures.gcs_emulator import upload_dir
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from airflow_tf_ckpt.operators._common import BaseCheckpointOperator, format_table, human_bytes
+from airflow_tf_ckpt.core.display import human_bytes
+from airflow_tf_ckpt.operators._common import BaseCheckpointOperator, format_table
 
 MAX_XCOM_STEPS = 1000  # deleted step numbers listed in the XCom (the count is always exact)
 

@@ -250,7 +250,7 @@ class EvaluateCheckpointOperator(RestoreCheckpointOperator):
                 )
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from airflow_tf_ckpt.core.sidecars.metrics import check_evaluator, write_metrics
+        from airflow_tf_ckpt.core.sidecars.metrics import check_evaluator
 
         evaluator = check_evaluator(None if self.evaluator in (None, "", "None") else str(self.evaluator))
         evaluate = load_callable(self.eval_fn, "eval_fn")
@@ -265,47 +265,37 @@ class EvaluateCheckpointOperator(RestoreCheckpointOperator):
             finally:
                 restored.close()
             metrics = clean_metrics(raw, url)
-            evaluations = 0
-            if self.write_sidecar:
-                owner = lease_owner(context)
-                extra = (
-                    {"run": owner, "device": device} if evaluator else {"evaluator": owner, "device": device}
-                )
-                record = write_metrics(
-                    loc, step.prefix, metrics, step=step.step, extra=extra, evaluator=evaluator
-                )
-                evaluations = record["evaluations"]
-                if evaluations > 1:
-                    self.log.warning(
-                        "%s has now been evaluated %d times by %s",
-                        url,
-                        evaluations,
-                        evaluator or "the default evaluator",
-                    )
+            evaluations = (
+                self._record(context, loc, step, metrics, device, evaluator) if self.write_sidecar else 0
+            )
         self.log.info("Metrics of %s: %s", url, ", ".join(f"{k}={v:.6g}" for k, v in metrics.items()))
         if not all(math.isfinite(v) for v in metrics.values()):
             self.log.warning("Non-finite metric(s) for %s: %s", url, metrics)
         safe = json_safe_metrics(metrics)
-        result = {
-            "prefix": step.prefix,
-            "step": step.step,
-            "url": url,
-            "metrics": safe,
-            "device": device,
-            "evaluator": evaluator,
-            "evaluations": evaluations,
-        }
-        n = emit_asset_events(
-            context,
-            self.outlets,
-            {
-                "ckpt_dir": loc.display(),
-                "prefix": step.prefix,
-                "step": step.step,
-                "url": url,
-                "metrics": safe,
-            },
-        )
-        if n:
+        about = {"prefix": step.prefix, "step": step.step, "url": url, "metrics": safe}
+        if n := emit_asset_events(context, self.outlets, {"ckpt_dir": loc.display(), **about}):
             self.log.info("Attached the metrics to %d outlet asset event(s)", n)
-        return result
+        return {**about, "device": device, "evaluator": evaluator, "evaluations": evaluations}
+
+    def _record(
+        self,
+        context: Any,
+        loc: Location,
+        step: CheckpointStep,
+        metrics: dict[str, float],
+        device: str,
+        evaluator: str | None,
+    ) -> int:
+        """Write the metrics sidecar (still under the lease); returns this evaluator's count."""
+        from airflow_tf_ckpt.core.sidecars.metrics import write_metrics
+
+        owner = lease_owner(context)
+        extra = {"run": owner, "device": device} if evaluator else {"evaluator": owner, "device": device}
+        record = write_metrics(loc, step.prefix, metrics, step=step.step, extra=extra, evaluator=evaluator)
+        evaluations = int(record["evaluations"])
+        if evaluations > 1:
+            who = evaluator or "the default evaluator"
+            self.log.warning(
+                "%s has now been evaluated %d times by %s", loc.display(step.prefix), evaluations, who
+            )
+        return evaluations

@@ -1,13 +1,15 @@
 """``ValidateCheckpointOperator``: check a step's every checksum without TensorFlow.
 
-It runs the core's TF-free verifier (``core.verify.verify_step``: index blocks, header, every
-shard present, every tensor's crc32c), logs progress lines while it streams the shards, and
-fails listing EVERY problem found, so one log tells the whole story.
+It runs the core's validate workflow (``core.workflows.validate.validate_steps``, the one
+``tf-ckpt validate`` runs: lease, the TF-free verifier's every check, quarantine by one rule),
+logs progress lines while it streams the shards, and fails listing EVERY problem found, so one
+log tells the whole story.
 
-``quarantine=True`` also quarantines a corrupt step (``core.quarantine.quarantine_step``): the
-step is dropped from the ``checkpoint`` state file, so ``tf.train.latest_checkpoint`` (and a
-trainer resuming from it) falls back to the last good step, and it is marked so retention keeps
-its files for inspection instead of deleting them.
+``quarantine=True`` also quarantines a corrupt step: the step is dropped from the ``checkpoint``
+state file, so ``tf.train.latest_checkpoint`` (and a trainer resuming from it) falls back to the
+last good step, and it is marked so retention keeps its files for inspection instead of deleting
+them. The workflow's module docstring says when a failed step is NOT quarantined (only layout
+problems; incomplete and not named by the state file: a save may be in progress).
 """
 
 from __future__ import annotations
@@ -15,11 +17,16 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from airflow_tf_ckpt.operators._common import BaseCheckpointOperator, StepArg, human_bytes
+from airflow_tf_ckpt.core.display import human_bytes, truthy
+from airflow_tf_ckpt.core.errors import StepNotFoundError
+from airflow_tf_ckpt.operators._common import BaseCheckpointOperator, StepArg, lease_owner
+
+if TYPE_CHECKING:  # the workflow pulls discovery (protobuf): imported when a task runs, not at parse
+    from airflow_tf_ckpt.core.workflows.validate import ValidationResult
 
 
 class _ProgressLog:
@@ -82,71 +89,75 @@ class ValidateCheckpointOperator(BaseCheckpointOperator):
         self.lease_ttl = lease_ttl
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from airflow_tf_ckpt.core.verify.engine import verify_step
+        from airflow_tf_ckpt.core.workflows.validate import validate_steps
 
         loc = self.get_location()
         cdir = self.discover(loc)
         step = self.resolve_step(cdir, allow_incomplete=True)  # missing files are problems to report
-        url = loc.display(step.prefix)
-        with self.hold(context, loc, step, self.lease_ttl, allow_incomplete=True) as step:
-            self.log.info(
-                "Validating %s (step %s, %s, %d file(s), %s)",
-                url,
-                step.step,
-                step.format,
-                len(step.files),
-                human_bytes(step.size),
-            )
-            report = verify_step(
-                loc,
-                step.prefix,
-                progress=_ProgressLog(self.log, step.prefix, self.progress_interval),
-                concurrency=self.concurrency,
-                format=step.format,
-            )
-            if report.ok:
-                self.log.info(
-                    "%s is valid: %d tensors, %s checked in %.2f s",
-                    url,
-                    report.tensors_checked,
-                    human_bytes(report.bytes_checked),
-                    report.seconds,
-                )
-                return {
-                    "prefix": step.prefix,
-                    "step": step.step,
-                    "url": url,
-                    "ok": True,
-                    "tensors_checked": report.tensors_checked,
-                    "bytes_checked": report.bytes_checked,
-                    "seconds": round(report.seconds, 3),
-                }
-            problems = [str(p) for p in report.problems]
-            for p in problems:
-                self.log.error("problem: %s", p)
-            quarantined = ""
-            if _truthy(self.quarantine):
-                # still under the lease: retention cannot delete the step before it is marked
-                from airflow_tf_ckpt.core.sidecars.quarantine import quarantine_step
+        self.log.info(
+            "Validating %s (step %s, %s, %d file(s), %s)",
+            loc.display(step.prefix),
+            step.step,
+            step.format,
+            len(step.files),
+            human_bytes(step.size),
+        )
+        plog = _ProgressLog(self.log, step.prefix, self.progress_interval)
+        result = validate_steps(
+            loc,
+            [step],
+            state_filename=cdir.state_filename,
+            lease_owner=lease_owner(context),
+            lease_ttl=self.lease_ttl,
+            quarantine=truthy(self.quarantine),
+            progress=lambda done, total, _prefix: plog(done, total),
+            concurrency=self.concurrency,
+        )
+        return self._outcome(loc.display(step.prefix), result)
 
-                q = quarantine_step(
-                    loc, step.prefix, f"validation failed with {len(problems)} problem(s)", report.to_dict()
-                )
-                quarantined = (
-                    f"\n{step.prefix} was QUARANTINED: dropped from the state file (TF's "
-                    f"latest_checkpoint now names {q.new_latest or 'no step'}) and kept for "
-                    "inspection; retention will not delete it."
-                )
-                self.log.warning("Quarantined %s; the state file's latest is now %s", url, q.new_latest)
+    def _outcome(self, url: str, result: ValidationResult) -> dict[str, Any]:
+        """The XCom of a valid step; a skip for a step a GC run deletes; else fail listing all."""
+        from airflow_tf_ckpt.core.workflows.validate import SKIP_GC
+
+        for w in result.warnings:
+            self.log.warning("%s", w)
+        for skipped in result.skipped:
+            if skipped.why == SKIP_GC:
+                raise AirflowSkipException(f"{skipped.detail or skipped.message}; skipping")
+            raise StepNotFoundError("step was deleted before it could be leased", url)
+        v = result.steps[0]
+        r = v.report
+        if v.ok:
+            self.log.info(
+                "%s is valid: %d tensors, %s checked in %.2f s",
+                url,
+                r.tensors_checked,
+                human_bytes(r.bytes_checked),
+                r.seconds,
+            )
+            return {
+                "prefix": v.step.prefix,
+                "step": v.step.step,
+                "url": url,
+                "ok": True,
+                "tensors_checked": r.tensors_checked,
+                "bytes_checked": r.bytes_checked,
+                "seconds": round(r.seconds, 3),
+            }
+        problems = [str(p) for p in v.problems]
+        for p in problems:
+            self.log.error("problem: %s", p)
+        quarantined = ""
+        if v.quarantine is not None and v.quarantine.quarantined and not v.quarantine.already:
+            latest = v.quarantine.new_latest
+            quarantined = (
+                f"\n{v.step.prefix} was QUARANTINED: dropped from the state file (TF's "
+                f"latest_checkpoint now names {latest or 'no step'}) and kept for "
+                "inspection; retention will not delete it."
+            )
+            self.log.warning("Quarantined %s; the state file's latest is now %s", url, latest)
         raise AirflowFailException(
             f"checkpoint {url} failed validation with {len(problems)} problem(s):\n"
             + "\n".join(f"  - {p}" for p in problems)
             + quarantined
         )
-
-
-def _truthy(value: Any) -> bool:
-    """``quarantine`` is templated, so it may arrive as the string ``"True"``/``"false"``."""
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)

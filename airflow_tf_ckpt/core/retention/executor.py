@@ -41,14 +41,18 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from airflow_tf_ckpt.core.errors import CheckpointError, StorageError
-from airflow_tf_ckpt.core.formats.naming import EVALUATOR_METRICS_INFIX, METRICS_SUFFIX, QUARANTINE_SUFFIX
+from airflow_tf_ckpt.core.formats.naming import (
+    EVALUATOR_METRICS_INFIX,
+    LEASE_INFIX,
+    METRICS_SUFFIX,
+    QUARANTINE_SUFFIX,
+)
 from airflow_tf_ckpt.core.formats.state import StateChange, StateFile, resolve_path, update_state
 from airflow_tf_ckpt.core.retention.plan import DELETE, RetentionPlan, StepDecision
 from airflow_tf_ckpt.core.retention.planner import plan_retention, promotions_for
 from airflow_tf_ckpt.core.retention.policies import tracks_last_preserved
 from airflow_tf_ckpt.core.sidecars.leases import (
     GC_INTENT_SUFFIX,
-    LEASE_INFIX,
     GcLock,
     Lease,
     acquire_gc_lock,

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field, replace
 from operator import attrgetter
 from typing import Any, NamedTuple
 
-from airflow_tf_ckpt.core.formats.naming import classify, parse_prefix
+from airflow_tf_ckpt.core.formats.naming import LEASE_INFIX, classify, parse_prefix
 from airflow_tf_ckpt.core.formats.state import STATE_FILENAME, StateFile
 from airflow_tf_ckpt.core.retention.plan import (
     DELETE,
@@ -62,7 +62,7 @@ from airflow_tf_ckpt.core.retention.policies import (
     check_policies,
     tracks_last_preserved,
 )
-from airflow_tf_ckpt.core.sidecars.leases import LEASE_INFIX, Lease, read_leases
+from airflow_tf_ckpt.core.sidecars.leases import Lease, read_leases
 from airflow_tf_ckpt.core.sidecars.promotions import PROMOTIONS_FILENAME, current_promotions, read_promotions
 from airflow_tf_ckpt.core.steps.discovery import (
     CheckpointDir,

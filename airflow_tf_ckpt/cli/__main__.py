@@ -1,0 +1,5 @@
+import sys
+
+from airflow_tf_ckpt.cli import main
+
+sys.exit(main())
