@@ -467,17 +467,9 @@ def ls_cmd(
 
 
 def _select_for_validate(cdir: CheckpointDir, step: str, prefix: str | None) -> list[CheckpointStep]:
-    sel = step.strip().lower()
-    if sel == "all":
-        return list(cdir.steps)
-    if sel == "latest":
-        latest = cdir.latest(prefix)
-        return [latest] if latest is not None else []
-    try:
-        number: int | str = int(sel)
-    except ValueError:
-        number = step
-    return [cdir.get(number, prefix)]
+    from .core.steps.select import select_steps
+
+    return select_steps(cdir, step, prefix)
 
 
 @app.command("validate")
@@ -1049,20 +1041,15 @@ StepArg = Annotated[str, typer.Argument(metavar="STEP", help="A step number or a
 
 
 def _one_step(cdir: CheckpointDir, step: str, prefix: str | None, allow_latest: bool) -> CheckpointStep:
-    sel = step.strip()
-    if allow_latest and sel.lower() == "latest":
-        latest = cdir.latest(prefix)
-        if latest is None:
-            raise CliError(
-                f"no committed step in {cdir.location.display()}"
-                + (f" with prefix {prefix!r}" if prefix else "")
-            )
-        return latest
-    try:
-        number: int | str = int(sel)
-    except ValueError:
-        number = sel
-    return cdir.get(number, prefix)
+    from .core.steps.select import parse_selector, select_step
+
+    if (
+        not allow_latest
+        and isinstance(parse_selector(step), str)
+        and parse_selector(step) in ("latest", "best", "all")
+    ):
+        raise CliError(f"STEP must be a step number or a prefix here, not {step!r}")
+    return select_step(cdir, step, prefix=prefix, allow_incomplete=True)
 
 
 @app.command("quarantine")

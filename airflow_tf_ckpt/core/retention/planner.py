@@ -68,6 +68,7 @@ from airflow_tf_ckpt.core.steps.discovery import (
     discover,
     gc_paused,
 )
+from airflow_tf_ckpt.core.steps.order import step_order
 from airflow_tf_ckpt.core.storage.location import FileInfo, Location, loads_json
 from airflow_tf_ckpt.core.storage.safety import Refusal, name_problem, root_realpath, symlink_problem
 
@@ -86,11 +87,6 @@ def _iso(t: float | None) -> str:
         return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
     except (OverflowError, OSError, ValueError):
         return repr(t)
-
-
-def step_order(s: CheckpointStep) -> tuple[int, float, str]:
-    """Oldest-to-newest order: step number, then timestamp, then name (no step sorts first)."""
-    return (-1 if s.step is None else s.step, s.timestamp or 0.0, s.prefix)
 
 
 # --------------------------------------------------------------------------------------------
