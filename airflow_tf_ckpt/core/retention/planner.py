@@ -703,7 +703,7 @@ def record_promotion(
     if is_gcs(loc.fs):
         path = loc.join(PROMOTIONS_FILENAME)
         for attempt in range(20):
-            data, generation = read_with_generation(loc.fs, path)
+            data, generation = read_with_generation(loc.fs, path, MAX_PROMOTIONS_BYTES, "a promotions record")
             records = _parse_promotions(data, where) if data is not None else []
             if write_if_generation(loc.fs, path, updated(records), generation):
                 return rec
