@@ -174,7 +174,9 @@ class CheckpointDir:
             if s.latest:
                 return s
         with_step = [s for s in committed if s.step is not None]
-        return max(with_step, key=lambda s: s.step) if with_step else (committed[-1] if committed else None)
+        return (
+            max(with_step, key=lambda s: s.step or 0) if with_step else (committed[-1] if committed else None)
+        )
 
     def latest_problem(self, prefix: str | None = None) -> str | None:
         """Why TF cannot restore the state file's latest step, or ``None``.
@@ -467,23 +469,44 @@ def _steps(
 ) -> list[CheckpointStep]:
     """Every step of the listing, in :func:`~airflow_tf_ckpt.core.steps.order.listing_order`.
 
-    The common layout, a prefix with ``.index`` and ``.data-00000-of-00001`` and no other file,
-    takes a fast path (``split``): a 100k-step dir in ~0.2 s instead of ~3 s. Every other prefix
-    goes through :func:`_group` (a regex per file) and :func:`_general_step`, which judge any
-    layout; tests check that both paths give the same steps.
+    The common layout, a prefix with ``.index`` and ``.data-00000-of-00001`` and no other file
+    (a "pair" of ``split``), is judged by :func:`_pair_steps`: a 100k-step dir in ~0.2 s instead
+    of ~3 s. Every other prefix goes through :func:`_group` (a regex per file) and
+    :func:`_general_step`, which judge any layout; tests check that both give the same steps.
     """
     if split is None:
         split = (
             _split_listing(listing) if fast and not deep else _Split([], [], [], [], {}, {}, listing, set())
         )
+    groups = _general_groups(split, listing, by_name)
+    steps, named = _pair_steps(split, groups, by_name, latest_name, state_times)
+    if named + sum(1 for g in groups if g in by_name) < len(by_name):
+        paired = set(split.prefixes)
+        for name in by_name:  # named by the state file but with no file at all: gone or never written
+            if name not in groups and name not in paired:
+                groups[name] = {}
+    overflow = (
+        [p for p in split.prefixes if p in split.overflow and p not in groups] if split.overflow else []
+    )
+    others = [
+        s
+        for pfx, roles in groups.items()
+        if (s := _general_step(loc, pfx, roles, by_name, latest_name, state, state_times, deep, overflow))
+    ]
+    problems += _overflow_problems(loc, listing, by_name, overflow)
+    return _merged(steps, others)
+
+
+def _general_groups(
+    split: _Split, listing: dict[str, FileInfo], by_name: dict[str, ResolvedPath]
+) -> dict[str, dict[str, list]]:
+    """The prefixes the general way judges, with their files by role: every prefix of
+    ``split.rest``, the lone ``.index`` / ``.data-00000-of-00001`` files, and the pairs with
+    another file of their prefix (or named bare by the state file)."""
     index, data1 = split.index, split.data1
     groups = _group(split.rest, by_name) if split.rest else {}
-    # a pair with another file of its prefix (or named bare by the state file) goes the general
-    # way, with its two files
-    pairs = zip(split.prefixes, split.bases, split.steps, split.infos[0::2], split.infos[1::2], strict=True)
     if groups:
-        pairs = list(pairs)  # type: ignore[assignment]
-        for p, _, _, iinfo, dinfo in pairs:
+        for p, iinfo, dinfo in zip(split.prefixes, split.infos[0::2], split.infos[1::2], strict=True):
             if p in groups:
                 index[p], data1[p] = iinfo, dinfo
     for p, iinfo in index.items():
@@ -494,88 +517,69 @@ def _steps(
         if any(r.shard == 0 for _, r in data[:-1]):  # shards are sorted by number: keep ties in
             at = {n: i for i, n in enumerate(listing)}  # listing order, as _group gives them
             data.sort(key=lambda x: at[x[0].name])
+    return groups
 
+
+def _pair_steps(
+    split: _Split,
+    groups: dict[str, dict[str, list]],
+    by_name: dict[str, ResolvedPath],
+    latest_name: str | None,
+    state_times: dict[str, float],
+) -> tuple[list[CheckpointStep], int]:
+    """The steps of the pairs that no other file joins (in order already), and how many of them
+    the state file names. Each is complete by construction: committed when named, else orphan."""
     steps: list[CheckpointStep] = []
-    add = steps.append
-    committed, orphan = StepStatus.COMMITTED, StepStatus.ORPHAN
-    by_name_get, times_get = by_name.get, state_times.get
-    named = 0  # state-file names met among the pairs
-    for pfx, base, step, iinfo, dinfo in pairs:
+    named = 0
+    files = zip(split.infos[0::2], split.infos[1::2], strict=True)
+    for pfx, base, step, (iinfo, dinfo) in zip(split.prefixes, split.bases, split.steps, files, strict=True):
         if pfx in groups:
             continue
-        r = by_name_get(pfx)
-        if r is not None:
-            named += 1
-            ts = times_get(r.raw)
-            if ts is not None:
-                add(
-                    CheckpointStep(
-                        pfx,
-                        base,
-                        step,
-                        "v2",
-                        committed,
-                        [iinfo, dinfo],
-                        [],
-                        [],
-                        [],
-                        1,
-                        ts,
-                        "state",
-                        True,
-                        r.raw,
-                        pfx == latest_name,
-                    )
-                )
-                continue
-        files = [iinfo, dinfo]
-        mtimes = [f.mtime for f in files if f.mtime is not None]
-        ts, source = (max(mtimes), "mtime") if mtimes else (None, None)
-        add(
-            CheckpointStep(
-                prefix=pfx,
-                base=base,
-                step=step,
-                format="v2",
-                status=orphan if r is None else committed,
-                files=files,
-                num_shards=1,
-                timestamp=ts,
-                timestamp_source=source,
-                in_state=r is not None,
-                state_path=None if r is None else r.raw,
-                latest=pfx == latest_name,
+        r = by_name.get(pfx)
+        named += r is not None
+        ts, source = _timestamp([iinfo, dinfo], None if r is None else state_times.get(r.raw))
+        steps.append(
+            CheckpointStep(  # by position (see the field check below): ~2x faster for 100k steps
+                pfx,
+                base,
+                step,
+                "v2",
+                StepStatus.ORPHAN if r is None else StepStatus.COMMITTED,
+                [iinfo, dinfo],
+                [],
+                [],
+                [],
+                1,
+                ts,
+                source,
+                r is not None,
+                None if r is None else r.raw,
+                pfx == latest_name,
             )
         )
-    if named + sum(1 for g in groups if g in by_name) < len(by_name):
-        paired = set(split.prefixes)
-        for name in by_name:  # named by the state file but with no file at all: gone or never written
-            if name not in groups and name not in paired:
-                groups[name] = {}
-    overflow = (
-        [p for p in split.prefixes if p in split.overflow and p not in groups] if split.overflow else []
-    )
-    fast_steps = len(steps)
-    for pfx, roles in groups.items():
-        s = _general_step(loc, pfx, roles, by_name, latest_name, state, state_times, deep, overflow)
-        if s is not None:
-            steps.append(s)
-    if len(overflow) > 1:  # in the order one pass over the listing meets them
+    return steps, named
+
+
+def _overflow_problems(
+    loc: Location, listing: dict[str, FileInfo], by_name: dict[str, ResolvedPath], overflow: list[str]
+) -> list[str]:
+    """One problem per prefix whose step overflows int64, in the order a pass over the listing
+    meets them."""
+    if len(overflow) > 1:
         full = _group(listing, by_name)
         full.update((n, {}) for n in by_name if n not in full)
         at = {p: i for i, p in enumerate(full)}
         overflow.sort(key=at.__getitem__)
-    problems += [
-        f"{loc.display(p)}: step suffix does not fit in int64; listed with no step" for p in overflow
-    ]
-    others = steps[fast_steps:]
+    return [f"{loc.display(p)}: step suffix does not fit in int64; listed with no step" for p in overflow]
+
+
+def _merged(ordered: list[CheckpointStep], others: list[CheckpointStep]) -> list[CheckpointStep]:
+    """``ordered`` (in listing order already) with ``others`` put in their places."""
     if len(others) > 1000:
-        steps.sort(key=listing_order)
-    elif others:  # the fast steps are in order already: the others are put in their places
-        del steps[fast_steps:]
-        for s in others:
-            insort(steps, s, key=listing_order)
-    return steps
+        return sorted(ordered + others, key=listing_order)
+    for s in others:
+        insort(ordered, s, key=listing_order)
+    return ordered
 
 
 # CheckpointStep's fields in order: the fast path above passes them by position
