@@ -1019,7 +1019,7 @@ def promote(
 def _refuse_bad_shard_sizes(src: Location, step: CheckpointStep) -> None:
     """Never ship a shard with bytes after its last tensor (TF writes none; a sparse 10 TiB
     file would be copied whole) or shorter than its tensors: one index read, no data read."""
-    from airflow_tf_ckpt.core.verify.engine import shard_size_problems
+    from airflow_tf_ckpt.core.verify.v2 import shard_size_problems
 
     problems = shard_size_problems(src, step.prefix)
     if problems:

@@ -73,7 +73,7 @@ from airflow_tf_ckpt.core.steps.order import step_order
 from airflow_tf_ckpt.core.storage.location import Location, loads_json
 
 if TYPE_CHECKING:
-    from airflow_tf_ckpt.core.verify.engine import ProgressFn, VerifyReport
+    from airflow_tf_ckpt.core.verify.report import ProgressFn, VerifyReport
 
 
 def quarantine_name(prefix: str) -> str:
@@ -88,7 +88,7 @@ class StillCorruptError(CheckpointError):
     """``release_quarantine`` refused: the step still fails verification (the quarantine stays).
 
     ``problems`` lists every finding as one line each (the message names the first);
-    ``report`` is the verifier's :class:`~airflow_tf_ckpt.core.verify.engine.VerifyReport` (``None`` when files are missing
+    ``report`` is the verifier's :class:`~airflow_tf_ckpt.core.verify.report.VerifyReport` (``None`` when files are missing
     and verification was not asked for).
     """
 
