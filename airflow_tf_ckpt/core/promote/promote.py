@@ -443,6 +443,10 @@ def select_step(
     ``evaluator``'s sidecars (``None``: the default ``PREFIX.metrics.json``); a quarantined or
     incomplete step is refused with :class:`PromotionError`."""
     metrics: dict[str, dict[str, Any]] | None = None
+    if evaluator is not None:
+        from airflow_tf_ckpt.core.sidecars.metrics import check_evaluator
+
+        check_evaluator(evaluator)
     if str(selector).strip() == "best":
         metrics = _best_inputs(cdir, metric, mode, evaluator)
     try:
@@ -464,9 +468,8 @@ def _best_inputs(
     cdir: CheckpointDir, metric: str | None, mode: str, evaluator: str | None
 ) -> dict[str, dict[str, Any]]:
     """The metrics ``best`` ranks by, once the metric, mode and evaluator names are checked."""
-    from airflow_tf_ckpt.core.sidecars.metrics import check_evaluator, metric_name_problem
+    from airflow_tf_ckpt.core.sidecars.metrics import metric_name_problem
 
-    check_evaluator(evaluator)
     if not metric:
         raise PromotionError("--step best needs a metric name (--metric NAME)")
     if problem := metric_name_problem(metric):
