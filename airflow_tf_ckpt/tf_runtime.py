@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_tf_ckpt.core.errors import CheckpointError, StepNotFoundError
-from airflow_tf_ckpt.core.formats.naming import META_SUFFIX, classify, parse_prefix
 from airflow_tf_ckpt.core.steps.discovery import discover
+from airflow_tf_ckpt.core.steps.order import newest_meta
 from airflow_tf_ckpt.core.storage.location import Location
 
 log = logging.getLogger(__name__)
@@ -219,27 +219,6 @@ class StagedPrefix:
             self.tmpdir = None
 
 
-def _newest_meta_name(names: set[str], base: str, step: int | None, prefix: str) -> str | None:
-    """The ``.meta`` to import for ``prefix``: its own, else the newest of the same base at or
-    before its step (``write_meta_graph=False`` writes one only at the first save)."""
-    own = prefix + META_SUFFIX
-    if own in names:
-        return own
-    best: tuple[int, str] | None = None
-    for name in names:
-        role = classify(name)
-        if role is None or role.role != "meta":
-            continue
-        pn = parse_prefix(role.prefix)
-        if pn.base != base or pn.step is None:
-            continue
-        if step is not None and pn.step > step:
-            continue
-        if best is None or pn.step > best[0]:
-            best = (pn.step, name)
-    return best[1] if best else None
-
-
 def stage_prefix(
     prefix_url: str,
     *,
@@ -264,7 +243,7 @@ def stage_prefix(
         raise StepNotFoundError(f"no checkpoint prefix {name!r} in this dir", loc.display()) from None
     if step.missing:
         raise StepNotFoundError(f"step {name!r} is incomplete; missing {step.missing}", loc.display())
-    meta_name = _newest_meta_name(set(cdir.listing), step.base, step.step, name) if with_meta else None
+    meta_name = newest_meta(cdir.listing, name, step.base, step.step) if with_meta else None
     if loc.local:
         return StagedPrefix(
             source=prefix_url,

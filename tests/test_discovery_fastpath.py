@@ -2,7 +2,7 @@
 
 discover() takes fast paths for what a 100k-step dir is made of (prefixes with exactly an
 ``.index`` and a ``.data-00000-of-00001``, state-file paths that are plain names, a local listing
-from one ``os.scandir``). ``discovery._FAST = False`` turns them off; whatever the dir holds, the
+from one ``os.scandir``). ``discover(..., fast_paths=False)`` turns them off; whatever the dir holds, the
 two must give the same CheckpointDir.
 """
 
@@ -90,13 +90,7 @@ def _dir(draw) -> tuple[dict[str, tuple[bool, bool]], StateFile | None]:
 
 
 def _both_ways(loc: Location, **kw) -> tuple[discovery.CheckpointDir, discovery.CheckpointDir]:
-    fast = discover(loc, **kw)
-    discovery._FAST = False
-    try:
-        slow = discover(loc, **kw)
-    finally:
-        discovery._FAST = True
-    return fast, slow
+    return discover(loc, **kw), discover(loc, fast_paths=False, **kw)
 
 
 def _same(fast: discovery.CheckpointDir, slow: discovery.CheckpointDir) -> None:
@@ -163,12 +157,7 @@ def test_fast_path_is_the_general_one_on_local_disk(tmp_path_factory, d) -> None
     assert fast.regular_files_only is not any(i.is_dir or i.is_link for i in fast.listing.values())
     # a listing's order is the store's (scandir's here), and a few things follow it (the files
     # of shard 0 under two shard counts, the order of overflow problems): same listing, same dir
-    discovery._FAST = False
-    try:
-        slow = discover(loc, listing=fast.listing)
-    finally:
-        discovery._FAST = True
-    _same(fast, slow)
+    _same(fast, discover(loc, listing=fast.listing, fast_paths=False))
 
 
 def _fsspec_listing(loc: Location) -> dict[str, FileInfo]:

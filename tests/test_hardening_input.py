@@ -356,6 +356,42 @@ def test_gcs_reads_are_bounded(copy_variant, gcs_emulator) -> None:
     assert not fs1.exists(f"{expiry_dir}/ckpt-4.index")
 
 
+@pytest.mark.gcs
+def test_gcs_generation_reads_are_bounded(gcs_emulator) -> None:
+    """The reads that also take the generation (the GC lock, the state file GC and quarantine
+    rewrite, PROMOTIONS.json, metrics) downloaded the whole object before: a 64 MiB GC lock cost
+    64 MiB (and was then "an unreadable lock file"). Now the size is asked first and the object is
+    refused, naming it, before a byte of it is read."""
+    import tracemalloc
+
+    from airflow_tf_ckpt.core.formats.state import MAX_STATE_BYTES
+    from airflow_tf_ckpt.core.sidecars.leases import GC_LOCK_NAME, acquire_gc_lock
+    from airflow_tf_ckpt.core.storage import gcs
+    from airflow_tf_ckpt.core.storage.location import FileTooLargeError, Location
+
+    fs = gcs_emulator.fs()
+    run = f"{gcs_emulator.new_bucket('genread')}/run"
+    fs.pipe_file(f"{run}/{GC_LOCK_NAME}", b" " * (64 << 20))
+    fs.pipe_file(f"{run}/small.json", b'{"a": 1}')
+    fs.pipe_file(f"{run}/empty.json", b"")
+    tracemalloc.start()
+    try:
+        with pytest.raises(
+            FileTooLargeError, match=rf"gs://{run}/{GC_LOCK_NAME}: .*too large|{GC_LOCK_NAME}"
+        ):
+            acquire_gc_lock(Location.of(f"gs://{run}"))
+        with pytest.raises(FileTooLargeError):
+            gcs.read_with_generation(fs, f"{run}/{GC_LOCK_NAME}", MAX_STATE_BYTES // 64, "a state file")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"{peak / 2**20:.1f} MiB traced for a refused 64 MiB object"
+    data, gen = gcs.read_with_generation(fs, f"{run}/small.json", 1 << 20, "a test object")
+    assert data == b'{"a": 1}' and gen > 0
+    assert gcs.read_with_generation(fs, f"{run}/empty.json", 1 << 20, "a test object")[0] == b""
+    assert gcs.read_with_generation(fs, f"{run}/absent.json", 1 << 20, "a test object") == (None, 0)
+
+
 # ---------------------------------------------------------------------------------------------
 # the sensor's poke and the trigger's poll (the Poller both use), in a child with a timeout
 

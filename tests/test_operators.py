@@ -219,7 +219,7 @@ ValidateCheckpointOperator(task_id="v6", ckpt_dir={str(by_op)!r}, step=6, quaran
 
 
 def _problem_str(p: dict[str, Any]) -> str:
-    from airflow_tf_ckpt.core.verify.engine import Problem
+    from airflow_tf_ckpt.core.verify.report import Problem
 
     return str(Problem(**p))
 

@@ -67,11 +67,11 @@ def test_concurrent_writers_on_gcs_lose_no_record(gcs_bucket):
 def test_write_if_generation_is_a_compare_and_swap(gcs_emulator, gcs_bucket):
     fs = gcs_emulator.fs()
     path = f"{gcs_bucket}/run/x.json"
-    assert gcs.read_with_generation(fs, path) == (None, 0)
+    assert gcs.read_with_generation(fs, path, 1 << 20, "a test object") == (None, 0)
     assert gcs.write_if_generation(fs, path, b"1", 0)  # create
     assert not gcs.write_if_generation(fs, path, b"2", 0)  # create-only: it exists now
-    data, gen = gcs.read_with_generation(fs, path)
+    data, gen = gcs.read_with_generation(fs, path, 1 << 20, "a test object")
     assert data == b"1" and gen > 0
     assert gcs.write_if_generation(fs, path, b"3", gen)
     assert not gcs.write_if_generation(fs, path, b"4", gen)  # stale generation: refused
-    assert gcs.read_with_generation(fs, path)[0] == b"3"
+    assert gcs.read_with_generation(fs, path, 1 << 20, "a test object")[0] == b"3"

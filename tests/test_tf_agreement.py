@@ -27,9 +27,11 @@ from typing import Any
 import pytest
 
 from airflow_tf_ckpt import cli
-from airflow_tf_ckpt.core.errors import StateFileError
+from airflow_tf_ckpt.core.errors import LatestStepMissingError, StateFileError
 from airflow_tf_ckpt.core.formats.state import parse_state
 from airflow_tf_ckpt.core.promote.promote import PromotionError, promote
+from airflow_tf_ckpt.core.steps.discovery import discover
+from airflow_tf_ckpt.core.steps.select import select_step
 from airflow_tf_ckpt.core.verify.engine import verify_step
 
 pytestmark = pytest.mark.tf
@@ -232,6 +234,20 @@ def test_latest_with_missing_files_is_a_problem(built, fmt, tmp_path) -> None:
     assert "latest_checkpoint returns None" in json.loads(out)["latest_problem"]
     # naming the step explicitly still validates it alone
     assert run_cli("validate", str(d), "--step", "1")[0] == 0
+    # the one selector says so for every 'latest': promote (failed before: it promoted step 1)
+    dest = tmp_path / "dest"
+    code, out, err = run_cli("promote", str(d), "--to", str(dest), "--step", "latest")
+    assert code == 2 and "names a step whose files are missing" in err and len(err.strip().splitlines()) == 1
+    assert not dest.exists() or not any(dest.iterdir())
+    with pytest.raises(LatestStepMissingError, match=r"checkpoint: .*names a step whose files are missing"):
+        select_step(discover(d), "latest")
+    # and the operators' step="latest" (failed before: ValidateCheckpointOperator validated step 1)
+    pytest.importorskip("airflow")
+    from airflow_tf_ckpt.operators.validate import ValidateCheckpointOperator
+
+    op = ValidateCheckpointOperator(task_id="v", ckpt_dir=str(d), step="latest")
+    with pytest.raises(LatestStepMissingError):
+        op.resolve_step(discover(d), allow_incomplete=True)
 
 
 # ---------------------------------------------------------------------------------------------

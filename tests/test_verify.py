@@ -22,7 +22,8 @@ from airflow_tf_ckpt.core.formats.bundle import read_bundle
 from airflow_tf_ckpt.core.formats.protos import BundleEntryProto
 from airflow_tf_ckpt.core.formats.table import Table
 from airflow_tf_ckpt.core.storage.location import Location
-from airflow_tf_ckpt.core.verify.engine import Problem, VerifyReport, verify_step
+from airflow_tf_ckpt.core.verify.engine import verify_step
+from airflow_tf_ckpt.core.verify.report import Problem, VerifyReport
 from tests.fixtures.tf_checkpoints import tf_batch
 from tests.test_table import bundle_index
 

@@ -98,36 +98,20 @@ def discover_dir(url: str, prefix: str | None, storage_options: tuple[str, ...] 
 
 
 def select_steps(cdir: CheckpointDir, step: str, prefix: str | None) -> list[CheckpointStep]:
-    """``--step all|latest|N|PREFIX`` of validate and metrics."""
-    sel = step.strip().lower()
-    if sel == "all":
-        return list(cdir.steps)
-    if sel == "latest":
-        latest = cdir.latest(prefix)
-        return [latest] if latest is not None else []
-    try:
-        number: int | str = int(sel)
-    except ValueError:
-        number = step
-    return [cdir.get(number, prefix)]
+    """``--step all|latest|N|PREFIX`` of validate and metrics (the one selector in core/steps)."""
+    from airflow_tf_ckpt.core.steps.select import select_steps as core_select_steps
+
+    return core_select_steps(cdir, step, prefix)
 
 
 def one_step(cdir: CheckpointDir, step: str, prefix: str | None, allow_latest: bool) -> CheckpointStep:
     """The STEP argument of quarantine/unquarantine: a number, a prefix (or ``latest``)."""
-    sel = step.strip()
-    if allow_latest and sel.lower() == "latest":
-        latest = cdir.latest(prefix)
-        if latest is None:
-            raise CliError(
-                f"no committed step in {cdir.location.display()}"
-                + (f" with prefix {prefix!r}" if prefix else "")
-            )
-        return latest
-    try:
-        number: int | str = int(sel)
-    except ValueError:
-        number = sel
-    return cdir.get(number, prefix)
+    from airflow_tf_ckpt.core.steps.select import parse_selector, select_step
+
+    sel = parse_selector(step)
+    if isinstance(sel, str) and sel in ("latest", "best", "all") and (sel != "latest" or not allow_latest):
+        raise CliError(f"STEP must be a step number or a prefix here, not {step!r}")
+    return select_step(cdir, step, prefix=prefix, allow_incomplete=True)
 
 
 # ---------------------------------------------------------------------------------------------

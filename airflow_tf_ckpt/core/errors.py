@@ -38,6 +38,16 @@ class StepNotFoundError(CheckpointError):
     """The requested step does not exist (or no step matches the selector)."""
 
 
+class StepRefusedError(StepNotFoundError):
+    """The selected step exists but may not be used here (incomplete, quarantined, or the
+    selector is not one step)."""
+
+
+class LatestStepMissingError(StepNotFoundError):
+    """The state file's latest step has missing files: ``tf.train.latest_checkpoint`` returns
+    None (or the restore fails), so ``latest`` names no usable step."""
+
+
 class StorageError(CheckpointError):
     """The directory or object store cannot be read or written."""
 

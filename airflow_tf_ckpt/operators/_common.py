@@ -164,23 +164,12 @@ class BaseCheckpointOperator(BaseOperator):
         act on a half-written step), unless ``allow_incomplete`` (the validator, whose job is to
         report exactly that).
         """
-        from airflow_tf_ckpt.core.steps.discovery import StepStatus
+        from airflow_tf_ckpt.core.steps.select import select_step
 
         sel = parse_step_arg(self.step if value is None else value)
-        where = cdir.location.display()
-        if sel == "latest":
-            latest = cdir.latest(self.prefix or None)
-            if latest is None:
-                raise StepNotFoundError("no committed checkpoint step yet", where)
-            return latest
         if sel == "best":
             raise ValueError("step='best' is only meaningful for PromoteCheckpointOperator")
-        step = cdir.get(sel, self.prefix or None)
-        if step.status is StepStatus.INCOMPLETE and not allow_incomplete:
-            raise StepNotFoundError(
-                f"step {step.prefix} is incomplete (missing {', '.join(step.missing[:5])})", where
-            )
-        return step
+        return select_step(cdir, sel, prefix=self.prefix or None, allow_incomplete=allow_incomplete)
 
     @contextlib.contextmanager
     def hold(

@@ -251,7 +251,7 @@ def _read_raw(loc: Location, filename: str) -> tuple[bytes | None, int]:
     from airflow_tf_ckpt.core.storage.gcs import is_gcs, read_with_generation
 
     if is_gcs(loc.fs):
-        return read_with_generation(loc.fs, loc.join(filename))
+        return read_with_generation(loc.fs, loc.join(filename), MAX_STATE_BYTES, "a checkpoint state file")
     try:
         return loc.read_capped(filename, MAX_STATE_BYTES, "a checkpoint state file"), 0
     except FileNotFoundError:

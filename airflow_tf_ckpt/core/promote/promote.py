@@ -59,7 +59,6 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import json
-import math
 import os
 import posixpath
 import socket
@@ -73,7 +72,7 @@ from typing import Any
 
 import google_crc32c
 
-from airflow_tf_ckpt.core.errors import CheckpointError, StepNotFoundError, StorageError
+from airflow_tf_ckpt.core.errors import CheckpointError, StepRefusedError, StorageError
 from airflow_tf_ckpt.core.formats.naming import META_SUFFIX, classify, parse_prefix
 from airflow_tf_ckpt.core.formats.state import (
     STATE_FILENAME,
@@ -82,7 +81,9 @@ from airflow_tf_ckpt.core.formats.state import (
     resolve_path,
     write_state,
 )
+from airflow_tf_ckpt.core.steps import select as steps_select
 from airflow_tf_ckpt.core.steps.discovery import CheckpointDir, CheckpointStep, StepStatus, discover
+from airflow_tf_ckpt.core.steps.order import newest_meta
 from airflow_tf_ckpt.core.storage.location import (
     GCS_PROTOCOLS,
     FileTooLargeError,
@@ -429,10 +430,6 @@ def _metrics_by_prefix(cdir: CheckpointDir, evaluator: str | None = None) -> dic
     return {k: dict(v) for k, v in metrics_for(cdir, evaluator=evaluator).items() if v}
 
 
-def _usable(s: CheckpointStep) -> bool:
-    return s.status is StepStatus.COMMITTED and not s.quarantined
-
-
 def select_step(
     cdir: CheckpointDir,
     selector: int | str,
@@ -442,95 +439,49 @@ def select_step(
     mode: str = "min",
     evaluator: str | None = None,
 ) -> CheckpointStep:
-    """Pick a step: a number (or prefix name), ``latest``, or ``best`` by ``metric`` (``mode``) of
-    ``evaluator``'s sidecars (``None``: the default ``PREFIX.metrics.json``).
-
-    ``latest`` and ``best`` consider committed, unquarantined steps only. An explicit step may
-    also be an orphan (complete files that the state file no longer names, e.g. one TF kept with
-    ``keep_checkpoint_every_n_hours``); an incomplete or quarantined step is refused.
-    """
-    where = cdir.location.display()
-    sel = str(selector).strip()
+    """:func:`core.steps.select.select_step` for a promotion: ``best`` by ``metric`` (``mode``) of
+    ``evaluator``'s sidecars (``None``: the default ``PREFIX.metrics.json``); a quarantined or
+    incomplete step is refused with :class:`PromotionError`."""
+    metrics: dict[str, dict[str, Any]] | None = None
     if evaluator is not None:
         from airflow_tf_ckpt.core.sidecars.metrics import check_evaluator
 
         check_evaluator(evaluator)
-    if sel == "latest":
-        steps = [s for s in cdir.select(prefix) if _usable(s)]
-        if not steps:
-            raise StepNotFoundError(
-                "no committed checkpoint step to promote" + (f" with prefix {prefix!r}" if prefix else ""),
-                where,
-            )
-        latest = cdir.latest(prefix)
-        if latest is not None and _usable(latest):
-            return latest
-        return max(steps, key=lambda s: (-1 if s.step is None else s.step, s.timestamp or 0.0))
-    if sel == "best":
-        if not metric:
-            raise PromotionError("--step best needs a metric name (--metric NAME)")
-        from airflow_tf_ckpt.core.sidecars.metrics import metric_name_problem
-
-        if problem := metric_name_problem(metric):
-            raise PromotionError(problem)
-        if mode not in ("min", "max"):
-            raise PromotionError(f"mode must be 'min' or 'max', not {mode!r}")
-        steps = [s for s in cdir.select(prefix) if _usable(s)]
-        if not steps:
-            raise StepNotFoundError("no committed checkpoint step to promote", where)
-        by_prefix = _metrics_by_prefix(cdir, evaluator)
-        scored: list[tuple[float, CheckpointStep]] = []
-        for s in steps:
-            value = by_prefix.get(s.prefix, {}).get(metric)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                continue
-            if not math.isfinite(value):  # NaN and +-inf never win (a diverged run is no best)
-                continue
-            scored.append((float(value), s))
-        if not scored:
-            known = sorted({k for s in steps for k in by_prefix.get(s.prefix, {})})
-            raise StepNotFoundError(
-                f"no committed step has metric {metric!r}"
-                + (f" from evaluator {evaluator!r}" if evaluator else "")
-                + (f" (metrics found: {', '.join(known)})" if known else " (no metrics sidecars)"),
-                where,
-            )
-        sign = 1.0 if mode == "min" else -1.0
-        # ties: the newer step wins (it has seen more data)
-        return min(scored, key=lambda t: (sign * t[0], -(t[1].step or 0)))[1]
+    if str(selector).strip() == "best":
+        metrics = _best_inputs(cdir, metric, mode, evaluator)
     try:
-        number: int | str = int(sel)
-    except ValueError:
-        number = sel
-    s = cdir.get(number, prefix)
-    if s.status is StepStatus.INCOMPLETE:
-        raise PromotionError(
-            "step is incomplete (missing " + ", ".join(s.missing[:3]) + "); refusing",
-            cdir.location.display(s.prefix),
+        return steps_select.select_step(
+            cdir,
+            selector,
+            prefix=prefix,
+            metric=metric,
+            mode=mode,
+            metrics=metrics,
+            evaluator=evaluator,
+            allow_quarantined=False,
         )
-    if s.quarantined:
-        raise PromotionError("step is quarantined as corrupt; refusing", cdir.location.display(s.prefix))
-    return s
+    except StepRefusedError as exc:
+        raise PromotionError(exc.message, exc.path) from exc
+
+
+def _best_inputs(
+    cdir: CheckpointDir, metric: str | None, mode: str, evaluator: str | None
+) -> dict[str, dict[str, Any]]:
+    """The metrics ``best`` ranks by, once the metric, mode and evaluator names are checked."""
+    from airflow_tf_ckpt.core.sidecars.metrics import metric_name_problem
+
+    if not metric:
+        raise PromotionError("--step best needs a metric name (--metric NAME)")
+    if problem := metric_name_problem(metric):
+        raise PromotionError(problem)
+    if mode not in ("min", "max"):
+        raise PromotionError(f"mode must be 'min' or 'max', not {mode!r}")
+    return _metrics_by_prefix(cdir, evaluator)
 
 
 def _meta_for(cdir: CheckpointDir, step: CheckpointStep) -> str | None:
-    """The ``.meta`` to ship with a step: its own, else the newest one of the same base at or
-    before the step (``write_meta_graph=False`` writes it only on the first save)."""
-    own = f"{step.prefix}{META_SUFFIX}"
-    if own in cdir.listing:
-        return own
-    if step.step is None:
-        return None
-    best: tuple[int, str] | None = None
-    for name in cdir.listing:
-        role = classify(name)
-        if role is None or role.role != "meta":
-            continue
-        pn = parse_prefix(role.prefix)
-        if pn.base == step.base and pn.step is not None and pn.step <= step.step:
-            if best is None or pn.step > best[0]:
-                best = (pn.step, name)
-    return best[1] if best else None
+    """The ``.meta`` to ship with a step (see :func:`core.steps.order.newest_meta`)."""
+    return newest_meta(cdir.listing, step.prefix, step.base, step.step)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1071,7 +1022,7 @@ def promote(
 def _refuse_bad_shard_sizes(src: Location, step: CheckpointStep) -> None:
     """Never ship a shard with bytes after its last tensor (TF writes none; a sparse 10 TiB
     file would be copied whole) or shorter than its tensors: one index read, no data read."""
-    from airflow_tf_ckpt.core.verify.engine import shard_size_problems
+    from airflow_tf_ckpt.core.verify.v2 import shard_size_problems
 
     problems = shard_size_problems(src, step.prefix)
     if problems:

@@ -71,6 +71,7 @@ from airflow_tf_ckpt.core.steps.discovery import (
     discover,
     gc_paused,
 )
+from airflow_tf_ckpt.core.steps.order import step_order
 from airflow_tf_ckpt.core.storage.location import FileInfo, Location
 from airflow_tf_ckpt.core.storage.safety import Refusal, name_problem, root_realpath, symlink_problem
 
@@ -80,11 +81,6 @@ TEMP_FILE_TTL_S = 3600.0
 _COMMITTED, _INCOMPLETE, _ORPHAN = StepStatus.COMMITTED, StepStatus.INCOMPLETE, StepStatus.ORPHAN
 _STATUS_VALUE = {st: st.value for st in StepStatus}
 _META_REASON = "the newest MetaGraphDef, which later steps (saved without one) need for import_meta_graph"
-
-
-def step_order(s: CheckpointStep) -> tuple[int, float, str]:
-    """Oldest-to-newest order: step number, then timestamp, then name (no step sorts first)."""
-    return (-1 if s.step is None else s.step, s.timestamp or 0.0, s.prefix)
 
 
 # --------------------------------------------------------------------------------------------

@@ -506,7 +506,7 @@ def _try_gcs(loc: Location, ttl_s: float) -> tuple[GcLock | None, str]:
     gen = upload_if_generation(loc.fs, path, _lock_body(ttl_s), 0)  # create only
     if gen is not None:
         return GcLock(loc, ttl_s, generation=gen), ""
-    data, current = read_with_generation(loc.fs, path)
+    data, current = read_with_generation(loc.fs, path, MAX_LEASE_BYTES, "the GC lock")
     if data is None:
         return None, ""  # released meanwhile: try again
     who, stale = _holder(data)

@@ -213,7 +213,7 @@ def _update_file(loc: Location, name: str, updated: Any, where: str) -> None:
     if is_gcs(loc.fs):
         path = loc.join(name)
         for attempt in range(20):
-            data, generation = read_with_generation(loc.fs, path)
+            data, generation = read_with_generation(loc.fs, path, MAX_METRICS_BYTES, "a metrics sidecar")
             if write_if_generation(loc.fs, path, updated(data), generation):
                 return
             time.sleep(random.uniform(0, 0.02 * (attempt + 1)))

@@ -145,7 +145,7 @@ def _record_on_gcs(loc: Location, rec: Record) -> None:
     path = loc.join(PROMOTIONS_FILENAME)
     where = loc.display(PROMOTIONS_FILENAME)
     for attempt in range(_GCS_ATTEMPTS):
-        data, generation = read_with_generation(loc.fs, path)
+        data, generation = read_with_generation(loc.fs, path, MAX_PROMOTIONS_BYTES, "a promotions record")
         records = _parse_promotions(data, where) if data is not None else []
         if write_if_generation(loc.fs, path, _with_record(records, rec), generation):
             return

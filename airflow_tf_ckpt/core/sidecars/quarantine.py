@@ -69,10 +69,11 @@ from airflow_tf_ckpt.core.formats.state import (
     update_state,
 )
 from airflow_tf_ckpt.core.steps.discovery import CheckpointDir, CheckpointStep, StepStatus, discover
+from airflow_tf_ckpt.core.steps.order import step_order
 from airflow_tf_ckpt.core.storage.location import Location, loads_json
 
 if TYPE_CHECKING:
-    from airflow_tf_ckpt.core.verify.engine import ProgressFn, VerifyReport
+    from airflow_tf_ckpt.core.verify.report import ProgressFn, VerifyReport
 
 
 def quarantine_name(prefix: str) -> str:
@@ -87,7 +88,7 @@ class StillCorruptError(CheckpointError):
     """``release_quarantine`` refused: the step still fails verification (the quarantine stays).
 
     ``problems`` lists every finding as one line each (the message names the first);
-    ``report`` is the verifier's :class:`~airflow_tf_ckpt.core.verify.engine.VerifyReport` (``None`` when files are missing
+    ``report`` is the verifier's :class:`~airflow_tf_ckpt.core.verify.report.VerifyReport` (``None`` when files are missing
     and verification was not asked for).
     """
 
@@ -160,10 +161,6 @@ def _state_entry(loc: Location, cdir: CheckpointDir, name: str) -> dict[str, Any
     previous = read_quarantine(loc, name)
     entry = previous.get("state_entry") if previous else None
     return entry if isinstance(entry, dict) else None
-
-
-def _order(s: CheckpointStep) -> tuple[int, float, str]:
-    return (-1 if s.step is None else s.step, s.timestamp or 0.0, s.prefix)
 
 
 def _fresh(
@@ -344,10 +341,10 @@ def _fall_back(
             and s.status is StepStatus.ORPHAN
             and not s.quarantined
             and s.prefix != name
-            and (q is None or _order(s) < _order(q))
+            and (q is None or step_order(s) < step_order(q))
         ]
         if older:
-            fallback = max(older, key=_order)
+            fallback = max(older, key=step_order)
             after.model_checkpoint_path = fallback.prefix
             after.all_model_checkpoint_paths = [fallback.prefix]
             aligned = bool(before.all_model_checkpoint_timestamps)

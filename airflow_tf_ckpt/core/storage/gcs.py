@@ -30,7 +30,13 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import quote
 
-from airflow_tf_ckpt.core.storage.location import FileInfo, Location, _mtime
+from airflow_tf_ckpt.core.storage.location import (
+    FileInfo,
+    Location,
+    _mtime,
+    _too_large,
+    range_not_satisfiable,
+)
 
 #: GCS's maximum number of calls in one batch request.
 BATCH_LIMIT = 100
@@ -215,23 +221,61 @@ def list_matching(loc: Location, patterns: Iterable[str], keep: Callable[[str], 
     return out
 
 
-def read_with_generation(fs: Any, path: str) -> tuple[bytes | None, int]:
-    """An object's content and generation, from one download; ``(None, 0)`` when it does not exist
-    (``ifGenerationMatch=0`` then means "create only")."""
+def read_with_generation(fs: Any, path: str, cap: int, what: str) -> tuple[bytes | None, int]:
+    """An object's content and generation, bounded as the local reads are: its size is asked
+    first and past ``cap`` it is refused (:class:`FileTooLargeError`) before any byte is
+    downloaded; then that generation's bytes, at most ``cap`` + 1. ``(None, 0)`` when it does
+    not exist (``ifGenerationMatch=0`` then means "create only")."""
+    bucket, key, _ = fs.split_path(path)
+    for _attempt in range(3):
+        try:
+            meta = _get_metadata(fs, bucket, key)
+        except FileNotFoundError:
+            return None, 0
+        gen, size = int(meta["generation"]), int(meta.get("size") or 0)
+        if size > cap:
+            raise _too_large(size, cap, what, fs.unstrip_protocol(path))
+        if size == 0:
+            return b"", gen
+        try:
+            content = _get_media(fs, bucket, key, cap, generation=str(gen))
+        except FileNotFoundError:
+            continue  # replaced since the metadata (that generation is gone): ask again
+        if len(content) > cap:
+            raise _too_large(len(content), cap, what, fs.unstrip_protocol(path))
+        return content, gen
+    return None, 0
+
+
+def _get_media(fs: Any, bucket: str, key: str, cap: int, **params: Any) -> bytes:
+    """The first ``cap`` + 1 bytes at most of an object (one ranged GET); an empty one (a range
+    on it answers 416) is ``b""``."""
     from fsspec.asyn import sync
 
-    bucket, key, _ = fs.split_path(path)
     try:
-        headers, content = sync(fs.loop, fs._call, "GET", "b/{}/o/{}", bucket, key, alt="media")
-    except FileNotFoundError:
-        return None, 0
-    gen = headers.get("X-Goog-Generation")
-    if gen is None:  # not on every server: ask for the metadata, and read that generation
-        gen = str(fs.info(path)["generation"])
-        headers, content = sync(
-            fs.loop, fs._call, "GET", "b/{}/o/{}", bucket, key, alt="media", generation=gen
+        _headers, content = sync(
+            fs.loop,
+            fs._call,
+            "GET",
+            "b/{}/o/{}",
+            bucket,
+            key,
+            alt="media",
+            headers={"Range": f"bytes=0-{cap}"},
+            **params,
         )
-    return content, int(gen)
+    except OSError as exc:
+        if range_not_satisfiable(exc, f"{bucket}/{key}"):
+            return b""
+        raise
+    return bytes(content)
+
+
+def _get_metadata(fs: Any, bucket: str, key: str) -> dict[str, Any]:
+    """The object's resource (``generation``, ``size``...), fresh from the server (no cache)."""
+    from fsspec.asyn import sync
+
+    return sync(fs.loop, fs._call, "GET", "b/{}/o/{}", bucket, key, json_out=True)
 
 
 def write_if_generation(

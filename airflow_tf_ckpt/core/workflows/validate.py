@@ -38,7 +38,8 @@ from typing import Any
 from airflow_tf_ckpt.core.errors import StepNotFoundError
 from airflow_tf_ckpt.core.steps.discovery import CheckpointDir, CheckpointStep, StepStatus, discover
 from airflow_tf_ckpt.core.storage.location import Location
-from airflow_tf_ckpt.core.verify.engine import Problem, VerifyReport, verify_step
+from airflow_tf_ckpt.core.verify.engine import verify_step
+from airflow_tf_ckpt.core.verify.report import Problem, VerifyReport
 
 #: ``progress(bytes_done, bytes_total, prefix)`` over all the steps of one call
 ValidateProgress = Callable[[int, int, str], None]
