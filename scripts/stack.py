@@ -260,9 +260,13 @@ class CeleryStack(Deployment):
         (self.root / "deployment.json").write_text(json.dumps(saved, indent=1))
 
     def start(self, components: Iterable[str] = COMPONENTS, timeout: float = 600) -> None:
+        """The components (and, for a whole deployment, the two workers); a restart of one
+        component (``start(components=("triggerer",))``) starts only that one."""
+        components = tuple(components)
         super().start(components, timeout)
-        for role in WORKERS:
-            self.start_worker(role)
+        if components == COMPONENTS:
+            for role in WORKERS:
+                self.start_worker(role)
 
     def start_worker(self, role: str, name: str | None = None) -> str:
         """One Celery worker for ``role``'s queue; ``name`` (default ``worker-ROLE``) tells it apart."""
@@ -338,7 +342,8 @@ class CeleryStack(Deployment):
         worker; every evaluate task had queue ``gpu``. Also returns the count per (queue, worker)."""
         from deployment import EVAL_TASKS
 
-        problems, seen = [], {}
+        problems: list[str] = []
+        seen: dict[str, int] = {}
         for dag in dag_ids:
             for run in self.runs(dag):
                 for ti in self.task_instances(dag, run["dag_run_id"]):
