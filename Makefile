@@ -7,7 +7,7 @@ EXTRAS ?= airflow,tensorflow,gcs,test,celery
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test test-long lint typecheck demo up down stack stack-down stack-demo bench clean
+.PHONY: install test test-long test-stack lint typecheck demo up down stack stack-down stack-demo bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: install lint
 
 test-long: install
 	$(PY) -m pytest -m long -s
+
+# The Celery stack test alone (part of test-long; the second step of .ci/run).
+test-stack: install
+	$(PY) -m pytest tests/test_celery_stack.py -m long -s
 
 # The main job: the core demo (tf-ckpt on real checkpoints), then the Airflow demo: a real
 # scheduler, dag-processor, triggerer and api-server (LocalExecutor, SQLite, all on 127.0.0.1) run
