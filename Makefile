@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
-EXTRAS ?= airflow,tensorflow,gcs,test,celery
+EXTRAS ?= airflow,tensorflow,gcs,test,celery,kubernetes
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
