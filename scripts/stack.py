@@ -229,6 +229,10 @@ class CeleryStack(Deployment):
                 "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": "127.0.0.1",
                 "AIRFLOW__TF_CKPT__GPU_QUEUE": "gpu",
                 "AIRFLOW__OPERATORS__DEFAULT_QUEUE": "default",
+                # a queued task's Execution API token is valid for task_queued_timeout (600 s by
+                # default): with one gpu slot on 2 busy cores, evaluations can wait longer than that
+                # and then fail with "Invalid auth token" (seen with 180 s)
+                "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "1800",
             }
         )
         return env
