@@ -3,11 +3,11 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
-EXTRAS ?= airflow,tensorflow,gcs,test
+EXTRAS ?= airflow,tensorflow,gcs,test,celery,kubernetes
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test test-long lint typecheck demo up down bench clean
+.PHONY: install test test-long test-stack lint typecheck demo up down stack stack-down stack-demo bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: install lint
 test-long: install
 	$(PY) -m pytest -m long -s
 
+# The Celery stack test alone (part of test-long; the second step of .ci/run).
+test-stack: install
+	$(PY) -m pytest tests/test_celery_stack.py -m long -s
+
 # The main job: the core demo (tf-ckpt on real checkpoints), then the Airflow demo: a real
 # scheduler, dag-processor, triggerer and api-server (LocalExecutor, SQLite, all on 127.0.0.1) run
 # the example DAGs, driven through the REST API; about 5 minutes on 2 cores.
@@ -44,6 +48,19 @@ up: install
 
 down:
 	$(PY) scripts/airflow_up.py down
+
+# A CeleryExecutor deployment on 127.0.0.1 (scripts/stack.py): Postgres and Redis (Debian packages,
+# apt-installed once as root when missing), api-server, scheduler, dag-processor, triggerer, a
+# default-queue worker and a gpu-queue worker. `make stack` leaves it running, `make stack-down`
+# stops it, `make stack-demo` runs the example DAGs on it with the routing and exactly-once checks.
+stack: install
+	$(PY) scripts/stack.py up
+
+stack-down:
+	$(PY) scripts/stack.py down
+
+stack-demo: install
+	$(PY) scripts/stack.py demo
 
 bench: install
 	@rc=0; for b in bench/[!_]*.py; do echo "== $$b"; $(PY) $$b || { echo "!! $$b exited non-zero"; rc=1; }; done; exit $$rc

@@ -1,8 +1,16 @@
-"""docker/: the compose file's structure and the Dockerfile (Docker itself cannot run here)."""
+"""docker/: the compose file's structure and the Dockerfile (Docker itself cannot run here).
+
+The compose file is parsed by a compose implementation (Debian's ``docker-compose`` 1.29, which
+needs no engine for ``config``) and its settings are checked against the ones the loopback Celery
+stack (``scripts/stack.py``, ``tests/test_celery_stack.py``) ran with.
+"""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +45,7 @@ def test_services_match_the_official_layout_plus_a_gpu_worker(compose: dict[str,
         "airflow-scheduler": "scheduler",
         "airflow-dag-processor": "dag-processor",
         "airflow-triggerer": "triggerer",
-        "airflow-worker": "celery worker",
+        "airflow-worker": "celery worker -q default",
         "airflow-worker-gpu": "celery worker -q gpu --concurrency 1",
     }
     env = services["airflow-scheduler"]["environment"]
@@ -84,6 +92,41 @@ def test_dockerfile_extends_the_official_image_with_our_package() -> None:
     code = "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#"))
     assert "tensorflow-cpu" not in code  # one TF distribution only
     assert "TF_REQUIREMENT" in code
+
+
+def test_compose_validates_with_a_compose_parser() -> None:
+    """``docker-compose config -q``: the schema, the anchors and the variables resolve."""
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        if os.environ.get("TF_CKPT_REQUIRE_COMPOSE"):
+            pytest.fail("docker-compose is missing (apt-get install -y docker-compose)")
+        pytest.skip("docker-compose is not installed (apt-get install -y docker-compose)")
+    proc = subprocess.run(
+        [exe, "-f", str(DOCKER / "docker-compose.yaml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=DOCKER,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_compose_uses_the_settings_the_loopback_stack_ran_with(compose: dict[str, Any]) -> None:
+    env = compose["services"]["airflow-worker"]["environment"]
+    # SQLAlchemy 2.1 defaults postgresql:// to psycopg v3: workers die with "No module named 'psycopg'"
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql+psycopg2://")
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
+    assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
+    assert env["AIRFLOW__API_AUTH__JWT_SECRET"] and env["AIRFLOW__API__SECRET_KEY"]
+    assert env["AIRFLOW__TF_CKPT__GPU_QUEUE"] == "gpu"
+    for name in ("airflow-worker", "airflow-worker-gpu"):
+        assert "celery" in compose["services"][name]["build"]["args"]["EXTRAS"].split(","), name
+    # the celery extra carries the pin (celery 5.7.0 kills the scheduler)
+    pyproject = (DOCKER.parent / "pyproject.toml").read_text()
+    celery_extra = re.search(r"^celery = \[(.*?)^\]", pyproject, re.M | re.S)
+    assert celery_extra is not None, "no celery extra in pyproject.toml"
+    assert '"celery[redis]==5.6.3"' in celery_extra.group(1)
+    assert '"psycopg2-binary' in celery_extra.group(1)
 
 
 def test_readme_says_it_was_not_run_here() -> None:
