@@ -80,7 +80,8 @@ class PromoteCheckpointOperator(BaseCheckpointOperator):
         self.evaluator = evaluator
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from airflow_tf_ckpt.core.promote.promote import promote, select_step
+        from airflow_tf_ckpt.core.promote.promote import promote
+        from airflow_tf_ckpt.core.promote.select import select_step
         from airflow_tf_ckpt.hooks.storage import CheckpointStorageHook
 
         src = self.get_location()
