@@ -481,6 +481,8 @@ def test_gs_repromotion_and_gs_to_local(tf_checkpoints, gcs_emulator, tmp_path):
 # TensorFlow reads what we promoted (one TF subprocess for the whole module)
 
 
+@pytest.mark.tf
+@pytest.mark.gcs
 def test_tensorflow_restores_promoted_steps(tf_checkpoints, copy_variant, tmp_path, gcs_emulator):
     cases: dict[str, Path] = {}
     # TF2 CheckpointManager, latest (promotion writes a lease and a record into the source: copies)
