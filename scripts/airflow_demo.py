@@ -134,7 +134,7 @@ def final_gc(dep: Deployment) -> None:
 
 
 def summary(dep: Deployment, ledger: Ledger) -> list[str]:
-    from airflow_tf_ckpt.core.promote.promote import read_manifest
+    from airflow_tf_ckpt.core.promote.manifest import read_manifest
     from airflow_tf_ckpt.core.steps.discovery import discover
     from airflow_tf_ckpt.core.storage.location import Location
 

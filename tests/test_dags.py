@@ -158,7 +158,7 @@ def example_dags(airflow_db: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
 
 def _chain(run: Any, demo_root: str, capfd: Any) -> dict[str, Any]:
     """train 2 steps -> evaluate each (oldest first) -> event-driven eval -> GC -> checks."""
-    from airflow_tf_ckpt.core.promote.promote import read_manifest
+    from airflow_tf_ckpt.core.promote.manifest import read_manifest
     from airflow_tf_ckpt.core.sidecars.metrics import read_metrics
     from airflow_tf_ckpt.core.steps.discovery import discover
     from airflow_tf_ckpt.hooks.storage import CheckpointStorageHook

@@ -25,15 +25,9 @@ import fsspec
 import pytest
 
 from airflow_tf_ckpt.core.formats.state import read_state
-from airflow_tf_ckpt.core.promote.promote import (
-    ALIASES_DIR,
-    LOCK_NAME,
-    MANIFEST_NAME,
-    PromotionError,
-    check_promotion,
-    promote,
-    read_manifest,
-)
+from airflow_tf_ckpt.core.promote.lock import LOCK_NAME
+from airflow_tf_ckpt.core.promote.manifest import ALIASES_DIR, MANIFEST_NAME, PromotionError, read_manifest
+from airflow_tf_ckpt.core.promote.promote import check_promotion, promote
 from airflow_tf_ckpt.core.sidecars.promotions import read_promotions
 from airflow_tf_ckpt.core.storage.location import Location
 from tests.fixtures.gcs_emulator import upload_dir
@@ -169,6 +163,41 @@ def test_cleanup_deletes_only_files_of_the_recorded_prefix_with_the_recorded_siz
     assert store.exists(f"{d}/ckpt-4.index")  # kept one round as previous
     r = promote(store.src, store.dest, 3)
     assert sorted(r.deleted) == ["ckpt-4.data-00000-of-00001", "ckpt-4.index"]
+
+
+def test_forged_retained_groups_never_make_cleanup_delete_files_no_promotion_wrote(store):
+    """Issue 9 residual: a retained group's key does not prove its files are the tool's. A forged
+    ``alias:`` group (its prefix read from its files) or ``previous:`` group naming foreign
+    checkpoint files, with their real sizes, made the next promotion delete them; so did a
+    recorded file replaced by other bytes of the same size. Cleanup deletes a file only while it
+    holds the bytes (size and CRC32C) a promotion recorded writing."""
+    promote(store.src, store.dest, 3, alias="production")
+    promote(store.src, store.dest, 4)  # retained: previous:ckpt-3 (also alias:production's target)
+    d = store.dest_path
+    foreign = {
+        "ckpt-9.index": b"a foreign checkpoint index",
+        "ckpt-9.data-00000-of-00001": b"foreign data",
+        "model-2.index": b"another foreign index",
+    }
+    for name, data in foreign.items():
+        store.put(f"{d}/{name}", data)
+    doc = _manifest(store)
+    doc["retained"]["alias:x"] = [_rec(store, "ckpt-9.index"), _rec(store, "ckpt-9.data-00000-of-00001")]
+    doc["retained"]["previous:model-2"] = [_rec(store, "model-2.index")]
+    store.put(f"{d}/{MANIFEST_NAME}", json.dumps(doc).encode())
+    # a file the manifest records (ckpt-4's index, deleted after the next round) replaced by
+    # other bytes of the same length: not what a promotion wrote any more
+    index4 = store.get(f"{d}/ckpt-4.index")
+    store.put(f"{d}/ckpt-4.index", bytes(b ^ 0xFF for b in index4))
+
+    r = promote(store.src, store.dest, 5)
+    r = promote(store.src, store.dest, 3, alias="production")  # ckpt-4 (previous of 5) is due
+
+    for name, data in foreign.items():
+        assert store.exists(f"{d}/{name}") and store.get(f"{d}/{name}") == data, f"{name} was deleted"
+    assert store.exists(f"{d}/ckpt-4.index"), "a replaced file was deleted"
+    assert "ckpt-4.data-00000-of-00001" in r.deleted  # the untouched recorded file still goes
+    assert check_promotion(store.dest) == []
 
 
 def _deep(n: int) -> bytes:
@@ -445,7 +474,7 @@ def test_metric_names_follow_one_rule_everywhere(name, copy_variant, capsys):
     assert not (src / "ckpt-5.metrics.json").exists()
     with pytest.raises(RetentionError, match="metric name .* is not valid|needs a metric name"):
         KeepBestK(1, name)
-    from airflow_tf_ckpt.core.promote.promote import select_step
+    from airflow_tf_ckpt.core.promote.select import select_step
     from airflow_tf_ckpt.core.steps.discovery import discover
 
     with pytest.raises(PromotionError, match="metric name .* is not valid|needs a metric"):
@@ -464,7 +493,7 @@ def test_valid_metric_names_are_accepted(names, copy_variant):
 def test_best_never_chooses_a_non_finite_value(store):
     import math
 
-    from airflow_tf_ckpt.core.promote.promote import select_step
+    from airflow_tf_ckpt.core.promote.select import select_step
     from airflow_tf_ckpt.core.retention.planner import plan_retention
     from airflow_tf_ckpt.core.retention.policies import policies_from_options
     from airflow_tf_ckpt.core.sidecars.metrics import write_metrics

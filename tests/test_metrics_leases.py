@@ -8,7 +8,6 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from airflow_tf_ckpt.core.errors import StepNotFoundError
@@ -44,6 +43,7 @@ from tests.test_retention import T0, make_dir, mem_loc, put
 
 
 def test_metrics_roundtrip(tmp_path):
+    np = pytest.importorskip("numpy")  # numpy scalars, as an evaluator records them
     loc = Location.of(tmp_path)
     rec = write_metrics(
         loc,

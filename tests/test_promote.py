@@ -22,19 +22,19 @@ import pytest
 
 from airflow_tf_ckpt.core.errors import StepNotFoundError
 from airflow_tf_ckpt.core.formats.state import read_state
-from airflow_tf_ckpt.core.promote import promote as promote_mod
-from airflow_tf_ckpt.core.promote.promote import (
+from airflow_tf_ckpt.core.promote import copy as copy_mod
+from airflow_tf_ckpt.core.promote import lock as lock_mod
+from airflow_tf_ckpt.core.promote.lock import LOCK_NAME
+from airflow_tf_ckpt.core.promote.manifest import (
     ALIASES_DIR,
-    LOCK_NAME,
     MANIFEST_NAME,
     PromotionError,
-    check_promotion,
     list_aliases,
-    promote,
     read_alias,
     read_manifest,
-    select_step,
 )
+from airflow_tf_ckpt.core.promote.promote import check_promotion, promote
+from airflow_tf_ckpt.core.promote.select import select_step
 from airflow_tf_ckpt.core.sidecars.metrics import write_metrics
 from airflow_tf_ckpt.core.steps.discovery import discover
 from airflow_tf_ckpt.core.storage.location import Location
@@ -141,13 +141,13 @@ def test_promote_writes_state_then_manifest_and_index_last(copy_variant, tmp_pat
     src = copy_variant("sharded")
     dest = tmp_path / "dest"
     order: list[str] = []
-    real = promote_mod._copy_one
+    real = copy_mod._copy_one
 
     def spy(method, s, sname, d, dname, on_bytes):
         order.append(dname)
         return real(method, s, sname, d, dname, on_bytes)
 
-    monkeypatch.setattr(promote_mod, "_copy_one", spy)
+    monkeypatch.setattr(copy_mod, "_copy_one", spy)
     phases: list[str] = []
     r = promote(src, dest, 1, hook=lambda p, _d: phases.append(p))
     assert order[-1] == "ckpt-1.index" and len([n for n in order if ".data-" in n]) == 4
@@ -192,7 +192,7 @@ def test_lock_is_exclusive_while_its_holder_lives(copy_variant, tmp_path):
         dest,
         host=socket.gethostname(),
         pid=os.getpid(),
-        pid_start=promote_mod._pid_start(os.getpid()),
+        pid_start=lock_mod._pid_start(os.getpid()),
         created=now,
         heartbeat=now,
     )
@@ -218,7 +218,7 @@ def test_a_lock_whose_holder_is_gone_is_broken(why, copy_variant, tmp_path):
     else:
         (dest / LOCK_NAME).write_bytes(b"\x00garbage")
     if why != "unreadable":
-        assert promote_mod.lock_problem(json.loads((dest / LOCK_NAME).read_text()), 60) is not None
+        assert lock_mod.lock_problem(json.loads((dest / LOCK_NAME).read_text()), 60) is not None
     promote(src, dest, "latest")
     assert not (dest / LOCK_NAME).exists() and (dest / MANIFEST_NAME).exists()
 
@@ -329,19 +329,19 @@ def test_failed_copy_leaves_old_promotion_visible(copy_variant, tmp_path, monkey
     dest = tmp_path / "dest"
     promote(src, dest, 3)
     before = _readers_view(dest)
-    real = promote_mod._copy_one
+    real = copy_mod._copy_one
 
     def boom(method, s, sname, d, dname, on_bytes):
         if dname.endswith(".index"):
             raise OSError("disk full")
         return real(method, s, sname, d, dname, on_bytes)
 
-    monkeypatch.setattr(promote_mod, "_copy_one", boom)
+    monkeypatch.setattr(copy_mod, "_copy_one", boom)
     with pytest.raises(OSError, match="disk full"):
         promote(src, dest, 5)
     assert _readers_view(dest) == before
     assert not (dest / LOCK_NAME).exists()
-    monkeypatch.setattr(promote_mod, "_copy_one", real)
+    monkeypatch.setattr(copy_mod, "_copy_one", real)
     promote(src, dest, 5)  # the leftover shard of the failed attempt is simply overwritten
     assert _readers_view(dest)["manifest"][0] == "ckpt-5"
 
@@ -349,7 +349,7 @@ def test_failed_copy_leaves_old_promotion_visible(copy_variant, tmp_path, monkey
 def test_corrupt_copy_is_not_published(copy_variant, tmp_path, monkeypatch):
     src = copy_variant("tf2_manager")
     dest = tmp_path / "dest"
-    real = promote_mod._stream_copy
+    real = copy_mod._stream_copy
 
     def flip(s, sname, d, dname, on_bytes):
         out = real(s, sname, d, dname, on_bytes)
@@ -359,7 +359,7 @@ def test_corrupt_copy_is_not_published(copy_variant, tmp_path, monkeypatch):
         p.write_bytes(bytes(data))
         return out
 
-    monkeypatch.setattr(promote_mod, "_stream_copy", flip)
+    monkeypatch.setattr(copy_mod, "_stream_copy", flip)
     with pytest.raises(PromotionError, match="crc32c"):
         promote(src, dest, 5)
     assert not (dest / MANIFEST_NAME).exists() and not (dest / "checkpoint").exists()
@@ -481,6 +481,8 @@ def test_gs_repromotion_and_gs_to_local(tf_checkpoints, gcs_emulator, tmp_path):
 # TensorFlow reads what we promoted (one TF subprocess for the whole module)
 
 
+@pytest.mark.tf
+@pytest.mark.gcs
 def test_tensorflow_restores_promoted_steps(tf_checkpoints, copy_variant, tmp_path, gcs_emulator):
     cases: dict[str, Path] = {}
     # TF2 CheckpointManager, latest (promotion writes a lease and a record into the source: copies)

@@ -19,7 +19,8 @@ import pytest
 
 from airflow_tf_ckpt.core.errors import StepNotFoundError
 from airflow_tf_ckpt.core.formats.state import StateFile, read_state, write_state
-from airflow_tf_ckpt.core.promote.promote import PromotionError, select_step
+from airflow_tf_ckpt.core.promote.manifest import PromotionError
+from airflow_tf_ckpt.core.promote.select import select_step
 from airflow_tf_ckpt.core.retention.planner import plan_retention
 from airflow_tf_ckpt.core.retention.policies import KeepLastN
 from airflow_tf_ckpt.core.sidecars.quarantine import (

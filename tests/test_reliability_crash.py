@@ -29,12 +29,9 @@ from pathlib import Path
 import pytest
 
 from airflow_tf_ckpt.core.formats.state import read_state, resolve_path
-from airflow_tf_ckpt.core.promote.promote import (
-    LOCK_NAME,
-    promote,
-    read_alias,
-    read_manifest,
-)
+from airflow_tf_ckpt.core.promote.lock import LOCK_NAME
+from airflow_tf_ckpt.core.promote.manifest import read_alias, read_manifest
+from airflow_tf_ckpt.core.promote.promote import promote
 from airflow_tf_ckpt.core.retention.executor import apply_plan
 from airflow_tf_ckpt.core.retention.planner import plan_retention
 from airflow_tf_ckpt.core.retention.policies import policies_from_options

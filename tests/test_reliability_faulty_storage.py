@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from airflow_tf_ckpt.core.formats.state import read_state
-from airflow_tf_ckpt.core.promote.promote import check_promotion, promote, read_alias, read_manifest
+from airflow_tf_ckpt.core.promote.manifest import read_alias, read_manifest
+from airflow_tf_ckpt.core.promote.promote import check_promotion, promote
 from airflow_tf_ckpt.core.retention.executor import apply_plan
 from airflow_tf_ckpt.core.retention.planner import plan_retention
 from airflow_tf_ckpt.core.retention.policies import policies_from_options

@@ -29,7 +29,8 @@ import pytest
 from airflow_tf_ckpt import cli
 from airflow_tf_ckpt.core.errors import LatestStepMissingError, StateFileError
 from airflow_tf_ckpt.core.formats.state import parse_state
-from airflow_tf_ckpt.core.promote.promote import PromotionError, promote
+from airflow_tf_ckpt.core.promote.manifest import PromotionError
+from airflow_tf_ckpt.core.promote.promote import promote
 from airflow_tf_ckpt.core.steps.discovery import discover
 from airflow_tf_ckpt.core.steps.select import select_step
 from airflow_tf_ckpt.core.verify.engine import verify_step

@@ -13,12 +13,17 @@ URI, the step, its prefix and metrics; for an :class:`AssetAlias` a new event is
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowSkipException
 
 from airflow_tf_ckpt.operators._common import BaseCheckpointOperator, StepArg, parse_step_arg, require_path
 from airflow_tf_ckpt.operators.tensorflow import emit_asset_events
+
+if TYPE_CHECKING:
+    from airflow_tf_ckpt.core.promote.promote import PromotionResult
+    from airflow_tf_ckpt.core.steps.discovery import CheckpointStep
+    from airflow_tf_ckpt.core.storage.location import Location
 
 
 class PromoteCheckpointOperator(BaseCheckpointOperator):
@@ -80,30 +85,14 @@ class PromoteCheckpointOperator(BaseCheckpointOperator):
         self.evaluator = evaluator
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from airflow_tf_ckpt.core.promote.promote import promote, select_step
+        from airflow_tf_ckpt.core.promote.promote import promote
         from airflow_tf_ckpt.hooks.storage import CheckpointStorageHook
 
         src = self.get_location()
         dst_hook = CheckpointStorageHook(conn_id=self.dest_conn_id) if self.dest_conn_id else self.get_hook()
         dst = dst_hook.get_location(str(self.dest))
-        sel = parse_step_arg(self.step)
-        metric = self.metric or None
-        if sel == "best" and not metric:
-            raise ValueError("step='best' needs metric=NAME")
-
         evaluator = None if self.evaluator in (None, "", "None") else str(self.evaluator)
-        cdir = self.discover(src)
-        chosen = select_step(
-            cdir, sel, prefix=self.prefix or None, metric=metric, mode=str(self.mode), evaluator=evaluator
-        )
-        if self.only_if_step not in (None, "", "None"):
-            want = parse_step_arg(self.only_if_step)
-            if want not in (chosen.step, chosen.prefix):
-                raise AirflowSkipException(
-                    f"selected {chosen.prefix} ({sel}{':' + metric if metric else ''}"
-                    f"{' of ' + evaluator if evaluator else ''}); not promoting "
-                    f"because only_if_step={want!r}"
-                )
+        chosen = self._choose(src, evaluator)
         # promote the step we selected, by prefix name, so a newer step landing meanwhile
         # cannot change the decision
         result = promote(
@@ -115,13 +104,50 @@ class PromoteCheckpointOperator(BaseCheckpointOperator):
             record=self.record,
             evaluator=evaluator,
         )
+        out = self._report(result, src)
+        emit_asset_events(
+            context,
+            self.outlets,
+            {k: out[k] for k in ("uri", "step", "prefix", "metrics", "alias", "source")},
+            alias_uri=_asset_uri(out["uri"]),
+        )
+        return out
+
+    def _choose(self, src: Location, evaluator: str | None) -> CheckpointStep:
+        """The step to promote; skips the task when ``only_if_step`` names another one."""
+        from airflow_tf_ckpt.core.promote.select import select_step
+
+        sel = parse_step_arg(self.step)
+        metric = self.metric or None
+        if sel == "best" and not metric:
+            raise ValueError("step='best' needs metric=NAME")
+        chosen = select_step(
+            self.discover(src),
+            sel,
+            prefix=self.prefix or None,
+            metric=metric,
+            mode=str(self.mode),
+            evaluator=evaluator,
+        )
+        if self.only_if_step not in (None, "", "None"):
+            want = parse_step_arg(self.only_if_step)
+            if want not in (chosen.step, chosen.prefix):
+                raise AirflowSkipException(
+                    f"selected {chosen.prefix} ({sel}{':' + metric if metric else ''}"
+                    f"{' of ' + evaluator if evaluator else ''}); not promoting "
+                    f"because only_if_step={want!r}"
+                )
+        return chosen
+
+    def _report(self, result: PromotionResult, src: Location) -> dict[str, Any]:
+        """Log the promotion and return the task's XCom value."""
         r = result.to_dict()
-        uri = dst.display()
+        uri = result.destination
         if result.record_problem:  # published all the same: retention there may not know of it
             self.log.warning("%s", result.record_problem)
         self.log.info(
             "Promoted %s (step %s) to %s: copied %d file(s), %d bytes (%s)%s",
-            src.display(chosen.prefix),
+            src.display(result.prefix),
             result.step,
             uri,
             len(result.copied),
@@ -129,7 +155,7 @@ class PromoteCheckpointOperator(BaseCheckpointOperator):
             result.method,
             f"; alias {self.alias!r}" if self.alias else "",
         )
-        out = {
+        return {
             "destination": uri,
             "uri": uri,
             "step": result.step,
@@ -142,20 +168,6 @@ class PromoteCheckpointOperator(BaseCheckpointOperator):
             "method": result.method,
             "checkpoint_path": r.get("checkpoint_path"),
         }
-        emit_asset_events(
-            context,
-            self.outlets,
-            {
-                "uri": uri,
-                "step": result.step,
-                "prefix": result.prefix,
-                "metrics": out["metrics"],
-                "alias": out["alias"],
-                "source": src.display(),
-            },
-            alias_uri=_asset_uri(uri),
-        )
-        return out
 
 
 def _asset_uri(display: str) -> str:

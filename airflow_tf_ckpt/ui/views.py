@@ -248,7 +248,7 @@ def destination_aliases(records: Sequence[Mapping[str, Any]], open_location: Any
     ``open_location(url)`` gives the destination's Location (through the same hook as the dir). A
     destination that cannot be read is reported with its error, not raised.
     """
-    from airflow_tf_ckpt.core.promote.promote import list_aliases
+    from airflow_tf_ckpt.core.promote.manifest import list_aliases
 
     out = []
     for dest in dict.fromkeys(str(r.get("dest")) for r in records if r.get("current") and r.get("dest")):

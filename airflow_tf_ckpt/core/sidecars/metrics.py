@@ -153,13 +153,37 @@ def write_metrics(
     """
     name = metrics_name(prefix, evaluator)
     where = loc.display(name)
-    values = _validate(metrics, where)
     t = time.time() if now is None else float(now)
-    encoded = {k: _encode(v) for k, v in values.items()}
+    record = _new_record(prefix, _validate(metrics, where), step, extra, t, evaluator, where)
+    encoded = record["metrics"]
+
+    def updated(old: bytes | None) -> bytes:
+        prev = _previous(old, where)
+        n, history = int(prev.get("evaluations", 1 if prev else 0)), list(prev.get("history") or [])
+        if count or not prev:
+            n += 1
+            history = (history + [{"time": t, "metrics": encoded, **dict(extra or {})}])[-HISTORY_LEN:]
+        record.update(evaluations=n, history=history)
+        return json.dumps(record, sort_keys=True, allow_nan=False).encode("utf-8")
+
+    _update_file(loc, name, updated, where)
+    return record
+
+
+def _new_record(
+    prefix: str,
+    values: Mapping[str, float],
+    step: int | None,
+    extra: Mapping[str, Any] | None,
+    t: float,
+    evaluator: str | None,
+    where: str,
+) -> dict[str, Any]:
+    """The sidecar record (without ``evaluations``/``history``), checked to be strict JSON."""
     record: dict[str, Any] = {
         "prefix": prefix,
         "step": step if step is not None else parse_prefix(prefix).step,
-        "metrics": encoded,
+        "metrics": {k: _encode(v) for k, v in values.items()},
         "time": t,
         "evaluator": evaluator,
     }
@@ -172,17 +196,6 @@ def write_metrics(
         json.dumps(record, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise MetricsError(f"extra fields are not JSON-serialisable: {exc}", where) from exc
-
-    def updated(old: bytes | None) -> bytes:
-        prev = _previous(old, where)
-        n, history = int(prev.get("evaluations", 1 if prev else 0)), list(prev.get("history") or [])
-        if count or not prev:
-            n += 1
-            history = (history + [{"time": t, "metrics": encoded, **dict(extra or {})}])[-HISTORY_LEN:]
-        record.update(evaluations=n, history=history)
-        return json.dumps(record, sort_keys=True, allow_nan=False).encode("utf-8")
-
-    _update_file(loc, name, updated, where)
     return record
 
 
@@ -250,20 +263,21 @@ def parse_metrics_record(data: bytes, where: str) -> dict[str, Any]:
     raw = record.get("metrics")
     if not isinstance(raw, dict):
         raise MetricsError('has no "metrics" object', where)
-    values: dict[str, float] = {}
-    for k, v in raw.items():
-        if isinstance(v, str) and v.strip().lower() in _NONFINITE_IN:
-            values[k] = _NONFINITE_IN[v.strip().lower()]
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            values[k] = float(v)
-        else:
-            raise MetricsError(f"metric {k!r} is {v!r}, not a number", where)
-    record["metrics"] = values
+    record["metrics"] = {k: _decode(k, v, where) for k, v in raw.items()}
     n = record.get("evaluations")
     record["evaluations"] = n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else 1
     if not isinstance(record.get("history"), list):
         record["history"] = []
     return record
+
+
+def _decode(k: str, v: Any, where: str) -> float:
+    """One stored metric value: a JSON number, or a non-finite one spelled as a string."""
+    if isinstance(v, str) and v.strip().lower() in _NONFINITE_IN:
+        return _NONFINITE_IN[v.strip().lower()]
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    raise MetricsError(f"metric {k!r} is {v!r}, not a number", where)
 
 
 def read_metrics_record(loc: Location, prefix: str, evaluator: str | None = None) -> dict[str, Any] | None:
@@ -308,34 +322,46 @@ def read_files(
     names = list(names)
     if not names:
         return {}
+    if isinstance(loc.fs, AsyncFileSystem):
+        return _read_async(loc, names, max_workers, cap, what, sizes or {})
+    return _read_sync(loc, names, max_workers, cap, what)
+
+
+def _read_async(
+    loc: Location, names: list[str], max_workers: int, cap: int, what: str, sizes: Mapping[str, int]
+) -> dict[str, bytes | Exception]:
+    """:func:`read_files` on an async filesystem: one ``cat_ranges`` of the first ``cap`` + 1
+    bytes of each file that the listing's ``sizes`` do not already settle."""
     out: dict[str, bytes | Exception] = {}
-    fs = loc.fs
-    if isinstance(fs, AsyncFileSystem):
-        known = sizes or {}
-        for n in names:
-            if known.get(n) == 0:
-                out[n] = b""  # a ranged read of an empty object is refused (416): nothing to read
-            elif (known.get(n) or 0) > cap:
-                out[n] = FileTooLargeError(f"is {known[n]} bytes, too large for {what}", loc.display(n))
-        todo = [n for n in names if n not in out]
-        results = (
-            fs.cat_ranges(
-                [loc.join(n) for n in todo],
-                [0] * len(todo),
-                [cap + 1] * len(todo),
-                on_error="return",
-                batch_size=max_workers,
-            )
-            if todo
-            else []
-        )
-        for n, r in zip(todo, results, strict=True):
-            if isinstance(r, Exception) and range_not_satisfiable(r, loc.join(n)):  # an empty object
-                r = b""
-            if not isinstance(r, Exception) and len(r) > cap:
-                r = FileTooLargeError(f"is more than {cap} bytes, too large for {what}", loc.display(n))
-            out[n] = r if isinstance(r, (bytes, Exception)) else bytes(r)
+    for n in names:
+        if sizes.get(n) == 0:
+            out[n] = b""  # a ranged read of an empty object is refused (416): nothing to read
+        elif (sizes.get(n) or 0) > cap:
+            out[n] = FileTooLargeError(f"is {sizes[n]} bytes, too large for {what}", loc.display(n))
+    todo = [n for n in names if n not in out]
+    if not todo:
         return out
+    results = loc.fs.cat_ranges(
+        [loc.join(n) for n in todo],
+        [0] * len(todo),
+        [cap + 1] * len(todo),
+        on_error="return",
+        batch_size=max_workers,
+    )
+    for n, r in zip(todo, results, strict=True):
+        if isinstance(r, Exception) and range_not_satisfiable(r, loc.join(n)):  # an empty object
+            r = b""
+        if not isinstance(r, Exception) and len(r) > cap:
+            r = FileTooLargeError(f"is more than {cap} bytes, too large for {what}", loc.display(n))
+        out[n] = r if isinstance(r, (bytes, Exception)) else bytes(r)
+    return out
+
+
+def _read_sync(
+    loc: Location, names: list[str], max_workers: int, cap: int, what: str
+) -> dict[str, bytes | Exception]:
+    """:func:`read_files` on a sync filesystem: in order locally, else in threads."""
+    fs = loc.fs
 
     def one(n: str) -> bytes | Exception:
         try:
@@ -378,7 +404,33 @@ def evaluation_records(
     named ``evaluators`` when given; ``None`` is the default sidecar). Each record has
     ``metrics`` (floats), ``evaluations`` (>= 1) and ``history``. Malformed: as :func:`metrics_for`.
     """
-    only = None if evaluators is None else set(evaluators)
+    wanted = _wanted_sidecars(cdir, None if evaluators is None else set(evaluators))
+    sizes = (
+        {f.name: f.size for s in cdir.steps for f in s.sidecars if f.name in wanted}
+        if not cdir.location.local
+        else None
+    )
+    raw = read_files(cdir.location, wanted, max_workers=max_workers, sizes=sizes)
+    out: dict[str, dict[str | None, dict[str, Any]]] = {}
+    for name, data in raw.items():
+        if isinstance(data, FileNotFoundError):
+            continue  # deleted since the listing: as if there were none
+        where = cdir.location.display(name)
+        try:
+            if isinstance(data, Exception):
+                raise MetricsError(f"cannot be read: {getattr(data, 'message', data)}", where)
+            prefix, evaluator = wanted[name]
+            out.setdefault(prefix, {})[evaluator] = parse_metrics_record(data, where)
+        except MetricsError as exc:
+            if problems is None:
+                raise
+            problems.append(str(exc))
+    return out
+
+
+def _wanted_sidecars(cdir: CheckpointDir, only: set[str | None] | None) -> dict[str, tuple[str, str | None]]:
+    """``{sidecar name: (prefix, evaluator)}`` of the metrics sidecars the listing shows (of the
+    evaluators in ``only``, when given)."""
     wanted: dict[str, tuple[str, str | None]] = {}
     for s in cdir.steps:
         for f in s.sidecars:
@@ -389,27 +441,7 @@ def evaluation_records(
                 continue
             if only is None or role.evaluator in only:
                 wanted[f.name] = (s.prefix, role.evaluator)
-    sizes = (
-        {f.name: f.size for s in cdir.steps for f in s.sidecars if f.name in wanted}
-        if not cdir.location.local
-        else None
-    )
-    raw = read_files(cdir.location, wanted, max_workers=max_workers, sizes=sizes)
-    out: dict[str, dict[str | None, dict[str, Any]]] = {}
-    for name, data in raw.items():
-        where = cdir.location.display(name)
-        try:
-            if isinstance(data, FileNotFoundError):
-                continue  # deleted since the listing: as if there were none
-            if isinstance(data, Exception):
-                raise MetricsError(f"cannot be read: {getattr(data, 'message', data)}", where)
-            prefix, evaluator = wanted[name]
-            out.setdefault(prefix, {})[evaluator] = parse_metrics_record(data, where)
-        except MetricsError as exc:
-            if problems is None:
-                raise
-            problems.append(str(exc))
-    return out
+    return wanted
 
 
 def evaluation_counts(

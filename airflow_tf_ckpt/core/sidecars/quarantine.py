@@ -201,8 +201,7 @@ def quarantine_step(
     or a :class:`CheckpointStep`. ``hook(label)`` runs before each write (crash tests)."""
     loc, state_filename, cdir = _fresh(target, state_filename, storage_options)
     name = _step_name(cdir, prefix)
-    names = set(cdir.listing)
-    if not any(n == name or n.startswith(name + ".") for n in names) and not any(
+    if not any(n == name or n.startswith(name + ".") for n in cdir.listing) and not any(
         s.prefix == name for s in cdir.steps
     ):
         raise StepNotFoundError(f"no checkpoint step {name!r}", loc.display())
@@ -215,24 +214,33 @@ def quarantine_step(
         "report": dict(report_dict) if report_dict is not None else None,
         "state_entry": _state_entry(loc, cdir, name),
     }
+    rec_name = _write_record(loc, cdir, name, record, hook)
+    result = QuarantineResult(name, rec_name, record, None, None)
+    update = update_state(loc, _quarantine_change(loc, cdir, name, t, result), state_filename, hook=hook)
+    result.state_before, result.state_after = update.before, update.after
+    result.state_removed = update.before is not None and update.after is None
+    return result
+
+
+def _write_record(
+    loc: Location, cdir: CheckpointDir, name: str, record: dict[str, Any], hook: Callable[..., Any] | None
+) -> str:
+    """Step 1 of a quarantine: write the record, in the handshake with GC (module docstring): a
+    step a live GC intent names is refused before and after the write, and a step deleted
+    meanwhile gets its previous record (or none) back. The record's name."""
     rec_name = quarantine_name(name)
     _refuse_if_doomed(loc, name)
     previous = _record_bytes(loc, rec_name)
     if hook:
         hook("write_quarantine", rec_name)
     loc.write_atomic(rec_name, json.dumps(record, sort_keys=True, default=str).encode("utf-8"))
-    try:  # the handshake with GC (see the module docstring)
+    try:
         _refuse_if_doomed(loc, name)
         _refuse_if_deleted(loc, cdir, name)
     except CheckpointError:
         _put_back(loc, rec_name, previous)
         raise
-
-    result = QuarantineResult(name, rec_name, record, None, None)
-    update = update_state(loc, _quarantine_change(loc, cdir, name, t, result), state_filename, hook=hook)
-    result.state_before, result.state_after = update.before, update.after
-    result.state_removed = update.before is not None and update.after is None
-    return result
+    return rec_name
 
 
 class QuarantineConflictError(CheckpointError):
@@ -407,8 +415,22 @@ def release_quarantine(
     tests); ``progress(done, total)`` is passed to the verifier.
     """
     loc, state_filename, cdir = _fresh(target, state_filename, storage_options)
-    name = _step_name(cdir, prefix_or_step)
-    rec_name = quarantine_name(name)
+    step, record = _quarantined_step(loc, cdir, _step_name(cdir, prefix_or_step))
+    result = ReleaseResult(step.prefix, quarantine_name(step.prefix), record)
+    missing = [loc.display(m) for m in step.missing if "?" not in m]
+    if verify:
+        _verify_for_release(loc, step, missing, result, progress)
+    elif restore_state and (missing or step.status is StepStatus.INCOMPLETE):
+        _refuse_incomplete(loc, step, missing, result.record_name)
+    if restore_state:
+        _restore_entry(loc, cdir, step, record, state_filename, result, hook)
+    _remove_record(loc, result.record_name, hook)  # LAST: until here a crash leaves it quarantined
+    return result
+
+
+def _quarantined_step(loc: Location, cdir: CheckpointDir, name: str) -> tuple[CheckpointStep, dict[str, Any]]:
+    """The step ``name`` (with files here) and its quarantine record, else the error saying which
+    is missing."""
     step = next((s for s in cdir.steps if s.prefix == name and s.files), None)
     record = read_quarantine(loc, name)
     if step is None:
@@ -418,54 +440,65 @@ def release_quarantine(
         )
     if record is None:
         raise NotQuarantinedError(
-            f"{name!r} is not quarantined: there is no quarantine record", loc.display(rec_name)
+            f"{name!r} is not quarantined: there is no quarantine record", loc.display(quarantine_name(name))
         )
-    result = ReleaseResult(name, rec_name, record)
+    return step, record
 
-    missing = [loc.display(m) for m in step.missing if "?" not in m]
-    if verify:
-        from airflow_tf_ckpt.core.verify.engine import verify_step  # noqa: PLC0415 (the verifier is only needed here)
 
-        report = verify_step(loc, name, progress=progress, format=step.format)
-        problems = [str(p) for p in report.problems]
-        problems += [
-            f"{m}: [missing_file] file is missing (step incomplete)"
-            for m in missing
-            if not any(p.startswith(m + ":") for p in problems)
-        ]
-        problems += [f"{loc.display(name)}: [layout] {p}" for p in step.problems]
-        if problems:
-            raise StillCorruptError(
-                f"still fails verification with {len(problems)} problem(s), the quarantine stays; "
-                f"first: {problems[0]}",
-                loc.display(rec_name),
-                problems,
-                report,
-            )
-        result.verified = True
-        result.tensors_checked, result.bytes_checked = report.tensors_checked, report.bytes_checked
-    elif restore_state and (missing or step.status is StepStatus.INCOMPLETE):
-        shown = missing or [loc.display(m) for m in step.missing]
+def _verify_for_release(
+    loc: Location,
+    step: CheckpointStep,
+    missing: list[str],
+    result: ReleaseResult,
+    progress: ProgressFn | None,
+) -> None:
+    """Verify every checksum of the step; :class:`StillCorruptError` on any problem (a missing
+    file and a layout problem included)."""
+    from airflow_tf_ckpt.core.verify.engine import verify_step  # noqa: PLC0415 (the verifier is only needed here)
+
+    name = step.prefix
+    report = verify_step(loc, name, progress=progress, format=step.format)
+    problems = [str(p) for p in report.problems]
+    problems += [
+        f"{m}: [missing_file] file is missing (step incomplete)"
+        for m in missing
+        if not any(p.startswith(m + ":") for p in problems)
+    ]
+    problems += [f"{loc.display(name)}: [layout] {p}" for p in step.problems]
+    if problems:
         raise StillCorruptError(
-            f"files are missing ({', '.join(shown[:3])}{' ...' if len(shown) > 3 else ''}): the state "
-            "file must not name an incomplete step; the quarantine stays (restore_state=False lifts "
-            "the quarantine alone)",
-            loc.display(rec_name),
-            [f"{m}: [missing_file] file is missing (step incomplete)" for m in shown],
+            f"still fails verification with {len(problems)} problem(s), the quarantine stays; "
+            f"first: {problems[0]}",
+            loc.display(result.record_name),
+            problems,
+            report,
         )
+    result.verified = True
+    result.tensors_checked, result.bytes_checked = report.tensors_checked, report.bytes_checked
 
-    if restore_state:
-        _restore_entry(loc, cdir, step, record, state_filename, result, hook)
 
+def _refuse_incomplete(loc: Location, step: CheckpointStep, missing: list[str], rec_name: str) -> None:
+    """Unverified, the state file must still not name an incomplete step."""
+    shown = missing or [loc.display(m) for m in step.missing]
+    raise StillCorruptError(
+        f"files are missing ({', '.join(shown[:3])}{' ...' if len(shown) > 3 else ''}): the state "
+        "file must not name an incomplete step; the quarantine stays (restore_state=False lifts "
+        "the quarantine alone)",
+        loc.display(rec_name),
+        [f"{m}: [missing_file] file is missing (step incomplete)" for m in shown],
+    )
+
+
+def _remove_record(loc: Location, rec_name: str, hook: Callable[..., Any] | None) -> None:
+    """Remove the quarantine record (a record removed concurrently: the end state is the same)."""
     if hook:
         hook("remove_quarantine", rec_name)
-    try:  # LAST: until here a crash leaves the step quarantined, which is safe
+    try:
         loc.fs.rm_file(loc.join(rec_name))
     except FileNotFoundError:
-        pass  # released concurrently: the end state is the same
+        pass
     except OSError as exc:
         raise StorageError(f"cannot remove the quarantine record: {exc}", loc.display(rec_name)) from exc
-    return result
 
 
 def _restore_entry(
@@ -490,84 +523,116 @@ def _release_change(
 ) -> StateChange:
     """:func:`_restore_entry`'s change to the state file."""
     name = step.prefix
-    entry = record.get("state_entry") if isinstance(record.get("state_entry"), dict) else {}
+    raw_entry = record.get("state_entry")
+    entry: dict[str, Any] = raw_entry if isinstance(raw_entry, dict) else {}
     names = set(cdir.listing)
     known = {r.raw: r for r in cdir.resolved}  # discovery's resolution (it knows V1 shard patterns)
 
     def where(raw: str) -> ResolvedPath:
         return known[raw] if raw in known else resolve_path(loc, raw, names)
 
-    def resolve(raw: str) -> str | None:
-        return where(raw).name
-
     def change(before: StateFile | None) -> StateFile | None:
         result.already_named = result.state_created = result.made_latest = False
         result.restored_path = None
         if before is not None and any(
-            resolve(raw) == name
+            where(raw).name == name
             for raw in [*before.all_model_checkpoint_paths, before.model_checkpoint_path]
             if raw
         ):
             result.already_named = True
             return before
-
-        raw = entry.get("path") if isinstance(entry.get("path"), str) else None
-        if raw is None or where(raw).name != name or where(raw).how not in ("relative", "absolute"):
-            raw = _spelling(before, name, where)  # (an absolute path of the dir's old home is not kept)
-        ts = entry.get("timestamp")
-        if not isinstance(ts, (int, float)) or isinstance(ts, bool):
-            mtimes = [f.mtime for f in step.files if f.mtime is not None]
-            ts = max(mtimes) if mtimes else time.time()
-
+        raw = _entry_path(entry, name, before, where)
+        ts = _entry_time(entry, step)
         if before is None:
-            lp = entry.get("last_preserved_timestamp")
-            after = StateFile(
-                raw,
-                [raw],
-                [float(ts)],
-                float(lp) if isinstance(lp, (int, float)) and not isinstance(lp, bool) else 0.0,
-            )
+            after = StateFile(raw, [raw], [ts], _entry_last_preserved(entry))
             result.state_created = True
         else:
-            paths = list(before.all_model_checkpoint_paths)
-            stamps = list(before.all_model_checkpoint_timestamps)
-            # the file keeps timestamps when it has one per path (an empty file: as TF writes, yes)
-            keeps = len(stamps) == len(paths)
-            me = parse_prefix(name)
-            my_key = (-1 if me.step is None else me.step, float(ts))
-            lo, hi = 0, len(paths)  # step order among the paths of the same base
-            for i, p in enumerate(paths):
-                n = resolve(p)
-                if n is None or parse_prefix(n).base != me.base:
-                    continue
-                other = parse_prefix(n).step
-                other = -1 if other is None else other
-                if other < my_key[0]:
-                    lo = i + 1
-                elif other > my_key[0] and hi == len(paths):
-                    hi = i
-            hi = max(hi, lo)
-            at = hi
-            if keeps:  # among other bases' paths, by time
-                at = next((i for i in range(lo, hi) if stamps[i] > ts), hi)
-            paths.insert(at, raw)
-            if keeps:
-                stamps.insert(at, float(ts))
-            latest = before.model_checkpoint_path
-            latest_name = resolve(latest) if latest else None
-            newer = False  # a latest we cannot resolve here is left as it is
-            if not latest:
-                newer = True
-            elif latest_name is not None and parse_prefix(latest_name).base == me.base:
-                other = parse_prefix(latest_name).step
-                lt = before.timestamp_of(latest)
-                newer = (-1 if other is None else other, ts if lt is None else lt) < my_key
-            after = StateFile(raw if newer else latest, paths, stamps, before.last_preserved_timestamp)
+            after = _with_step(before, name, raw, ts, lambda p: where(p).name)
         result.made_latest = after.model_checkpoint_path == raw
         result.restored_path = raw
         return after
 
     return change
+
+
+def _entry_path(
+    entry: dict[str, Any], name: str, before: StateFile | None, where: Callable[[str], ResolvedPath]
+) -> str:
+    """The spelling to restore: the record's, when it still names the step in this dir (an
+    absolute path of the dir's old home is not kept), else :func:`_spelling`'s."""
+    raw = entry.get("path") if isinstance(entry.get("path"), str) else None
+    if raw is None or where(raw).name != name or where(raw).how not in ("relative", "absolute"):
+        return _spelling(before, name, where)
+    return raw
+
+
+def _entry_time(entry: dict[str, Any], step: CheckpointStep) -> float:
+    """The step's save time: the record's, else its newest file's mtime, else now."""
+    ts = entry.get("timestamp")
+    if isinstance(ts, (int, float)) and not isinstance(ts, bool):
+        return float(ts)
+    mtimes = [f.mtime for f in step.files if f.mtime is not None]
+    return float(max(mtimes)) if mtimes else time.time()
+
+
+def _entry_last_preserved(entry: dict[str, Any]) -> float:
+    lp = entry.get("last_preserved_timestamp")
+    return float(lp) if isinstance(lp, (int, float)) and not isinstance(lp, bool) else 0.0
+
+
+def _step_key(name: str) -> int:
+    step = parse_prefix(name).step
+    return -1 if step is None else step
+
+
+def _with_step(
+    before: StateFile, name: str, raw: str, ts: float, resolve: Callable[[str], str | None]
+) -> StateFile:
+    """``before`` with ``raw`` inserted in step order among the paths of its base (by time among
+    other bases' paths, where the file keeps timestamps), latest when it is the newest."""
+    paths = list(before.all_model_checkpoint_paths)
+    stamps = list(before.all_model_checkpoint_timestamps)
+    # the file keeps timestamps when it has one per path (an empty file: as TF writes, yes)
+    keeps = len(stamps) == len(paths)
+    lo, hi = _same_base_span(paths, name, resolve)
+    at = next((i for i in range(lo, hi) if stamps[i] > ts), hi) if keeps else hi
+    paths.insert(at, raw)
+    if keeps:
+        stamps.insert(at, ts)
+    latest = before.model_checkpoint_path
+    newer = _newer_than_latest(before, name, ts, resolve)
+    return StateFile(raw if newer else latest, paths, stamps, before.last_preserved_timestamp)
+
+
+def _same_base_span(paths: list[str], name: str, resolve: Callable[[str], str | None]) -> tuple[int, int]:
+    """``(lo, hi)``: ``name`` goes after every path of its base with a lower step and before the
+    first one with a higher step."""
+    me = parse_prefix(name)
+    mine = _step_key(name)
+    lo, hi = 0, len(paths)
+    for i, p in enumerate(paths):
+        n = resolve(p)
+        if n is None or parse_prefix(n).base != me.base:
+            continue
+        other = _step_key(n)
+        if other < mine:
+            lo = i + 1
+        elif other > mine and hi == len(paths):
+            hi = i
+    return lo, max(hi, lo)
+
+
+def _newer_than_latest(before: StateFile, name: str, ts: float, resolve: Callable[[str], str | None]) -> bool:
+    """The released step is newer than the file's latest (of its base, by step then time); a
+    latest we cannot resolve here is left as it is."""
+    latest = before.model_checkpoint_path
+    if not latest:
+        return True
+    latest_name = resolve(latest)
+    if latest_name is None or parse_prefix(latest_name).base != parse_prefix(name).base:
+        return False
+    lt = before.timestamp_of(latest)
+    return (_step_key(latest_name), ts if lt is None else lt) < (_step_key(name), ts)
 
 
 def _spelling(state: StateFile | None, name: str, where: Callable[[str], ResolvedPath]) -> str:
