@@ -20,8 +20,9 @@ install: $(STAMP)
 lint: install
 	$(VENV)/bin/ruff check airflow_tf_ckpt dags tests bench scripts
 	$(VENV)/bin/ruff format --check airflow_tf_ckpt dags tests bench scripts
+	$(VENV)/bin/mypy
 
-# The type check (mypy over the package); joins `make lint` once it is at 0 errors.
+# The type check alone (it also runs in `make lint`, so in `make test` and CI).
 typecheck: install
 	$(VENV)/bin/mypy
 
