@@ -205,18 +205,22 @@ class Deployment:
                 args.append("--skip-serve-logs")
             if name == "api-server":
                 args += ["--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
-            out = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
-            self.procs[name] = subprocess.Popen(
-                args,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            out.close()
+            self.spawn(name, args, env)
         self._record_pgids()
         self.wait_api(timeout)
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        """Start one component in its own process group, its output in ``LOGS/NAME.log``."""
+        out = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
+        self.procs[name] = subprocess.Popen(
+            args,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        out.close()
 
     def _record_pgids(self) -> None:
         saved = self._saved()

@@ -294,16 +294,7 @@ class CeleryStack(Deployment):
             f"{label}@%h",
             "--skip-serve-logs",
         ]
-        out = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
-        self.procs[name] = subprocess.Popen(
-            args,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        out.close()
+        self.spawn(name, args, env)
         self.worker_procs[name] = label
         self._record_pgids()
         self._save_stack()

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from airflow_tf_ckpt.core.display import iso_utc
 from airflow_tf_ckpt.core.errors import CheckpointError
 from airflow_tf_ckpt.core.formats.state import StateFile
 from airflow_tf_ckpt.core.steps.discovery import CheckpointStep
@@ -201,8 +201,8 @@ class KeepEveryNHours(_Fields):
                 self.clock_skew_s if s.timestamp_source != "state" else 0.0
             ):
                 keeps[s.prefix] = (
-                    f"{every}: saved {_iso(ts)}, at or before "
-                    f"last_preserved_timestamp {_iso(start)} (already preserved by TF)"
+                    f"{every}: saved {iso_utc(ts)}, at or before "
+                    f"last_preserved_timestamp {iso_utc(start)} (already preserved by TF)"
                 )
                 earlier.add(s.prefix)
             elif lp is None or ts - period >= lp:
@@ -211,7 +211,7 @@ class KeepEveryNHours(_Fields):
                     if lp is None
                     else (f"{(ts - lp) / 3600:.2f}h after the last preserved")
                 )
-                keeps[s.prefix] = f"{every}: saved {_iso(ts)}, {since}"
+                keeps[s.prefix] = f"{every}: saved {iso_utc(ts)}, {since}"
                 advance[s.prefix] = lp = ts
         ctx.sweep = Sweep(advance, frozenset(earlier))
         return keeps
@@ -603,15 +603,6 @@ def _ordinal(n: int) -> str:
         return "newest"
     suffix = "th" if n % 100 in (11, 12, 13) else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
     return f"{n}{suffix} newest"
-
-
-def _iso(t: float | None) -> str:
-    if t is None:
-        return "?"
-    try:
-        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-    except (OverflowError, OSError, ValueError):
-        return repr(t)
 
 
 def _age(seconds: float) -> str:

@@ -40,6 +40,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from airflow_tf_ckpt.core.display import iso_utc
 from airflow_tf_ckpt.core.errors import CheckpointError, StorageError
 from airflow_tf_ckpt.core.formats.naming import LEASE_INFIX, LEASE_RE, parse_prefix
 from airflow_tf_ckpt.core.steps.discovery import CheckpointDir, CheckpointStep
@@ -107,10 +108,6 @@ def legacy_lease_name(prefix: str, owner: str) -> str | None:
     return name if ok else None  # (a longer one was never written: no file system takes it)
 
 
-def _iso(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-
-
 @dataclass(frozen=True)
 class Lease:
     """One lease file, as read back."""
@@ -129,7 +126,7 @@ class Lease:
         return (time.time() if now is None else now) < self.expires
 
     def describe(self) -> str:
-        text = f"leased by {self.owner} until {_iso(self.expires)}"
+        text = f"leased by {self.owner} until {iso_utc(self.expires)}"
         if self.readable:
             return text
         if self.expires >= MAX_EXPIRY:  # an expiry that cannot be read: held until removed
@@ -223,7 +220,7 @@ def acquire_lease(
             release_lease(loc, prefix, owner)
             raise LeaseConflictError(
                 f"step {prefix} is being deleted by a GC run (started "
-                f"{_iso(intent.started)}); lease not taken",
+                f"{iso_utc(intent.started)}); lease not taken",
                 loc.display(prefix),
             )
     return lease
@@ -465,7 +462,7 @@ def _holder(data: bytes | None) -> tuple[str, bool]:
             dead = True
         except PermissionError:
             pass
-    return f"{host} pid {pid} until {_iso(expires)}", dead or not (time.time() < expires)
+    return f"{host} pid {pid} until {iso_utc(expires)}", dead or not (time.time() < expires)
 
 
 def _try_local(loc: Location) -> tuple[GcLock | None, str]:
