@@ -323,6 +323,46 @@ def test_latest_never_goes_back_under_a_live_trainer_and_concurrent_gc(tmp_path,
     assert st.model_checkpoint_path == f"ckpt-{committed[-1]}"
 
 
+def test_a_save_renamed_in_at_the_instant_of_gc_s_own_rename_is_kept(tmp_path, request, monkeypatch):
+    """The narrowest window of a local read-modify-write: a trainer's save renames its state file
+    in AFTER GC's last re-read and BEFORE GC's own rename. A check-then-``os.replace`` loses that
+    save (latest goes back a step, as the live-trainer test above saw under load); the atomic
+    exchange hands the trainer's file back to GC, which re-applies its change to it."""
+    import airflow_tf_ckpt.core.storage.location as location
+
+    loc = Location.of(tmp_path / "run")
+    files = tf_dir(loc, request, range(1, 4))
+    plan = plan_retention(loc, [KeepLastN(2)])  # ckpt-1 goes
+    landed: list[int] = []
+
+    def a_save_lands() -> None:
+        if not landed:
+            landed.append(4)
+            save_step(loc, files, 4)
+
+    real_replace = os.replace
+
+    def replace(src, dst, *args, **kwargs):  # the old code's last step
+        if os.path.basename(dst) == "checkpoint":
+            a_save_lands()
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    if location._RENAMEAT2 is not None:  # the new code's last step
+        real_exchange = location._RENAMEAT2
+
+        def exchange(*args):
+            a_save_lands()
+            return real_exchange(*args)
+
+        monkeypatch.setattr(location, "_RENAMEAT2", exchange)
+    apply_plan(plan)
+    st = read_state(loc)
+    assert landed == [4]
+    assert st.model_checkpoint_path == "ckpt-4", st
+    assert "ckpt-4" in st.all_model_checkpoint_paths and "ckpt-1" not in st.all_model_checkpoint_paths
+
+
 # --------------------------------------------------------------------------------------------
 # 5. keep_checkpoint_every_n_hours when file mtimes are not save times
 

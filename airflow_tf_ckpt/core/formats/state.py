@@ -28,7 +28,7 @@ from google.protobuf import text_format
 
 from airflow_tf_ckpt.core.errors import StateFileError
 from airflow_tf_ckpt.core.formats.protos import CheckpointState
-from airflow_tf_ckpt.core.storage.location import write_atomic
+from airflow_tf_ckpt.core.storage.location import swap_in, write_atomic
 
 if TYPE_CHECKING:
     from airflow_tf_ckpt.core.storage.location import Location
@@ -289,7 +289,27 @@ def _write_if_unchanged(
         except FileNotFoundError:
             pass
         return True
-    return write_atomic(loc.fs, path, format_state(after).encode("utf-8"), check=unchanged)
+    data = format_state(after).encode("utf-8")
+    if seen[0] is not None and loc.local:
+        out = swap_in(path, data)
+        if out is not None:
+            return out == seen[0] or _put_back(loc.fs, path, out, data)
+    return write_atomic(loc.fs, path, data, check=unchanged)
+
+
+def _put_back(fs: Any, path: str, theirs: bytes, ours: bytes, attempts: int = 20) -> bool:
+    """Another writer replaced the state file between our read and our exchange: put its file
+    back (ours came out, or a still newer one that is put back in turn) and return False, so
+    :func:`update_state` re-applies the change to it. Nothing anyone wrote is lost."""
+    for _ in range(attempts):
+        out = swap_in(path, theirs)
+        if out is None:  # the exchange stopped working: put theirs back the plain way
+            write_atomic(fs, path, theirs)
+            return False
+        if out == ours:
+            return False
+        theirs = out
+    return False
 
 
 def update_state(

@@ -571,3 +571,72 @@ def write_atomic(
     else:
         fs.pipe_file(path, data)
     return True
+
+
+# --------------------------------------------------------------------------------------------
+# atomic exchange (Linux renameat2 RENAME_EXCHANGE)
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _renameat2() -> Any:
+    """libc's ``renameat2``, or ``None`` where there is none (not Linux/glibc, or too old)."""
+    import ctypes
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_RENAMEAT2 = _renameat2()
+
+
+def swap_in(path: str, data: bytes) -> bytes | None:
+    """Put ``data`` at the existing local file ``path`` in ONE atomic step that also hands back
+    what the file held at that instant, so a writer that replaced the file a moment before is
+    never silently overwritten: the caller compares what came out with what it last read.
+
+    Python's ``os.replace`` cannot tell that: a check followed by a rename leaves a window in
+    which another process's rename (TensorFlow's own save of the state file) is lost. The
+    Linux ``renameat2(RENAME_EXCHANGE)`` call closes it. ``None`` where it is not available
+    (another OS, a filesystem without it, ``path`` absent): the caller falls back to
+    :func:`write_atomic` with a check.
+    """
+    if _RENAMEAT2 is None:
+        return None
+
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if _RENAMEAT2(_AT_FDCWD, os.fsencode(tmp), _AT_FDCWD, os.fsencode(path), _RENAME_EXCHANGE) != 0:
+            return None  # ENOENT, EINVAL (no support here), ...: nothing was exchanged
+        _fsync_dir(directory)
+        with open(tmp, "rb") as fh:  # what ``path`` held at the instant of the exchange
+            return fh.read()
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make a rename in ``directory`` durable (best effort: not every filesystem allows it)."""
+    try:
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
