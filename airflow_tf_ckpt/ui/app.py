@@ -302,6 +302,13 @@ def _page() -> str:
 
 
 def _routes(app: FastAPI) -> None:
+    _page_routes(app)
+    _listing_routes(app)
+    _detail_routes(app)
+    _action_routes(app)
+
+
+def _page_routes(app: FastAPI) -> None:
     @app.get("/", response_class=HTMLResponse)
     def index() -> HTMLResponse:
         return HTMLResponse(_page(), headers={"Cache-Control": "no-store"})
@@ -311,6 +318,25 @@ def _routes(app: FastAPI) -> None:
         if name not in STATIC:
             raise HTTPException(404, "not found")
         return Response(_static(name), media_type=STATIC[name])
+
+
+def _read(request: Request, dir_id: str) -> tuple[sources.WatchedDir, CheckpointDir]:
+    d = _dir(dir_id)
+    _authorize(request, d, "GET")
+    return d, _listing(d)
+
+
+def _first(
+    request: Request, dir_id: str, wait: bool
+) -> tuple[sources.WatchedDir, CheckpointDir | None, float | None]:
+    d = _dir(dir_id)
+    _authorize(request, d, "GET")
+    cdir, age = _listings.get(d, wait=wait)
+    return d, cdir, age
+
+
+def _listing_routes(app: FastAPI) -> None:
+    """The dirs, and a dir's summary and step rows (the first paint)."""
 
     @app.get("/api/dirs")
     def dirs(request: Request) -> dict[str, Any]:
@@ -324,23 +350,10 @@ def _routes(app: FastAPI) -> None:
             shown.append(d.to_dict())
         return {"dirs": shown, "notes": notes[:50]}
 
-    def read(request: Request, dir_id: str) -> tuple[sources.WatchedDir, CheckpointDir]:
-        d = _dir(dir_id)
-        _authorize(request, d, "GET")
-        return d, _listing(d)
-
-    def first(
-        request: Request, dir_id: str, wait: bool
-    ) -> tuple[sources.WatchedDir, CheckpointDir | None, float | None]:
-        d = _dir(dir_id)
-        _authorize(request, d, "GET")
-        cdir, age = _listings.get(d, wait=wait)
-        return d, cdir, age
-
     @app.get("/api/dirs/{dir_id}/summary")
     def summary(request: Request, dir_id: str, wait: bool = True) -> dict[str, Any]:
         """``wait=false`` (the page's first paint): the state file alone until a listing exists."""
-        d, cdir, age = first(request, dir_id, wait)
+        d, cdir, age = _first(request, dir_id, wait)
         if cdir is None:
             return {
                 **views.preliminary(_state_only(d), d.prefix)["summary"],
@@ -358,7 +371,7 @@ def _routes(app: FastAPI) -> None:
         status: str | None = None,
         wait: bool = True,
     ) -> dict[str, Any]:
-        d, cdir, age = first(request, dir_id, wait)
+        d, cdir, age = _first(request, dir_id, wait)
         if cdir is None:
             if status not in (None, "", "all", "committed"):
                 return {"preliminary": True, "total": 0, "offset": offset, "limit": limit, "rows": []}
@@ -367,20 +380,24 @@ def _routes(app: FastAPI) -> None:
             return out
         return {**_guard(d, lambda: views.step_rows(cdir, offset, limit, status)), "listed_s_ago": age}
 
+
+def _detail_routes(app: FastAPI) -> None:
+    """A dir's metrics, retention plan (dry run), quarantine records and promotions."""
+
     @app.get("/api/dirs/{dir_id}/metrics")
     def metrics(request: Request, dir_id: str) -> dict[str, Any]:
-        d, cdir = read(request, dir_id)
+        d, cdir = _read(request, dir_id)
         return _guard(d, lambda: views.metrics_series(cdir))
 
     @app.get("/api/dirs/{dir_id}/steps/{prefix}/metrics")
     def step_metrics(request: Request, dir_id: str, prefix: str) -> dict[str, Any]:
-        d, cdir = read(request, dir_id)
+        d, cdir = _read(request, dir_id)
         _step(cdir, prefix)
         return {"prefix": prefix, "evaluators": _guard(d, lambda: views.step_metrics(cdir, prefix))}
 
     @app.get("/api/dirs/{dir_id}/retention")
     def retention(request: Request, dir_id: str) -> dict[str, Any]:
-        d, cdir = read(request, dir_id)
+        d, cdir = _read(request, dir_id)
         plans = [
             _guard(
                 d,
@@ -394,18 +411,22 @@ def _routes(app: FastAPI) -> None:
 
     @app.get("/api/dirs/{dir_id}/quarantine")
     def quarantine(request: Request, dir_id: str) -> dict[str, Any]:
-        d, cdir = read(request, dir_id)
+        d, cdir = _read(request, dir_id)
         return {"records": _guard(d, lambda: views.quarantine_records(cdir))}
 
     @app.get("/api/dirs/{dir_id}/promotions")
     def promotions(request: Request, dir_id: str) -> dict[str, Any]:
-        d, cdir = read(request, dir_id)
+        d, cdir = _read(request, dir_id)
         out = _guard(d, lambda: views.promotions(cdir))
         out["aliases"] = _guard(
             d,
             lambda: views.destination_aliases(out["records"], lambda url: _hook(d.conn_id).get_location(url)),
         )
         return out
+
+
+def _action_routes(app: FastAPI) -> None:
+    """Quarantine and unquarantine: write permission on the dir (a viewer gets 403)."""
 
     @app.post("/api/dirs/{dir_id}/steps/{prefix}/quarantine")
     def quarantine_one(
