@@ -523,40 +523,14 @@ def restore_tf1(
     session = None
     try:
         if build_graph is None:
-            if meta_graph is not None:
-                if "://" in meta_graph and not meta_graph.startswith("file://"):
-                    extra_tmp = tempfile.mkdtemp(prefix="tf_ckpt_meta_")
-                    mdir, mname = split_prefix_url(meta_graph)
-                    mloc = Location.of(mdir, storage_options)
-                    meta_local = os.path.join(extra_tmp, mname)
-                    mloc.fs.get_file(mloc.join(mname), meta_local)
-                else:
-                    meta_local = meta_graph.removeprefix("file://")
-                meta_shown = meta_graph
-            elif staged.meta_path is not None:
-                meta_local = staged.meta_path
-                dir_url, _ = split_prefix_url(ckpt_prefix_url)
-                meta_shown = posixpath.join(dir_url, os.path.basename(staged.meta_path))
-            else:
-                raise CheckpointRestoreError(
-                    "no .meta graph at or before this step to import (a Saver with "
-                    "write_meta_graph=False writes one only at its first save, and max_to_keep "
-                    "deletes it with that step; keep the newest .meta with the retention policy). "
-                    "Pass build_graph= to rebuild the graph in code, or meta_graph= to name one.",
-                    ckpt_prefix_url,
-                )
-        reader = tf.train.load_checkpoint(staged.local_prefix)
-        in_ckpt = set(reader.get_variable_to_shape_map())
-        shapes = reader.get_variable_to_shape_map()
+            meta_local, meta_shown, extra_tmp = _meta_to_import(
+                ckpt_prefix_url, meta_graph, staged, storage_options
+            )
+        shapes = tf.train.load_checkpoint(staged.local_prefix).get_variable_to_shape_map()
         graph = tf.Graph()
         with graph.as_default(), graph.device(device.device):
             if build_graph is not None:
-                built = build_graph()
-                saver = (
-                    built
-                    if isinstance(built, v1.train.Saver)
-                    else v1.train.Saver(var_list=built if isinstance(built, (list, dict)) else None)
-                )
+                saver = _saver_of(v1, build_graph())
             else:
                 lg.info("Importing the graph from %s", meta_shown)
                 saver = v1.train.import_meta_graph(meta_local, clear_devices=True)
@@ -564,27 +538,7 @@ def restore_tf1(
                     raise CheckpointRestoreError(
                         f"{meta_shown} holds no variables to restore", ckpt_prefix_url
                     )
-            wanted = _saver_variables(v1, saver, graph)
-            missing = sorted(n for n in wanted if n not in in_ckpt)
-            wrong = sorted(
-                f"{n} (graph {wanted[n]}, checkpoint {list(shapes[n])})"
-                for n in wanted
-                if n in in_ckpt and wanted[n] is not None and list(shapes[n]) != wanted[n]
-            )
-            if missing or wrong:
-                parts = []
-                if missing:
-                    parts.append(
-                        f"{len(missing)} variable(s) of the graph are not in the checkpoint: "
-                        + ", ".join(missing)
-                    )
-                if wrong:
-                    parts.append("shapes differ: " + ", ".join(wrong))
-                raise CheckpointRestoreError(
-                    "checkpoint does not match the graph: " + "; ".join(parts),
-                    ckpt_prefix_url,
-                    unmatched=missing + wrong,
-                )
+            _check_graph_matches(_saver_variables(v1, saver, graph), shapes, ckpt_prefix_url)
             session = v1.Session(graph=graph, config=session_config)
             lg.info(
                 "Restoring %s (step %s) into a TF1 session on %s", ckpt_prefix_url, staged.step, device.device
@@ -613,6 +567,66 @@ def restore_tf1(
         device=device,
         staged=staged,
         meta_graph=meta_shown,
+    )
+
+
+def _meta_to_import(
+    ckpt_prefix_url: str, meta_graph: str | None, staged: StagedPrefix, storage_options: dict[str, Any] | None
+) -> tuple[str, str, str | None]:
+    """The ``.meta`` a TF1 restore imports: ``meta_graph`` (fetched to a temp dir when remote),
+    else the staged step's own or newest earlier one. Returns (local path, shown name, temp dir
+    to remove or ``None``); a clear error when there is none."""
+    if meta_graph is not None:
+        if "://" in meta_graph and not meta_graph.startswith("file://"):
+            extra_tmp = tempfile.mkdtemp(prefix="tf_ckpt_meta_")
+            mdir, mname = split_prefix_url(meta_graph)
+            mloc = Location.of(mdir, storage_options)
+            meta_local = os.path.join(extra_tmp, mname)
+            mloc.fs.get_file(mloc.join(mname), meta_local)
+            return meta_local, meta_graph, extra_tmp
+        return meta_graph.removeprefix("file://"), meta_graph, None
+    if staged.meta_path is not None:
+        dir_url, _ = split_prefix_url(ckpt_prefix_url)
+        return staged.meta_path, posixpath.join(dir_url, os.path.basename(staged.meta_path)), None
+    raise CheckpointRestoreError(
+        "no .meta graph at or before this step to import (a Saver with "
+        "write_meta_graph=False writes one only at its first save, and max_to_keep "
+        "deletes it with that step; keep the newest .meta with the retention policy). "
+        "Pass build_graph= to rebuild the graph in code, or meta_graph= to name one.",
+        ckpt_prefix_url,
+    )
+
+
+def _saver_of(v1: Any, built: Any) -> Any:
+    """What ``build_graph()`` returned: a ``Saver``, a var_list (list or dict), or anything else
+    (then a Saver of every variable in the graph)."""
+    if isinstance(built, v1.train.Saver):
+        return built
+    return v1.train.Saver(var_list=built if isinstance(built, (list, dict)) else None)
+
+
+def _check_graph_matches(
+    wanted: dict[str, list[int] | None], shapes: dict[str, Any], ckpt_prefix_url: str
+) -> None:
+    """Every variable the Saver restores is in the checkpoint with the same shape; otherwise ONE
+    error naming all of them (TF would only say "Key ... not found" for the first)."""
+    missing = sorted(n for n in wanted if n not in shapes)
+    wrong = sorted(
+        f"{n} (graph {wanted[n]}, checkpoint {list(shapes[n])})"
+        for n in wanted
+        if n in shapes and wanted[n] is not None and list(shapes[n]) != wanted[n]
+    )
+    if not (missing or wrong):
+        return
+    parts = []
+    if missing:
+        parts.append(
+            f"{len(missing)} variable(s) of the graph are not in the checkpoint: " + ", ".join(missing)
+        )
+    if wrong:
+        parts.append("shapes differ: " + ", ".join(wrong))
+    raise CheckpointRestoreError(
+        "checkpoint does not match the graph: " + "; ".join(parts), ckpt_prefix_url, unmatched=missing + wrong
     )
 
 
