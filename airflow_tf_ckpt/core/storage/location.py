@@ -541,15 +541,8 @@ def write_atomic(
     if is_local(fs):
         directory = os.path.dirname(path) or "."
         os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+        tmp = _durable_temp(directory, path, data)
         try:
-            # mkstemp creates 0600; give the file the mode a plain open() would (0666 & ~umask)
-            # so a serving process running as another user can read state files and manifests.
-            os.fchmod(fd, 0o666 & ~_umask())
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
             if check is not None and not check():
                 os.unlink(tmp)
                 return False
@@ -560,14 +553,7 @@ def write_atomic(
             except FileNotFoundError:
                 pass
             raise
-        try:  # make the rename itself durable
-            dfd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError:
-            pass
+        _fsync_dir(directory)  # make the rename itself durable
     else:
         fs.pipe_file(path, data)
     return True
@@ -611,13 +597,8 @@ def swap_in(path: str, data: bytes) -> bytes | None:
         return None
 
     directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    tmp = _durable_temp(directory, path, data)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
         if _RENAMEAT2(_AT_FDCWD, os.fsencode(tmp), _AT_FDCWD, os.fsencode(path), _RENAME_EXCHANGE) != 0:
             return None  # ENOENT, EINVAL (no support here), ...: nothing was exchanged
         _fsync_dir(directory)
@@ -640,3 +621,21 @@ def _fsync_dir(directory: str) -> None:
             os.close(dfd)
     except OSError:
         pass
+
+
+def _durable_temp(directory: str, path: str, data: bytes) -> str:
+    """``data`` in a new fsynced temp file next to ``path`` (hidden, ``.NAME.*.tmp``); its path.
+
+    mkstemp creates 0600; the file gets the mode a plain open() would (0666 & ~umask), so a
+    serving process running as another user can read state files and manifests."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
