@@ -139,6 +139,36 @@ def test_mapped_task_instances_of_a_long_run_id_do_not_share_a_lease(tmp_path):
     assert not release_lease(loc, "ckpt-1", "shared") and loc.exists("ckpt-1.lease-shared")
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_retry_takes_over_the_lease_its_killed_try_left(kind, tmp_path, request):
+    """Before: a try killed with ``kill -9`` (a dead Celery worker) left its lease, and the retry
+    leased the step under its own owner name, so the dead try's lease held GC off the step until
+    its TTL (6 h). Now the retry removes its own task instance's earlier-try leases; another task
+    instance's lease stays."""
+    from airflow_tf_ckpt.operators._common import lease_owner
+    from airflow_tf_ckpt.operators.validate import ValidateCheckpointOperator
+
+    loc = loc_for(kind, tmp_path, request)
+    tf_dir(loc, request, range(1, 4))
+
+    def ctx(run_id: str, try_number: int) -> dict[str, object]:
+        ti = SimpleNamespace(
+            dag_id="eval", task_id="evaluate", run_id=run_id, map_index=-1, try_number=try_number
+        )
+        return {"ti": ti}
+
+    dead, other = lease_owner(ctx("r1", 1)), lease_owner(ctx("r2", 1))
+    acquire_lease(loc, "ckpt-2", dead, 6 * 3600)
+    acquire_lease(loc, "ckpt-1", other, 600)
+    assert [d.prefix for d in plan_retention(loc, [KeepLastN(1)]).deleted] == []
+    op = ValidateCheckpointOperator(task_id="evaluate", ckpt_dir=loc.display(""))
+    with op.hold(ctx("r1", 2), loc, discover(loc).get("ckpt-2"), 600) as step:
+        assert step.prefix == "ckpt-2"
+        assert {le.owner for le in read_leases(loc).values()} == {lease_owner(ctx("r1", 2)), other}
+    assert {le.owner for le in read_leases(loc).values()} == {other}
+    assert [d.prefix for d in plan_retention(loc, [KeepLastN(1)]).deleted] == ["ckpt-2"]
+
+
 # --------------------------------------------------------------------------------------------
 # 2. two GC runs at once
 

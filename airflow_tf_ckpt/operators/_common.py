@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowSkipException
 
-from airflow_tf_ckpt.core.errors import StepNotFoundError
+from airflow_tf_ckpt.core.errors import StepNotFoundError, StorageError
 
 if TYPE_CHECKING:  # core.discovery pulls core.state and protobuf: imported when a task runs, not at parse
     from airflow_tf_ckpt.core.steps.discovery import CheckpointDir, CheckpointStep
@@ -98,18 +98,30 @@ def load_callable(ref: Callable[..., Any] | str, what: str) -> Callable[..., Any
 _OWNER_BAD = re.compile(r"[^A-Za-z0-9_.@-]+")
 
 
-def lease_owner(context: Any) -> str:
-    """A lease owner name for this task try, in full (the lease file's name holds only its hash,
-    so a long ``run_id`` is never cut: mapped instances of one run never share a lease)."""
+def lease_owner(context: Any, try_number: int | None = None) -> str:
+    """A lease owner name for this task try (``dag.task.run.map_index.try``), in full (the lease
+    file's name holds only its hash, so a long ``run_id`` is never cut: mapped instances of one run
+    never share a lease). ``try_number`` names another try of the same task instance."""
     ti = context.get("ti") if hasattr(context, "get") else None
     parts = [
         getattr(ti, "dag_id", None) or "dag",
         getattr(ti, "task_id", None) or "task",
         getattr(ti, "run_id", None) or "run",
         str(getattr(ti, "map_index", -1)),
-        str(getattr(ti, "try_number", 0) or 0),
+        str(try_number if try_number is not None else (getattr(ti, "try_number", 0) or 0)),
     ]
     return ".".join(_OWNER_BAD.sub("_", str(p)) for p in parts)
+
+
+def earlier_try_owners(context: Any) -> list[str]:
+    """The lease owners of this task instance's earlier tries (none on the first try).
+
+    Airflow starts try N only once try N-1 has ended or been declared dead (a killed worker is
+    failed on its heartbeat timeout), so a lease an earlier try left behind protects nothing: the
+    new try takes over from it instead of letting it hold GC off the step until its TTL."""
+    ti = context.get("ti") if hasattr(context, "get") else None
+    current = getattr(ti, "try_number", 0) or 0
+    return [lease_owner(context, k) for k in range(1, int(current))]
 
 
 class BaseCheckpointOperator(BaseOperator):
@@ -198,6 +210,7 @@ class BaseCheckpointOperator(BaseOperator):
             except LeaseConflictError as exc:
                 raise AirflowSkipException(f"{exc}; skipping") from exc
             self.log.info("Leased %s as %r (GC keeps it until the lease is released)", url, owner)
+            self._take_over_earlier_tries(context, loc, step.prefix)
             try:
                 fresh = self.discover(loc).get(step.prefix)
             except StepNotFoundError:
@@ -207,6 +220,17 @@ class BaseCheckpointOperator(BaseOperator):
                     f"step lost files before it could be leased: {fresh.missing[:5]}", url
                 )
             yield fresh
+
+    def _take_over_earlier_tries(self, context: Any, loc: Location, prefix: str) -> None:
+        """Remove the leases that earlier tries of this task instance left on ``prefix``."""
+        from airflow_tf_ckpt.core.sidecars.leases import release_lease
+
+        for old in earlier_try_owners(context):
+            try:
+                if release_lease(loc, prefix, old):
+                    self.log.info("Took over the lease an earlier try left: %r", old)
+            except (OSError, StorageError) as exc:
+                self.log.warning("Could not remove the lease of earlier try %r: %s", old, exc)
 
 
 def require_path(value: Any, what: str) -> None:

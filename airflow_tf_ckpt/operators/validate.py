@@ -103,6 +103,7 @@ class ValidateCheckpointOperator(BaseCheckpointOperator):
             human_bytes(step.size),
         )
         plog = _ProgressLog(self.log, step.prefix, self.progress_interval)
+        self._take_over_earlier_tries(context, loc, step.prefix)  # a killed try's lease
         result = validate_steps(
             loc,
             [step],
