@@ -141,10 +141,14 @@ class Servers:
                 "127.0.0.1",
                 "--port",
                 str(self.redis_port),
+                # the queue survives a restart: without it the messages of queued tasks are lost
+                # and those tasks wait out task_queued_timeout
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes",
+                "--appendfsync",
+                "everysec",
                 "--dir",
                 str(self.base),
             ],
@@ -192,6 +196,27 @@ class Servers:
 
 # ---------------------------------------------------------------------- the Airflow deployment
 
+# A broker restart must not fail the tasks the scheduler publishes meanwhile. By default a refused
+# connection fails the task at once ("Error sending Celery task"; its retry, 5 s later, fails the
+# same way: seen in CI with a 10 s Redis restart). With these, kombu keeps retrying the publish
+# inside [celery] operation_timeout; a timeout is not a failure but a retry on the next scheduler
+# loop, up to task_publish_max_retries (about 3 minutes of outage here). docker-compose.yaml sets
+# the same three.
+BROKER_OUTAGE_ENV = {
+    "AIRFLOW__CELERY__OPERATION_TIMEOUT": "2",
+    "AIRFLOW__CELERY__TASK_PUBLISH_MAX_RETRIES": "60",
+    "AIRFLOW__CELERY__EXTRA_CELERY_CONFIG": json.dumps(
+        {
+            "task_publish_retry_policy": {
+                "max_retries": 100,
+                "interval_start": 0.2,
+                "interval_step": 0.2,
+                "interval_max": 0.5,
+            }
+        }
+    ),
+}
+
 
 @dataclass
 class CeleryStack(Deployment):
@@ -233,6 +258,7 @@ class CeleryStack(Deployment):
                 # default): with one gpu slot on 2 busy cores, evaluations can wait longer than that
                 # and then fail with "Invalid auth token" (seen with 180 s)
                 "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "1800",
+                **BROKER_OUTAGE_ENV,
             }
         )
         return env

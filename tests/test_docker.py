@@ -119,6 +119,18 @@ def test_compose_uses_the_settings_the_loopback_stack_ran_with(compose: dict[str
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
     assert env["AIRFLOW__API_AUTH__JWT_SECRET"] and env["AIRFLOW__API__SECRET_KEY"]
     assert env["AIRFLOW__TF_CKPT__GPU_QUEUE"] == "gpu"
+    # the broker-outage settings the stack's Redis restart test runs with, and a persistent queue
+    import json
+    import sys
+
+    sys.path.insert(0, str(DOCKER.parent / "scripts"))
+    from stack import BROKER_OUTAGE_ENV
+
+    def parsed(env: dict[str, Any]) -> dict[str, Any]:
+        return {k: json.loads(str(env[k])) for k in BROKER_OUTAGE_ENV}
+
+    assert parsed(env) == parsed(BROKER_OUTAGE_ENV)
+    assert "--appendonly" in compose["services"]["redis"]["command"]
     for name in ("airflow-worker", "airflow-worker-gpu"):
         assert "celery" in compose["services"][name]["build"]["args"]["EXTRAS"].split(","), name
     # the celery extra carries the pin (celery 5.7.0 kills the scheduler)
