@@ -315,9 +315,10 @@ async def test_gcs_fires_and_stays_silent(gcs_emulator, gcs_bucket, copy_variant
     fs.pipe_file(f"{gcs_bucket}/runs/a/checkpoint", (local / "checkpoint").read_bytes())
     await asyncio.sleep(0.3)
     assert c.events == []  # steps 3..5 are not after the watermark
-    fs.pipe_file(
+    fs.pipe_file(  # as TF's next save writes it: ckpt-6 is model_checkpoint_path and listed
         f"{gcs_bucket}/runs/a/checkpoint",
-        (local / "checkpoint").read_bytes() + b'all_model_checkpoint_paths: "ckpt-6"\n',
+        (local / "checkpoint").read_bytes().replace(b'"ckpt-5"', b'"ckpt-6"', 1)
+        + b'all_model_checkpoint_paths: "ckpt-6"\n',
     )
     await asyncio.sleep(0.3)
     assert c.events == []  # named, but no file of step 6 yet
@@ -714,6 +715,32 @@ async def test_latest_step_with_files_missing_waits_like_tf(copy_variant, tf_run
     assert (await c.wait_for(1))[0]["step"] == 5
     assert sensor.poke({}).xcom_value["step"] == 5
     await c.stop()
+
+
+async def test_newest_never_fires_past_what_tf_calls_latest(copy_variant, tf_run, capfd, caplog):
+    """A rollback with TF's own ``update_checkpoint_state``: ``model_checkpoint_path`` names ckpt-4
+    while ``all_model_checkpoint_paths`` still lists ckpt-5. TF's ``latest_checkpoint`` returns
+    ckpt-4 (a restarted trainer resumes there). Before: ``pick="newest"`` fired ckpt-5 (the highest
+    listed step). Now the trigger and the poke fire ckpt-4, and say once why ckpt-5 does not fire."""
+    from airflow_tf_ckpt.sensors.checkpoint import CheckpointSensor
+
+    d = copy_variant("tf2_manager")  # ckpt-3, ckpt-4, ckpt-5, written by TF's CheckpointManager
+    latest = tf_run(
+        "tf.compat.v1.train.update_checkpoint_state(args[0], 'ckpt-4', all_model_checkpoint_paths="
+        "['ckpt-3', 'ckpt-4', 'ckpt-5']); result = tf.train.latest_checkpoint(args[0])",
+        str(d),
+    )
+    assert latest == str(d / "ckpt-4")  # the oracle
+    caplog.set_level(logging.WARNING)
+    c = Collector(CheckpointTrigger(dir=str(d), after_step=3, poll_interval=0.05))
+    assert (await c.wait_for(1))[0]["checkpoint"] == "ckpt-4"
+    await asyncio.sleep(0.3)
+    assert [e["checkpoint"] for e in c.events] == ["ckpt-4"]
+    await c.stop()
+    sensor = CheckpointSensor(task_id="wait", dir=str(d), settle_seconds=0)
+    assert sensor.poke({}).xcom_value["checkpoint"] == "ckpt-4"
+    out = capfd.readouterr().out + caplog.text
+    assert "also lists newer ckpt-5" in out and "latest_checkpoint returns ckpt-4" in out, out
 
 
 async def test_event_trigger_with_several_assets_keeps_the_watermark_in_memory(tmp_path, capfd, caplog):

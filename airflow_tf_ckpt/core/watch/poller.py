@@ -15,7 +15,9 @@ are both at least ``settle_seconds`` old.
 from scratch); it never falls back to an older step. So with ``pick="newest"`` a poll whose latest
 named step is incomplete fires nothing and says so in one warning naming the missing file (once per
 state-file content): it waits for that step (a copy tool that uploaded ``checkpoint`` first) instead
-of firing an older one. With ``"oldest"``/``"all"`` every ready step fires in order; a step with
+of firing an older one; nor does it fire past that step when ``all_model_checkpoint_paths`` lists
+newer ones (a rollback with ``update_checkpoint_state``: TF answers the named step). With
+``"oldest"``/``"all"`` every ready step fires in order; a step with
 missing files is passed over, with a warning, only once a newer one is ready (TF never completes a
 step after naming it: it is damaged). Steps whose prefix has no ``-N`` suffix have no order and are
 ignored.
@@ -280,8 +282,25 @@ class Poller:
         judge = _LazyJudge(self, location, self._group(listings, {c.name for c in cands}), cands)
         latest = self._latest_incomplete(judge, location)
         if pick == "newest":
-            return ([], None) if latest else self._select_newest(judge)
+            return ([], None) if latest else self._select_newest(judge, self._tf_latest_step(judge, location))
         return self._select_in_order(judge, location, pick)
+
+    def _tf_latest_step(self, judge: _LazyJudge, location: Location) -> int | None:
+        """The step TF's ``latest_checkpoint`` answers: ``model_checkpoint_path``'s, even when
+        ``all_model_checkpoint_paths`` lists newer steps (a rollback with
+        ``update_checkpoint_state``). ``pick="newest"`` never fires past it, and says so once."""
+        latest = self._latest
+        if latest is None:
+            return None
+        beyond = [c.name for c in judge.cands if c.step > latest.step]
+        if beyond:
+            self._say(
+                f"{location.display(self.state_filename)} names {latest.name} as the latest step but "
+                f"also lists newer {', '.join(beyond[:3])}: TF's latest_checkpoint returns "
+                f"{latest.name}, so no newer step fires",
+                f"beyond:{latest.name}",
+            )
+        return latest.step
 
     def _latest_incomplete(self, judge: _LazyJudge, location: Location) -> bool:
         """Whether the step ``model_checkpoint_path`` names is a candidate whose files are missing.
@@ -311,9 +330,11 @@ class Poller:
             self.warn(message)
 
     @staticmethod
-    def _select_newest(judge: _LazyJudge) -> tuple[list[StepCheck], float | None]:
+    def _select_newest(judge: _LazyJudge, limit: int | None) -> tuple[list[StepCheck], float | None]:
         waits: list[float] = []
         for i in range(len(judge.cands) - 1, -1, -1):
+            if limit is not None and judge.cands[i].step > limit:
+                continue
             check = judge(i)
             if judge.poller.usable(check):
                 if check.settled:
