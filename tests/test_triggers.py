@@ -499,7 +499,10 @@ async def _poll_big_dir_and_measure_lag(tmp_path):
     stop = True
     await tick
     assert [e["step"] for e in events] == [1, 101, 4991]
-    assert max(lags) < 0.1, f"loop blocked for {max(lags):.3f}s while polling took {took:.2f}s"
+    # 0.2 s is where issue 8 calls a block a defect (the triggerer's own warning threshold); doing
+    # this polling on the loop blocks it for most of `took`. Under load (other processes on 2
+    # cores) the OS alone deschedules the loop for 0.1-0.12 s now and then.
+    assert max(lags) < 0.2, f"loop blocked for {max(lags):.3f}s while polling took {took:.2f}s"
 
 
 # ------------------------------------------------------------------------------------------ the hook
