@@ -59,6 +59,7 @@ with DAG(
 
         from airflow_tf_ckpt.examples.train import train as run_training
         from airflow_tf_ckpt.hooks.storage import CheckpointStorageHook
+        from airflow_tf_ckpt.tf_runtime import native_stderr_to_log
 
         assert params is not None
         ckpt_dir = str(params["ckpt_dir"])
@@ -79,13 +80,16 @@ with DAG(
             if sleep and len(saved_at) >= burst:
                 time.sleep(sleep)  # before the next save: the saves after the burst come spaced
 
-        result = run_training(
-            ckpt_dir,
-            steps=int(params["steps"]),
-            save_every=int(params["save_every"]),
-            storage_options=opts,
-            on_save=on_save,
-        )
+        # TF's native start-up lines ("failed call to cuInit" on a machine without a GPU) go to
+        # the task log at their own level, as in the provider's operators, not as stderr (ERROR)
+        with native_stderr_to_log():
+            result = run_training(
+                ckpt_dir,
+                steps=int(params["steps"]),
+                save_every=int(params["save_every"]),
+                storage_options=opts,
+                on_save=on_save,
+            )
         return {
             "ckpt_dir": ckpt_dir,
             "steps": result.steps,

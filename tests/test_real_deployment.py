@@ -109,6 +109,18 @@ def evaluate_log_errors(dep: Deployment, ledger: Ledger) -> tuple[int, list[str]
     return read, errors
 
 
+def task_log_errors(dep: Deployment, dag: str, run_id: str, task_id: str) -> list[str]:
+    """The ERROR/CRITICAL lines of one successful task's log, as the UI shows it."""
+    tis = [ti for ti in dep.task_instances(dag, run_id) if ti["task_id"] == task_id]
+    assert tis and all(ti["state"] == "success" for ti in tis), tis
+    return [
+        f"{dag} {run_id} {task_id}: {x.get('event')}"
+        for ti in tis
+        for x in task_log(dep, dag, ti)
+        if str(x.get("level", "")).lower() in ("error", "critical", "fatal")
+    ]
+
+
 def _gc_during_evaluation(dep: Deployment, timeout: float = 600) -> None:
     """Trigger GC (deleting all it may) as soon as an evaluation is in flight."""
     deadline = time.monotonic() + timeout
@@ -131,7 +143,7 @@ def test_dags_on_a_real_deployment(deployment: Deployment) -> None:
     for dag in (*EVAL_DAGS, "tf_ckpt_gc"):  # before anything is trained: GC must not fail
         dep.unpause(dag)
     dep.unpause("tf_ckpt_train_demo")
-    _train(dep, {"steps": 6, "save_every": 2})  # a burst: ckpt-2, -4, -6
+    train_run = _train(dep, {"steps": 6, "save_every": 2})  # a burst: ckpt-2, -4, -6
     _gc_during_evaluation(dep)
     ledger = _wait_all_evaluated(dep, timeout=1500)
 
@@ -143,6 +155,8 @@ def test_dags_on_a_real_deployment(deployment: Deployment) -> None:
     assert gc_runs and all(r["state"] == "success" for r in gc_runs), gc_runs
     read, errors = evaluate_log_errors(dep, ledger)
     assert read >= 2 * len(ledger.committed()) and errors == [], errors[:20]
+    # the training task too (TF's no-GPU lines came through stderr at ERROR)
+    assert task_log_errors(dep, "tf_ckpt_train_demo", train_run, "train") == []
     print("triggerer:", triggerer_blocks(dep))
 
 
