@@ -380,41 +380,8 @@ def restore_tf2(
                 staged.local_prefix,
                 device.device,
             )
-            try:
-                status = ckpt.restore(staged.local_prefix)
-            except (ValueError, tf.errors.OpError) as exc:
-                raise CheckpointRestoreError(
-                    f"cannot restore into the objects build_fn built: {exc}",
-                    ckpt_prefix_url,
-                    unmatched=_names_in(str(exc)),
-                ) from exc
-            try:
-                if match == "existing":
-                    status.assert_existing_objects_matched()
-                    # values in the checkpoint that nothing uses (optimizer slots at evaluation) are
-                    # fine here: silence TF's "could not be found in the restored object" warnings
-                    status.expect_partial()
-                elif match == "consumed":
-                    status.assert_existing_objects_matched()
-                    status.assert_consumed()
-                else:
-                    status.expect_partial()
-            except AssertionError as exc:
-                status.expect_partial()  # we report the mismatch; TF need not warn again at exit
-                names = _names_in(str(exc))
-                what = (
-                    "variables of the built objects got no value from the checkpoint"
-                    if match == "existing" or "Python objects" in str(exc)
-                    else "checkpoint values were not used by the built objects"
-                )
-                raise CheckpointRestoreError(
-                    f"checkpoint does not match the objects build_fn built (match={match!r}): {what}: "
-                    + (", ".join(names) if names else str(exc).splitlines()[0])
-                    + ". Build the model/optimizer exactly as in training (shapes, layer order), or use "
-                    "match='partial' to load a subset on purpose.",
-                    ckpt_prefix_url,
-                    unmatched=names,
-                ) from exc
+            status = _restore_into(tf, ckpt, staged.local_prefix, ckpt_prefix_url)
+            _assert_match(status, match, ckpt_prefix_url)
     except BaseException:
         staged.cleanup()
         raise
@@ -426,6 +393,55 @@ def restore_tf2(
         device=device,
         staged=staged,
         status=status,
+    )
+
+
+def _restore_into(tf: Any, ckpt: Any, local_prefix: str, ckpt_prefix_url: str) -> Any:
+    """``ckpt.restore(local_prefix)``; TF's own refusal (a value of the wrong shape or dtype, an
+    unreadable file) becomes a :class:`CheckpointRestoreError` naming the variables."""
+    try:
+        return ckpt.restore(local_prefix)
+    except (ValueError, tf.errors.OpError) as exc:
+        raise CheckpointRestoreError(
+            f"cannot restore into the objects build_fn built: {exc}",
+            ckpt_prefix_url,
+            unmatched=_names_in(str(exc)),
+        ) from exc
+
+
+def _assert_match(status: Any, match: str, ckpt_prefix_url: str) -> None:
+    """Apply the ``match`` mode to a restore status (see :func:`restore_tf2`)."""
+    try:
+        if match == "existing":
+            status.assert_existing_objects_matched()
+            # values in the checkpoint that nothing uses (optimizer slots at evaluation) are
+            # fine here: silence TF's "could not be found in the restored object" warnings
+            status.expect_partial()
+        elif match == "consumed":
+            status.assert_existing_objects_matched()
+            status.assert_consumed()
+        else:
+            status.expect_partial()
+    except AssertionError as exc:
+        status.expect_partial()  # we report the mismatch; TF need not warn again at exit
+        raise _mismatch_error(exc, match, ckpt_prefix_url) from exc
+
+
+def _mismatch_error(exc: AssertionError, match: str, ckpt_prefix_url: str) -> CheckpointRestoreError:
+    """One error naming what did not match, which side it is on, and what to do about it."""
+    names = _names_in(str(exc))
+    what = (
+        "variables of the built objects got no value from the checkpoint"
+        if match == "existing" or "Python objects" in str(exc)
+        else "checkpoint values were not used by the built objects"
+    )
+    return CheckpointRestoreError(
+        f"checkpoint does not match the objects build_fn built (match={match!r}): {what}: "
+        + (", ".join(names) if names else str(exc).splitlines()[0])
+        + ". Build the model/optimizer exactly as in training (shapes, layer order), or use "
+        "match='partial' to load a subset on purpose.",
+        ckpt_prefix_url,
+        unmatched=names,
     )
 
 

@@ -11,6 +11,7 @@ copying, then re-check the written file.
 from __future__ import annotations
 
 import base64
+import functools
 import os
 import uuid
 from collections.abc import Callable
@@ -114,29 +115,47 @@ def _stream_copy(src: Location, sname: str, dst: Location, dname: str, on_bytes:
     return size, crc32c_b64(crc)
 
 
+#: a way to move one file: ``(src, source name, dst, DEST name, on_bytes) -> (size, crc32c)``
+Transport = Callable[[Location, str, Location, str, BytesFn], tuple[int, str]]
+
+
+def _server_side_copy(
+    src: Location, sname: str, dst: Location, dname: str, on_bytes: BytesFn
+) -> tuple[int, str]:
+    """A GCS rewrite (no bytes through the worker); size and CRC32C are the server's."""
+    size, crc = _server_crc(src, sname)
+    fs = src.fs if src.fs is dst.fs else dst.fs
+    fs.cp_file(src.join(sname), dst.join(dname))  # GCS rewrite; no glob expansion
+    on_bytes(size)
+    if not crc:  # a store that keeps no CRC32C: read the source once to learn it
+        crc = crc_of(src, sname)
+    return size, crc
+
+
+def _checked_stream_copy(
+    src: Location, sname: str, dst: Location, dname: str, on_bytes: BytesFn
+) -> tuple[int, str]:
+    """:func:`_stream_copy`; a GCS source's own CRC32C must be what was read (corruption in transit)."""
+    size, crc = _stream_copy(src, sname, dst, dname, on_bytes)
+    if src.protocol in GCS_PROTOCOLS:
+        _, server = _server_crc(src, sname)
+        if server and server != crc:
+            raise PromotionError(f"read {crc} but the server has crc32c {server}", src.display(sname))
+    return size, crc
+
+
 def _copy_one(
     method: str, src: Location, sname: str, dst: Location, dname: str, on_bytes: BytesFn
 ) -> PromotedFile:
-    """Copy one file and check the copy; the returned record holds the SOURCE's size and CRC."""
-    where = dst.display(dname)
+    """Copy one file by ``method``'s transport and check the copy; the returned record holds the
+    SOURCE's size and CRC."""
+    transport: Transport = _server_side_copy if method == "server-side" else _checked_stream_copy
     try:
-        if method == "server-side":
-            size, crc = _server_crc(src, sname)
-            fs = src.fs if src.fs is dst.fs else dst.fs
-            fs.cp_file(src.join(sname), dst.join(dname))  # GCS rewrite; no glob expansion
-            on_bytes(size)
-            if not crc:  # a store that keeps no CRC32C: read the source once to learn it
-                crc = crc_of(src, sname)
-        else:
-            size, crc = _stream_copy(src, sname, dst, dname, on_bytes)
-            if src.protocol in GCS_PROTOCOLS:  # catch corruption in transit
-                _, server = _server_crc(src, sname)
-                if server and server != crc:
-                    raise PromotionError(f"read {crc} but the server has crc32c {server}", src.display(sname))
+        size, crc = transport(src, sname, dst, dname, on_bytes)
     except FileNotFoundError as exc:
         raise StorageError(f"vanished while promoting: {exc}", src.display(sname)) from exc
     except PermissionError as exc:
-        raise StorageError(f"permission denied: {exc}", where) from exc
+        raise StorageError(f"permission denied: {exc}", dst.display(dname)) from exc
     _check_copy(dst, dname, size, crc)
     return PromotedFile(name=dname, size=size, crc32c=crc, source=sname)
 
@@ -150,23 +169,17 @@ def _is_data_shard(name: str) -> bool:
     return role is not None and role.role == "data"
 
 
-def _copy_concurrently(
-    method: str,
-    src: Location,
-    dst: Location,
-    pairs: list[tuple[str, str]],
-    on_bytes_of: Callable[[str], BytesFn],
-) -> list[PromotedFile]:
-    """:func:`_copy_one` for each pair, ``COPY_CONCURRENCY`` at a time; returns once every copy
-    has been made AND checked (records in ``pairs`` order), or raises the first failure in
-    ``pairs`` order (copies not yet started are cancelled)."""
-    if len(pairs) <= 1:
-        return [_copy_one(method, src, s, dst, d, on_bytes_of(d)) for s, d in pairs]
+def _run_concurrently(jobs: list[Callable[[], PromotedFile]]) -> list[PromotedFile]:
+    """Run the copy ``jobs``, ``COPY_CONCURRENCY`` at a time; returns once every copy has been
+    made AND checked (records in ``jobs`` order), or raises the first failure in ``jobs`` order
+    (copies not yet started are cancelled)."""
+    if len(jobs) <= 1:
+        return [job() for job in jobs]
     pool = ThreadPoolExecutor(
-        max_workers=min(COPY_CONCURRENCY, len(pairs)), thread_name_prefix="tf-ckpt-promote"
+        max_workers=min(COPY_CONCURRENCY, len(jobs)), thread_name_prefix="tf-ckpt-promote"
     )
     try:
-        futures = [pool.submit(_copy_one, method, src, s, dst, d, on_bytes_of(d)) for s, d in pairs]
+        futures = [pool.submit(job) for job in jobs]
         return [f.result() for f in futures]
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -193,10 +206,13 @@ def copy_files(
     """Copy ``(source name, DEST name)`` pairs, each checked, in ``pairs`` order, except that a
     server-side copy rewrites the data shards first, concurrently, and ALL of them are copied and
     checked before the sidecars and the ``.index`` (one by one after them, in ``pairs`` order)."""
+
+    def job(pair: tuple[str, str]) -> Callable[[], PromotedFile]:
+        sname, dname = pair
+        return functools.partial(_copy_one, method, src, sname, dst, dname, on_bytes_of(dname))
+
     shards = [(s, d) for s, d in pairs if method == "server-side" and _is_data_shard(d)]
-    copied = _copy_concurrently(method, src, dst, shards, on_bytes_of)
+    copied = _run_concurrently([job(pair) for pair in shards])
     in_shards = set(shards)
-    for sname, dname in pairs:
-        if (sname, dname) not in in_shards:
-            copied.append(_copy_one(method, src, sname, dst, dname, on_bytes_of(dname)))
+    copied += [job(pair)() for pair in pairs if pair not in in_shards]
     return copied

@@ -32,19 +32,6 @@ class StepDecision:
     deletes before deleting them.
     """
 
-    __slots__ = (
-        "prefix",
-        "base",
-        "step",
-        "status",
-        "action",
-        "reasons",
-        "in_state",
-        "timestamp",
-        "_size",
-        "delete_files",
-        "kept_files",
-    )
     FIELDS = (
         "prefix",
         "base",
@@ -58,6 +45,8 @@ class StepDecision:
         "delete_files",
         "kept_files",
     )
+    # the same names, but for the size, kept in ``_size`` until first read (see above)
+    __slots__ = tuple("_size" if f == "size" else f for f in FIELDS)
 
     def __init__(
         self,
@@ -125,13 +114,7 @@ class SidecarDecision:
     reason: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "prefix": self.prefix,
-            "role": self.role,
-            "action": self.action,
-            "reason": self.reason,
-        }
+        return dict(vars(self))  # the fields, in order (asdict would deep-copy: 30x slower)
 
 
 @dataclass

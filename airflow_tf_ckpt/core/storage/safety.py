@@ -23,7 +23,7 @@ import posixpath
 import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from airflow_tf_ckpt.core.storage.gcs import batch_delete, is_gcs
 from airflow_tf_ckpt.core.storage.location import Location
@@ -174,70 +174,116 @@ class Deleter:
         return self.loc.display(posixpath.basename(path))
 
     def delete(self, paths: list[str]) -> tuple[list[str], list[str], list[Refusal]]:
-        deleted: list[str] = []
-        missing: list[str] = []
+        """Remove ``paths``; returns ``(deleted, missing, refused)``.
+
+        Each path is checked again first (:meth:`precheck`): a refused one is never handed to a
+        transport. Local paths are then re-checked once more, on the root's descriptor, right
+        before each unlink; object-store paths go in one batch (``gs://``) or one ``fs.rm``.
+        """
+        ok_paths, refused = self._split_refused(paths)
+        if not ok_paths:
+            return [], [], refused
+        if self.loc.local:
+            deleted, missing, refused_now = self._delete_local(ok_paths)
+            return deleted, missing, refused + refused_now
+        if self.hook:
+            for p in ok_paths:
+                self.hook("delete", p)
+        if is_gcs(self.loc.fs):
+            deleted, missing = self._delete_gcs(ok_paths)
+        else:
+            deleted, missing = self._delete_fsspec(ok_paths)
+        return [self.display(p) for p in deleted], [self.display(p) for p in missing], refused
+
+    def _split_refused(self, paths: list[str]) -> tuple[list[str], list[Refusal]]:
+        """The paths that pass :meth:`precheck` (in order), and the refusals of the others."""
+        ok_paths: list[str] = []
         refused: list[Refusal] = []
-        ok_paths = []
         for p in paths:
             bad = self.precheck([p])
             if bad:
                 refused += bad
             else:
                 ok_paths.append(p)
-        if not ok_paths:
-            return deleted, missing, refused
-        if self.loc.local:
-            fd = self._root_fd()
-            for p in ok_paths:
-                name = os.path.basename(p)
-                if self.hook:
-                    self.hook("delete", p)
-                try:
-                    st = os.lstat(name, dir_fd=fd)
-                except FileNotFoundError:
-                    missing.append(p)
-                    continue
-                if stat.S_ISDIR(st.st_mode):
-                    refused.append(Refusal(p, "is a directory: not removed"))
-                    continue
-                if stat.S_ISLNK(st.st_mode):
-                    why = symlink_problem(self.loc, name, self.real_root)
-                    if why:
-                        refused.append(Refusal(p, why))
-                        continue
-                try:
-                    os.unlink(name, dir_fd=fd)
-                    deleted.append(p)
-                except FileNotFoundError:
-                    missing.append(p)
-            return deleted, missing, refused
-        if self.hook:
-            for p in ok_paths:
+        return ok_paths, refused
+
+    def _delete_local(self, paths: list[str]) -> tuple[list[str], list[str], list[Refusal]]:
+        """Unlink each path through the root's descriptor (the hook runs before each one)."""
+        fd = self._root_fd()
+        deleted: list[str] = []
+        missing: list[str] = []
+        refused: list[Refusal] = []
+        for p in paths:
+            if self.hook:
                 self.hook("delete", p)
-        fs = self.loc.fs
-        if is_gcs(fs):
-            errors: list[tuple[str, BaseException]] = []
-            for p, r in zip(ok_paths, batch_delete(fs, ok_paths), strict=True):
-                if r is None:
-                    deleted.append(p)
-                elif isinstance(r, FileNotFoundError):
-                    missing.append(p)
-                else:
-                    errors.append((p, r))
-            if errors:  # like fs.rm(list), a failure fails the call; each failed path is named
-                shown = "; ".join(f"{self.display(p)}: {e}" for p, e in errors[:10])
-                more = f" (and {len(errors) - 10} more)" if len(errors) > 10 else ""
-                raise OSError(f"{len(errors)} of {len(ok_paths)} deletions failed: {shown}{more}")
-            return [self.display(p) for p in deleted], [self.display(p) for p in missing], refused
+            outcome = self._unlink_one(fd, p)
+            if isinstance(outcome, Refusal):
+                refused.append(outcome)
+            elif outcome == "missing":
+                missing.append(p)
+            else:
+                deleted.append(p)
+        return deleted, missing, refused
+
+    def _unlink_one(self, fd: int, path: str) -> Refusal | Literal["deleted", "missing"]:
+        """``lstat`` the name under the root's descriptor, refuse a dir or an escaping symlink,
+        else unlink it: no path is resolved again between this check and the removal."""
+        name = os.path.basename(path)
         try:
-            fs.rm(ok_paths)
-            deleted += ok_paths
+            st = os.lstat(name, dir_fd=fd)
         except FileNotFoundError:
-            # some implementations (memory://) stop at the first missing path: go one by one
-            for p in ok_paths:
-                try:
-                    fs.rm_file(p)
-                    deleted.append(p)
-                except FileNotFoundError:
-                    missing.append(p)
-        return [self.display(p) for p in deleted], [self.display(p) for p in missing], refused
+            return "missing"
+        why = self._lstat_problem(st, name)
+        if why:
+            return Refusal(path, why)
+        try:
+            os.unlink(name, dir_fd=fd)
+        except FileNotFoundError:
+            return "missing"
+        return "deleted"
+
+    def _lstat_problem(self, st: os.stat_result, name: str) -> str | None:
+        """Why the entry ``st`` of the root must not be unlinked (``None``: a plain file)."""
+        if stat.S_ISDIR(st.st_mode):
+            return "is a directory: not removed"
+        if stat.S_ISLNK(st.st_mode):
+            return symlink_problem(self.loc, name, self.real_root)
+        return None
+
+    def _delete_gcs(self, paths: list[str]) -> tuple[list[str], list[str]]:
+        """JSON API batch deletes. Like ``fs.rm(list)``, any failure (other than a missing
+        object) fails the call, after every batch ran; the error names each failed path."""
+        deleted: list[str] = []
+        missing: list[str] = []
+        errors: list[tuple[str, BaseException]] = []
+        for p, r in zip(paths, batch_delete(self.loc.fs, paths), strict=True):
+            if r is None:
+                deleted.append(p)
+            elif isinstance(r, FileNotFoundError):
+                missing.append(p)
+            else:
+                errors.append((p, r))
+        if errors:
+            shown = "; ".join(f"{self.display(p)}: {e}" for p, e in errors[:10])
+            more = f" (and {len(errors) - 10} more)" if len(errors) > 10 else ""
+            raise OSError(f"{len(errors)} of {len(paths)} deletions failed: {shown}{more}")
+        return deleted, missing
+
+    def _delete_fsspec(self, paths: list[str]) -> tuple[list[str], list[str]]:
+        """One ``fs.rm(list)``; some stores (``memory://``) stop at the first missing path, so
+        then go one by one and report the missing ones."""
+        fs = self.loc.fs
+        try:
+            fs.rm(paths)
+            return list(paths), []
+        except FileNotFoundError:
+            pass
+        deleted: list[str] = []
+        missing: list[str] = []
+        for p in paths:
+            try:
+                fs.rm_file(p)
+                deleted.append(p)
+            except FileNotFoundError:
+                missing.append(p)
+        return deleted, missing
