@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import inspect
 import logging
 import math
 import random
@@ -119,29 +118,23 @@ def freeze_gc_once() -> bool:
 
 
 class _CheckpointTriggerBase:
-    """Constructor, serialization and selection shared by both triggers.
-
-    The options both triggers take (and serialize) have their one home here: their names,
-    defaults and checks are :meth:`__init__`'s; a trigger adds only its own (``pick``).
-    """
+    """Constructor, serialization and selection shared by both triggers."""
 
     pick = "newest"
 
-    def __init__(
+    def _setup(
         self,
         *,
         dir: str,
-        prefix: str | None = None,
-        after_step: int | None = None,
-        require_complete: bool = True,
-        settle_seconds: float = 0.0,
-        poll_interval: float = 30.0,
-        conn_id: str | None = None,
-        state_filename: str = STATE_FILENAME,
-        max_errors: int = 10,
-        **kwargs: Any,
+        prefix: str | None,
+        after_step: int | None,
+        require_complete: bool,
+        settle_seconds: float,
+        poll_interval: float,
+        conn_id: str | None,
+        state_filename: str,
+        max_errors: int,
     ) -> None:
-        super().__init__(**kwargs)
         if not dir:
             raise ValueError("dir is required")
         if poll_interval is None or float(poll_interval) <= 0:
@@ -157,8 +150,17 @@ class _CheckpointTriggerBase:
         self.max_errors = int(max_errors or 0)
 
     def _common_kwargs(self) -> dict[str, Any]:
-        """The shared options as serialized: scalars, whatever the number of steps."""
-        return {name: getattr(self, name) for name in _SHARED_OPTIONS}
+        return {
+            "dir": self.dir,
+            "prefix": self.prefix,
+            "after_step": self.after_step,
+            "require_complete": self.require_complete,
+            "settle_seconds": self.settle_seconds,
+            "poll_interval": self.poll_interval,
+            "conn_id": self.conn_id,
+            "state_filename": self.state_filename,
+            "max_errors": self.max_errors,
+        }
 
     def make_poller(self) -> Poller:
         """This trigger's Poller (imported here: not at DAG parse). Warnings go to the trigger's log."""
@@ -193,10 +195,6 @@ class _CheckpointTriggerBase:
         return interval if wait is None else max(0.01, min(interval, wait + 0.05))
 
 
-#: the shared options in the order they are serialized: the base constructor's keyword parameters
-_SHARED_OPTIONS = tuple(inspect.signature(_CheckpointTriggerBase.__init__).parameters)[1:-1]
-
-
 class CheckpointTrigger(_CheckpointTriggerBase, BaseTrigger):
     """Fire once for a committed step newer than ``after_step`` (for deferrable sensors).
 
@@ -215,8 +213,33 @@ class CheckpointTrigger(_CheckpointTriggerBase, BaseTrigger):
     The serialized kwargs are these scalars only: their size does not grow with the number of steps.
     """
 
-    def __init__(self, *, pick: str = "newest", **kwargs: Any) -> None:
-        super().__init__(**kwargs)  # the shared options: see _CheckpointTriggerBase
+    def __init__(
+        self,
+        *,
+        dir: str,
+        prefix: str | None = None,
+        after_step: int | None = None,
+        require_complete: bool = True,
+        settle_seconds: float = 0.0,
+        poll_interval: float = 30.0,
+        conn_id: str | None = None,
+        state_filename: str = STATE_FILENAME,
+        pick: str = "newest",
+        max_errors: int = 10,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self._setup(
+            dir=dir,
+            prefix=prefix,
+            after_step=after_step,
+            require_complete=require_complete,
+            settle_seconds=settle_seconds,
+            poll_interval=poll_interval,
+            conn_id=conn_id,
+            state_filename=state_filename,
+            max_errors=max_errors,
+        )
         if pick not in PICK_CHOICES:
             raise ValueError(f"pick must be one of {PICK_CHOICES}, not {pick!r}")
         self.pick = pick
@@ -313,8 +336,32 @@ class CheckpointEventTrigger(_CheckpointTriggerBase, BaseEventTrigger):
 
     persist_delay: float = 3.0
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)  # the shared options: see _CheckpointTriggerBase
+    def __init__(
+        self,
+        *,
+        dir: str,
+        prefix: str | None = None,
+        after_step: int | None = None,
+        require_complete: bool = True,
+        settle_seconds: float = 0.0,
+        poll_interval: float = 30.0,
+        conn_id: str | None = None,
+        state_filename: str = STATE_FILENAME,
+        max_errors: int = 10,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self._setup(
+            dir=dir,
+            prefix=prefix,
+            after_step=after_step,
+            require_complete=require_complete,
+            settle_seconds=settle_seconds,
+            poll_interval=poll_interval,
+            conn_id=conn_id,
+            state_filename=state_filename,
+            max_errors=max_errors,
+        )
         self.pick = "all"
         self.watermark: int | None = None  # in memory; the persisted copy is in the asset state store
         self.persisted: int | None = None
