@@ -467,6 +467,14 @@ class Table:
         Entries of a bad block are left out (they cannot be trusted); the others are kept.
         """
         out = TableScan(blocks=len(self.index))
+        for entries in self.scan_blocks(out):
+            out.entries.extend(entries)
+        return out
+
+    def scan_blocks(self, out: TableScan) -> Iterator[list[tuple[bytes, bytes]]]:
+        """:meth:`scan` one block at a time: yields the entries of each sound data block (kept by
+        no one here: a caller can digest a big table block by block) and records the problems
+        and counts in ``out`` (``out.entries`` is left alone)."""
         last: bytes | None = None
         for _, handle in self.index:
             try:
@@ -485,8 +493,7 @@ class Table:
                 continue
             if entries:
                 last = entries[-1][0]
-            out.entries.extend(entries)
-        return out
+            yield entries
 
 
 def read_table(data: bytes, path: str, *, verify_checksums: bool = True) -> Iterator[tuple[bytes, bytes]]:
