@@ -89,51 +89,63 @@ class StringCrc:
     def feed(self, data: memoryview) -> None:
         i, n = 0, len(data)
         if self._phase == 0:
-            fmt32, fmt64 = (">I", ">Q") if self.big_endian else ("<I", "<Q")
-            shift, val, nbytes = self._shift, self._value, self._nbytes
-            while i < n and self._remaining:
-                b = data[i]
-                i += 1
-                val |= (b & 0x7F) << shift
-                nbytes += 1
-                if b & 0x80:
-                    shift += 7
-                    if nbytes >= 10:
-                        self._fail(f"element {self.count}: length varint longer than 10 bytes")
-                        return
-                    continue
-                if val >> 64:
-                    self._fail(f"element {self.count}: length does not fit in 64 bits")
-                    return
-                self._packed += struct.pack(fmt32 if val <= 0xFFFFFFFF else fmt64, val)
-                if len(self._packed) >= 1 << 16:
-                    self._flush()
-                self.lengths_total += val
-                self.count += 1
-                self._remaining -= 1
-                shift = val = nbytes = 0
-            self.varint_bytes += i
-            self._shift, self._value, self._nbytes = shift, val, nbytes
-            if self._remaining:
+            i = self._feed_lengths(data)
+            if self._phase != 1:  # more lengths to come, or failed
                 return
-            self._flush()
-            self._phase = 1
         if self._phase == 1 and i < n:
-            take = min(4 - len(self._cksum), n - i)
-            self._cksum += data[i : i + take]
-            i += take
-            if len(self._cksum) == 4:
-                stored = unmask(struct.unpack(">I" if self.big_endian else "<I", self._cksum)[0])
-                if stored != self.crc:
-                    self.error = (
-                        f"the checksum of the string lengths does not match (stored "
-                        f"0x{stored:08x}, computed 0x{self.crc:08x})"
-                    )
-                self.crc = _extend(self.crc, bytes(self._cksum))
-                self._phase = 2
+            i = self._feed_checksum(data, i)
         if self._phase == 2 and i < n:
             self.crc = _extend(self.crc, data[i:] if i else data)
             self.raw_bytes += n - i
+
+    def _feed_lengths(self, data: memoryview) -> int:
+        """Decode varint lengths from the start of ``data``; returns where they stopped (phase 1
+        once all are read)."""
+        i, n = 0, len(data)
+        fmt32, fmt64 = (">I", ">Q") if self.big_endian else ("<I", "<Q")
+        shift, val, nbytes = self._shift, self._value, self._nbytes
+        while i < n and self._remaining:
+            b = data[i]
+            i += 1
+            val |= (b & 0x7F) << shift
+            nbytes += 1
+            if b & 0x80:
+                shift += 7
+                if nbytes >= 10:
+                    self._fail(f"element {self.count}: length varint longer than 10 bytes")
+                    return i
+                continue
+            if val >> 64:
+                self._fail(f"element {self.count}: length does not fit in 64 bits")
+                return i
+            self._packed += struct.pack(fmt32 if val <= 0xFFFFFFFF else fmt64, val)
+            if len(self._packed) >= 1 << 16:
+                self._flush()
+            self.lengths_total += val
+            self.count += 1
+            self._remaining -= 1
+            shift = val = nbytes = 0
+        self.varint_bytes += i
+        self._shift, self._value, self._nbytes = shift, val, nbytes
+        if not self._remaining:
+            self._flush()
+            self._phase = 1
+        return i
+
+    def _feed_checksum(self, data: memoryview, i: int) -> int:
+        """Collect the 4-byte masked crc of the lengths from ``data[i:]`` (phase 2 once whole)."""
+        take = min(4 - len(self._cksum), len(data) - i)
+        self._cksum += data[i : i + take]
+        if len(self._cksum) == 4:
+            stored = unmask(struct.unpack(">I" if self.big_endian else "<I", self._cksum)[0])
+            if stored != self.crc:
+                self.error = (
+                    f"the checksum of the string lengths does not match (stored "
+                    f"0x{stored:08x}, computed 0x{self.crc:08x})"
+                )
+            self.crc = _extend(self.crc, bytes(self._cksum))
+            self._phase = 2
+        return i + take
 
     def finish(self) -> str | None:
         if self._phase == 3:
