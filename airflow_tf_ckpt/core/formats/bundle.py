@@ -21,9 +21,10 @@ V1 tables (``.ckpt``) key their data the same way, so :func:`decode_slice_key` s
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from google.protobuf.message import DecodeError
 
@@ -308,112 +309,193 @@ def is_slice_key(key: bytes) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# entries
+# entries: one table of columns, not an object per entry
+
+_SHAPE_OK = 1  # the stored shape is fully defined
+_SLICED = 2  # a full tensor stored as slices: no data of its own
+_SLICE_KEY = 4  # a slice entry: the key encodes (parent name, slice)
+
+
+class EntryTable(Sequence["BundleEntry"]):
+    """The entries of an index, in index (key) order, one column per field.
+
+    An index may list millions of tensors: a parsed protobuf message per entry costs ~800 bytes,
+    a slotted object with its key and ints ~600. Here an entry costs its key bytes plus ~50: the
+    keys are one blob cut by ``key_ends``, the numbers ``array`` columns, the shape dims one more
+    column cut by ``dim_ends``. Only a sliced tensor (rare) keeps its serialized entry, for its
+    slice list. ``table[i]`` is a :class:`BundleEntry` view of row ``i``; the verifier reads the
+    columns directly.
+    """
+
+    def __init__(self) -> None:
+        self._keys = bytearray()
+        self.key_ends = array("Q")
+        self.dtype = array("i")  # DataType enum (int32 on the wire)
+        self.shard_id = array("i")
+        self.offset = array("q")
+        self.size = array("q")
+        self.crc32c_masked = array("I")
+        self.flags = bytearray()
+        self.dims = array("q")
+        self.dim_ends = array("Q")
+        self.values: dict[int, bytes] = {}  # row -> serialized entry, sliced tensors only
+        self.keys_sorted = True  # strictly increasing keys (always so from a checked table)
+        self._last_key = b""
+
+    # -- building
+
+    def append(self, key: bytes, proto: Any, value: bytes, slice_key: bool) -> None:
+        """Add one parsed entry (``proto``, serialized as ``value``) under ``key``."""
+        if self.key_ends and key <= self._last_key:
+            self.keys_sorted = False
+        self._last_key = key
+        shape = proto.shape
+        dim = shape.dim
+        n = len(dim)
+        if n == 1:  # the common case, without a list
+            d0 = dim[0].size
+            self.dims.append(d0)
+            shape_ok = d0 >= 0
+        elif n:
+            sizes = [d.size for d in dim]
+            self.dims.extend(sizes)
+            shape_ok = min(sizes) >= 0
+        else:
+            shape_ok = True
+        shape_ok = shape_ok and not shape.unknown_rank
+        sliced = len(proto.slices) > 0
+        if sliced:
+            self.values[len(self)] = value
+        self._keys += key
+        self.key_ends.append(len(self._keys))
+        self.dim_ends.append(len(self.dims))
+        self.dtype.append(proto.dtype)
+        self.shard_id.append(proto.shard_id)
+        self.offset.append(proto.offset)
+        self.size.append(proto.size)
+        self.crc32c_masked.append(proto.crc32c)
+        self.flags.append(shape_ok * _SHAPE_OK | sliced * _SLICED | slice_key * _SLICE_KEY)
+
+    # -- rows
+
+    def __len__(self) -> int:
+        return len(self.key_ends)
+
+    @overload
+    def __getitem__(self, i: int) -> BundleEntry: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[BundleEntry]: ...
+
+    def __getitem__(self, i: int | slice) -> BundleEntry | list[BundleEntry]:
+        if isinstance(i, slice):
+            return [BundleEntry(self, j) for j in range(len(self))[i]]
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError("entry index out of range")
+        return BundleEntry(self, i % n)
+
+    def __iter__(self) -> Iterator[BundleEntry]:
+        return (BundleEntry(self, i) for i in range(len(self)))
+
+    def key(self, i: int) -> bytes:
+        return bytes(self._keys[self.key_ends[i - 1] if i else 0 : self.key_ends[i]])
+
+    def find(self, key: bytes) -> int | None:
+        """The row whose key is ``key`` (binary search over the sorted keys), or ``None``."""
+        if not self.keys_sorted:
+            return next((i for i in range(len(self)) if self.key(i) == key), None)
+        lo, hi = 0, len(self)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.key(mid) < key:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo if lo < len(self) and self.key(lo) == key else None
+
+    def is_slice(self, i: int) -> bool:
+        return bool(self.flags[i] & _SLICE_KEY)
+
+    def is_sliced(self, i: int) -> bool:
+        return bool(self.flags[i] & _SLICED)
+
+    def shape_ok(self, i: int) -> bool:
+        return bool(self.flags[i] & _SHAPE_OK)
+
+    def shape(self, i: int) -> tuple[int, ...]:
+        return tuple(self.dims[self.dim_ends[i - 1] if i else 0 : self.dim_ends[i]])
+
+    def num_elements(self, i: int) -> int:
+        start, end = self.dim_ends[i - 1] if i else 0, self.dim_ends[i]
+        if end - start == 1:
+            return self.dims[start]
+        return math.prod(self.dims[start:end]) if end > start else 1
+
+    def name(self, i: int) -> str:
+        """The tensor name; for a slice entry, its parent's."""
+        key = self.key(i)
+        return decode_slice_key(key)[0] if self.flags[i] & _SLICE_KEY else key_text(key)
+
+    def slice(self, i: int) -> SliceSpec | None:
+        return decode_slice_key(self.key(i))[1] if self.flags[i] & _SLICE_KEY else None
+
+    def display_name(self, i: int) -> str:
+        """``name`` or ``name[slice spec]`` (TF's slice spec notation)."""
+        key = self.key(i)
+        if self.flags[i] & _SLICE_KEY:
+            name, spec = decode_slice_key(key)
+            return f"{name}[{spec}]"
+        return key_text(key)
 
 
 class BundleEntry:
-    """One index entry. ``name`` is the tensor name; for a slice entry, its parent's name.
+    """A view of one row of an :class:`EntryTable`. ``name`` is the tensor name; for a slice
+    entry, its parent's name."""
 
-    Compact on purpose: an index may hold millions of entries, and a parsed protobuf message costs
-    ~800 bytes each (1.6 GB for a 1M-entry, 23 MB index). The fields are decoded once into slots;
-    the serialized value is kept only for the rare sliced entry (its slice list), and ``proto``
-    re-parses it on demand.
-    """
+    __slots__ = ("_i", "_t")
 
-    __slots__ = (
-        "_name",
-        "_value",
-        "crc32c_masked",
-        "dtype",
-        "key",
-        "offset",
-        "shape",
-        "shape_ok",
-        "shard_id",
-        "size",
-        "slice",
-        "sliced",
+    def __init__(self, table: EntryTable, i: int) -> None:
+        self._t = table
+        self._i = i
+
+    key = property(lambda self: self._t.key(self._i))
+    name = property(lambda self: self._t.name(self._i))
+    slice = property(lambda self: self._t.slice(self._i))
+    display_name = property(lambda self: self._t.display_name(self._i), doc="``name[slice]`` or ``name``")
+    shape = property(lambda self: self._t.shape(self._i))
+    shape_ok = property(lambda self: self._t.shape_ok(self._i))
+    num_elements = property(lambda self: self._t.num_elements(self._i))
+    dtype = property(lambda self: self._t.dtype[self._i])
+    shard_id = property(lambda self: self._t.shard_id[self._i])
+    offset = property(lambda self: self._t.offset[self._i])
+    size = property(lambda self: self._t.size[self._i])
+    crc32c_masked = property(lambda self: self._t.crc32c_masked[self._i])
+    is_slice = property(lambda self: self._t.is_slice(self._i))
+    sliced = is_sliced = property(
+        lambda self: self._t.is_sliced(self._i), doc="A full tensor stored as slices: no data of its own."
     )
-
-    def __init__(
-        self,
-        key: bytes,
-        name: str | None,
-        proto: Any,
-        slice: SliceSpec | None = None,
-        value: bytes | None = None,
-    ) -> None:
-        self.key = key
-        self._name = name  # None: the key's text (computed on use)
-        self.slice = slice  # set on slice entries (the pieces that hold data)
-        shape = proto.shape
-        dim = shape.dim
-        n = len(dim)  # (the common ranks without a generator: 2.7 us an entry otherwise)
-        dims = (
-            ()
-            if n == 0
-            else (dim[0].size,)
-            if n == 1
-            else (dim[0].size, dim[1].size)
-            if n == 2
-            else tuple([d.size for d in dim])
-        )
-        self.shape: tuple[int, ...] = dims
-        self.shape_ok = not shape.unknown_rank and (n == 0 or min(dims) >= 0)
-        self.dtype = proto.dtype
-        self.shard_id = proto.shard_id
-        self.offset = proto.offset
-        self.size = proto.size
-        self.crc32c_masked = proto.crc32c
-        self.sliced = len(proto.slices) > 0  # a full tensor stored as slices: no data of its own
-        self._value = (value if value is not None else proto.SerializeToString()) if self.sliced else None
-
-    @property
-    def name(self) -> str:
-        return self._name if self._name is not None else key_text(self.key)
+    has_data = property(lambda self: not self._t.is_sliced(self._i))
+    dtype_name = property(lambda self: dtype_name(self.dtype))
 
     @property
     def proto(self) -> Any:
         """The BundleEntryProto (re-parsed for a sliced entry, rebuilt from the fields otherwise)."""
         proto = BundleEntryProto()
-        if self._value is not None:
-            proto.ParseFromString(self._value)
+        value = self._t.values.get(self._i)
+        if value is not None:
+            proto.ParseFromString(value)
             return proto
         proto.dtype, proto.shard_id, proto.offset = self.dtype, self.shard_id, self.offset
         proto.size, proto.crc32c = self.size, self.crc32c_masked
-        for d in self.shape:
+        shape = self.shape
+        for d in shape:
             proto.shape.dim.add(size=d)
-        proto.shape.unknown_rank = not self.shape_ok and not self.shape
+        proto.shape.unknown_rank = not self.shape_ok and not shape
         return proto
 
     def __repr__(self) -> str:
         return f"BundleEntry({self.display_name!r}, shard {self.shard_id}, {self.offset}+{self.size})"
-
-    @property
-    def is_slice(self) -> bool:
-        return self.slice is not None
-
-    @property
-    def is_sliced(self) -> bool:
-        """A full tensor stored as slices: no data of its own."""
-        return self.sliced
-
-    @property
-    def has_data(self) -> bool:
-        return not self.sliced
-
-    @property
-    def display_name(self) -> str:
-        """``name`` or ``name[slice spec]`` (TF's slice spec notation)."""
-        return f"{self.name}[{self.slice}]" if self.slice is not None else self.name
-
-    @property
-    def dtype_name(self) -> str:
-        return dtype_name(self.dtype)
-
-    @property
-    def num_elements(self) -> int:
-        return math.prod(self.shape) if self.shape else 1
 
     @property
     def crc32c(self) -> int:
@@ -423,7 +505,7 @@ class BundleEntry:
     @property
     def slices(self) -> list[SliceSpec]:
         """The slices a sliced full tensor lists."""
-        if self._value is None:
+        if self._i not in self._t.values:
             return []
         proto = self.proto
         rank = len(proto.shape.dim)
@@ -431,8 +513,9 @@ class BundleEntry:
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name, "dtype": self.dtype_name, "shape": list(self.shape)}
-        if self.slice is not None:
-            d["slice"] = str(self.slice)
+        spec = self.slice
+        if spec is not None:
+            d["slice"] = str(spec)
         if self.is_sliced:
             d["slices"] = [str(s) for s in self.slices]
         else:
@@ -452,18 +535,21 @@ def parse_header(value: bytes, path: str) -> Any:
     return header
 
 
-def parse_entry(key: bytes, value: bytes, path: str) -> BundleEntry:
-    """Parse one tensor entry; slice keys are decoded to the parent name + slice spec."""
-    proto = BundleEntryProto()
+def add_entry(table: EntryTable, key: bytes, value: bytes, path: str, proto: Any = None) -> None:
+    """Parse one tensor entry into a row of ``table`` (nothing added when it does not parse).
+
+    ``proto``: a BundleEntryProto to parse into (reused: one message for a whole index)."""
+    proto = BundleEntryProto() if proto is None else proto
     try:
         proto.ParseFromString(value)
     except (DecodeError, ValueError) as exc:
         raise TableCorruption(
             f"entry for key {key_text(key)!r} is not a BundleEntryProto: {exc}", path, "bad_entry", key=key
         ) from None
-    if is_slice_key(key):
+    slice_key = is_slice_key(key)
+    if slice_key:
         try:
-            name, spec = decode_slice_key(key)
+            decode_slice_key(key)
         except SliceKeyError as exc:
             raise TableCorruption(
                 f"key {key!r} starts like a tensor slice key but does not decode: {exc}",
@@ -471,8 +557,14 @@ def parse_entry(key: bytes, value: bytes, path: str) -> BundleEntry:
                 "bad_entry",
                 key=key,
             ) from None
-        return BundleEntry(key, name, proto, spec, value)
-    return BundleEntry(key, None, proto, None, value)
+    table.append(key, proto, value, slice_key)
+
+
+def parse_entry(key: bytes, value: bytes, path: str) -> BundleEntry:
+    """Parse one tensor entry; slice keys are decoded to the parent name + slice spec."""
+    table = EntryTable()
+    add_entry(table, key, value, path)
+    return table[0]
 
 
 @dataclass
@@ -481,7 +573,7 @@ class Bundle:
 
     path: str
     header: Any  # BundleHeaderProto
-    entries: list[BundleEntry] = field(default_factory=list)
+    entries: EntryTable = field(default_factory=EntryTable)
 
     @property
     def num_shards(self) -> int:
@@ -505,20 +597,28 @@ def bundle_from_scan(scan: TableScan, path: str) -> tuple[Bundle | None, list[Ta
     The bundle is ``None`` when there is no readable header. Entries that fail to parse are left
     out and reported (each naming its key).
     """
-    problems = list(scan.problems)
+    return bundle_from_blocks([scan.entries], scan, path)
+
+
+def bundle_from_blocks(
+    blocks: Iterable[list[tuple[bytes, bytes]]], scan: TableScan, path: str
+) -> tuple[Bundle | None, list[TableCorruption]]:
+    """:func:`bundle_from_scan` over :meth:`Table.scan_blocks` (``scan`` is the one it fills):
+    each block's entries go into the table as they are read, never all held as pairs."""
     header = None
-    entries: list[BundleEntry] = []
-    for key, value in scan.entries:
-        if key == HEADER_KEY:
+    entries = EntryTable()
+    entry_problems: list[TableCorruption] = []
+    proto = BundleEntryProto()
+    for block in blocks:
+        for key, value in block:
             try:
-                header = parse_header(value, path)
+                if key == HEADER_KEY:
+                    header = parse_header(value, path)
+                else:
+                    add_entry(entries, key, value, path, proto)
             except TableCorruption as exc:
-                problems.append(exc)
-            continue
-        try:
-            entries.append(parse_entry(key, value, path))
-        except TableCorruption as exc:
-            problems.append(exc)
+                entry_problems.append(exc)
+    problems = [*scan.problems, *entry_problems]  # the table's problems first, as a scan lists them
     if header is None:
         if scan.complete and not any(p.kind in ("bad_header",) for p in problems) and not scan.bad_blocks:
             problems.append(
@@ -532,12 +632,13 @@ def parse_bundle_index(data: bytes, path: str) -> Bundle:
     """Parse a whole ``.index`` strictly: the first problem raises TableError."""
     table = Table.from_bytes(data, path)
     header = None
-    entries: list[BundleEntry] = []
+    entries = EntryTable()
+    proto = BundleEntryProto()
     for key, value in table:
         if key == HEADER_KEY:
             header = parse_header(value, path)
         else:
-            entries.append(parse_entry(key, value, path))
+            add_entry(entries, key, value, path, proto)
     if header is None:
         raise TableCorruption('no header entry (key ""): not a TensorBundle index', path, "bad_header")
     return Bundle(path, header, entries)
@@ -591,9 +692,12 @@ __all__ = [
     "HEADER_KEY",
     "Bundle",
     "BundleEntry",
+    "EntryTable",
     "SliceKeyError",
     "SliceSpec",
     "TableError",
+    "add_entry",
+    "bundle_from_blocks",
     "bundle_from_scan",
     "data_name",
     "decode_slice_key",

@@ -16,6 +16,7 @@ it keeps unknown values readable instead of failing.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from google.protobuf import descriptor_pool, message_factory
@@ -23,176 +24,197 @@ from google.protobuf import descriptor_pool, message_factory
 _pool = descriptor_pool.DescriptorPool()
 
 
-def build_file_descriptor() -> Any:
-    """The ``FileDescriptorProto`` of every message above, built field by field.
+# The messages, as ``.proto`` field lines: ``[repeated] TYPE NAME = NUMBER [oneof ONEOF]``, or
+# ``map<string, TYPE> NAME = NUMBER``. A TYPE that is not a scalar is a message of this file
+# (``Outer.Inner`` for a nested one, declared as ``Outer.Inner`` before ``Outer``'s fields).
+_MESSAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    # checkpoint_state.proto
+    (
+        "CheckpointState",
+        (
+            "string model_checkpoint_path = 1",
+            "repeated string all_model_checkpoint_paths = 2",
+            "repeated double all_model_checkpoint_timestamps = 3",
+            "double last_preserved_timestamp = 4",
+        ),
+    ),
+    # versions.proto
+    ("VersionDef", ("int32 producer = 1", "int32 min_consumer = 2", "repeated int32 bad_consumers = 3")),
+    # tensor_shape.proto
+    ("TensorShapeProto.Dim", ("int64 size = 1", "string name = 2")),
+    ("TensorShapeProto", ("repeated TensorShapeProto.Dim dim = 2", "bool unknown_rank = 3")),
+    # tensor_slice.proto: Extent.length lives in a oneof (has_length); absent means "all".
+    ("TensorSliceProto.Extent", ("int64 start = 1", "int64 length = 2 oneof has_length")),
+    ("TensorSliceProto", ("repeated TensorSliceProto.Extent extent = 1",)),
+    # tensor_bundle.proto
+    ("BundleHeaderProto", ("int32 num_shards = 1", "int32 endianness = 2", "VersionDef version = 3")),
+    (
+        "BundleEntryProto",
+        (
+            "int32 dtype = 1",
+            "TensorShapeProto shape = 2",
+            "int32 shard_id = 3",
+            "int64 offset = 4",
+            "int64 size = 5",
+            "fixed32 crc32c = 6",
+            "repeated TensorSliceProto slices = 7",
+        ),
+    ),
+    # saved_tensor_slice.proto (V1). SavedSlice.data is a TensorProto; we keep it as raw bytes
+    # (same wire type) because V1 verification only needs the table's block checksums.
+    (
+        "SavedSliceMeta",
+        (
+            "string name = 1",
+            "TensorShapeProto shape = 2",
+            "int32 type = 3",
+            "repeated TensorSliceProto slice = 4",
+        ),
+    ),
+    ("SavedTensorSliceMeta", ("repeated SavedSliceMeta tensor = 1", "VersionDef versions = 2")),
+    ("SavedSlice", ("string name = 1", "TensorSliceProto slice = 2", "bytes data = 3")),
+    ("SavedTensorSlices", ("SavedTensorSliceMeta meta = 1", "SavedSlice data = 2")),
+    # MetaGraphDef (meta_graph.proto, graph.proto, node_def.proto, attr_value.proto, saver.proto),
+    # declared down to each node's attributes: enough to check that a ``.meta`` is well-formed
+    # as TF1's ``import_meta_graph`` parses it. Sub-messages we do not need are declared
+    # ``bytes`` (same wire type: their framing is still checked).
+    (
+        "AttrValue.ListValue",
+        (
+            "repeated bytes s = 2",
+            "repeated int64 i = 3",
+            "repeated float f = 4",
+            "repeated bool b = 5",
+            "repeated int32 type = 6",
+            "repeated TensorShapeProto shape = 7",
+            "repeated bytes tensor = 8",
+            "repeated bytes func = 9",
+        ),
+    ),
+    (
+        "AttrValue",
+        (
+            "AttrValue.ListValue list = 1",
+            "bytes s = 2",
+            "int64 i = 3",
+            "float f = 4",
+            "bool b = 5",
+            "int32 type = 6",
+            "TensorShapeProto shape = 7",
+            "bytes tensor = 8",
+            "string placeholder = 9",
+            "bytes func = 10",
+        ),
+    ),
+    (
+        "NodeDef",
+        (
+            "string name = 1",
+            "string op = 2",
+            "repeated string input = 3",
+            "string device = 4",
+            "map<string, AttrValue> attr = 5",
+        ),
+    ),
+    (
+        "GraphDef",
+        ("repeated NodeDef node = 1", "bytes library = 2", "int32 version = 3", "VersionDef versions = 4"),
+    ),
+    (
+        "SaverDef",
+        (
+            "string filename_tensor_name = 1",
+            "string save_tensor_name = 2",
+            "string restore_op_name = 3",
+            "int32 max_to_keep = 4",
+            "bool sharded = 5",
+            "float keep_checkpoint_every_n_hours = 6",
+            "int32 version = 7",
+        ),
+    ),
+    (
+        "MetaInfoDef",
+        (
+            "string meta_graph_version = 1",
+            "bytes stripped_op_list = 2",
+            "bytes any_info = 3",
+            "repeated string tags = 4",
+            "string tensorflow_version = 5",
+            "string tensorflow_git_version = 6",
+            "bool stripped_default_attrs = 7",
+        ),
+    ),
+    (
+        "MetaGraphDef",
+        (
+            "MetaInfoDef meta_info_def = 1",
+            "GraphDef graph_def = 2",
+            "SaverDef saver_def = 3",
+            "map<string, bytes> collection_def = 4",
+            "map<string, bytes> signature_def = 5",
+            "repeated bytes asset_file_def = 6",
+            "bytes object_graph_def = 7",
+        ),
+    ),
+)
 
-    This is the source of truth. Importing ``descriptor_pb2`` costs ~0.2 s (a third of a
-    ``tf-ckpt validate`` start-up), so the module loads the serialized form of this descriptor,
-    ``SERIALIZED_FILE_DESCRIPTOR``; ``tests/test_protos.py`` checks that the two are identical.
-    Regenerate with ``python -m airflow_tf_ckpt.core.formats.protos`` after changing this function.
+_FIELD_LINE = re.compile(
+    r"(?:(?P<rep>repeated) )?(?:map<string, (?P<map>\w+)>|(?P<type>[\w.]+)) (?P<name>\w+) = "
+    r"(?P<number>\d+)(?: oneof (?P<oneof>\w+))?"
+)
+_SCALARS = ("double", "float", "int64", "int32", "fixed32", "bool", "string", "bytes")
+
+
+def build_file_descriptor() -> Any:
+    """The ``FileDescriptorProto`` of ``_MESSAGES`` (the source of truth).
+
+    Importing ``descriptor_pb2`` costs ~0.2 s (a third of a ``tf-ckpt validate`` start-up), so
+    the module loads the serialized form of this descriptor, ``SERIALIZED_FILE_DESCRIPTOR``;
+    ``tests/test_protos.py`` checks that the two are identical. Regenerate with
+    ``python -m airflow_tf_ckpt.core.formats.protos`` after changing ``_MESSAGES``.
     """
     from google.protobuf import descriptor_pb2
 
-    F = descriptor_pb2.FieldDescriptorProto
-    _OPT, _REP = F.LABEL_OPTIONAL, F.LABEL_REPEATED
-
-    def _field(
-        msg: Any, name: str, number: int, ftype: int, label: int = _OPT, type_name: str | None = None
-    ) -> None:
-        f = msg.field.add(name=name, number=number, type=ftype, label=label)
-        if type_name:
-            f.type_name = type_name
-
-    _F = F
     fdp = descriptor_pb2.FileDescriptorProto(
         name="airflow_tf_ckpt/tf_checkpoint.proto", package="tensorflow", syntax="proto3"
     )
-
-    # checkpoint_state.proto
-    m = fdp.message_type.add(name="CheckpointState")
-    _field(m, "model_checkpoint_path", 1, _F.TYPE_STRING)
-    _field(m, "all_model_checkpoint_paths", 2, _F.TYPE_STRING, _REP)
-    _field(m, "all_model_checkpoint_timestamps", 3, _F.TYPE_DOUBLE, _REP)
-    _field(m, "last_preserved_timestamp", 4, _F.TYPE_DOUBLE)
-
-    # versions.proto
-    m = fdp.message_type.add(name="VersionDef")
-    _field(m, "producer", 1, _F.TYPE_INT32)
-    _field(m, "min_consumer", 2, _F.TYPE_INT32)
-    _field(m, "bad_consumers", 3, _F.TYPE_INT32, _REP)
-
-    # tensor_shape.proto
-    m = fdp.message_type.add(name="TensorShapeProto")
-    d = m.nested_type.add(name="Dim")
-    _field(d, "size", 1, _F.TYPE_INT64)
-    _field(d, "name", 2, _F.TYPE_STRING)
-    _field(m, "dim", 2, _F.TYPE_MESSAGE, _REP, ".tensorflow.TensorShapeProto.Dim")
-    _field(m, "unknown_rank", 3, _F.TYPE_BOOL)
-
-    # tensor_slice.proto: Extent.length lives in a oneof (has_length); absent means "all".
-    m = fdp.message_type.add(name="TensorSliceProto")
-    e = m.nested_type.add(name="Extent")
-    e.oneof_decl.add(name="has_length")
-    _field(e, "start", 1, _F.TYPE_INT64)
-    _field(e, "length", 2, _F.TYPE_INT64)
-    e.field[1].oneof_index = 0
-    _field(m, "extent", 1, _F.TYPE_MESSAGE, _REP, ".tensorflow.TensorSliceProto.Extent")
-
-    # tensor_bundle.proto
-    m = fdp.message_type.add(name="BundleHeaderProto")
-    _field(m, "num_shards", 1, _F.TYPE_INT32)
-    _field(m, "endianness", 2, _F.TYPE_INT32)
-    _field(m, "version", 3, _F.TYPE_MESSAGE, type_name=".tensorflow.VersionDef")
-
-    m = fdp.message_type.add(name="BundleEntryProto")
-    _field(m, "dtype", 1, _F.TYPE_INT32)
-    _field(m, "shape", 2, _F.TYPE_MESSAGE, type_name=".tensorflow.TensorShapeProto")
-    _field(m, "shard_id", 3, _F.TYPE_INT32)
-    _field(m, "offset", 4, _F.TYPE_INT64)
-    _field(m, "size", 5, _F.TYPE_INT64)
-    _field(m, "crc32c", 6, _F.TYPE_FIXED32)
-    _field(m, "slices", 7, _F.TYPE_MESSAGE, _REP, ".tensorflow.TensorSliceProto")
-
-    # saved_tensor_slice.proto (V1). SavedSlice.data is a TensorProto; we keep it as raw bytes
-    # (same wire type) because V1 verification only needs the table's block checksums.
-    m = fdp.message_type.add(name="SavedSliceMeta")
-    _field(m, "name", 1, _F.TYPE_STRING)
-    _field(m, "shape", 2, _F.TYPE_MESSAGE, type_name=".tensorflow.TensorShapeProto")
-    _field(m, "type", 3, _F.TYPE_INT32)
-    _field(m, "slice", 4, _F.TYPE_MESSAGE, _REP, ".tensorflow.TensorSliceProto")
-
-    m = fdp.message_type.add(name="SavedTensorSliceMeta")
-    _field(m, "tensor", 1, _F.TYPE_MESSAGE, _REP, ".tensorflow.SavedSliceMeta")
-    _field(m, "versions", 2, _F.TYPE_MESSAGE, type_name=".tensorflow.VersionDef")
-
-    m = fdp.message_type.add(name="SavedSlice")
-    _field(m, "name", 1, _F.TYPE_STRING)
-    _field(m, "slice", 2, _F.TYPE_MESSAGE, type_name=".tensorflow.TensorSliceProto")
-    _field(m, "data", 3, _F.TYPE_BYTES)
-
-    m = fdp.message_type.add(name="SavedTensorSlices")
-    _field(m, "meta", 1, _F.TYPE_MESSAGE, type_name=".tensorflow.SavedTensorSliceMeta")
-    _field(m, "data", 2, _F.TYPE_MESSAGE, type_name=".tensorflow.SavedSlice")
-
-    _meta_graph_messages(fdp, _field, F)
+    messages: dict[str, Any] = {}
+    for path, lines in _MESSAGES:
+        outer, _, inner = path.partition(".")
+        if outer not in messages:
+            messages[outer] = fdp.message_type.add(name=outer)
+        msg = messages[outer] if not inner else messages[outer].nested_type.add(name=inner)
+        for line in lines:
+            _add_field(msg, line, descriptor_pb2.FieldDescriptorProto)
     return fdp
 
 
-def _meta_graph_messages(fdp: Any, _field: Any, F: Any) -> None:
-    """``MetaGraphDef`` (tensorflow/core/protobuf/meta_graph.proto, graph.proto, node_def.proto,
-    attr_value.proto, saver.proto), declared down to each node's attributes: enough to check that
-    a ``.meta`` is well-formed as TF1's ``import_meta_graph`` parses it. Sub-messages we do not
-    need are declared ``bytes`` (same wire type: their framing is still checked)."""
-    _REP = F.LABEL_REPEATED
-
-    def _map(msg: Any, name: str, number: int, value_type: int, value_type_name: str | None = None) -> None:
+def _add_field(msg: Any, line: str, F: Any) -> None:
+    """Declare the field of one ``_MESSAGES`` line in the DescriptorProto ``msg``."""
+    m = _FIELD_LINE.fullmatch(line)
+    if m is None:
+        raise ValueError(f"bad field line {line!r}")
+    name, number = m["name"], int(m["number"])
+    if m["map"]:  # a repeated nested XxxEntry {key = 1; value = 2} with options.map_entry
         entry_name = "".join(w.capitalize() for w in name.split("_")) + "Entry"
-        e = msg.nested_type.add(name=entry_name)
-        e.options.map_entry = True
-        _field(e, "key", 1, F.TYPE_STRING)
-        _field(e, "value", 2, value_type, type_name=value_type_name)
-        _field(msg, name, number, F.TYPE_MESSAGE, _REP, f".tensorflow.{msg.name}.{entry_name}")
-
-    m = fdp.message_type.add(name="AttrValue")
-    lv = m.nested_type.add(name="ListValue")
-    _field(lv, "s", 2, F.TYPE_BYTES, _REP)
-    _field(lv, "i", 3, F.TYPE_INT64, _REP)
-    _field(lv, "f", 4, F.TYPE_FLOAT, _REP)
-    _field(lv, "b", 5, F.TYPE_BOOL, _REP)
-    _field(lv, "type", 6, F.TYPE_INT32, _REP)
-    _field(lv, "shape", 7, F.TYPE_MESSAGE, _REP, ".tensorflow.TensorShapeProto")
-    _field(lv, "tensor", 8, F.TYPE_BYTES, _REP)
-    _field(lv, "func", 9, F.TYPE_BYTES, _REP)
-    _field(m, "list", 1, F.TYPE_MESSAGE, type_name=".tensorflow.AttrValue.ListValue")
-    _field(m, "s", 2, F.TYPE_BYTES)
-    _field(m, "i", 3, F.TYPE_INT64)
-    _field(m, "f", 4, F.TYPE_FLOAT)
-    _field(m, "b", 5, F.TYPE_BOOL)
-    _field(m, "type", 6, F.TYPE_INT32)
-    _field(m, "shape", 7, F.TYPE_MESSAGE, type_name=".tensorflow.TensorShapeProto")
-    _field(m, "tensor", 8, F.TYPE_BYTES)
-    _field(m, "placeholder", 9, F.TYPE_STRING)
-    _field(m, "func", 10, F.TYPE_BYTES)
-
-    m = fdp.message_type.add(name="NodeDef")
-    _field(m, "name", 1, F.TYPE_STRING)
-    _field(m, "op", 2, F.TYPE_STRING)
-    _field(m, "input", 3, F.TYPE_STRING, _REP)
-    _field(m, "device", 4, F.TYPE_STRING)
-    _map(m, "attr", 5, F.TYPE_MESSAGE, ".tensorflow.AttrValue")
-
-    m = fdp.message_type.add(name="GraphDef")
-    _field(m, "node", 1, F.TYPE_MESSAGE, _REP, ".tensorflow.NodeDef")
-    _field(m, "library", 2, F.TYPE_BYTES)
-    _field(m, "version", 3, F.TYPE_INT32)
-    _field(m, "versions", 4, F.TYPE_MESSAGE, type_name=".tensorflow.VersionDef")
-
-    m = fdp.message_type.add(name="SaverDef")
-    _field(m, "filename_tensor_name", 1, F.TYPE_STRING)
-    _field(m, "save_tensor_name", 2, F.TYPE_STRING)
-    _field(m, "restore_op_name", 3, F.TYPE_STRING)
-    _field(m, "max_to_keep", 4, F.TYPE_INT32)
-    _field(m, "sharded", 5, F.TYPE_BOOL)
-    _field(m, "keep_checkpoint_every_n_hours", 6, F.TYPE_FLOAT)
-    _field(m, "version", 7, F.TYPE_INT32)
-
-    m = fdp.message_type.add(name="MetaInfoDef")
-    _field(m, "meta_graph_version", 1, F.TYPE_STRING)
-    _field(m, "stripped_op_list", 2, F.TYPE_BYTES)
-    _field(m, "any_info", 3, F.TYPE_BYTES)
-    _field(m, "tags", 4, F.TYPE_STRING, _REP)
-    _field(m, "tensorflow_version", 5, F.TYPE_STRING)
-    _field(m, "tensorflow_git_version", 6, F.TYPE_STRING)
-    _field(m, "stripped_default_attrs", 7, F.TYPE_BOOL)
-
-    m = fdp.message_type.add(name="MetaGraphDef")
-    _field(m, "meta_info_def", 1, F.TYPE_MESSAGE, type_name=".tensorflow.MetaInfoDef")
-    _field(m, "graph_def", 2, F.TYPE_MESSAGE, type_name=".tensorflow.GraphDef")
-    _field(m, "saver_def", 3, F.TYPE_MESSAGE, type_name=".tensorflow.SaverDef")
-    _map(m, "collection_def", 4, F.TYPE_BYTES)
-    _map(m, "signature_def", 5, F.TYPE_BYTES)
-    _field(m, "asset_file_def", 6, F.TYPE_BYTES, _REP)
-    _field(m, "object_graph_def", 7, F.TYPE_BYTES)
+        entry = msg.nested_type.add(name=entry_name)
+        entry.options.map_entry = True
+        _add_field(entry, "string key = 1", F)
+        _add_field(entry, f"{m['map']} value = 2", F)
+        type_, label = f"{msg.name}.{entry_name}", F.LABEL_REPEATED
+    else:
+        type_, label = m["type"], F.LABEL_REPEATED if m["rep"] else F.LABEL_OPTIONAL
+    field = msg.field.add(name=name, number=number, label=label)
+    if type_ in _SCALARS:
+        field.type = getattr(F, f"TYPE_{type_.upper()}")
+    else:
+        field.type, field.type_name = F.TYPE_MESSAGE, f".tensorflow.{type_}"
+    if m["oneof"]:
+        decls = [d.name for d in msg.oneof_decl]
+        if m["oneof"] not in decls:
+            msg.oneof_decl.add(name=m["oneof"])
+            decls.append(m["oneof"])
+        field.oneof_index = decls.index(m["oneof"])
 
 
 # generated by build_file_descriptor(); checked by tests/test_protos.py

@@ -268,53 +268,16 @@ def iter_block(
 
     ``where`` names the block in messages (e.g. ``"index block at offset 123"``).
     """
-    size = len(contents)
 
     def bad(msg: str) -> TableCorruption:
         return TableCorruption(f"{where}: {msg}", path, "bad_block", offset)
 
-    if size < 4:
-        raise bad(f"{size} bytes is too short for a block (no restart count)")
-    num_restarts = _U32.unpack_from(contents, size - 4)[0]
-    if num_restarts > (size - 4) // 4:
-        raise bad(f"restart count {num_restarts} does not fit in a {size}-byte block")
-    restarts_at = size - 4 * (num_restarts + 1)
-    if num_restarts == 0:
-        # leveldb treats such a block as empty whatever precedes the count; so do we, but only
-        # when nothing precedes it: bytes TF would silently ignore are a sign of damage.
-        if restarts_at:
-            raise bad("restart count 0 but the block holds entry bytes")
-        return
-    restarts = struct.unpack_from(f"<{num_restarts}I", contents, restarts_at)
-    if restarts[0] != 0:
-        raise bad(f"first restart point is {restarts[0]}, not 0")
-    prev_r = -1
-    for r in restarts:
-        if r >= max(restarts_at, 1) or r <= prev_r:
-            raise bad(
-                f"restart point {r} is out of order or outside the entries (entries end at {restarts_at})"
-            )
-        prev_r = r
-    restart_set = set(restarts)
+    restarts_at, restart_set = _restart_points(contents, bad)
     pos = 0
     key = b""
     first = True
     while pos < restarts_at:
-        try:
-            if (
-                restarts_at - pos >= 3
-                and contents[pos] < 0x80
-                and contents[pos + 1] < 0x80
-                and contents[pos + 2] < 0x80
-            ):
-                shared, non_shared, vlen = contents[pos], contents[pos + 1], contents[pos + 2]
-                p = pos + 3
-            else:
-                shared, p = decode_varint(contents, pos, restarts_at, 5)
-                non_shared, p = decode_varint(contents, p, restarts_at, 5)
-                vlen, p = decode_varint(contents, p, restarts_at, 5)
-        except _Malformed as exc:
-            raise bad(f"entry at block offset {pos}: {exc}") from None
+        shared, non_shared, vlen, p = _entry_lengths(contents, pos, restarts_at, bad)
         if shared > len(key):
             raise bad(f"entry at block offset {pos} shares {shared} bytes of a {len(key)}-byte key")
         if (first or pos in restart_set) and shared:
@@ -337,6 +300,55 @@ def iter_block(
         pos = p + non_shared + vlen
         first = False
         yield key, value
+
+
+def _restart_points(contents: bytes, bad: Callable[[str], TableCorruption]) -> tuple[int, set[int]]:
+    """Where a block's entries end (its restart array begins) and its restart points, checked:
+    the first is 0, they increase, and each lies inside the entries. ``(0, set())``: no entries."""
+    size = len(contents)
+    if size < 4:
+        raise bad(f"{size} bytes is too short for a block (no restart count)")
+    num_restarts = _U32.unpack_from(contents, size - 4)[0]
+    if num_restarts > (size - 4) // 4:
+        raise bad(f"restart count {num_restarts} does not fit in a {size}-byte block")
+    restarts_at = size - 4 * (num_restarts + 1)
+    if num_restarts == 0:
+        # leveldb treats such a block as empty whatever precedes the count; so do we, but only
+        # when nothing precedes it: bytes TF would silently ignore are a sign of damage.
+        if restarts_at:
+            raise bad("restart count 0 but the block holds entry bytes")
+        return 0, set()
+    restarts = struct.unpack_from(f"<{num_restarts}I", contents, restarts_at)
+    if restarts[0] != 0:
+        raise bad(f"first restart point is {restarts[0]}, not 0")
+    prev_r = -1
+    for r in restarts:
+        if r >= max(restarts_at, 1) or r <= prev_r:
+            raise bad(
+                f"restart point {r} is out of order or outside the entries (entries end at {restarts_at})"
+            )
+        prev_r = r
+    return restarts_at, set(restarts)
+
+
+def _entry_lengths(
+    contents: bytes, pos: int, limit: int, bad: Callable[[str], TableCorruption]
+) -> tuple[int, int, int, int]:
+    """(shared, non_shared, value length, where the key delta starts) of the entry at ``pos``."""
+    try:
+        if (
+            limit - pos >= 3
+            and contents[pos] < 0x80
+            and contents[pos + 1] < 0x80
+            and contents[pos + 2] < 0x80
+        ):
+            return contents[pos], contents[pos + 1], contents[pos + 2], pos + 3  # the common case
+        shared, p = decode_varint(contents, pos, limit, 5)
+        non_shared, p = decode_varint(contents, p, limit, 5)
+        vlen, p = decode_varint(contents, p, limit, 5)
+    except _Malformed as exc:
+        raise bad(f"entry at block offset {pos}: {exc}") from None
+    return shared, non_shared, vlen, p
 
 
 @dataclass
@@ -467,6 +479,14 @@ class Table:
         Entries of a bad block are left out (they cannot be trusted); the others are kept.
         """
         out = TableScan(blocks=len(self.index))
+        for entries in self.scan_blocks(out):
+            out.entries.extend(entries)
+        return out
+
+    def scan_blocks(self, out: TableScan) -> Iterator[list[tuple[bytes, bytes]]]:
+        """:meth:`scan` one block at a time: yields the entries of each sound data block (kept by
+        no one here: a caller can digest a big table block by block) and records the problems
+        and counts in ``out`` (``out.entries`` is left alone)."""
         last: bytes | None = None
         for _, handle in self.index:
             try:
@@ -485,8 +505,7 @@ class Table:
                 continue
             if entries:
                 last = entries[-1][0]
-            out.entries.extend(entries)
-        return out
+            yield entries
 
 
 def read_table(data: bytes, path: str, *, verify_checksums: bool = True) -> Iterator[tuple[bytes, bytes]]:
