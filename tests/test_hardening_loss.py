@@ -167,6 +167,14 @@ def test_a_retry_takes_over_the_lease_its_killed_try_left(kind, tmp_path, reques
         assert {le.owner for le in read_leases(loc).values()} == {lease_owner(ctx("r1", 2)), other}
     assert {le.owner for le in read_leases(loc).values()} == {other}
     assert [d.prefix for d in plan_retention(loc, [KeepLastN(1)]).deleted] == ["ckpt-2"]
+    # the validate workflow (ValidateCheckpointOperator) takes over the same way
+    from airflow_tf_ckpt.core.workflows.validate import validate_steps
+
+    acquire_lease(loc, "ckpt-3", dead, 6 * 3600)
+    validate_steps(
+        loc, [discover(loc).get("ckpt-3")], lease_owner=lease_owner(ctx("r1", 2)), lease_supersedes=[dead]
+    )
+    assert {le.owner for le in read_leases(loc).values()} == {other}
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowSkipException
 
-from airflow_tf_ckpt.core.errors import StepNotFoundError, StorageError
+from airflow_tf_ckpt.core.errors import StepNotFoundError
 
 if TYPE_CHECKING:  # core.discovery pulls core.state and protobuf: imported when a task runs, not at parse
     from airflow_tf_ckpt.core.steps.discovery import CheckpointDir, CheckpointStep
@@ -206,11 +206,12 @@ class BaseCheckpointOperator(BaseOperator):
         url = loc.display(step.prefix)
         with contextlib.ExitStack() as stack:
             try:
-                stack.enter_context(leased(loc, step.prefix, owner, float(ttl_s)))
+                stack.enter_context(
+                    leased(loc, step.prefix, owner, float(ttl_s), supersedes=earlier_try_owners(context))
+                )
             except LeaseConflictError as exc:
                 raise AirflowSkipException(f"{exc}; skipping") from exc
             self.log.info("Leased %s as %r (GC keeps it until the lease is released)", url, owner)
-            self._take_over_earlier_tries(context, loc, step.prefix)
             try:
                 fresh = self.discover(loc).get(step.prefix)
             except StepNotFoundError:
@@ -220,17 +221,6 @@ class BaseCheckpointOperator(BaseOperator):
                     f"step lost files before it could be leased: {fresh.missing[:5]}", url
                 )
             yield fresh
-
-    def _take_over_earlier_tries(self, context: Any, loc: Location, prefix: str) -> None:
-        """Remove the leases that earlier tries of this task instance left on ``prefix``."""
-        from airflow_tf_ckpt.core.sidecars.leases import release_lease
-
-        for old in earlier_try_owners(context):
-            try:
-                if release_lease(loc, prefix, old):
-                    self.log.info("Took over the lease an earlier try left: %r", old)
-            except (OSError, StorageError) as exc:
-                self.log.warning("Could not remove the lease of earlier try %r: %s", old, exc)
 
 
 def require_path(value: Any, what: str) -> None:

@@ -23,7 +23,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from airflow_tf_ckpt.core.display import human_bytes, truthy
 from airflow_tf_ckpt.core.errors import StepNotFoundError
-from airflow_tf_ckpt.operators._common import BaseCheckpointOperator, StepArg, lease_owner
+from airflow_tf_ckpt.operators._common import BaseCheckpointOperator, StepArg, earlier_try_owners, lease_owner
 
 if TYPE_CHECKING:  # the workflow pulls discovery (protobuf): imported when a task runs, not at parse
     from airflow_tf_ckpt.core.workflows.validate import ValidationResult
@@ -103,12 +103,12 @@ class ValidateCheckpointOperator(BaseCheckpointOperator):
             human_bytes(step.size),
         )
         plog = _ProgressLog(self.log, step.prefix, self.progress_interval)
-        self._take_over_earlier_tries(context, loc, step.prefix)  # a killed try's lease
         result = validate_steps(
             loc,
             [step],
             state_filename=cdir.state_filename,
             lease_owner=lease_owner(context),
+            lease_supersedes=earlier_try_owners(context),  # a killed try's lease
             lease_ttl=self.lease_ttl,
             quarantine=truthy(self.quarantine),
             progress=lambda done, total, _prefix: plog(done, total),

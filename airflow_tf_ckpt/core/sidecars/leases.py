@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,8 @@ from airflow_tf_ckpt.core.errors import CheckpointError, StorageError
 from airflow_tf_ckpt.core.formats.naming import LEASE_INFIX, LEASE_RE, parse_prefix
 from airflow_tf_ckpt.core.steps.discovery import CheckpointDir, CheckpointStep
 from airflow_tf_ckpt.core.storage.location import FileInfo, Location, loads_json
+
+log = logging.getLogger(__name__)
 
 GC_INTENT_SUFFIX = ".gc-intent.json"
 # A lease file that cannot be read is honoured for this long after its mtime (it may be a foreign
@@ -249,13 +252,23 @@ def release_lease(loc: Location, prefix: str, owner: str) -> bool:
 
 
 @contextmanager
-def leased(loc: Location, prefix: str, owner: str, ttl_s: float) -> Iterator[Lease]:
+def leased(
+    loc: Location, prefix: str, owner: str, ttl_s: float, *, supersedes: Sequence[str] = ()
+) -> Iterator[Lease]:
     """``with leased(loc, "ckpt-500", "eval-1", 3600): ...`` holds the step for the block.
 
     The TTL must cover the whole block: nothing renews it in the background (a holder that dies
-    must not pin a step forever). Call :func:`acquire_lease` again to extend it.
+    must not pin a step forever). Call :func:`acquire_lease` again to extend it. Once this lease is
+    held, the leases of the ``supersedes`` owners (dead earlier tries of the same task) are removed,
+    so the step is never unleased in between.
     """
     lease = acquire_lease(loc, prefix, owner, ttl_s)
+    for old in supersedes:
+        try:
+            if release_lease(loc, prefix, old):
+                log.info("took over the lease %r left on %s", old, prefix)
+        except (OSError, StorageError) as exc:
+            log.warning("could not remove the lease %r left on %s: %s", old, prefix, exc)
     try:
         yield lease
     finally:

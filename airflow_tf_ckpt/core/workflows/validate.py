@@ -130,6 +130,7 @@ def validate_steps(
     state_filename: str = "checkpoint",
     lease_owner: str | None = None,
     lease_ttl: float = 3600.0,
+    lease_supersedes: Sequence[str] = (),
     quarantine: bool = False,
     reason: str = "validation failed",
     progress: ValidateProgress | None = None,
@@ -141,7 +142,7 @@ def validate_steps(
     result = ValidationResult(loc)
     with contextlib.ExitStack() as held:
         if lease_owner is not None:
-            steps = _lease(loc, steps, held, lease_owner, lease_ttl, result)
+            steps = _lease(loc, steps, held, lease_owner, lease_ttl, result, lease_supersedes)
         total = sum(s.size for s in steps)
         done_before = 0
         for s in steps:
@@ -165,15 +166,17 @@ def _lease(
     owner: str,
     ttl_s: float,
     result: ValidationResult,
+    supersedes: Sequence[str] = (),
 ) -> list[CheckpointStep]:
-    """Lease each step; return the leased ones as listed again once held (a GC run may have
-    deleted one between the caller's listing and its lease)."""
+    """Lease each step (taking over the ``supersedes`` owners' leases once held); return the
+    leased ones as listed again once held (a GC run may have deleted one between the caller's
+    listing and its lease)."""
     from airflow_tf_ckpt.core.sidecars.leases import LeaseConflictError, leased
 
     kept: list[str] = []
     for s in steps:
         try:
-            held.enter_context(leased(loc, s.prefix, owner, float(ttl_s)))
+            held.enter_context(leased(loc, s.prefix, owner, float(ttl_s), supersedes=supersedes))
         except LeaseConflictError as exc:
             _skip(
                 result, Skipped(s.prefix, SKIP_GC, f"{s.prefix}: skipped: a GC run is deleting it", str(exc))
