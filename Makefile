@@ -12,7 +12,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check uv
-	$(VENV)/bin/uv pip install --python $(PY) -e ".[$(EXTRAS)]"
+	$(VENV)/bin/uv pip install --compile-bytecode --python $(PY) -e ".[$(EXTRAS)]"
 	@touch $(STAMP)
 
 install: $(STAMP)

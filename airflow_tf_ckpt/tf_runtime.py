@@ -25,6 +25,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,9 +56,12 @@ def _tf() -> Any:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if "tensorflow" in sys.modules:
         return sys.modules["tensorflow"]
+    started = time.perf_counter()
+    log.info("Importing TensorFlow")  # the import is most of a fresh task's start-up: show where
     with native_stderr_to_log():  # TF's C++ start-up lines, at their own level (see below)
         import tensorflow as tf  # noqa: PLC0415 - lazy on purpose, see the module docstring
 
+    log.info("Imported TensorFlow %s in %.1f s", tf.__version__, time.perf_counter() - started)
     return tf
 
 

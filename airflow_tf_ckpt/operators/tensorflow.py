@@ -97,6 +97,11 @@ class RestoreCheckpointOperator(BaseCheckpointOperator):
 
     def restore(self, loc: Location, step: CheckpointStep) -> Any:
         """Restore ``step`` with tf_runtime; the caller closes the result."""
+        restored = self._restore(loc, step)
+        self.log.info("Restored %s on %s", loc.display(step.prefix), restored.device.device)
+        return restored
+
+    def _restore(self, loc: Location, step: CheckpointStep) -> Any:
         from airflow_tf_ckpt import tf_runtime
 
         url = loc.display(step.prefix)
@@ -142,7 +147,6 @@ class RestoreCheckpointOperator(BaseCheckpointOperator):
                     out["result"] = load_callable(self.fn, "fn")(restored, step.step)
             finally:
                 restored.close()
-        self.log.info("Restored %s on %s", out["url"], out["device"])
         return out
 
 
