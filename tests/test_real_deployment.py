@@ -101,24 +101,25 @@ def evaluate_log_errors(dep: Deployment, ledger: Ledger) -> tuple[int, list[str]
                     f"not the evaluate task's log ({dag} {r['dag_run_id']}): {lines[:5]}"
                 )
                 read += 1
-                errors += [
-                    f"{dag} {r['dag_run_id']} {task_id}[{ti.get('map_index', -1)}]: {x.get('event')}"
-                    for x in lines
-                    if str(x.get("level", "")).lower() in ("error", "critical", "fatal")
-                ]
+                where = f"{dag} {r['dag_run_id']} {task_id}[{ti.get('map_index', -1)}]"
+                errors += error_lines(where, lines)
     return read, errors
+
+
+def error_lines(where: str, lines: list[dict[str, Any]]) -> list[str]:
+    """The ERROR/CRITICAL lines of a task log (as the UI shows it), each prefixed with ``where``."""
+    return [
+        f"{where}: {x.get('event')}"
+        for x in lines
+        if str(x.get("level", "")).lower() in ("error", "critical", "fatal")
+    ]
 
 
 def task_log_errors(dep: Deployment, dag: str, run_id: str, task_id: str) -> list[str]:
     """The ERROR/CRITICAL lines of one successful task's log, as the UI shows it."""
     tis = [ti for ti in dep.task_instances(dag, run_id) if ti["task_id"] == task_id]
     assert tis and all(ti["state"] == "success" for ti in tis), tis
-    return [
-        f"{dag} {run_id} {task_id}: {x.get('event')}"
-        for ti in tis
-        for x in task_log(dep, dag, ti)
-        if str(x.get("level", "")).lower() in ("error", "critical", "fatal")
-    ]
+    return [line for ti in tis for line in error_lines(f"{dag} {run_id} {task_id}", task_log(dep, dag, ti))]
 
 
 def _gc_during_evaluation(dep: Deployment, timeout: float = 600) -> None:
