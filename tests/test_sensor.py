@@ -149,6 +149,65 @@ def test_sensor_returns_at_once_when_a_step_is_there(dag_runner, tmp_path, capfd
     assert "running trigger in line" not in capfd.readouterr().out  # checked before deferring
 
 
+def test_deferrable_sensor_retries_by_default_and_keeps_what_the_user_sets():
+    from datetime import timedelta
+
+    from airflow.sdk import DAG
+
+    from airflow_tf_ckpt.sensors.checkpoint import CheckpointSensor
+
+    with DAG("race_defaults", schedule=None, default_args={"retries": 7}):
+        by_dag = CheckpointSensor(task_id="by_dag", dir="/x", deferrable=True)
+    with DAG("race_defaults_2", schedule=None):
+        default = CheckpointSensor(task_id="default", dir="/x", deferrable=True)
+        mine = CheckpointSensor(task_id="mine", dir="/x", deferrable=True, retries=0, retry_delay=60)
+        poking = CheckpointSensor(task_id="poking", dir="/x", deferrable=False)
+    assert (default.retries, default.retry_delay) == (2, timedelta(seconds=5))
+    assert (by_dag.retries, by_dag.retry_delay) == (7, timedelta(seconds=5))
+    assert (mine.retries, mine.retry_delay) == (0, timedelta(seconds=60))
+    assert (poking.retries, poking.retry_delay) == (0, timedelta(seconds=300))  # Airflow's defaults
+
+
+def test_the_scheduler_race_after_a_deferral_costs_a_retry_not_the_run(dag_runner, tmp_path):
+    """Airflow 3.3's scheduler, fed what it sees when a trigger fires right after the deferral:
+    the task back in QUEUED and the deferring process's "success" (same try) handled after it. It
+    fails a task that has no retries (what made ``make demo`` fail 1 run in 2); our default retry
+    turns that into up_for_retry, and the retry finds the step."""
+    from airflow.executors.base_executor import BaseExecutor
+    from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
+    from airflow.models.dagbag import DBDagBag
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from airflow.utils.state import TaskInstanceState
+    from sqlalchemy import select
+
+    d = tmp_path / "run"
+    make_step(d, 5)
+    commit(d, [5])
+    body = """
+            CheckpointSensor(task_id="bare", dir=wait.dir, deferrable=True, retries=0, settle_seconds=0)
+"""
+    res = dag_runner(sensor_dag("race", str(d), "deferrable=True, settle_seconds=0", body), "race")
+    assert res.ok, res
+    job_id = 4242
+    with create_session() as session:
+        tis = {
+            ti.task_id: ti
+            for ti in session.scalars(
+                select(TaskInstance).where(TaskInstance.dag_id == "race", TaskInstance.run_id == res.run_id)
+            )
+        }
+        executor = BaseExecutor()
+        for ti in tis.values():  # the trigger re-queued it; the deferral exit's success comes after
+            ti.state, ti.queued_by_job_id, ti.next_method = TaskInstanceState.QUEUED, job_id, None
+            executor.event_buffer[ti.key] = (TaskInstanceState.SUCCESS, None)
+        session.flush()
+        SchedulerJobRunner.process_executor_events(executor, job_id, DBDagBag(), session)
+        session.flush()
+        states = {task_id: ti.state for task_id, ti in tis.items()}
+    assert states == {"wait": TaskInstanceState.UP_FOR_RETRY, "bare": TaskInstanceState.FAILED}
+
+
 def _pipeline(dag_id: str, url: str, sensor_args: str, fail_flag: Path) -> str:
     body = f"""
             @task

@@ -111,6 +111,29 @@ def _accessor(context: Any, asset: Asset) -> Any:
     return AssetStateStoreAccessor(name=asset.name)
 
 
+#: retries a deferrable sensor gets unless the task or its ``default_args`` say otherwise (below)
+DEFERRAL_RACE_RETRIES = 2
+DEFERRAL_RACE_RETRY_DELAY = timedelta(seconds=5)
+
+
+def _deferral_race_retries(kwargs: dict[str, Any]) -> None:
+    """Give a deferrable sensor a quick retry unless ``retries``/``retry_delay`` are set.
+
+    Airflow 3.3's scheduler can fail a deferred task whose trigger fires within a scheduler loop of
+    the deferral: the trigger has already re-queued the task (QUEUED) when the executor's "success"
+    of the deferring process is handled, and the scheduler then reads the task as killed
+    externally ("finished with state success, but the task instance's state attribute is queued")
+    and fails it (it only tolerates SCHEDULED there; apache/airflow#71580, #72716). The step the
+    trigger found is not lost (the watermark is not advanced), but the run fails. With a retry the
+    same scheduler path marks the try up_for_retry, and the next try finds the step at once.
+    """
+    defaults = kwargs.get("default_args") or {}
+    if "retries" not in kwargs and "retries" not in defaults:
+        kwargs["retries"] = DEFERRAL_RACE_RETRIES
+    if "retry_delay" not in kwargs and "retry_delay" not in defaults:
+        kwargs["retry_delay"] = DEFERRAL_RACE_RETRY_DELAY
+
+
 class CheckpointSensor(BaseSensorOperator):
     """Wait until ``dir`` holds a committed (complete, settled) step after the watermark.
 
@@ -128,7 +151,10 @@ class CheckpointSensor(BaseSensorOperator):
     :param conn_id: Airflow connection for gs:// credentials.
     :param state_filename: the state file's name (``checkpoint``).
     :param max_errors: consecutive storage errors tolerated before failing (0 = never fail on them).
-    :param deferrable: defer to the triggerer (default ``[operators] default_deferrable``).
+    :param deferrable: defer to the triggerer (default ``[operators] default_deferrable``). A
+        deferrable sensor gets ``retries=2`` and ``retry_delay=5 s`` unless the task or its
+        ``default_args`` set them: Airflow 3.3's scheduler can fail a deferred task whose trigger
+        fires right after the deferral (see :func:`_deferral_race_retries`); a retry finds the step.
     :param poke_interval: seconds between polls (default ``[tf_ckpt] poll_interval``).
     """
 
@@ -154,6 +180,8 @@ class CheckpointSensor(BaseSensorOperator):
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("poke_interval", config.poll_interval())
+        if deferrable:
+            _deferral_race_retries(kwargs)
         if watermark not in (None, "auto"):
             raise ValueError(f"watermark must be None or 'auto', not {watermark!r}")
         if commit not in COMMIT_CHOICES:
