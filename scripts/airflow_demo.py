@@ -243,6 +243,7 @@ def main() -> int:
         dep.stop()
     if problems:
         say("\nDEMO FAILED:\n  " + "\n  ".join(problems))
+        say(f"component logs: {dep.logs}; task logs: {dep.home / 'logs'}")
         return 1
     say(
         "\nevery committed step was evaluated exactly once by each evaluation DAG; the corrupt one was "

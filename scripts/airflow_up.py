@@ -18,7 +18,7 @@ import shutil
 import sys
 
 from airflow_demo import TRAIN
-from deployment import REPO, Deployment, _group_alive, stop_groups
+from deployment import REPO, Deployment, _group_alive
 
 ROOT = REPO / "demo_output" / "up"
 DAGS = ("tf_ckpt_evaluate_each_step", "tf_ckpt_event_driven", "tf_ckpt_gc", "tf_ckpt_train_demo")
@@ -29,8 +29,7 @@ def running() -> Deployment | None:
         dep = Deployment.attach(ROOT)
     except FileNotFoundError:
         return None
-    pgids = dep._saved().get("pgids", {}).values()
-    return dep if pgids and any(_group_alive(int(p)) for p in pgids) else None
+    return dep if dep.saved_groups() else None
 
 
 def up(fresh: bool) -> int:
@@ -74,10 +73,13 @@ def down() -> int:
     except FileNotFoundError:
         print("nothing to stop")
         return 0
-    pgids = [int(p) for p in dep._saved().get("pgids", {}).values()]
-    stop_groups(pgids)
-    left = [p for p in pgids if _group_alive(p)]
-    print(f"stopped {len(pgids)} process group(s)" + (f"; still alive: {left}" if left else ""))
+    groups = dep.saved_groups()
+    if not groups:
+        print(f"nothing to stop (no process of the deployment under {ROOT} is running)")
+        return 0
+    dep.stop()
+    left = [p for p in groups if _group_alive(p)]
+    print(f"stopped {len(groups)} process group(s)" + (f"; still alive: {left}" if left else ""))
     return 1 if left else 0
 
 

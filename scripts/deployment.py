@@ -225,6 +225,7 @@ class Deployment:
     def _record_pgids(self) -> None:
         saved = self._saved()
         saved["pgids"] = {name: p.pid for name, p in self.procs.items()}
+        saved["started"] = {name: _start_time(p.pid) for name, p in self.procs.items()}
         (self.root / "deployment.json").write_text(json.dumps(saved, indent=1))
 
     def check_alive(self) -> None:
@@ -261,10 +262,34 @@ class Deployment:
         with urllib.request.urlopen(req, timeout=120) as resp:
             resp.read()
 
-    def stop(self, grace: float = 20) -> None:
-        """SIGTERM every component's process group, then SIGKILL what is left after ``grace``."""
-        stop_groups(list(self.procs.values()) or self._saved().get("pgids", {}).values(), grace)
+    def saved_groups(self) -> list[int]:
+        """The process groups ``deployment.json`` records that are still alive AND still ours.
+
+        A leader that is still there must have the start time recorded with it: a recorded id the
+        kernel has since given to an unrelated process is never signalled. A group whose leader has
+        exited but whose members live on is ours: Linux does not reuse a pid still in use as a
+        process group id.
+        """
+        saved = self._saved()
+        started = saved.get("started", {})
+        out = []
+        for name, pid in saved.get("pgids", {}).items():
+            now = _start_time(int(pid))
+            if (now is not None and now == started.get(name)) or (now is None and _group_alive(int(pid))):
+                out.append(int(pid))
+        return out
+
+    def stop(self, grace: float = 20) -> int:
+        """SIGTERM every component's process group, then SIGKILL what is left after ``grace``;
+        forget the recorded groups. Returns how many groups were signalled."""
+        groups: list[Any] = list(self.procs.values()) or self.saved_groups()
+        stop_groups(groups, grace)
         self.procs.clear()
+        saved = self._saved()
+        if saved.get("pgids"):
+            saved["pgids"], saved["started"] = {}, {}
+            (self.root / "deployment.json").write_text(json.dumps(saved, indent=1))
+        return len(groups)
 
     def __enter__(self) -> Deployment:
         return self
@@ -429,6 +454,15 @@ def _descendants(roots: Iterable[int]) -> list[int]:
     return out
 
 
+def _start_time(pid: int) -> int | None:
+    """The process's start time (clock ticks since boot, /proc/PID/stat field 22); None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(") ", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _pgid(pid: int) -> int | None:
     try:
         return os.getpgid(pid)
@@ -483,10 +517,14 @@ class Ledger:
     # evaluations[dag_id][step] = [(end_date, metrics), ...] of successful evaluate tasks
     evaluations: dict[str, dict[int, list[tuple[str, dict[str, Any]]]]]
     gc_deleted: list[tuple[str, list[int]]]  # (GC run start_date, deleted steps)
+    failed_tasks: dict[str, list[str]] = field(default_factory=dict)  # run id -> its failed task ids
 
     def failed_runs(self) -> list[str]:
         return [
-            f"{dag} {r['dag_run_id']}" for dag, rs in self.runs.items() for r in rs if r["state"] == "failed"
+            f"{dag} {r['dag_run_id']} (failed task(s): {', '.join(self.failed_tasks.get(r['dag_run_id'], [])) or '?'})"
+            for dag, rs in self.runs.items()
+            for r in rs
+            if r["state"] == "failed"
         ]
 
     def committed(self) -> list[int]:
@@ -545,7 +583,15 @@ def read_ledger(
             x = dep.xcom(gc_dag, r["dag_run_id"], "retention") or {}
             if x.get("deleted_steps") and not x.get("dry_run"):
                 gc_deleted.append((r["start_date"], list(x["deleted_steps"])))
-    return Ledger(runs, saved, corrupted, save_times, evaluations, gc_deleted)
+    failed_tasks = {
+        r["dag_run_id"]: [
+            ti["task_id"] for ti in dep.task_instances(dag, r["dag_run_id"]) if ti["state"] == "failed"
+        ]
+        for dag, rs in runs.items()
+        for r in rs
+        if r["state"] == "failed"
+    }
+    return Ledger(runs, saved, corrupted, save_times, evaluations, gc_deleted, failed_tasks)
 
 
 def triggerer_blocks(dep: Deployment) -> dict[str, Any]:

@@ -349,12 +349,13 @@ class CeleryStack(Deployment):
         proc.wait(timeout=30)
         self._record_pgids()
 
-    def stop(self, grace: float = 20) -> None:
+    def stop(self, grace: float = 20) -> int:
         """The Airflow components first, then Redis and Postgres; the temp dir goes too."""
-        super().stop(grace)
+        n = super().stop(grace)
         servers = self.servers or _attached_servers(self._stack())
         if servers is not None:
             servers.stop()
+        return n
 
     # ------------------------------------------------------------------ where tasks ran
 
@@ -458,7 +459,7 @@ def down() -> int:
     except FileNotFoundError:
         say("nothing to stop")
         return 0
-    pgids = [int(p) for p in stack._saved().get("pgids", {}).values()]
+    pgids = stack.saved_groups()
     stack.stop()
     left = [p for p in pgids if _group_alive(p)]
     say(
