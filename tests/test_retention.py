@@ -202,7 +202,7 @@ def test_keep_last_and_reasons(kind, tmp_path):
     assert d["counts"] == {"steps": 5, "keep": 2, "delete": 3, "files": 6, "bytes": 120}
     assert d["state_file"]["new"]["all_model_checkpoint_paths"] == ["ckpt-400", "ckpt-500"]
     assert "3 to delete (ckpt-100, ckpt-200, ckpt-300)" in plan.summary()
-    assert "state file rewritten" in plan.summary()
+    assert "state file to be rewritten" in plan.summary()
 
 
 def test_keep_every_steps_and_pins(tmp_path):

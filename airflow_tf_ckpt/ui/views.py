@@ -21,16 +21,12 @@ from airflow_tf_ckpt.core.sidecars.leases import read_leases
 from airflow_tf_ckpt.core.sidecars.metrics import evaluation_records, read_files
 from airflow_tf_ckpt.core.sidecars.promotions import PROMOTIONS_FILENAME, current_promotions, read_promotions
 from airflow_tf_ckpt.core.steps.discovery import CheckpointDir, CheckpointStep
+from airflow_tf_ckpt.core.verify.report import problem_line
 
 # PREFIX.metrics.json, the sidecar of evaluations that name no evaluator; parentheses are not
 # allowed in evaluator names, so this label never clashes with one
 DEFAULT_EVALUATOR = "(default)"
 MAX_PAGE = 500
-
-
-def status_of(s: CheckpointStep) -> str:
-    """committed | orphan | incomplete | quarantined (a quarantine marker wins over the rest)."""
-    return "quarantined" if s.quarantined else s.status.value
 
 
 def _ordered(cdir: CheckpointDir) -> list[CheckpointStep]:
@@ -71,7 +67,7 @@ def summary(cdir: CheckpointDir, prefix: str | None = None) -> dict[str, Any]:
     counts: dict[str, int] = {"committed": 0, "orphan": 0, "incomplete": 0, "quarantined": 0}
     size = 0
     for s in cdir.steps:
-        counts[status_of(s)] += 1
+        counts[s.shown_status] += 1
         size += s.size
     latest = cdir.latest(prefix)
     return {
@@ -90,7 +86,7 @@ def step_rows(
 ) -> dict[str, Any]:
     """One page of steps, newest first, with each row's leases and promotion aliases."""
     limit = max(1, min(int(limit), MAX_PAGE))
-    steps = [s for s in _ordered(cdir) if status in (None, "", "all") or status_of(s) == status]
+    steps = [s for s in _ordered(cdir) if status in (None, "", "all") or s.shown_status == status]
     page = steps[max(0, int(offset)) : max(0, int(offset)) + limit]
     lease_names = [f.name for s in page for f in s.leases]
     leases = read_leases(cdir, lease_names) if lease_names else {}
@@ -103,7 +99,7 @@ def step_rows(
             {
                 "prefix": s.prefix,
                 "step": s.step,
-                "status": status_of(s),
+                "status": s.shown_status,
                 "size": s.size,
                 "saved": s.timestamp,
                 "latest": s.latest,
@@ -239,7 +235,9 @@ def _report_problems(report: Any) -> list[str]:
     if not isinstance(report, dict):
         return []
     probs = report.get("problems") or report.get("errors") or []
-    return [str(p) for p in probs][:10] if isinstance(probs, Sequence) and not isinstance(probs, str) else []
+    if not isinstance(probs, Sequence) or isinstance(probs, str):
+        return []
+    return [problem_line(p) for p in probs[:10]]
 
 
 def destination_aliases(records: Sequence[Mapping[str, Any]], open_location: Any) -> list[dict[str, Any]]:

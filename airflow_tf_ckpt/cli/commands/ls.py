@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from airflow_tf_ckpt.cli import _common as c
@@ -23,7 +24,7 @@ _COLUMNS = [
     ("metrics", "left"),
     ("notes", "left"),
 ]
-_STYLE = {"committed": "green", "orphan": "yellow", "incomplete": "red"}
+_STYLE = {"committed": "green", "orphan": "yellow", "incomplete": "red", "quarantined": "red"}
 
 
 @app.command("ls")
@@ -56,11 +57,11 @@ def _print_steps(out: Console, cdir: CheckpointDir) -> None:
     metrics = c.metrics_by_prefix(cdir)
     t = c.table(cdir.location.display(), _COLUMNS)
     for s in cdir.steps:
-        style = _STYLE[s.status.value]
+        style = _STYLE[s.shown_status]
         t.add_row(
             c.step_label(s.step),
             c.escape(s.prefix),
-            f"[{style}]{s.status.value}[/{style}]",
+            f"[{style}]{s.shown_status}[/{style}]",
             s.format,
             "-" if s.num_shards is None else str(s.num_shards),
             human_bytes(s.size),
@@ -70,14 +71,15 @@ def _print_steps(out: Console, cdir: CheckpointDir) -> None:
         )
     out.print(t)
     total = sum(s.size for s in cdir.steps)
-    committed = sum(1 for s in cdir.steps if s.committed)
-    out.print(f"{len(cdir.steps)} step(s), {committed} committed, {human_bytes(total)}")
+    counts = Counter(s.shown_status for s in cdir.steps)
+    shown = ", ".join(
+        f"{counts[status]} {status}" for status in _STYLE if counts[status] or status == "committed"
+    )
+    out.print(f"{len(cdir.steps)} step(s), {shown}, {human_bytes(total)}")
 
 
 def _notes(s: CheckpointStep) -> list[str]:
     notes: list[Any] = [n for n, on in (("latest", s.latest), ("meta", s.has_meta)) if on]
-    if s.quarantined:
-        notes.append("quarantined")
     if s.leases:
         notes.append(f"{len(s.leases)} lease(s)")
     return notes

@@ -99,12 +99,14 @@ def _choose(cdir: CheckpointDir, step: str, prefix: str | None, problems: list[s
 
 
 def _print(out: Console, loc: Location, directory: str, doc: dict[str, Any], step_problems: int) -> None:
+    from airflow_tf_ckpt.core.verify.report import problem_line
+
     steps, where = doc["steps"], c.escape(doc["dir"])
     if steps:
         out.print(_table(doc))
     for r in steps:
         for p in r["problems"]:
-            out.print(f"[red]CORRUPT[/red] {c.escape(_problem_line(p))}", soft_wrap=True)
+            out.print(f"[red]CORRUPT[/red] {c.escape(problem_line(p))}", soft_wrap=True)
     for p in doc["problems"]:
         out.print(f"[red]PROBLEM[/red] {where}: {c.escape(p)}", soft_wrap=True)
     for r in steps:
@@ -119,12 +121,6 @@ def _print(out: Console, loc: Location, directory: str, doc: dict[str, Any], ste
         out.print(f"[yellow]warning:[/yellow] {c.escape(w)}", soft_wrap=True)
     found = step_problems + len(doc["problems"])
     out.print("[green]all good[/green]" if doc["ok"] else f"[red]{found} problem(s) found[/red]")
-
-
-def _problem_line(p: dict[str, Any]) -> str:
-    where = f"{p['file']}: tensor {p['tensor']}" if p["tensor"] else p["file"]
-    extra = f" (expected {p['expected']}, got {p['actual']})" if p.get("expected") or p.get("actual") else ""
-    return f"{where}: [{p['kind']}] {p['message']}{extra}"
 
 
 def _table(doc: dict[str, Any]) -> Any:

@@ -230,7 +230,7 @@ class RetentionPlan:
             f"{self.location.display()}: {len(self.decisions)} step(s): {len(self.kept)} kept, "
             f"{len(dels)} to delete" + (f" ({shown})" if dels else ""),
             f"{len(self.delete_files)} file(s), {self.bytes_to_free} bytes",
-            "state file " + ("rewritten" if self.state_changed else "unchanged"),
+            "state file " + ("to be rewritten" if self.state_changed else "unchanged"),
         ]
         if self.refused:
             parts.append(f"{len(self.refused)} refused")

@@ -117,6 +117,12 @@ class CheckpointStep:
         return self.status is StepStatus.COMMITTED
 
     @property
+    def shown_status(self) -> str:
+        """What a person is shown (``tf-ckpt ls``, the Checkpoints page): committed | orphan |
+        incomplete | quarantined; a quarantine marker wins over the files' status."""
+        return "quarantined" if self.quarantined else self.status.value
+
+    @property
     def all_files(self) -> list[FileInfo]:
         return self.files + self.sidecars
 

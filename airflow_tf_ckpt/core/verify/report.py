@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,9 +45,22 @@ class Problem:
         }
 
     def __str__(self) -> str:
-        where = f"{self.file}: {self.tensor}" if self.tensor else self.file
-        extra = f" (expected {self.expected}, got {self.actual})" if self.expected or self.actual else ""
-        return f"{where}: [{self.kind}] {self.message}{extra}"
+        return problem_line(self.to_dict())
+
+
+def problem_line(p: Mapping[str, Any]) -> str:
+    """One problem as one line: ``FILE: tensor T: [kind] message (expected X, got Y)``.
+
+    ``p`` is :meth:`Problem.to_dict` output, or the same read back from a report (a quarantine
+    record, ``--json``) that may lack fields: what is there is shown, never a raw dict.
+    """
+    if not isinstance(p, Mapping):
+        return str(p)
+    file, tensor, kind = p.get("file") or "?", p.get("tensor"), p.get("kind") or "problem"
+    where = f"{file}: tensor {tensor}" if tensor else str(file)
+    exp, act = p.get("expected"), p.get("actual")
+    extra = f" (expected {exp}, got {act})" if exp or act else ""
+    return f"{where}: [{kind}] {p.get('message') or ''}{extra}"
 
 
 @dataclass

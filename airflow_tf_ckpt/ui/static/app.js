@@ -121,8 +121,12 @@ async function loadMetrics() {
   const evs = st.metrics.evaluators;
   $("#evaluator").innerHTML = evs.map((e) => `<option>${esc(e)}</option>`).join("");
   fillMetricNames();
-  $("#metrics-note").textContent = `${st.metrics.evaluated_steps} evaluated step(s)` +
-    (st.metrics.problems.length ? "; problems: " + st.metrics.problems.join("; ") : "");
+}
+
+function metricsNote(pts) {  // what the plot shows, for the chosen evaluator and metric
+  const m = st.metrics, ev = $("#evaluator").value;
+  $("#metrics-note").textContent = `${pts.length} step(s) with ${$("#metric").value || "metrics"} by ${ev || "no evaluator"}` +
+    ` (${m.evaluated_steps} evaluated by any evaluator)` + (m.problems.length ? "; problems: " + m.problems.join("; ") : "");
 }
 
 function fillMetricNames() {
@@ -138,6 +142,7 @@ function fillMetricNames() {
 function plot() {
   const svg = $("#plot"), W = 800, H = 240, L = 60, R = 15, T = 15, B = 35;
   const pts = ((st.metrics && st.metrics.series[$("#evaluator").value]) || {})[$("#metric").value] || [];
+  if (st.metrics) metricsNote(pts);
   if (!pts.length) { svg.innerHTML = `<text x="20" y="30">no metrics yet</text>`; $("#best").textContent = ""; return; }
   const xs = pts.map((p) => p[0]), ys = pts.map((p) => p[1]);
   const x0 = Math.min(...xs), x1 = Math.max(...xs), y0 = Math.min(...ys), y1 = Math.max(...ys);
@@ -157,7 +162,7 @@ function plot() {
     `<polyline class="line" points="${line}"/>` + dots +
     (best ? `<circle class="best" cx="${sx(best[0]).toFixed(1)}" cy="${sy(best[1]).toFixed(1)}" r="6" data-step="${best[0]}"><title>best: step ${best[0]}: ${best[1]}</title></circle>` : "");
   $("#best").innerHTML = best ? `best ${esc($("#metric").value)}: <b id="best-step">step ${best[0]}</b> (${best[1]})` +
-    (bad.size ? ' <span class="small">(quarantined steps, hollow, are not candidates)</span>' : "") : "";
+    (pts.some((p) => bad.has(p[0])) ? ' <span class="small">(quarantined steps, hollow, are not candidates)</span>' : "") : "";
 }
 
 async function loadRetention() {
