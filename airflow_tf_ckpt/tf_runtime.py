@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from airflow_tf_ckpt.core.errors import CheckpointError, StepNotFoundError
 from airflow_tf_ckpt.core.steps.discovery import discover
@@ -528,7 +528,6 @@ def restore_tf1(
     the missing ones (TF would only say "Key ... not found" for the first one).
     """
     tf = _tf()
-    v1 = tf.compat.v1
     lg = logger or log
     device = detect_devices(require_gpu=require_gpu, logger=lg)
     staged = stage_prefix(
@@ -537,47 +536,26 @@ def restore_tf1(
         storage_options=storage_options,
         with_meta=build_graph is None and meta_graph is None,
     )
-    meta_local: str | None = None
-    meta_shown: str | None = None
-    extra_tmp: str | None = None
-    session = None
+    meta: _Meta | None = None
     try:
         if build_graph is None:
-            meta_local, meta_shown, extra_tmp = _meta_to_import(
-                ckpt_prefix_url, meta_graph, staged, storage_options
-            )
+            meta = _meta_to_import(ckpt_prefix_url, meta_graph, staged, storage_options)
         shapes = tf.train.load_checkpoint(staged.local_prefix).get_variable_to_shape_map()
         graph = tf.Graph()
         with graph.as_default(), graph.device(device.device):
-            if build_graph is not None:
-                saver = _saver_of(v1, build_graph())
-            else:
-                lg.info("Importing the graph from %s", meta_shown)
-                saver = v1.train.import_meta_graph(meta_local, clear_devices=True)
-                if saver is None:
-                    raise CheckpointRestoreError(
-                        f"{meta_shown} holds no variables to restore", ckpt_prefix_url
-                    )
-            _check_graph_matches(_saver_variables(v1, saver, graph), shapes, ckpt_prefix_url)
-            session = v1.Session(graph=graph, config=session_config)
+            saver = _tf1_graph(tf, build_graph, meta, ckpt_prefix_url, lg)
+            _check_graph_matches(_saver_variables(tf, saver, graph), shapes, ckpt_prefix_url)
             lg.info(
                 "Restoring %s (step %s) into a TF1 session on %s", ckpt_prefix_url, staged.step, device.device
             )
-            try:
-                saver.restore(session, staged.local_prefix)
-            except tf.errors.OpError as exc:
-                raise CheckpointRestoreError(
-                    f"Saver.restore failed: {exc.message}", ckpt_prefix_url, unmatched=_names_in(str(exc))
-                ) from exc
+            session = _tf1_session(tf, graph, saver, staged.local_prefix, session_config, ckpt_prefix_url)
     except BaseException:
-        if session is not None:
-            session.close()
         staged.cleanup()
         raise
     finally:
-        if extra_tmp:
+        if meta is not None and meta.tmp_dir:
             # the graph is imported; the .meta copy is no longer needed
-            shutil.rmtree(extra_tmp, ignore_errors=True)
+            shutil.rmtree(meta.tmp_dir, ignore_errors=True)
     return RestoredGraph(
         graph=graph,
         session=session,
@@ -586,16 +564,60 @@ def restore_tf1(
         step=staged.step,
         device=device,
         staged=staged,
-        meta_graph=meta_shown,
+        meta_graph=meta.shown if meta is not None else None,
     )
+
+
+def _tf1_graph(
+    tf: Any,
+    build_graph: Callable[[], Any] | None,
+    meta: _Meta | None,
+    ckpt_prefix_url: str,
+    lg: logging.Logger | Any,
+) -> Any:
+    """In the current default graph: the variables and the Saver that restores them, built by
+    ``build_graph`` or imported from the ``.meta`` (local path, shown name, temp dir)."""
+    v1 = tf.compat.v1
+    if build_graph is not None:
+        return _saver_of(v1, build_graph())
+    assert meta is not None  # restore_tf1 found one when there is no build_graph
+    lg.info("Importing the graph from %s", meta.shown)
+    saver = v1.train.import_meta_graph(meta.local, clear_devices=True)
+    if saver is None:
+        raise CheckpointRestoreError(f"{meta.shown} holds no variables to restore", ckpt_prefix_url)
+    return saver
+
+
+def _tf1_session(
+    tf: Any, graph: Any, saver: Any, local_prefix: str, session_config: Any, ckpt_prefix_url: str
+) -> Any:
+    """A session on ``graph`` with the checkpoint restored into it (closed again if TF refuses)."""
+    session = tf.compat.v1.Session(graph=graph, config=session_config)
+    try:
+        saver.restore(session, local_prefix)
+    except BaseException as exc:
+        session.close()
+        if isinstance(exc, tf.errors.OpError):
+            raise CheckpointRestoreError(
+                f"Saver.restore failed: {exc.message}", ckpt_prefix_url, unmatched=_names_in(str(exc))
+            ) from exc
+        raise
+    return session
+
+
+class _Meta(NamedTuple):
+    """The ``.meta`` graph a TF1 restore imports."""
+
+    local: str  # the path TF reads
+    shown: str  # the URL/path to name in logs and in RestoredGraph.meta_graph
+    tmp_dir: str | None  # a temp dir holding a fetched copy, removed once imported
 
 
 def _meta_to_import(
     ckpt_prefix_url: str, meta_graph: str | None, staged: StagedPrefix, storage_options: dict[str, Any] | None
-) -> tuple[str, str, str | None]:
+) -> _Meta:
     """The ``.meta`` a TF1 restore imports: ``meta_graph`` (fetched to a temp dir when remote),
-    else the staged step's own or newest earlier one. Returns (local path, shown name, temp dir
-    to remove or ``None``); a clear error when there is none."""
+    else the staged step's own or newest earlier one; a clear error when there is none."""
     if meta_graph is not None:
         if "://" in meta_graph and not meta_graph.startswith("file://"):
             extra_tmp = tempfile.mkdtemp(prefix="tf_ckpt_meta_")
@@ -603,11 +625,11 @@ def _meta_to_import(
             mloc = Location.of(mdir, storage_options)
             meta_local = os.path.join(extra_tmp, mname)
             mloc.fs.get_file(mloc.join(mname), meta_local)
-            return meta_local, meta_graph, extra_tmp
-        return meta_graph.removeprefix("file://"), meta_graph, None
+            return _Meta(meta_local, meta_graph, extra_tmp)
+        return _Meta(meta_graph.removeprefix("file://"), meta_graph, None)
     if staged.meta_path is not None:
         dir_url, _ = split_prefix_url(ckpt_prefix_url)
-        return staged.meta_path, posixpath.join(dir_url, os.path.basename(staged.meta_path)), None
+        return _Meta(staged.meta_path, posixpath.join(dir_url, os.path.basename(staged.meta_path)), None)
     raise CheckpointRestoreError(
         "no .meta graph at or before this step to import (a Saver with "
         "write_meta_graph=False writes one only at its first save, and max_to_keep "
@@ -650,23 +672,52 @@ def _check_graph_matches(
     )
 
 
-def _saver_variables(v1: Any, saver: Any, graph: Any) -> dict[str, list[int] | None]:
-    """Checkpoint key → static shape of what a Saver restores (plain variables; others skipped)."""
+def _saver_variables(tf: Any, saver: Any, graph: Any) -> dict[str, list[int] | None]:
+    """Checkpoint key -> static shape (``None`` when unknown) of what ``saver`` restores.
+
+    Read from the graph, through public APIs: the ``RestoreV2`` ops under the Saver's name scope
+    (``saver.saver_def``) name the keys; the shape is the full one of a slice spec (partitioned
+    variables), else the ``shape`` attribute of the variable each restored value is assigned to.
+    A graph without ``RestoreV2`` ops (made before TF 1.0) is checked against its global variables.
+    """
+    scope = saver.saver_def.restore_op_name.rpartition("/")[0] + "/"
+    ops = [op for op in graph.get_operations() if op.type == "RestoreV2" and op.name.startswith(scope)]
+    if not ops:
+        return {v.op.name: _dims(v.shape) for v in tf.compat.v1.global_variables()}
     out: dict[str, list[int] | None] = {}
-    var_list = getattr(saver, "_var_list", None)
-    if isinstance(var_list, dict):
-        items = list(var_list.items())
-    else:
-        items = [(v.op.name, v) for v in (var_list or v1.global_variables())]
-    for key, var in items:
-        shape = getattr(var, "shape", None)
-        try:
-            dims = None if shape is None or shape.rank is None else [int(d) for d in shape]
-        except (TypeError, ValueError):
-            dims = None
-        if isinstance(key, str):
-            out[key] = dims
+    for op in ops:
+        names = tf.make_ndarray(op.inputs[1].op.get_attr("value"))
+        specs = tf.make_ndarray(op.inputs[2].op.get_attr("value"))
+        for value, name, spec in zip(op.outputs, names, specs, strict=True):
+            full = spec.decode().split()[:-1]  # "10 2 0,5:0,2": the full shape, then the slice
+            out[name.decode()] = [int(d) for d in full] if full else _assigned_shape(tf, value)
     return out
+
+
+def _assigned_shape(tf: Any, value: Any) -> list[int] | None:
+    """The static shape of the variable that the restored tensor ``value`` is assigned to (through
+    ``Identity`` ops: resource variables), or ``None`` (``reshape=True``, an odd graph)."""
+    op = _sole_consumer(value)
+    while op is not None and op.type == "Identity":
+        op = _sole_consumer(op.outputs[0])
+    if op is None or op.type not in ("Assign", "AssignVariableOp"):
+        return None
+    try:
+        return _dims(tf.TensorShape(op.inputs[0].op.get_attr("shape")))
+    except ValueError:  # the target is not a variable op with a shape attribute
+        return None
+
+
+def _sole_consumer(tensor: Any) -> Any:
+    consumers = tensor.consumers()
+    return consumers[0] if len(consumers) == 1 else None
+
+
+def _dims(shape: Any) -> list[int] | None:
+    try:
+        return None if shape is None or shape.rank is None else [int(d) for d in shape]
+    except (TypeError, ValueError):
+        return None
 
 
 @contextlib.contextmanager

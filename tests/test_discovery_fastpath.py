@@ -233,6 +233,9 @@ def test_memory_fs_is_left_alone() -> None:
 def test_plan_sizes_are_read_lazily_and_survive_gc(tmp_path) -> None:
     """A plan's sizes come from lazily stat'ed local files: they must be read before GC deletes
     them, so the report after GC still says how many bytes went."""
+    import pickle
+    from dataclasses import replace
+
     from airflow_tf_ckpt.core.retention.executor import apply_plan
     from airflow_tf_ckpt.core.retention.plan import StepDecision
     from airflow_tf_ckpt.core.retention.planner import plan_retention
@@ -252,17 +255,22 @@ def test_plan_sizes_are_read_lazily_and_survive_gc(tmp_path) -> None:
     assert result.ok and not list(tmp_path.glob("ckpt-1.*"))
     want = sum(8 + 100 * i for i in (1, 2, 3))
     assert result.bytes_freed == want == result.plan.bytes_to_free
-    assert doomed["ckpt-2"] == StepDecision(
-        "ckpt-2",
-        "ckpt",
-        2,
-        "committed",
-        "delete",
-        ["not kept by any policy"],
-        True,
-        2.0,
-        208,
-        ("ckpt-2.index", "ckpt-2.data-00000-of-00001"),
-    )
+    assert doomed["ckpt-2"].to_dict() == {
+        "prefix": "ckpt-2",
+        "base": "ckpt",
+        "step": 2,
+        "status": "committed",
+        "action": "delete",
+        "reasons": ["not kept by any policy"],
+        "in_state": True,
+        "timestamp": 2.0,
+        "size": 208,  # read before the files went
+        "delete_files": ["ckpt-2.index", "ckpt-2.data-00000-of-00001"],
+        "kept_files": [],
+    }
+    # a decision is plain data: it pickles and compares by its fields, the files' sizes with them
+    again = pickle.loads(pickle.dumps(doomed["ckpt-2"]))
+    assert again == doomed["ckpt-2"] and again.size == 208 and isinstance(again, StepDecision)
     kept = result.plan.decision("ckpt-5")
-    assert kept.size == 508 and "size=508" in repr(kept)
+    assert kept.size == 508 and kept.to_dict()["size"] == 508
+    assert kept != replace(kept, files=kept.files[:1])

@@ -587,3 +587,24 @@ def test_orphan_step_is_verified_before_promotion(copy_variant, tmp_path):
         promote(src, tmp_path / "dest", 5)
     assert not (tmp_path / "dest" / MANIFEST_NAME).exists()
     assert promote(src, tmp_path / "dest", 3).prefix == "ckpt-3"  # an orphan that verifies is fine
+
+
+def test_copy_method_compares_the_gcs_service_not_the_instance(monkeypatch) -> None:
+    """gs->gs is a server-side rewrite whenever both filesystems talk to the same service, also as
+    two gcsfs instances (other options, e.g. credentials); another endpoint streams. Read from
+    the options each was made with (no network: nothing here is called)."""
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+
+    def at(url: str, **opts: Any) -> Location:
+        return Location.of(url, {"token": "anon", **opts})
+
+    emu, other = "http://127.0.0.1:9", "http://127.0.0.1:10"
+    a, b = at("gs://a/run", endpoint_url=emu), at("gs://b/run", endpoint_url=emu, project="p2")
+    assert a.fs is not b.fs and copy_mod.copy_method(a, b) == "server-side"
+    assert copy_mod.copy_method(a, at("gs://b/run", endpoint_url="127.0.0.1:9/")) == "server-side"
+    assert copy_mod.copy_method(a, at("gs://b/run", endpoint_url=other)) == "stream"
+    google, google2 = at("gs://a/run"), at("gs://b/run", project="p2")
+    assert google.fs is not google2.fs and copy_mod.copy_method(google, google2) == "server-side"
+    assert copy_mod.copy_method(google, a) == "stream"
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "127.0.0.1:9")  # the environment's emulator
+    assert copy_mod.copy_method(at("gs://c/run", project="p3"), a) == "server-side"

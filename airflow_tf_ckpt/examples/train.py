@@ -137,41 +137,16 @@ def train(
     try:
         if not local:
             _pull_latest(ckpt_dir, work_dir, storage_options)
-        ckpt = build_checkpoint(with_optimizer=True)
-        model, opt = ckpt.model, ckpt.optimizer
-        manager = tf.train.CheckpointManager(
-            ckpt, work_dir, max_to_keep=max_to_keep, checkpoint_name=CKPT_BASE
-        )
-        if manager.latest_checkpoint:
-            ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        if start is not None:
-            ckpt.step.assign(start)
-        x, y = synthetic_data(2048, seed)
-        ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(2048, seed=seed).repeat().batch(batch_size)
-        it = iter(ds)
-
-        @tf.function
-        def train_step(xb: Any, yb: Any) -> Any:
-            with tf.GradientTape() as tape:
-                loss = tf.reduce_mean(tf.square(model(xb, training=True) - yb))
-            grads = tape.gradient(loss, model.trainable_variables)
-            opt.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-            return loss
-
+        ckpt, manager = _resume(tf, work_dir, max_to_keep, start)
+        batches = _batches(tf, seed, batch_size)
+        train_step = _train_step(tf, ckpt.model, ckpt.optimizer)
         for _ in range(steps):
-            xb, yb = next(it)
-            loss = float(train_step(xb, yb))
+            loss = float(train_step(*next(batches)))
             ckpt.step.assign_add(1)
             step = int(ckpt.step.numpy())
             if step % save_every:
                 continue
-            before = {os.path.basename(p) for p in manager.checkpoints}
-            path = manager.save(checkpoint_number=step)
-            prefix = os.path.basename(path)
-            if not local:
-                dropped = sorted(before - {os.path.basename(p) for p in manager.checkpoints})
-                _mirror(work_dir, ckpt_dir, prefix, dropped, storage_options)
-            url = f"{ckpt_dir.rstrip('/')}/{prefix}"
+            url = _save(manager, step, ckpt_dir, None if local else work_dir, storage_options)
             result.steps.append(step)
             result.losses[step] = loss
             result.prefixes.append(url)
@@ -183,6 +158,53 @@ def train(
         if not local:
             shutil.rmtree(work_dir, ignore_errors=True)
     return result
+
+
+def _resume(tf: Any, work_dir: str, max_to_keep: int | None, start: int | None) -> tuple[Any, Any]:
+    """The model and optimizer under a ``CheckpointManager`` of ``work_dir``, restored from its
+    latest checkpoint when there is one; ``start`` overrides the step counter."""
+    ckpt = build_checkpoint(with_optimizer=True)
+    manager = tf.train.CheckpointManager(ckpt, work_dir, max_to_keep=max_to_keep, checkpoint_name=CKPT_BASE)
+    if manager.latest_checkpoint:
+        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    if start is not None:
+        ckpt.step.assign(start)
+    return ckpt, manager
+
+
+def _batches(tf: Any, seed: int, batch_size: int) -> Any:
+    """Endless shuffled batches of the synthetic data (the same ones for the same seed)."""
+    x, y = synthetic_data(2048, seed)
+    return iter(
+        tf.data.Dataset.from_tensor_slices((x, y)).shuffle(2048, seed=seed).repeat().batch(batch_size)
+    )
+
+
+def _train_step(tf: Any, model: Any, opt: Any) -> Callable[[Any, Any], Any]:
+    """One optimizer step on a batch (mean squared error), compiled; returns the loss."""
+
+    @tf.function
+    def train_step(xb: Any, yb: Any) -> Any:
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(model(xb, training=True) - yb))
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        return loss
+
+    return train_step
+
+
+def _save(
+    manager: Any, step: int, ckpt_dir: str, work_dir: str | None, storage_options: dict[str, Any] | None
+) -> str:
+    """Save ``step``; for a remote ``ckpt_dir`` (trained in the local ``work_dir``) mirror it
+    there, with the steps the manager dropped. Returns the step's URL."""
+    before = {os.path.basename(p) for p in manager.checkpoints}
+    prefix = os.path.basename(manager.save(checkpoint_number=step))
+    if work_dir is not None:
+        dropped = sorted(before - {os.path.basename(p) for p in manager.checkpoints})
+        _mirror(work_dir, ckpt_dir, prefix, dropped, storage_options)
+    return f"{ckpt_dir.rstrip('/')}/{prefix}"
 
 
 def _pull_latest(remote_url: str, work_dir: str, storage_options: dict[str, Any] | None) -> None:

@@ -69,7 +69,7 @@ class SharedAsyncFs:
         key = (id(entry.loop), entry.key)
         if self._entries.get(key) is entry:
             del self._entries[key]
-        session = getattr(entry.fs, "_session", None)
+        session = entry.fs.session  # gcsfs's public view of the aiohttp session acquire() made
         if session is not None and not session.closed:
             try:
                 await session.close()

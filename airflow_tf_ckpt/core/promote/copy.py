@@ -22,7 +22,7 @@ import google_crc32c
 from airflow_tf_ckpt.core.errors import StorageError
 from airflow_tf_ckpt.core.formats.naming import classify
 from airflow_tf_ckpt.core.promote.manifest import PromotedFile, PromotionError
-from airflow_tf_ckpt.core.storage.location import GCS_PROTOCOLS, Location
+from airflow_tf_ckpt.core.storage.location import GCS_PROTOCOLS, Location, emulator_endpoint
 
 CHUNK = 8 << 20  # google_crc32c releases the GIL for bytes >= 1 MiB
 
@@ -38,12 +38,17 @@ def crc32c_b64(crc: int) -> str:
 def _same_gcs(src: Location, dst: Location) -> bool:
     if src.protocol not in GCS_PROTOCOLS or dst.protocol not in GCS_PROTOCOLS:
         return False
-    if src.fs is dst.fs:
-        return True
     # two gcsfs instances (e.g. other credentials) of the same service: a rewrite still works
     # when the destination's credentials may read the source
-    ep = [getattr(fs, "_location", None) or getattr(fs, "_endpoint", None) for fs in (src.fs, dst.fs)]
-    return ep[0] is not None and ep[0] == ep[1]
+    return src.fs is dst.fs or _gcs_service(src.fs) == _gcs_service(dst.fs)
+
+
+def _gcs_service(fs: object) -> str:
+    """The GCS service a gcsfs filesystem talks to, from the options it was made with (fsspec's
+    public ``storage_options``), as gcsfs resolves them: ``endpoint_url``, else the emulator in
+    the environment, else Google's."""
+    opts = getattr(fs, "storage_options", None)
+    return (emulator_endpoint(opts if isinstance(opts, dict) else None) or "default").rstrip("/")
 
 
 def copy_method(src: Location, dst: Location) -> str:

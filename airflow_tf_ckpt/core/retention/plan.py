@@ -22,88 +22,56 @@ KEEP, DELETE = "keep", "delete"
 NOT_KEPT = "not kept by any policy"
 
 
+@dataclass(slots=True)
 class StepDecision:
     """keep|delete for one step, with every reason, and the files that would go.
 
-    ``size`` (bytes of its checkpoint files) may be given as the step's files instead of a
-    number: it is then summed on first read. A local listing reads file sizes lazily (see
+    ``files`` are the step's checkpoint files (index, data shards) as listed, and ``size`` is
+    summed from them when read. A local listing reads file sizes lazily (see
     :class:`~airflow_tf_ckpt.core.storage.location.FileInfo`), and a plan of 100k steps must not
-    stat 200k files for a figure that only reports show; GC reads the sizes of the steps it
-    deletes before deleting them.
+    stat 200k files for a figure that only reports show. Each FileInfo keeps what it read, so GC,
+    which reads the sizes of the steps it deletes before deleting them, reports the same figure
+    after the files are gone.
     """
 
-    FIELDS = (
-        "prefix",
-        "base",
-        "step",
-        "status",
-        "action",
-        "reasons",
-        "in_state",
-        "timestamp",
-        "size",
-        "delete_files",
-        "kept_files",
-    )
-    # the same names, but for the size, kept in ``_size`` until first read (see above)
-    __slots__ = tuple("_size" if f == "size" else f for f in FIELDS)
-
-    def __init__(
-        self,
-        prefix: str,
-        base: str,
-        step: int | None,
-        status: str,
-        action: str,
-        reasons: list[str],
-        in_state: bool,
-        timestamp: float | None,
-        size: int | Sequence[FileInfo],
-        delete_files: tuple[str, ...] = (),  # names, deletion order
-        kept_files: tuple[str, ...] = (),  # names that survive although the step goes
-    ) -> None:
-        self.prefix, self.base, self.step, self.status = prefix, base, step, status
-        self.action, self.reasons, self.in_state, self.timestamp = action, reasons, in_state, timestamp
-        self._size = size
-        self.delete_files, self.kept_files = delete_files, kept_files
+    prefix: str
+    base: str
+    step: int | None
+    status: str
+    action: str
+    reasons: list[str]
+    in_state: bool
+    timestamp: float | None
+    files: Sequence[FileInfo]  # the step's checkpoint files (index, data shards): its size
+    delete_files: tuple[str, ...] = ()  # names, deletion order
+    kept_files: tuple[str, ...] = ()  # names that survive although the step goes
 
     @property
     def size(self) -> int:
-        if not isinstance(self._size, int):
-            self._size = sum(f.size for f in self._size)
-        return self._size
-
-    @size.setter
-    def size(self, value: int | Sequence[FileInfo]) -> None:
-        self._size = value
+        """Bytes of the step's checkpoint files (index, data)."""
+        return sum(f.size for f in self.files)
 
     @property
     def keep(self) -> bool:
         return self.action == KEEP
 
-    def astuple(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, f) for f in self.FIELDS)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, StepDecision):
-            return NotImplemented
-        return self.astuple() == other.astuple()
-
-    __hash__ = None  # type: ignore[assignment]  # mutable, like a dataclass with eq
-
-    def __repr__(self) -> str:
-        return f"StepDecision({', '.join(f'{f}={v!r}' for f, v in zip(self.FIELDS, self.astuple(), strict=True))})"
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return StepDecision, self.astuple()
-
     def to_dict(self) -> dict[str, Any]:
-        d = dict(zip(self.FIELDS, self.astuple(), strict=True))
-        d["delete_files"], d["kept_files"] = list(self.delete_files), list(self.kept_files)
-        return d
+        return {
+            "prefix": self.prefix,
+            "base": self.base,
+            "step": self.step,
+            "status": self.status,
+            "action": self.action,
+            "reasons": self.reasons,
+            "in_state": self.in_state,
+            "timestamp": self.timestamp,
+            "size": self.size,
+            "delete_files": list(self.delete_files),
+            "kept_files": list(self.kept_files),
+        }
 
 
-@dataclass
+@dataclass(slots=True)
 class SidecarDecision:
     """A sidecar whose step has no checkpoint files left (``.meta``, metrics, lease, quarantine)."""
 
@@ -114,7 +82,13 @@ class SidecarDecision:
     reason: str
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(vars(self))  # the fields, in order (asdict would deep-copy: 30x slower)
+        return {
+            "name": self.name,
+            "prefix": self.prefix,
+            "role": self.role,
+            "action": self.action,
+            "reason": self.reason,
+        }
 
 
 @dataclass

@@ -536,7 +536,7 @@ def _decision(
     delete_files: tuple[str, ...] = (),
     kept_files: tuple[str, ...] = (),
 ) -> StepDecision:
-    """The decision for ``s``; its size is summed from its files when first read."""
+    """The decision for ``s``; it holds the step's files, whose sizes are read only when asked."""
     return StepDecision(
         s.prefix,
         s.base,
