@@ -285,10 +285,8 @@ class Deployment:
         groups: list[Any] = list(self.procs.values()) or self.saved_groups()
         stop_groups(groups, grace)
         self.procs.clear()
-        saved = self._saved()
-        if saved.get("pgids"):
-            saved["pgids"], saved["started"] = {}, {}
-            (self.root / "deployment.json").write_text(json.dumps(saved, indent=1))
+        if self._saved().get("pgids"):
+            self._record_pgids()  # none left
         return len(groups)
 
     def __enter__(self) -> Deployment:
@@ -427,15 +425,20 @@ def _proc_table() -> dict[int, tuple[int, int, str]]:
     """pid -> (ppid, pgid, state) of every process, from /proc."""
     table = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(") ", 1)[1].split()
+        if entry.isdigit() and (fields := _stat(int(entry))) is not None:
             table[int(entry)] = (int(fields[1]), int(fields[2]), fields[0])
-        except (FileNotFoundError, IndexError, ValueError, ProcessLookupError):
-            continue
     return table
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state, ppid, pgrp, ...); None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(") ", 1)[1].split()
+        int(fields[19])  # a whole line: through the start time
+        return fields
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _descendants(roots: Iterable[int]) -> list[int]:
@@ -456,11 +459,8 @@ def _descendants(roots: Iterable[int]) -> list[int]:
 
 def _start_time(pid: int) -> int | None:
     """The process's start time (clock ticks since boot, /proc/PID/stat field 22); None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return int(fh.read().rsplit(") ", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
+    fields = _stat(pid)
+    return None if fields is None else int(fields[19])
 
 
 def _pgid(pid: int) -> int | None:

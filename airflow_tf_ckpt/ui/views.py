@@ -20,7 +20,7 @@ from airflow_tf_ckpt.core.retention.policies import RetentionPolicy
 from airflow_tf_ckpt.core.sidecars.leases import read_leases
 from airflow_tf_ckpt.core.sidecars.metrics import evaluation_records, read_files
 from airflow_tf_ckpt.core.sidecars.promotions import PROMOTIONS_FILENAME, current_promotions, read_promotions
-from airflow_tf_ckpt.core.steps.discovery import CheckpointDir, CheckpointStep
+from airflow_tf_ckpt.core.steps.discovery import SHOWN_STATUSES, CheckpointDir, CheckpointStep
 from airflow_tf_ckpt.core.verify.report import problem_line
 
 # PREFIX.metrics.json, the sidecar of evaluations that name no evaluator; parentheses are not
@@ -64,7 +64,7 @@ def promotions(cdir: CheckpointDir) -> dict[str, Any]:
 
 def summary(cdir: CheckpointDir, prefix: str | None = None) -> dict[str, Any]:
     """Counts per status, total size, the latest step, the dir's problems (cheap: listing only)."""
-    counts: dict[str, int] = {"committed": 0, "orphan": 0, "incomplete": 0, "quarantined": 0}
+    counts = dict.fromkeys(SHOWN_STATUSES, 0)
     size = 0
     for s in cdir.steps:
         counts[s.shown_status] += 1

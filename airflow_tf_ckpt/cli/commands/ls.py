@@ -53,6 +53,7 @@ def ls_cmd(directory: str, prefix: str | None, as_json: bool, storage_option: tu
 
 def _print_steps(out: Console, cdir: CheckpointDir) -> None:
     from airflow_tf_ckpt.core.display import human_bytes, utc_table_time
+    from airflow_tf_ckpt.core.steps.discovery import SHOWN_STATUSES
 
     metrics = c.metrics_by_prefix(cdir)
     t = c.table(cdir.location.display(), _COLUMNS)
@@ -73,7 +74,7 @@ def _print_steps(out: Console, cdir: CheckpointDir) -> None:
     total = sum(s.size for s in cdir.steps)
     counts = Counter(s.shown_status for s in cdir.steps)
     shown = ", ".join(
-        f"{counts[status]} {status}" for status in _STYLE if counts[status] or status == "committed"
+        f"{counts[status]} {status}" for status in SHOWN_STATUSES if counts[status] or status == "committed"
     )
     out.print(f"{len(cdir.steps)} step(s), {shown}, {human_bytes(total)}")
 

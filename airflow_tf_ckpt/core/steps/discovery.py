@@ -76,6 +76,10 @@ class StepStatus(str, Enum):
     INCOMPLETE = "incomplete"
 
 
+#: what :attr:`CheckpointStep.shown_status` can be, in the order summaries list them
+SHOWN_STATUSES = (*(s.value for s in StepStatus), "quarantined")
+
+
 @dataclass
 class CheckpointStep:
     """One checkpoint prefix in a dir, with everything a plan or a report needs."""
@@ -118,8 +122,8 @@ class CheckpointStep:
 
     @property
     def shown_status(self) -> str:
-        """What a person is shown (``tf-ckpt ls``, the Checkpoints page): committed | orphan |
-        incomplete | quarantined; a quarantine marker wins over the files' status."""
+        """What a person is shown (``tf-ckpt ls``, the Checkpoints page): one of
+        :data:`SHOWN_STATUSES`; a quarantine marker wins over the files' status."""
         return "quarantined" if self.quarantined else self.status.value
 
     @property
