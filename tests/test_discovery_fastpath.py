@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from airflow_tf_ckpt.core.formats.state import StateFile, format_state
 from airflow_tf_ckpt.core.steps import discovery
 from airflow_tf_ckpt.core.steps.discovery import discover
-from airflow_tf_ckpt.core.storage.location import FileInfo, Location, _mtime
+from airflow_tf_ckpt.core.storage.location import FileInfo, Location, mtime_of
 
 PREFIXES = [
     "ckpt-1",
@@ -170,7 +170,7 @@ def _fsspec_listing(loc: Location) -> dict[str, FileInfo]:
             name=name,
             path=full,
             size=int(info.get("size") or 0),
-            mtime=_mtime(info),
+            mtime=mtime_of(info),
             is_dir=info.get("type") == "directory",
             is_link=bool(info.get("islink")),
         )

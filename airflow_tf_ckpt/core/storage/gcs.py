@@ -16,6 +16,10 @@
   workers at once lose nothing.
 
 All are called with a gcsfs ``GCSFileSystem``; nothing here imports gcsfs at module import.
+Requests go through gcsfs's own request call, so its credentials, retries and error mapping
+apply: the public ``fs.call`` from sync code and its coroutine ``fs._call`` from async code
+(fsspec's convention: an async filesystem's coroutines are the public methods' names with a
+leading underscore). The batch and upload endpoints are derived from gcsfs's public ``fs.base``.
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ from urllib.parse import quote
 from airflow_tf_ckpt.core.storage.location import (
     FileInfo,
     Location,
-    _mtime,
     _too_large,
+    mtime_of,
     range_not_satisfiable,
 )
 
@@ -64,9 +68,10 @@ def _q(s: str) -> str:
     return quote(s, safe="")
 
 
-def _batch_url(fs: Any) -> str:
-    base = getattr(fs, "batch_url_base", None)
-    return base if isinstance(base, str) else f"{fs._location}/batch/storage/v1"
+def _service_root(fs: Any) -> str:
+    """The service's root URL (Google, its mTLS endpoint or an emulator), from gcsfs's public
+    ``base`` (``{root}/storage/v1/``): the batch and upload endpoints hang from it."""
+    return str(fs.base).rstrip("/").removesuffix("/storage/v1")
 
 
 def _body(boundary: str, calls: list[tuple[str, str]]) -> bytes:
@@ -118,7 +123,7 @@ async def _one_batch(fs: Any, paths: list[str]) -> list[BaseException | None]:
         try:
             headers, content = await fs._call(
                 "POST",
-                _batch_url(fs),
+                f"{_service_root(fs)}/batch/storage/v1",
                 data=_body(boundary, calls),
                 headers={"Content-Type": f'multipart/mixed; boundary="{boundary}"'},
             )
@@ -151,14 +156,18 @@ async def _one_batch(fs: Any, paths: list[str]) -> list[BaseException | None]:
 def batch_delete(fs: Any, paths: list[str]) -> list[BaseException | None]:
     """Delete objects with batch requests; per path, in order: ``None`` (deleted),
     ``FileNotFoundError`` (already gone) or an ``OSError`` (failed after retries)."""
-    from fsspec.asyn import _run_coros_in_chunks, sync
+    from fsspec.asyn import sync
 
     chunks = [paths[i : i + BATCH_LIMIT] for i in range(0, len(paths), BATCH_LIMIT)]
 
     async def run() -> list[Any]:
-        return await _run_coros_in_chunks(
-            [_one_batch(fs, c) for c in chunks], batch_size=BATCH_CONCURRENCY, return_exceptions=True
-        )
+        gate = asyncio.Semaphore(BATCH_CONCURRENCY)
+
+        async def one(chunk: list[str]) -> list[BaseException | None]:
+            async with gate:
+                return await _one_batch(fs, chunk)
+
+        return await asyncio.gather(*map(one, chunks), return_exceptions=True)
 
     out: list[BaseException | None] = []
     for chunk, res in zip(chunks, sync(fs.loop, run), strict=True):
@@ -214,9 +223,8 @@ def list_matching(loc: Location, patterns: Iterable[str], keep: Callable[[str], 
         name = item["name"][len(prefix) :]
         if not name or "/" in name or not keep(name):
             continue
-        info = fs._process_object(bucket, item)
         out[name] = FileInfo(
-            name=name, path=info["name"], size=int(info.get("size") or 0), mtime=_mtime(info)
+            name=name, path=f"{bucket}/{item['name']}", size=int(item.get("size") or 0), mtime=mtime_of(item)
         )
     return out
 
@@ -250,12 +258,9 @@ def read_with_generation(fs: Any, path: str, cap: int, what: str) -> tuple[bytes
 def _get_media(fs: Any, bucket: str, key: str, cap: int, **params: Any) -> bytes:
     """The first ``cap`` + 1 bytes at most of an object (one ranged GET); an empty one (a range
     on it answers 416) is ``b""``."""
-    from fsspec.asyn import sync
 
     try:
-        _headers, content = sync(
-            fs.loop,
-            fs._call,
+        _headers, content = fs.call(
             "GET",
             "b/{}/o/{}",
             bucket,
@@ -273,9 +278,8 @@ def _get_media(fs: Any, bucket: str, key: str, cap: int, **params: Any) -> bytes
 
 def _get_metadata(fs: Any, bucket: str, key: str) -> dict[str, Any]:
     """The object's resource (``generation``, ``size``...), fresh from the server (no cache)."""
-    from fsspec.asyn import sync
 
-    return sync(fs.loop, fs._call, "GET", "b/{}/o/{}", bucket, key, json_out=True)
+    return fs.call("GET", "b/{}/o/{}", bucket, key, json_out=True)
 
 
 def write_if_generation(
@@ -292,7 +296,6 @@ def upload_if_generation(
 ) -> int | None:
     """:func:`write_if_generation` that returns the new object's generation (``None``: someone
     else wrote first; 0 where the server's answer names none)."""
-    from fsspec.asyn import sync
 
     bucket, key, _ = fs.split_path(path)
     # a multipart upload, as gcsfs's own create-only write: fake-gcs-server checks preconditions
@@ -307,11 +310,9 @@ def upload_if_generation(
         + f"\r\n--{boundary}--\r\n".encode()
     )
     try:
-        _, content = sync(
-            fs.loop,
-            fs._call,
+        _, content = fs.call(
             "POST",
-            f"{fs._location}/upload/storage/v1/b/{_q(bucket)}/o",
+            f"{_service_root(fs)}/upload/storage/v1/b/{_q(bucket)}/o",
             uploadType="multipart",
             ifGenerationMatch=str(generation),
             data=body,
@@ -329,11 +330,10 @@ def upload_if_generation(
 def delete_if_generation(fs: Any, path: str, generation: int) -> bool:
     """Delete ``path`` only while it is still at ``generation``. False when it changed (412) or
     is gone already."""
-    from fsspec.asyn import sync
 
     bucket, key, _ = fs.split_path(path)
     try:
-        sync(fs.loop, fs._call, "DELETE", "b/{}/o/{}", bucket, key, ifGenerationMatch=str(generation))
+        fs.call("DELETE", "b/{}/o/{}", bucket, key, ifGenerationMatch=str(generation))
     except (FileExistsError, FileNotFoundError):
         return False
     fs.invalidate_cache(path)

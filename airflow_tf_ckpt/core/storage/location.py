@@ -236,7 +236,7 @@ def filesystem_for(
             opts.setdefault("token", "anon")
             opts.setdefault("project", "test")
             fs = GCSFileSystem(**opts)
-            return fs, fs._strip_protocol(url)
+            return fs, fsspec.core.strip_protocol(url)
     try:
         fs, path = fsspec.core.url_to_fs(url, **opts)
     except (ImportError, ValueError) as exc:
@@ -309,7 +309,7 @@ def scan_local(path: str) -> tuple[list[str], dict[str, tuple[bool, bool]]]:
 
     The file type comes with the directory entry (``d_type``), so a regular file costs no
     syscall: fsspec's ``ls(detail=True)`` spends ~10 µs a file (an ``lstat``, a dict and a
-    ``_strip_protocol``). OSErrors propagate (see :meth:`Location.scan_local`).
+    protocol strip). OSErrors propagate (see :meth:`Location.scan_local`).
     """
     files: list[str] = []
     special: dict[str, tuple[bool, bool]] = {}
@@ -354,7 +354,9 @@ def _listdir_local(path: str) -> dict[str, FileInfo]:
     return out
 
 
-def _mtime(info: dict[str, Any]) -> float | None:
+def mtime_of(info: dict[str, Any]) -> float | None:
+    """An fsspec info dict's (or a GCS object resource's) modification time, as epoch seconds,
+    whichever of the names filesystems use for it is present."""
     for key in ("mtime", "updated", "LastModified", "last_modified", "created", "timeCreated"):
         value = info.get(key)
         if value is None:
@@ -392,8 +394,8 @@ class Location:
         if not url.strip() or url.strip() in ("file://", "gs://", "gcs://"):
             # "" would be the working directory, "gs://" every bucket: never what was meant
             raise StorageError(f"{url!r} is an empty path: give a checkpoint dir (a path or URL)")
-        if fs is not None:
-            path = fs._strip_protocol(url)
+        if fs is not None:  # one that serves url's protocol (fsspec's public mapping of the URL)
+            path = fsspec.core.strip_protocol(url)
         else:
             fs, path = filesystem_for(url, storage_options)
         path = path.rstrip("/") or "/"
@@ -455,7 +457,7 @@ class Location:
                 name=name,
                 path=full,
                 size=int(info.get("size") or 0),
-                mtime=_mtime(info),
+                mtime=mtime_of(info),
                 is_dir=info.get("type") == "directory",
                 is_link=bool(info.get("islink")),
             )

@@ -32,14 +32,10 @@ class _SnapshotFS:
     def __init__(
         self, real: Any, path: str, entries: list[dict[str, Any]], files: Mapping[str, bytes]
     ) -> None:
-        self._real = real
         self._path = path.rstrip("/")
         self._entries = entries
         self._files = dict(files)
         self.protocol = real.protocol
-
-    def _strip_protocol(self, path: str) -> str:
-        return self._real._strip_protocol(path)
 
     def _fetched(self, path: str) -> bytes:
         name = posixpath.basename(path)
