@@ -56,6 +56,9 @@ class SharedAsyncFs:
             entry = self._entries.get(key)
             if entry is None or entry.loop is not loop:
                 fs = await asyncio.to_thread(make_async_gcsfs, loop, dict(opts))
+                # gcsfs's coroutine that opens its aiohttp session (fsspec's async naming; gcsfs
+                # asks for it to be awaited before the public ``fs.session`` is read): opened here,
+                # on this loop, so release() can close it even if no request was made
                 await fs._set_session()
                 entry = SharedFs(loop=loop, key=key[1], fs=fs)
                 self._entries[key] = entry
