@@ -7,7 +7,7 @@ EXTRAS ?= airflow,tensorflow,gcs,test,celery,kubernetes
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test test-long test-stack lint typecheck demo up down stack stack-down stack-demo bench clean
+.PHONY: install test test-long test-stack lint typecheck demo up down stack stack-down stack-demo bench bench-against clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -65,6 +65,11 @@ stack-demo: install
 
 bench: install
 	@rc=0; for b in bench/[!_]*.py; do echo "== $$b"; $(PY) $$b || { echo "!! $$b exited non-zero"; rc=1; }; done; exit $$rc
+
+# The benches here and at an earlier revision, alternately in one session, figure by figure
+# (scripts/bench_against.py): `make bench-against REF=<commit>`; BENCH_ARGS adds its options.
+bench-against: install
+	$(PY) scripts/bench_against.py --ref $(REF) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache .ruff_cache
