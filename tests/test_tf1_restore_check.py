@@ -77,3 +77,55 @@ def test_tf1_check_names_what_the_saver_restores(tf_checkpoints, tf_run) -> None
     assert got["saver"] == {"ok": w1} and got["list"] == {"ok": w1}
     # the .meta of Saver(var_list=[encoder/kernel]): decoder/kernel is in the graph, not restored
     assert got["meta_subset"] == {"ok": encoder} and encoder != 0
+
+
+PARTITIONED = r"""
+import os, tempfile
+from airflow_tf_ckpt import tf_runtime as rt
+
+v1 = tf.compat.v1
+
+
+def partitioned(shape=(10, 4)):
+    return v1.get_variable(
+        "w", shape=list(shape), partitioner=v1.fixed_size_partitioner(2),
+        initializer=v1.random_normal_initializer(seed=7),
+    )
+
+
+g = tf.Graph()
+with g.as_default():
+    w = partitioned()
+    saver = v1.train.Saver()
+    with v1.Session() as sess:
+        sess.run(v1.global_variables_initializer())
+        saved = float(sess.run(w.as_tensor()).sum())
+        prefix = saver.save(sess, os.path.join(tempfile.mkdtemp(), "model.ckpt"), global_step=3)
+
+
+def outcome(shape):
+    try:
+        with rt.restore_tf1(ckpt_prefix_url=prefix, build_graph=lambda: partitioned(shape)) as r:
+            return {"ok": float(r.value("w/part_0").sum() + r.value("w/part_1").sum())}
+    except rt.CheckpointRestoreError as exc:
+        return {"error": str(exc), "unmatched": exc.unmatched}
+
+
+result = {
+    "saved": saved,
+    "keys": sorted(tf.train.load_checkpoint(prefix).get_variable_to_shape_map()),
+    "same": outcome((10, 4)),
+    "other": outcome((12, 4)),
+}
+"""
+
+
+@pytest.mark.tf
+def test_tf1_partitioned_variables_are_checked_by_their_full_shape(tf_run) -> None:
+    """A partitioned variable is saved as one key (its full shape, each part a slice of it): the
+    check reads the full shape from the parts' slice specs, restores a graph that matches, and
+    names the variable with both full shapes when the graph's is another."""
+    got = tf_run(PARTITIONED)
+    assert "w" in got["keys"] and not any("part_" in k for k in got["keys"]), got["keys"]
+    assert got["same"] == {"ok": pytest.approx(got["saved"], rel=1e-6)}, got
+    assert got["other"]["unmatched"] == ["w (graph [12, 4], checkpoint [10, 4])"], got["other"]

@@ -430,3 +430,32 @@ def test_overlapping_gapped_and_empty_entries(tmp_path: Path, chunk_size: int) -
     (tmp_path / "x-1.data-00000-of-00001").write_bytes(bytes(blob))
     r = verify_step(str(tmp_path), "x-1", chunk_size=chunk_size)
     assert {p.tensor for p in r.problems} == {"a", "b", "same1", "same2", "s"}
+
+
+def test_problem_line_keeps_a_hostile_record_to_one_bounded_line() -> None:
+    """A quarantine record or a ``--json`` report read back may lie: each field is shown escaped
+    and bounded, a nested value by its size, and the line stays one line."""
+    from airflow_tf_ckpt.core.verify.report import FIELD_CHARS, problem_line
+
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    line = problem_line(
+        {
+            "file": "ckpt-1.index\n[OK] everything fine",
+            "tensor": "w\x1b[2J",
+            "kind": {"nested": 1},
+            "message": "x" * 1_000_000,
+            "expected": deep,
+            "actual": 3,
+        }
+    )
+    assert "\n" not in line and "\x1b" not in line
+    assert line.startswith("ckpt-1.index\\n[OK] everything fine: tensor w\\x1b[2J: [<dict of 1 item(s)>] ")
+    assert "x" * FIELD_CHARS + "…" in line and len(line) < 3 * FIELD_CHARS
+    assert line.endswith("(expected <list of 1 item(s)>, got 3)")
+    # a genuine problem reads as before
+    assert problem_line({"file": "a.index", "kind": "crc", "message": "bad", "tensor": "w"}) == (
+        "a.index: tensor w: [crc] bad"
+    )
+    assert problem_line("not a mapping\r") == "not a mapping\\r"

@@ -52,15 +52,33 @@ def problem_line(p: Mapping[str, Any]) -> str:
     """One problem as one line: ``FILE: tensor T: [kind] message (expected X, got Y)``.
 
     ``p`` is :meth:`Problem.to_dict` output, or the same read back from a report (a quarantine
-    record, ``--json``) that may lack fields: what is there is shown, never a raw dict.
+    record, ``--json``) that may lack fields or lie: what is there is shown, never a raw dict, and
+    each field is bounded (:data:`FIELD_CHARS`) with its control characters escaped, so a hostile
+    record (a tensor name with a newline, an ANSI escape, a megabyte of message) stays one line.
     """
     if not isinstance(p, Mapping):
-        return str(p)
+        return _shown(p)
     file, tensor, kind = p.get("file") or "?", p.get("tensor"), p.get("kind") or "problem"
-    where = f"{file}: tensor {tensor}" if tensor else str(file)
+    where = f"{_shown(file)}: tensor {_shown(tensor)}" if tensor else _shown(file)
     exp, act = p.get("expected"), p.get("actual")
-    extra = f" (expected {exp}, got {act})" if exp or act else ""
-    return f"{where}: [{kind}] {p.get('message') or ''}{extra}"
+    extra = f" (expected {_shown(exp)}, got {_shown(act)})" if exp or act else ""
+    return f"{where}: [{_shown(kind)}] {_shown(p.get('message') or '')}{extra}"
+
+
+#: the most characters of one field :func:`problem_line` shows
+FIELD_CHARS = 500
+
+
+def _shown(value: Any) -> str:
+    """``value`` as text for one line: at most :data:`FIELD_CHARS` characters (then "…"), each
+    unprintable one escaped as Python writes it (``\\n``, ``\\x1b``)."""
+    if isinstance(value, (dict, list, tuple)):  # not a field any problem has: its size, never its repr
+        return f"<{type(value).__name__} of {len(value)} item(s)>"  # (a hostile one may nest 100k deep)
+    text = value if isinstance(value, str) else str(value)
+    cut = text[:FIELD_CHARS]
+    if not cut.isprintable():
+        cut = "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut)
+    return cut + "…" if len(text) > FIELD_CHARS else cut
 
 
 @dataclass
